@@ -1,0 +1,1 @@
+"""The ``eqtools`` command line: one small module per subcommand."""

@@ -1,0 +1,119 @@
+"""What every subcommand shares: the error boundary, JSON output, progress display.
+
+Nothing here imports torch; commands import it inside their function bodies so that
+``eqtools --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+
+from eqtools.errors import EqtoolsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_USER_ERROR = 2
+
+
+def debug_enabled() -> bool:
+    """``--debug`` (which sets EQTOOLS_DEBUG for this process and its workers) or the variable itself."""
+    return os.environ.get("EQTOOLS_DEBUG", "") not in ("", "0")
+
+
+def print_error(message: str) -> None:
+    width = 100
+    text = textwrap.fill(message, width=width, initial_indent="error: ", subsequent_indent="  ",
+                         break_long_words=False, break_on_hyphens=False)
+    if sys.stderr.isatty():
+        text = f"\x1b[31m{text}\x1b[0m"
+    print(text, file=sys.stderr)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn :class:`EqtoolsError` into one paragraph on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EqtoolsError as exc:
+            if debug_enabled():
+                raise
+            print_error(str(exc))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def echo(message: str, quiet: bool = False) -> None:
+    """Human-readable progress notes go to stderr, so stdout stays clean for --json."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str), flush=True)
+
+
+@contextmanager
+def progress(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on a terminal, plain periodic lines otherwise.
+
+    Yields ``advance(n=1, **fields)``; ``fields`` are shown after the bar (losses, rates).
+    """
+    if not enabled:
+        yield lambda n=1, **fields: None
+        return
+    if sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+            task = bar.add_task(description, total=total, info="")
+
+            def advance(n: int = 1, **fields: Any) -> None:
+                info = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
+                bar.update(task, advance=n, info=info)
+
+            yield advance
+        return
+    import time
+
+    state = {"done": 0, "last": 0.0}
+    start = time.monotonic()
+
+    def advance_plain(n: int = 1, **fields: Any) -> None:
+        state["done"] += n
+        now = time.monotonic()
+        finished = total is not None and state["done"] >= total
+        if now - state["last"] >= 10.0 or finished:
+            state["last"] = now
+            info = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
+            of = f"/{total}" if total is not None else ""
+            print(f"{description}: {state['done']}{of}  {now - start:.0f}s  {info}".rstrip(), file=sys.stderr, flush=True)
+
+    yield advance_plain
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

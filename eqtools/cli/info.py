@@ -1,0 +1,110 @@
+"""``eqtools info PATH``: a summary of any artifact (or a spec file, validated)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from eqtools.cli._common import emit_json, handle_errors
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _space_summary(space: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not space:
+        return None
+    layers = space["layers"]
+    quantized = [row for row in layers if row.get("pin") != "fp"]
+    fixed = [row for row in quantized if isinstance(row.get("pin"), dict)]
+    return {
+        "w_bits": space["w_bits"],
+        "a_bits": space["a_bits"],
+        "granularities": space["granularities"],
+        "symmetries": space["symmetries"],
+        "layers": len(layers),
+        "quantized_layers": len(quantized),
+        "fixed_layers": [row["name"] for row in fixed],
+        "float_layers": [row["name"] for row in layers if row.get("pin") == "fp"],
+    }
+
+
+@handle_errors
+def command(
+    path: Annotated[Path, typer.Argument(help="An artifact directory, or a spec .json file to validate.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for machines.")] = False,
+) -> None:
+    """Summarise an artifact: kind, origin, space, files, metrics (checksums verified).
+
+    Given a spec file instead, validate it and print the resolved spec with every default.
+    """
+    from eqtools.artifacts import read_artifact
+
+    if path.is_file() and path.suffix == ".json" and path.name != "manifest.json":
+        from eqtools.specs import load_spec
+
+        spec = load_spec(path)
+        if as_json:
+            emit_json({"spec": str(path), "valid": True, "resolved": spec.to_dict()})
+        else:
+            print(f"{path}: valid spec '{spec.name}'")
+            print(json.dumps(spec.to_dict(), indent=2))
+        return
+    art = read_artifact(path)
+    files = {name: (path / name).stat().st_size for name in art.manifest["files"]}
+    summary = {
+        "path": str(path),
+        "kind": art.kind,
+        "created": art.created,
+        "eqtools_version": art.manifest.get("eqtools_version"),
+        "format_version": art.manifest.get("format_version"),
+        "spec": art.spec.get("name"),
+        "model": (art.spec.get("model") or {}).get("name"),
+        "space": _space_summary(art.manifest.get("space")),
+        "space_fingerprint": art.manifest.get("space_fingerprint"),
+        "parents": art.manifest.get("parents", []),
+        "files": files,
+        "metrics": art.metrics,
+        "extra": art.extra,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{art.kind}[/bold] artifact at {path}  (checksums verified)")
+    console.print(f"  created {art.created} by eqtools {summary['eqtools_version']} (format {summary['format_version']})")
+    if summary["spec"]:
+        console.print(f"  spec '{summary['spec']}', model {summary['model']}")
+    space = summary["space"]
+    if space:
+        console.print(
+            f"  space {summary['space_fingerprint']}: W bits {space['w_bits']}, A bits {space['a_bits']}, "
+            f"{'/'.join(space['granularities'])}, {'/'.join(space['symmetries'])}; "
+            f"{space['quantized_layers']} quantized layers ({len(space['fixed_layers'])} fixed, "
+            f"{len(space['float_layers'])} float)"
+        )
+    for parent in summary["parents"]:
+        console.print(f"  from {parent.get('kind')} {parent.get('path')}")
+    table = Table("file", "size", box=None, padding=(0, 2))
+    for name, size in files.items():
+        table.add_row(name, _human_bytes(size))
+    console.print(table)
+    if art.metrics:
+        metrics = Table("metric", "value", box=None, padding=(0, 2))
+        for key, value in art.metrics.items():
+            shown = f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
+            if len(shown) > 100:
+                shown = shown[:97] + "..."
+            metrics.add_row(key, shown)
+        console.print(metrics)

@@ -1,0 +1,406 @@
+"""Local datasets only: nothing is downloaded at run time.
+
+Supported: Fashion-MNIST and MNIST (the standard idx files, gzipped or not), CIFAR-10 (the
+``cifar-10-batches-py`` directory; its batches are pickles, read with a restricted unpickler that
+accepts only arrays and builtins), ImageFolder trees (``train/<class>/*`` and ``val/<class>/*``)
+and scikit-learn's bundled digits (for tests: real images, no download).
+
+Splits
+------
+- ``train``: the training images minus ``val``; optionally a class-balanced ``train_subset``.
+- ``val``: ``val_size`` class-balanced training images held out by seed. Never trained on; the
+  sampler measures subnet accuracy on it (the paper uses a training-set subset for this) and it
+  keeps ``test`` clean for reported numbers.
+- ``test``: the official test/validation split (optionally a class-balanced ``test_subset``).
+
+The small datasets live in memory as uint8 tensors and are batched by index with augmentation done
+per batch, which is several times faster on two CPU cores than a per-sample DataLoader and makes
+the order a pure function of (seed, epoch): training can resume mid-run deterministically.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from eqtools.errors import DataError
+
+__all__ = [
+    "DatasetInfo",
+    "Split",
+    "Splits",
+    "balanced_indices",
+    "dataset_info",
+    "load_splits",
+]
+
+STANDARD_ROOTS = {
+    "fashion-mnist": ["/usr/share/datasets/fashion-mnist"],
+    "mnist": ["/usr/share/datasets/mnist"],
+    "cifar10": [],
+    "imagefolder": [],
+}
+ENV_DIRS = {"fashion-mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar-10-batches-py", "imagefolder": "imagenet"}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Shape facts needed to build a model, known without reading the data."""
+
+    name: str
+    channels: int
+    image_size: int
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool  # horizontal flips are a valid augmentation (not for digits)
+    pad: int  # random-crop padding for small images
+
+
+_INFO = {
+    "fashion-mnist": DatasetInfo("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), True, 2),
+    "mnist": DatasetInfo("mnist", 1, 28, 10, (0.1307,), (0.3081,), False, 2),
+    "cifar10": DatasetInfo("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), True, 4),
+    "digits": DatasetInfo("digits", 1, 8, 10, (0.30,), (0.38,), False, 1),
+    "imagefolder": DatasetInfo("imagefolder", 3, 224, 0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True, 0),
+}
+
+
+def dataset_info(data: Any, num_classes: int | None = None) -> DatasetInfo:
+    """Facts for ``data`` (a DataSpec); ImageFolder counts its class directories if needed."""
+    base = _INFO[data.name]
+    size = data.image_size or base.image_size
+    classes = num_classes or base.num_classes
+    if data.name == "imagefolder" and not classes:
+        root = _imagefolder_root(data)
+        classes = len([d for d in (root / "train").iterdir() if d.is_dir()])
+    return DatasetInfo(base.name, base.channels, size, classes, base.mean, base.std, base.flip, base.pad)
+
+
+# ---------------------------------------------------------------------------------- locating
+def _candidate_roots(data: Any) -> list[Path]:
+    roots = []
+    if data.root:
+        roots.append(Path(data.root).expanduser())
+    env = os.environ.get("EQTOOLS_DATA")
+    if env:
+        roots += [Path(env) / ENV_DIRS.get(data.name, data.name), Path(env)]
+    roots += [Path(p) for p in STANDARD_ROOTS.get(data.name, [])]
+    return roots
+
+
+def _find_file(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_root(data: Any) -> Path:
+    tried = _candidate_roots(data)
+    for root in tried:
+        if all(_find_file(root, stem) for stem in _IDX):
+            return root
+    hint = " Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or" if data.name == "fashion-mnist" else ""
+    raise DataError(
+        f"{data.name} not found: looked in {[str(p) for p in tried] or '(no location given)'}; expected the four "
+        f"standard idx files {', '.join(_IDX)} (optionally .gz) in one directory.{hint} set data.root in the "
+        "spec or EQTOOLS_DATA to the directory that holds them"
+    )
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"{path} is not a valid gzip file ({exc}); re-install the dataset") from None
+    if len(raw) < 8:
+        raise DataError(f"{path} is too short to be an idx file")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte idx file (magic {raw[:4].hex()})")
+    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated: header says {shape}, found {body.size} bytes of data")
+    return body.reshape(shape)
+
+
+def _load_idx(data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    root = _idx_root(data)
+    arrays = [_read_idx(_find_file(root, stem)) for stem in _IDX]  # type: ignore[arg-type]
+    xtr, ytr, xte, yte = (torch.from_numpy(a.copy()) for a in arrays)
+    return xtr[:, None], ytr.long(), xte[:, None], yte.long()
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles; allow only numpy arrays and builtins, never arbitrary code."""
+
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+
+
+def _load_cifar10(data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    tried = _candidate_roots(data)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    root = None
+    for r in tried:
+        for cand in (r, r / "cifar-10-batches-py"):
+            if all((cand / n).is_file() for n in names):
+                root = cand
+                break
+        if root:
+            break
+    if root is None:
+        raise DataError(
+            f"cifar10 not found: looked in {[str(p) for p in tried] or '(no location given)'}; expected the "
+            "'cifar-10-batches-py' directory (data_batch_1..5, test_batch) of the python version of CIFAR-10. "
+            "Set data.root in the spec or EQTOOLS_DATA to its location"
+        )
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            with open(root / name, "rb") as f:
+                d = _ArrayUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+            return np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(d["labels"])
+        except (pickle.UnpicklingError, KeyError, EOFError, ValueError) as exc:
+            raise DataError(f"{root / name} is not a CIFAR-10 python batch ({exc})") from None
+
+    parts = [read(n) for n in names[:5]]
+    xte, yte = read("test_batch")
+    xtr = np.concatenate([p[0] for p in parts])
+    ytr = np.concatenate([p[1] for p in parts])
+    return torch.from_numpy(xtr), torch.from_numpy(ytr).long(), torch.from_numpy(xte), torch.from_numpy(yte).long()
+
+
+def _load_digits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise DataError("the 'digits' dataset comes from scikit-learn: pip install scikit-learn") from None
+    d = load_digits()
+    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
+    y = torch.from_numpy(d.target).long()
+    # a fixed split: the last 297 images (about a sixth) are the test set
+    return x[:1500], y[:1500], x[1500:], y[1500:]
+
+
+def _imagefolder_root(data: Any) -> Path:
+    tried = _candidate_roots(data)
+    for r in tried:
+        if (r / "train").is_dir() and (r / "val").is_dir():
+            return r
+    raise DataError(
+        f"ImageFolder dataset not found: looked in {[str(p) for p in tried] or '(no location given)'}; expected "
+        "<root>/train/<class>/<image> and <root>/val/<class>/<image> (the ImageNet layout). Set data.root in the "
+        "spec or EQTOOLS_DATA"
+    )
+
+
+# ---------------------------------------------------------------------------------- splitting
+def balanced_indices(labels: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` indices spread as evenly as possible over the classes, drawn at random per class."""
+    classes = torch.unique(labels)
+    per_class = [torch.nonzero(labels == c).flatten() for c in classes]
+    base, extra = divmod(n, len(classes))
+    chosen = []
+    for i, idx in enumerate(per_class):
+        want = min(len(idx), base + (1 if i < extra else 0))
+        chosen.append(idx[torch.randperm(len(idx), generator=generator)[:want]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+@dataclass
+class Split:
+    """One split: uint8 images [N, C, H, W] in memory, or an ImageFolder file list."""
+
+    name: str
+    info: DatasetInfo
+    images: Tensor | None = None
+    labels: Tensor | None = None
+    folder: Any = None  # torchvision ImageFolder (for imagefolder datasets)
+    indices: Tensor | None = None  # subset of the folder
+    workers: int = 0
+
+    def __len__(self) -> int:
+        if self.images is not None:
+            return len(self.images)
+        return len(self.indices) if self.indices is not None else len(self.folder)
+
+    @property
+    def targets(self) -> Tensor:
+        if self.labels is not None:
+            return self.labels
+        targets = torch.tensor(self.folder.targets)
+        return targets[self.indices] if self.indices is not None else targets
+
+    def subset(self, indices: Tensor, name: str | None = None) -> Split:
+        if self.images is not None:
+            return Split(name or self.name, self.info, self.images[indices], self.labels[indices])
+        base = self.indices[indices] if self.indices is not None else indices
+        return Split(name or self.name, self.info, folder=self.folder, indices=base, workers=self.workers)
+
+    def balanced(self, n: int, seed: int, name: str | None = None) -> Split:
+        """A class-balanced subset of ``n`` images, fixed by ``seed``."""
+        if n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        return self.subset(balanced_indices(self.targets, n, g), name)
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        start: int = 0,
+        drop_last: bool = False,
+        limit: int | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Normalised float batches ``(x [B, C, S, S], y [B])``.
+
+        Order and augmentation are a pure function of ``(seed, epoch)``; ``start`` skips that many
+        batches (for resuming), ``limit`` stops after that many batches.
+        """
+        n = len(self)
+        if shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+        else:
+            order = torch.arange(n)
+        count = n // batch_size if drop_last else -(-n // batch_size)
+        stop = count if limit is None else min(count, start + limit)
+        for b in range(start, stop):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            if self.images is not None:
+                x = self.images[idx]
+                y = self.labels[idx]
+                g = torch.Generator().manual_seed(_mix(seed, epoch, b)) if augment else None
+                yield _prepare(x, self.info, augment, g), y
+            else:
+                yield self._folder_batch(idx, augment, _mix(seed, epoch, b))
+
+    def _folder_batch(self, idx: Tensor, augment: bool, seed: int) -> tuple[Tensor, Tensor]:
+        from torchvision.transforms import v2
+
+        size = self.info.image_size
+        norm = v2.Normalize(self.info.mean, self.info.std)
+        if augment:
+            tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                             v2.ToDtype(torch.float32, scale=True), norm])
+        else:
+            tf = v2.Compose([v2.Resize(int(size * 256 / 224), antialias=True), v2.CenterCrop(size),
+                             v2.ToDtype(torch.float32, scale=True), norm])
+        base = self.indices[idx] if self.indices is not None else idx
+        torch.manual_seed(seed)  # augmentation draws: deterministic per (seed, epoch, batch)
+        xs, ys = [], []
+        for i in base.tolist():
+            path, label = self.folder.samples[i]
+            img = v2.functional.to_image(self.folder.loader(path))
+            xs.append(tf(img))
+            ys.append(label)
+        return torch.stack(xs), torch.tensor(ys)
+
+
+def _mix(*values: int) -> int:
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return h % (2**63 - 1)
+
+
+def _prepare(x: Tensor, info: DatasetInfo, augment: bool, g: torch.Generator | None) -> Tensor:
+    """uint8 [B, C, H, W] -> normalised float, resized to the model's input, augmented if asked."""
+    x = x.float().div_(255.0)
+    if x.shape[-1] != info.image_size or x.shape[-2] != info.image_size:
+        x = F.interpolate(x, size=(info.image_size, info.image_size), mode="bilinear", align_corners=False)
+    if augment and g is not None:
+        b, _, h, w = x.shape
+        if info.pad:
+            p = info.pad
+            padded = F.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (b,), generator=g).tolist()
+            dx = torch.randint(0, 2 * p + 1, (b,), generator=g).tolist()
+            x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+        if info.flip:
+            flip = torch.rand(b, generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+@dataclass
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+
+    def get(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split {name!r}; splits are train, val, test")
+        return getattr(self, name)
+
+
+def load_splits(data: Any, seed: int, num_classes: int | None = None) -> Splits:
+    """Read the dataset named by ``data`` (a DataSpec) and split it deterministically by ``seed``."""
+    info = dataset_info(data, num_classes)
+    if data.name == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        root = _imagefolder_root(data)
+        train_all = Split("train", info, folder=ImageFolder(str(root / "train")), workers=data.workers)
+        test = Split("test", info, folder=ImageFolder(str(root / "val")), workers=data.workers)
+    else:
+        if data.name in ("fashion-mnist", "mnist"):
+            xtr, ytr, xte, yte = _load_idx(data)
+        elif data.name == "cifar10":
+            xtr, ytr, xte, yte = _load_cifar10(data)
+        else:
+            xtr, ytr, xte, yte = _load_digits()
+        train_all = Split("train", info, xtr, ytr)
+        test = Split("test", info, xte, yte)
+    n = len(train_all)
+    if data.val_size >= n:
+        raise DataError(f"data.val_size is {data.val_size} but the training split has only {n} images; use fewer")
+    g = torch.Generator().manual_seed(_mix(seed, 1))
+    val_idx = balanced_indices(train_all.targets, data.val_size, g)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[val_idx] = False
+    val = train_all.subset(val_idx, "val")
+    train = train_all.subset(torch.nonzero(keep).flatten(), "train")
+    if data.train_subset is not None:
+        train = train.balanced(data.train_subset, _mix(seed, 2), "train")
+    if data.test_subset is not None:
+        test = test.balanced(data.test_subset, _mix(seed, 3), "test")
+    return Splits(train, val, test)

@@ -1,0 +1,19 @@
+"""Elastic quantizers, quantized layers and model conversion."""
+
+from eqtools.quant.convert import Supernet, quantize_model, trace_layers
+from eqtools.quant.layers import QConv2d, QLinear, QuantLayer
+from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer, fake_quantize, lp_search, quant_range
+
+__all__ = [
+    "ActQuantizer",
+    "QConv2d",
+    "QLinear",
+    "QuantLayer",
+    "Supernet",
+    "WeightQuantizer",
+    "fake_quantize",
+    "lp_search",
+    "quant_range",
+    "quantize_model",
+    "trace_layers",
+]

@@ -1,0 +1,37 @@
+"""Sessions: `nox -s tests` (the default suite), `lint`, `slow` (long tests), `gpu` (CUDA-only)."""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+def _install(session: nox.Session) -> None:
+    session.install(*TORCH)
+    session.install("-e", ".[test]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    _install(session)
+    session.run("pytest", "-n", "2", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    _install(session)
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    _install(session)
+    session.run("pytest", "-m", "gpu", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "eqtools", "tests", "benchmarks", "noxfile.py")
