@@ -136,3 +136,34 @@ def load_state_strict(module: nn.Module, state: dict[str, Any], where: Any) -> N
                 f"{where}: tensor {k} is {tuple(v.shape)} {v.dtype}, the model expects {tuple(own[k].shape)} {own[k].dtype}"
             )
     module.load_state_dict(state, strict=True)
+
+
+def save_supernet(
+    supernet: Supernet,
+    out: str | Path,
+    spec: Spec,
+    *,
+    kind: str = "supernet",
+    parents: Any = (),
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    files: dict[str, Any] | None = None,
+) -> Artifact:
+    """Write a supernet-bearing artifact (``supernet`` or ``calibrated``) atomically.
+
+    ``weights.safetensors`` holds the whole state_dict (weights, BN statistics, every quantizer's
+    steps/offsets/signedness); ``files`` maps further file names to ``str`` (written as text) or
+    ``bytes``.
+    """
+    from eqtools.artifacts import save_safetensors, write_artifact
+
+    def write(tmp: Path) -> None:
+        save_safetensors(tmp / "weights.safetensors", supernet.state_dict())
+        for name, content in (files or {}).items():
+            if isinstance(content, str):
+                (tmp / name).write_text(content)
+            else:
+                (tmp / name).write_bytes(content)
+
+    return write_artifact(out, kind, write, spec=spec.to_dict(), space=supernet.space, parents=parents,
+                          metrics=metrics, extra=extra)
