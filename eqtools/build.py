@@ -71,13 +71,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> None:
             raise ModelError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ModelError(
-            f"pretrained weights {path} do not fit model: missing keys {missing[:5]}"
-            f"{' ...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
-        )
+    mismatch = _key_mismatch(own, state)
+    if mismatch:
+        raise ModelError(f"pretrained weights {path} do not fit the model: {mismatch}")
     bad = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if bad:
         k = bad[0]
@@ -122,14 +118,24 @@ def load_supernet(artifact: Artifact, map_location: str | torch.device = "cpu") 
     return supernet.to(map_location)
 
 
-def load_state_strict(module: nn.Module, state: dict[str, Any], where: Any) -> None:
-    own = module.state_dict()
+def _key_mismatch(own: dict[str, Any], state: dict[str, Any]) -> str:
+    """'' when the keys agree, else which are missing and which unexpected (first five of each)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{where}: weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    if not (missing or unexpected):
+        return ""
+
+    def show(keys: list[str]) -> str:
+        return f"{keys[:5]}{' ...' if len(keys) > 5 else ''}"
+
+    return f"missing keys {show(missing)}, unexpected keys {show(unexpected)}"
+
+
+def load_state_strict(module: nn.Module, state: dict[str, Any], where: Any) -> None:
+    own = module.state_dict()
+    mismatch = _key_mismatch(own, state)
+    if mismatch:
+        raise ArtifactError(f"{where}: weights do not match the model: {mismatch}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(own[k].shape) or v.dtype != own[k].dtype:
             raise ArtifactError(

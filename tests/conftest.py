@@ -14,6 +14,10 @@ import torch
 
 from eqtools.specs import Spec, parse_spec
 
+# Tests run in parallel (pytest -n 2 on 2 cores): one intra-op thread per worker avoids
+# oversubscription, which makes OpenMP spin and slows everything down several-fold.
+torch.set_num_threads(1)
+
 DIGITS_SPEC = {
     "name": "digits-test",
     "seed": 0,

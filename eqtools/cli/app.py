@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from eqtools import __version__
-from eqtools.cli import info
+from eqtools.cli import calibrate, export, fit_predictor, info, sample, search, train
 
 app = typer.Typer(
     name="eqtools",
@@ -52,6 +52,12 @@ def models(
         print(name)
 
 
+app.command("train")(train.command)
+app.command("calibrate")(calibrate.command)
+app.command("sample")(sample.command)
+app.command("fit-predictor")(fit_predictor.command)
+app.command("search")(search.command)
+app.command("export")(export.command)
 app.command("info")(info.command)
 
 

@@ -8,15 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import emit_json, handle_errors
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from eqtools.cli._common import emit_json, handle_errors, human_bytes
 
 
 def _space_summary(space: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -98,7 +90,7 @@ def command(
         console.print(f"  from {parent.get('kind')} {parent.get('path')}")
     table = Table("file", "size", box=None, padding=(0, 2))
     for name, size in files.items():
-        table.add_row(name, _human_bytes(size))
+        table.add_row(name, human_bytes(size))
     console.print(table)
     if art.metrics:
         metrics = Table("metric", "value", box=None, padding=(0, 2))

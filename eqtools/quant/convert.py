@@ -148,6 +148,7 @@ class Supernet(nn.Module):
         if missing:
             raise SpecError(f"layers {missing[:5]} of the space are not quantized in the model")
         self._config: SubnetConfig | None = None
+        self.train(model.training)  # a wrapper must not flip an eval-mode model back to training
         self.apply(space.max())
 
     def forward(self, x: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ The math is paper Eq. 1 with Qn/Qp from the bit-width and signedness::
 - Gradients use the straight-through estimator with the clip mask taken *before* rounding, as in
   LSQ: an input half a step outside the range gets no gradient (PyTorch's built-in learnable
   fake-quant ops mask after rounding and let it through).
-- Step gradients are scaled by ``1 / sqrt(n * Qp)`` (LSQ), with ``n`` the number of values that
+- Step and offset gradients are scaled by ``1 / sqrt(n * Qp)`` (LSQ), with ``n`` the number of values that
   share the step: weights per output channel (per-channel) or the whole tensor (per-tensor), and
   the per-sample input features for activations.
 - Asymmetric forms learn an offset ``z`` (LSQ+) that is rounded with a straight-through estimator
@@ -52,14 +52,19 @@ def quant_range(bits: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
-def _grad_scale(x: Tensor, scale: Tensor) -> Tensor:
-    """Identity in the forward pass; multiplies the gradient by ``scale``."""
-    scaled = x * scale
-    return (x - scaled).detach() + scaled
-
-
 def _round_ste(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
+
+
+def _lsq_backward(ctx, grad: Tensor, v: Tensor, q: Tensor, inside: Tensor, step: Tensor, grad_scale: Tensor):
+    """Gradients of ``q·s`` (q = clipped, rounded ``v = x/s``) w.r.t. x, s and z, as derived below."""
+    grad_x = torch.where(inside, grad, 0.0)
+    grad_step = grad_zero = None
+    if ctx.needs_input_grad[1]:
+        grad_step = ((grad * q).sum_to_size(step.shape) - (grad_x * v).sum_to_size(step.shape)) * grad_scale
+    if ctx.needs_input_grad[2]:
+        grad_zero = step * (grad_x.sum_to_size(step.shape) - grad.sum_to_size(step.shape)) * grad_scale
+    return grad_x, grad_step, grad_zero, None, None, None
 
 
 class _FakeQuantize(torch.autograd.Function):
@@ -72,24 +77,18 @@ class _FakeQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor, qn: Tensor, qp: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor, qn: Tensor, qp: Tensor, grad_scale: Tensor) -> Tensor:
         v = x / step
         u = torch.clamp(v, qn - zero_point, qp - zero_point)
         inside = u == v  # clipping before rounding: LSQ's straight-through mask
         q = u.round_()
-        ctx.save_for_backward(v, q, inside, step)
+        ctx.save_for_backward(v, q, inside, step, grad_scale)
         return q * step
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        v, q, inside, step = ctx.saved_tensors
-        grad_x = torch.where(inside, grad, 0.0)
-        grad_step = grad_zero = None
-        if ctx.needs_input_grad[1]:
-            grad_step = (grad * q).sum_to_size(step.shape) - (grad_x * v).sum_to_size(step.shape)
-        if ctx.needs_input_grad[2]:
-            grad_zero = step * (grad_x.sum_to_size(step.shape) - grad.sum_to_size(step.shape))
-        return grad_x, grad_step, grad_zero, None, None
+        v, q, inside, step, grad_scale = ctx.saved_tensors
+        return _lsq_backward(ctx, grad, v, q, inside, step, grad_scale)
 
 
 class _FakeQuantizeRecompute(torch.autograd.Function):
@@ -100,37 +99,40 @@ class _FakeQuantizeRecompute(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor, qn: Tensor, qp: Tensor) -> Tensor:
-        ctx.save_for_backward(x, step, zero_point, qn, qp)
+    def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor, qn: Tensor, qp: Tensor, grad_scale: Tensor) -> Tensor:
+        ctx.save_for_backward(x, step, zero_point, qn, qp, grad_scale)
         u = torch.clamp(x / step, qn - zero_point, qp - zero_point)
         return torch.round(u) * step
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, step, zero_point, qn, qp = ctx.saved_tensors
+        x, step, zero_point, qn, qp, grad_scale = ctx.saved_tensors
         v = x / step
         u = torch.clamp(v, qn - zero_point, qp - zero_point)
         inside = u == v
-        q = torch.round(u)
-        grad_x = torch.where(inside, grad, 0.0)
-        grad_step = grad_zero = None
-        if ctx.needs_input_grad[1]:
-            grad_step = (grad * q).sum_to_size(step.shape) - (grad_x * v).sum_to_size(step.shape)
-        if ctx.needs_input_grad[2]:
-            grad_zero = step * (grad_x.sum_to_size(step.shape) - grad.sum_to_size(step.shape))
-        return grad_x, grad_step, grad_zero, None, None
+        return _lsq_backward(ctx, grad, v, torch.round(u), inside, step, grad_scale)
 
 
-def fake_quantize(x: Tensor, step: Tensor, zero_point: Tensor, qn: Tensor, qp: Tensor) -> Tensor:
+def fake_quantize(
+    x: Tensor, step: Tensor, zero_point: Tensor, qn: Tensor, qp: Tensor, grad_scale: Tensor | None = None
+) -> Tensor:
     """``s * (clip(round(x/s) + z, Qn, Qp) - z)`` with the LSQ straight-through estimator.
 
     ``step`` and ``zero_point`` have the same shape and broadcast against ``x``; ``zero_point``
     must hold integers (it is rounded upstream) so clipping before rounding equals the paper's
     round-then-clip exactly. ``qn``/``qp`` are 0-dim tensors so bit-widths stay data.
+    ``grad_scale`` multiplies the step and zero-point gradients (LSQ); it lives in the backward
+    so the forward uses the step bit-exactly (export relies on that).
     """
+    zero_point = zero_point.expand_as(step)
+    if not torch.is_grad_enabled() or not (x.requires_grad or step.requires_grad or zero_point.requires_grad):
+        # evaluation and BN calibration: no mask, nothing saved (identical values, ~10% faster)
+        return torch.clamp(x / step, qn - zero_point, qp - zero_point).round_().mul_(step)
+    if grad_scale is None:
+        grad_scale = torch.ones((), device=x.device)
     if torch.compiler.is_compiling():
-        return _FakeQuantizeRecompute.apply(x, step, zero_point.expand_as(step), qn, qp)
-    return _FakeQuantize.apply(x, step, zero_point.expand_as(step), qn, qp)
+        return _FakeQuantizeRecompute.apply(x, step, zero_point, qn, qp, grad_scale)
+    return _FakeQuantize.apply(x, step, zero_point, qn, qp, grad_scale)
 
 
 def lp_search(
@@ -298,7 +300,7 @@ class WeightQuantizer(_ElasticQuantizer):
         if self.step_per_tensor is not None:
             steps.append(self.step_per_tensor.index_select(0, self.form_index)[0].expand(self.out_channels))
         step = steps[0] if len(steps) == 1 else torch.where(self.per_channel, steps[0], steps[1])
-        step = _grad_scale(step.abs(), self.step_grad_scale)
+        step = step.abs()
         if self.offset_per_channel is None and self.offset_per_tensor is None:
             return step, torch.zeros_like(step)
         offsets = []
@@ -307,8 +309,7 @@ class WeightQuantizer(_ElasticQuantizer):
         if self.offset_per_tensor is not None:
             offsets.append(self.offset_per_tensor.index_select(0, self.bit_index)[0].expand(self.out_channels))
         offset = offsets[0] if len(offsets) == 1 else torch.where(self.per_channel, offsets[0], offsets[1])
-        offset = _round_ste(_grad_scale(offset, self.step_grad_scale)) * self.asym
-        return step, offset
+        return step, _round_ste(offset) * self.asym
 
     def forward(self, w: Tensor) -> Tensor:
         if not self.enabled:
@@ -316,7 +317,7 @@ class WeightQuantizer(_ElasticQuantizer):
         self._check_ready()
         step, zero_point = self.step_and_zero_point()
         shape = (-1,) + (1,) * (w.dim() - 1)
-        return fake_quantize(w, step.view(shape), zero_point.view(shape), self.qn, self.qp)
+        return fake_quantize(w, step.view(shape), zero_point.view(shape), self.qn, self.qp, self.step_grad_scale)
 
     @torch.no_grad()
     def init_from_weight(self, w: Tensor, p: float = 2.4) -> None:
@@ -371,11 +372,10 @@ class ActQuantizer(_ElasticQuantizer):
         self._active = (bits, symmetry)
 
     def step_and_zero_point(self) -> tuple[Tensor, Tensor]:
-        step = _grad_scale(self.step.index_select(0, self.form_index).abs(), self.step_grad_scale)
+        step = self.step.index_select(0, self.form_index).abs()
         if self.offset is None:
             return step, torch.zeros_like(step)
-        offset = self.offset.index_select(0, self.bit_index)
-        return step, _round_ste(_grad_scale(offset, self.step_grad_scale)) * self.asym
+        return step, _round_ste(self.offset.index_select(0, self.bit_index)) * self.asym
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
@@ -384,7 +384,7 @@ class ActQuantizer(_ElasticQuantizer):
             return x
         self._check_ready()
         step, zero_point = self.step_and_zero_point()
-        return fake_quantize(x, step, zero_point, self.qn, self.qp)
+        return fake_quantize(x, step, zero_point, self.qn, self.qp, self.step_grad_scale)
 
     # -- initialisation from data ------------------------------------------------------------
     _observing = False
@@ -399,9 +399,10 @@ class ActQuantizer(_ElasticQuantizer):
         flat = x.detach().reshape(-1).float()
         self._observed_min = min(self._observed_min, float(flat.min()))
         if flat.numel() > per_batch:
-            # a deterministic strided subsample keeps init reproducible without touching RNG state
-            stride = flat.numel() // per_batch
-            flat = flat[::stride][:per_batch]
+            # a seeded random subsample: reproducible, and unlike a strided one it cannot alias
+            # onto a few channels or pixel positions of an NCHW tensor
+            g = torch.Generator(device=flat.device).manual_seed(len(self._observed))
+            flat = flat[torch.randperm(flat.numel(), generator=g, device=flat.device)[:per_batch]]
         self._observed.append(flat.cpu())
 
     @torch.no_grad()

@@ -1,0 +1,51 @@
+"""Shared by the benchmark scripts: describe the machine and append a dated section to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line(threads: int | None = None, extra: str = "") -> str:
+    import torch
+
+    used = f" with {threads} threads" if threads else ""
+    return (f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__}{used}, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}{extra}")
+
+
+def record(title: str, command: str, machine: str, body: str) -> Path:
+    """Append ``body`` under a heading with the command, machine and date."""
+    path = ROOT / "BENCHMARKS.md"
+    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    prefix = "" if path.is_file() else "# Benchmarks\n\nEvery figure below was measured by the command shown, on the machine shown.\n"
+    with open(path, "a") as fh:
+        fh.write(f"{prefix}\n## {title}\n\n- command: `{command}`\n- machine: {machine}\n- date: {date}\n\n{body.rstrip()}\n")
+    print(f"appended to {path}", file=sys.stderr)
+    return path
+
+
+def append(text: str) -> Path:
+    """Append a section the script formatted itself (it must name its command, machine and date)."""
+    path = ROOT / "BENCHMARKS.md"
+    prefix = "" if path.is_file() else "# Benchmarks\n\nEvery figure below was measured by the command shown, on the machine shown.\n"
+    with open(path, "a") as fh:
+        fh.write(prefix + "\n" + text.rstrip() + "\n")
+    print(f"appended to {path}", file=sys.stderr)
+    return path

@@ -1,0 +1,163 @@
+"""Benchmark `eqtools sample` and BN calibration on a trained supernet artifact.
+
+Measures
+  1. sampling throughput: subnets per minute with the spec's sample settings (calibration images,
+     evaluation subset, batch size), split into BN-calibration and evaluation time, and the time the
+     spec's full protocol (``sample.n`` subnets) would take on this machine;
+  2. the accuracy gain from BN calibration on the uniform 2-, 4- and 8-bit subnets of every
+     condition (top-1 on the test split before and after calibration on ``calibrate.images``
+     training images).
+
+Usage
+  python benchmarks/bench_sample.py artifacts/quick/supernet            # print the results
+  python benchmarks/bench_sample.py artifacts/quick/supernet --record   # and append them to BENCHMARKS.md
+
+Run it on a quiet machine: other processes on the same cores distort every number here. The
+script re-executes itself with glibc malloc settings that keep eval throughput steady (see
+reference/NOTES.md); pass --threads to pin the torch thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import MALLOC_ENV, ROOT, append, cpu_name
+
+
+def _machine(threads: int) -> str:
+    import torch
+
+    return (f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__} with {threads} threads, "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
+
+
+def _profile(supernet, config, calib, evaluation, top: int) -> str:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from eqtools.calibrate import calibrate_and_evaluate
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        calibrate_and_evaluate(supernet, config, calib, evaluation)
+    del torch
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("supernet", type=Path, help="a 'supernet' artifact directory (e.g. artifacts/quick/supernet)")
+    parser.add_argument("-n", type=int, default=40, help="subnets to time (default 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the timed draw")
+    parser.add_argument("--bits", default="2,4,8", help="uniform bit-widths for the calibration-gain table (default 2,4,8)")
+    parser.add_argument("--gain-split", default="test", choices=["train", "val", "test"],
+                        help="split of the calibration-gain table (default test)")
+    parser.add_argument("--skip-gain", action="store_true", help="only measure throughput")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--profile", type=int, default=0, metavar="K",
+                        help="also print the K most expensive torch ops of one subnet")
+    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+    import torch
+
+    from eqtools.artifacts import read_artifact
+    from eqtools.build import load_supernet
+    from eqtools.calibrate import BatchSource, _spec_of, calibrate_subnet, calibration_source, evaluate, recalibrate_bn
+    from eqtools.data import load_splits
+    from eqtools.sample import EVAL_SEED_OFFSET, draw_configs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    art = read_artifact(args.supernet, "supernet")
+    spec = _spec_of(art)
+    s = spec.sample
+
+    t0 = time.perf_counter()
+    supernet = load_supernet(art)
+    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+    calib = calibration_source(splits, s.calib_images, s.batch_size, spec.seed)
+    evaluation = BatchSource(splits.val.balanced(s.subset, spec.seed + EVAL_SEED_OFFSET), s.batch_size)
+    setup_s = time.perf_counter() - t0
+
+    configs = draw_configs(supernet.space, max(args.n, 1) + 1, seed=args.seed)
+    supernet.apply(configs[0])  # warm-up: first-call allocations, thread pools
+    recalibrate_bn(supernet, calib)
+    evaluate(supernet, evaluation)
+    calib_s = eval_s = 0.0
+    for config in configs[1:]:
+        supernet.apply(config)
+        t = time.perf_counter()
+        recalibrate_bn(supernet, calib)
+        calib_s += time.perf_counter() - t
+        t = time.perf_counter()
+        evaluate(supernet, evaluation)
+        eval_s += time.perf_counter() - t
+    n = len(configs) - 1
+    per_subnet = (calib_s + eval_s) / n
+    rate = 60.0 / per_subnet
+    protocol_min = (s.n * per_subnet + setup_s) / 60.0
+
+    lines = [
+        f"### sample + BN calibration: spec '{spec.name}' ({spec.model.name} on {spec.data.name}), "
+        f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {_machine(threads)}",
+        f"- supernet: `{art.path}` (created {art.created})",
+        f"- per subnet: BN calibration on {calib.images} train images, top-1 on {evaluation.images} val images, "
+        f"batch {s.batch_size}",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| subnets/min ({n} timed) | {rate:.1f} |",
+        f"| per subnet: calibration / evaluation | {1000 * calib_s / n:.0f} ms / {1000 * eval_s / n:.0f} ms |",
+        f"| images/s: calibration (BN train mode) / evaluation | {n * calib.images / calib_s:.0f} / "
+        f"{n * evaluation.images / eval_s:.0f} |",
+        f"| setup (load supernet + data, decode batches) | {setup_s:.1f} s |",
+        f"| projected `eqtools sample` with the spec's n = {s.n} | {protocol_min:.1f} min |",
+    ]
+
+    if not args.skip_gain:
+        bits = [int(b) for b in args.bits.split(",") if b.strip()]
+        lines += [
+            "",
+            f"BN calibration gain, top-1 on {args.gain_split} ({spec.calibrate.images} calibration images):",
+            "",
+            "| subnet | condition | before | after | gain (points) |",
+            "|---|---|---|---|---|",
+        ]
+        for b in bits:
+            if b not in supernet.space.w_bits or b not in supernet.space.a_bits:
+                lines.append(f"| W{b}A{b} | (not in the space) | | | |")
+                continue
+            for g, sym in supernet.space.conditions:
+                config = supernet.space.uniform(b, b, g, sym)
+                _, m = calibrate_subnet(art, config, split=args.gain_split, supernet=supernet, splits=splits)
+                lines.append(f"| W{b}A{b} | {g}/{sym} | {100 * m['top1_before']:.2f}% | {100 * m['top1']:.2f}% | "
+                             f"{100 * (m['top1'] - m['top1_before']):+.2f} |")
+
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.profile:
+        print(_profile(supernet, configs[1], calib, evaluation, args.profile))
+    if args.record:
+        append(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""``eqtools calibrate``: re-estimate one subnet's batch-norm statistics, evaluate it, save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eqtools.cli._common import echo, emit_json, handle_errors, human_bytes
+
+
+@handle_errors
+def command(
+    from_: Annotated[
+        Path | None,
+        typer.Option("--from", help="Supernet artifact directory. Default: the newest 'supernet' under artifacts/."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Subnet config JSON file (per-layer w_bits/a_bits + conditions), e.g. mixed precision."),
+    ] = None,
+    w_bits: Annotated[
+        int | None, typer.Option("--w-bits", help="Uniform subnet: weight bits of every elastic layer (fixed layers keep theirs).")
+    ] = None,
+    a_bits: Annotated[int | None, typer.Option("--a-bits", help="Uniform subnet: activation bits. Default: --w-bits.")] = None,
+    granularity: Annotated[
+        str | None, typer.Option("--granularity", help="With --w-bits: per-channel or per-tensor weight steps.")
+    ] = None,
+    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --w-bits: sym or asym.")] = None,
+    from_search: Annotated[
+        Path | None, typer.Option("--from-search", help="A search artifact: calibrate its best config (best_config.json).")
+    ] = None,
+    images: Annotated[
+        int | None,
+        typer.Option("--images", min=1, help="Training images for the BN statistics. Default: the spec's calibrate.images."),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Where accuracy is measured: test (default), val (held-out train) or train.")
+    ] = "test",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output directory. Default: artifacts/<spec>/calibrated-<w3a3-per-tensor-asym|mixed-HASH-...>."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, config, metrics) on stdout.")] = False,
+) -> None:
+    """Calibrate one subnet: re-estimate its BN statistics on training images, evaluate it, save it.
+
+    Name the subnet with exactly one of --config FILE, --w-bits B [--a-bits B] --granularity G
+    --symmetry S, or --from-search SEARCH. Accuracy is reported before and after calibration; the
+    'calibrated' artifact holds the supernet's tensors with this subnet's BN statistics, the config
+    and the metrics (docs/calibrate.md).
+    """
+    from eqtools.artifacts import resolve_input
+    from eqtools.calibrate import calibrate_artifact, resolve_config
+
+    supernet = resolve_input(from_, "supernet", echo=echo)
+    space = supernet.space
+    if space is None:
+        from eqtools.errors import ArtifactError
+
+        raise ArtifactError(f"{supernet.path} records no elastic space; re-create it with `eqtools train`")
+    subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
+                            symmetry=symmetry, search=from_search)
+    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo)
+    m = result.metrics
+    if as_json:
+        emit_json({"path": str(result.path), "config": subnet.to_dict(), "metrics": m})
+        return
+    gain = 100.0 * (m["top1"] - m["top1_before"])
+    print(f"subnet    {subnet.condition}, avg bits W {m['avg_w_bits']:.2f} A {m['avg_a_bits']:.2f}, "
+          f"weights {human_bytes(m['size_bytes'])}, {m['bops'] / 1e9:.3g} GBOPs/image")
+    print(f"top-1     {100 * m['top1_before']:.2f}% before BN calibration -> {100 * m['top1']:.2f}% after "
+          f"({gain:+.2f} points) on {m['split']} ({m['images']} images)")
+    print(f"top-5     {100 * m['top5_before']:.2f}% -> {100 * m['top5']:.2f}%")
+    print(f"loss      {m['loss_before']:.4f} -> {m['loss']:.4f}")
+    print(f"BN statistics from {m['calib_images']} training images; wrote {result.path}")

@@ -1,0 +1,104 @@
+"""``eqtools export``: a calibrated subnet as packed integer weights and/or ONNX QDQ, checked before it is kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from eqtools.cli._common import echo, emit_json, handle_errors, human_bytes
+
+FORMATS = ("int", "onnx", "all")
+BN_FOLD_MODES = ("scale", "requantize", "none")
+
+
+def _parity_line(name: str, p: dict[str, Any], against: str) -> str:
+    line = (f"{name:<6}top-1 agreement {100 * p['top1_agreement']:.2f}% with {against}, "
+            f"max |logit diff| {p['max_abs_logit_diff']:.3g}, mean {p['mean_abs_logit_diff']:.3g}")
+    if "accuracy" in p:
+        line += f"; top-1 {100 * p['accuracy']:.2f}% ({100 * p['accuracy_change']:+.2f} points)"
+    return line
+
+
+@handle_errors
+def command(
+    from_: Annotated[
+        Path | None,
+        typer.Option("--from", help="A 'calibrated' artifact, or a 'search' artifact (its best config is calibrated "
+                                    "first). Default: the newest 'calibrated' artifact under artifacts/."),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="int: packed integer weights + scales/zero points (safetensors); "
+                                      "onnx: ONNX QuantizeLinear/DequantizeLinear graph; all: both."),
+    ] = "all",
+    opset: Annotated[
+        int,
+        typer.Option("--opset", help="ONNX opset (13 or later). At 21 or later, weights of at most 4 bits are stored "
+                                     "as INT4 and 4-bit activations use INT4/UINT4; other values are carried in "
+                                     "int8/uint8 with a Clip to their bit-width."),
+    ] = 21,
+    bn_fold: Annotated[
+        str,
+        typer.Option("--bn-fold", help="scale: fold batch norm into the weight scales, exact (a per-tensor layer "
+                                       "gets a per-channel scale vector); requantize: per-tensor layers are "
+                                       "requantized after folding, so they stay per-tensor (costs accuracy, reported); "
+                                       "none: keep batch norm as its own op."),
+    ] = "scale",
+    check_images: Annotated[
+        int,
+        typer.Option("--check-images", min=1, help="Held-out (val) images the exported files are checked on against "
+                                                   "the fake-quant subnet (>= 99.9% top-1 agreement)."),
+    ] = 2000,
+    min_agreement: Annotated[
+        float,
+        typer.Option("--min-agreement", min=0.0, max=1.0,
+                     help="Top-1 agreement with the fake-quant subnet each file must reach on the check images. "
+                          "Lower it only after reading the error that names the model's own float-rounding floor."),
+    ] = 0.999,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output directory. Default: artifacts/<spec>/export-<config tag>."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, files, metrics) on stdout.")] = False,
+) -> None:
+    """Export a calibrated subnet to integer weights and/or ONNX QDQ that match the fake-quant model.
+
+    Each file is checked on held-out images before anything is written: layer by layer (every
+    quantized layer fed the fake-quant model's own input must reproduce it to 1e-4) and end to
+    end (top-1 agreement >= --min-agreement, 99.9% by default). The integer file is reloaded
+    with the standalone loader, the ONNX file runs in onnxruntime. See docs/export.md.
+    """
+    from eqtools.errors import ConfigError
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format is {fmt!r}; allowed: {', '.join(FORMATS)}")
+    if bn_fold not in BN_FOLD_MODES:
+        raise ConfigError(f"--bn-fold is {bn_fold!r}; allowed: {', '.join(BN_FOLD_MODES)}")
+
+    from eqtools.artifacts import resolve_input
+    from eqtools.export import export_artifact
+
+    source = resolve_input(from_, ("calibrated", "search"), echo=echo)
+    result = export_artifact(source, formats=(fmt,), opset=opset, bn_fold=bn_fold, out=out,
+                             check_images=check_images, agreement_min=min_agreement, log=echo)
+    m = result.metrics
+    if as_json:
+        emit_json({"path": str(result.path), "files": result.extra.get("files", {}), "config": result.extra.get("config"),
+                   "metrics": m})
+        return
+    sizes = m["sizes"]
+    print(f"subnet  {m['config']['condition']}, avg bits W {m['config']['avg_w_bits']:.2f} "
+          f"A {m['config']['avg_a_bits']:.2f}; batch norm: {m['bn_fold']['mode']} "
+          f"({m['bn_fold']['layers_folded']} folded, {m['bn_fold']['batch_norms_unfolded']} kept)")
+    print(f"weights {human_bytes(sizes['packed_weight_bytes'])} packed vs {human_bytes(sizes['fp32_weight_bytes'])} "
+          f"FP32 ({sizes['weight_compression']:.1f}x smaller)")
+    against = "fake-quant" if m["check"]["reference"].endswith("subnet") else "requantized model"
+    if "int" in m:
+        print(_parity_line("int", m["int"]["parity"], against) + f"; file {human_bytes(m['int']['file_bytes'])}")
+    if "onnx" in m:
+        o = m["onnx"]
+        print(_parity_line("onnx", o["parity"], against) + f"; file {human_bytes(o['file_bytes'])} "
+              f"(FP32 ONNX {human_bytes(sizes['fp32_onnx_file_bytes'])}), opset {o['opset']}")
+    print(f"checked on {m['check']['images']} held-out images; wrote {result.path}")

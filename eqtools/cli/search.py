@@ -1,0 +1,154 @@
+"""``eqtools search``: the best mixed-precision config for a bit budget, from the predictor."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eqtools.cli._common import echo, emit_json, handle_errors, progress
+
+
+class Granularity(str, Enum):
+    per_channel = "per-channel"
+    per_tensor = "per-tensor"
+
+
+class Symmetry(str, Enum):
+    sym = "sym"
+    asym = "asym"
+
+
+class Cost(str, Enum):
+    bits = "bits"
+    size = "size"
+    bops = "bops"
+
+
+def _preset_help() -> str:
+    from eqtools.search.presets import PRESETS
+
+    return "; ".join(f"{p.name} = {p.granularity}/{p.symmetry}" for p in PRESETS.values())
+
+
+@handle_errors
+def command(
+    predictor_path: Annotated[Path | None, typer.Option(
+        "--predictor", help="predictor artifact (default: the newest under artifacts/).")] = None,
+    w_bits: Annotated[float | None, typer.Option(
+        "--w-bits", help="Average weight bits X: the search keeps it in (X-0.5, X]. Required unless --pareto.")] = None,
+    a_bits: Annotated[float | None, typer.Option(
+        "--a-bits", help="Average activation bits Y, window (Y-0.5, Y]; default: X.")] = None,
+    granularity: Annotated[Granularity | None, typer.Option(
+        "--granularity", help="Weight quantization granularity to search at.")] = None,
+    symmetry: Annotated[Symmetry | None, typer.Option(
+        "--symmetry", help="Symmetry of weights and activations to search at.")] = None,
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="Deployment target that fixes the conditions: " + _preset_help() + " (sources in docs/search.md).")] = None,
+    max_size_mb: Annotated[float | None, typer.Option(
+        "--max-size-mb", help="Cap on packed Conv/Linear weight size, in MB (10^6 bytes).")] = None,
+    max_bops: Annotated[float | None, typer.Option(
+        "--max-bops", help="Cap on bit operations per sample (MACs x weight bits x activation bits), e.g. 5e8.")] = None,
+    population: Annotated[int | None, typer.Option(
+        "--population", min=4, help="GA population (default: the spec's search.population, 100).")] = None,
+    generations: Annotated[int | None, typer.Option(
+        "--generations", min=0, help="GA generations (default: the spec's search.generations, 500).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Search seed (default: the spec's seed).")] = None,
+    uniform: Annotated[bool, typer.Option(
+        "--uniform", help="Return the uniform X/Y-bit config (the baseline), predicted but not searched.")] = False,
+    pareto: Annotated[bool, typer.Option(
+        "--pareto", help="NSGA-II over the whole accuracy-vs-cost front; --w-bits/--a-bits become upper bounds.")] = False,
+    cost: Annotated[Cost, typer.Option(
+        "--cost", help="Cost axis of --pareto: bits (mean of W and A average bits), size or bops.")] = Cost.bits,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", min=1, help="How many of the best configs to list (and to measure with --verify).")] = 5,
+    verify: Annotated[bool, typer.Option(
+        "--verify", help="Calibrate and evaluate the top-K on the supernet (val split); keep the best measured one.")] = False,
+    supernet_path: Annotated[Path | None, typer.Option(
+        "--supernet", help="supernet artifact for --verify (default: the one the predictor's samples came from).")] = None,
+    eval_images: Annotated[int | None, typer.Option(
+        "--eval-images", min=10, help="With --verify: evaluate on a class-balanced subset of this many val images.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Output directory (default: artifacts/<spec>/search-<budget>-<condition>).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")] = False,
+) -> None:
+    """Search the mixed-precision config with the best predicted accuracy under a bit budget.
+
+    Example: eqtools search --w-bits 3 --granularity per-tensor --symmetry asym
+
+    Budgets no config meets (e.g. --w-bits 1, or caps below the smallest model) are refused before searching, with the tightest feasible value. The artifact holds best_config.json (for `eqtools calibrate --config` and `export`), the Pareto front, the per-generation history and the top-K.
+    """
+    from eqtools.artifacts import default_out, resolve_input
+    from eqtools.errors import ArtifactError, ConfigError
+    from eqtools.predictor import load_predictor
+    from eqtools.search import SearchOptions, run_search, search_tag, write_search
+    from eqtools.specs import SearchSpec
+
+    if verify and uniform:
+        raise ConfigError("--verify measures searched candidates; with --uniform calibrate the config instead "
+                          "(`eqtools calibrate --w-bits ...`)")
+    art = resolve_input(predictor_path, "predictor", echo=echo)
+    predictor = load_predictor(art)
+    spec = art.spec or {}
+    try:
+        defaults = SearchSpec(**(spec.get("search") or {}))
+    except ValueError as exc:  # pydantic's ValidationError: a manifest from an incompatible eqtools
+        raise ArtifactError(f"{art.path}: the spec's search section is not valid for this eqtools ({exc})") from None
+    options = SearchOptions(
+        w_bits=w_bits, a_bits=a_bits,
+        granularity=granularity.value if granularity else None,
+        symmetry=symmetry.value if symmetry else None,
+        preset=preset, max_size_mb=max_size_mb, max_bops=max_bops,
+        population=population if population is not None else defaults.population,
+        generations=generations if generations is not None else defaults.generations,
+        mutation_prob=defaults.mutation_prob, parent_fraction=defaults.parent_fraction,
+        seed=seed if seed is not None else int(spec.get("seed", 0)),
+        uniform=uniform, pareto=pareto, cost=cost.value, top_k=top_k,
+    )
+    supernet = None
+    if verify or supernet_path is not None:
+        from eqtools.search.verify import find_supernet
+
+        supernet = find_supernet(predictor, supernet_path, echo=echo)
+    what = "NSGA-II" if pareto else "GA"
+    with progress(f"search ({what})", options.generations, enabled=not as_json and not uniform) as advance:
+        outcome = run_search(predictor, options, progress=advance)
+    if verify and supernet is not None:
+        from eqtools.search.verify import verify_configs
+        from eqtools.space import SubnetConfig
+
+        configs = [SubnetConfig.from_dict(p["config"]) for p in outcome.top]
+        echo(f"verifying the top {len(configs)} configs on {supernet.path} (BN calibration + val evaluation)")
+        with progress("verify", len(configs), enabled=not as_json) as advance:
+            rows = verify_configs(supernet, configs, [p["predicted_accuracy"] for p in outcome.top],
+                                  eval_images=eval_images, on_stage=None if as_json else echo, progress=advance)
+        outcome.verified = rows
+        best_row = rows[0]
+        outcome.best = SubnetConfig.from_dict(best_row["config"])
+        outcome.best_predicted = best_row["predicted_accuracy"]
+        match = next(p for p in outcome.top if p["config"] == best_row["config"])
+        outcome.best_costs = {k: match[k] for k in ("avg_w_bits", "avg_a_bits", "size_bytes", "bops")}
+    spec_name = spec.get("name") or "default"
+    out = out if out is not None else default_out(spec_name, "search", search_tag(options, outcome.condition))
+    artifact = write_search(outcome, out, predictor, parents=[supernet] if supernet is not None and verify else [])
+    m = artifact.metrics
+    if as_json:
+        emit_json({"path": str(artifact.path), "best_config": outcome.best.to_dict(), **m})
+        return
+    c = outcome.best_costs
+    echo(
+        f"best {outcome.mode} config at {outcome.condition}: predicted top-1 {100 * outcome.best_predicted:.2f}%, "
+        f"avg bits W {c['avg_w_bits']:.3f} / A {c['avg_a_bits']:.3f}, {c['size_bytes'] / 1e6:.4g} MB, "
+        f"{c['bops'] / 1e9:.4g} GBOPs"
+    )
+    if outcome.uniform_baseline is not None and outcome.mode != "uniform":
+        echo(f"uniform config at the same budget: predicted {100 * outcome.uniform_baseline['predicted_accuracy']:.2f}%")
+    if outcome.verified:
+        for row in outcome.verified:
+            echo(f"  predicted #{row['predicted_rank']}: predicted {100 * row['predicted_accuracy']:.2f}%, "
+                 f"measured {100 * row['measured_top1']:.2f}% ({row['calibrated']})")
+    if outcome.mode != "uniform":
+        echo(f"{outcome.evaluations} configs scored in {outcome.time_s:.1f}s; front of {len(outcome.front)} points")
+    echo(f"wrote search artifact {artifact.path} (best config: {artifact.path / 'best_config.json'})")

@@ -1,0 +1,93 @@
+"""``eqtools train SPEC``: train a quantization supernet (or a static-QAT baseline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from eqtools.cli._common import echo, emit_json, handle_errors, print_error, progress
+
+
+@handle_errors
+def command(
+    spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Spec file, e.g. specs/quick.json.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Artifact directory. Default: artifacts/<spec>/supernet[-<tag>].")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Suffix for the default output directory.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run's checkpoint and start over.")] = False,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override train.epochs.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the spec's seed.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Force torch.compile on or off (default: the spec's train.compile, 'auto').")] = None,
+    static_bits: Annotated[str | None, typer.Option("--static-bits", metavar="W[/A]", help="Train a static-QAT baseline of one uniform config instead of a supernet (e.g. 4 or 4/8).")] = None,
+    granularity: Annotated[str | None, typer.Option("--granularity", help="With --static-bits: per-channel or per-tensor.")] = None,
+    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --static-bits: sym or asym.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any spec field, e.g. --set train.sandwich.distill=false (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a final summary object on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+) -> None:
+    """Train one weight-sharing quantization supernet with EQ-Net's recipe.
+
+    Each step trains the largest subnet, random subnets and the smallest subnet (sandwich rule)
+    with group progressive guidance (KL from larger to smaller) and weight distribution
+    regularisation. Checkpoints every epoch (and on Ctrl-C) so --resume continues exactly.
+    Multi-process: torchrun --nproc_per_node 2 -m eqtools train SPEC.
+    """
+    from eqtools.artifacts import default_out
+    from eqtools.build import resolve_spec
+    from eqtools.cli.overrides import apply_overrides
+    from eqtools.specs import load_spec, parse_spec
+    from eqtools.train import TrainingInterrupted, TrainOptions, run_training
+
+    spec = load_spec(spec_path)
+    data = spec.to_dict()
+    assignments = list(overrides or [])
+    if epochs is not None:
+        assignments.append(f"train.epochs={epochs}")
+    if seed is not None:
+        assignments.append(f"seed={seed}")
+    if compile_ is not None:
+        assignments.append(f"train.compile={'on' if compile_ else 'off'}")
+    if static_bits is not None:
+        w, _, a = static_bits.partition("/")
+        static = {"w_bits": _int(w, "--static-bits"), "a_bits": _int(a or w, "--static-bits")}
+        static["granularity"] = granularity or data["space"]["granularities"][0]
+        static["symmetry"] = symmetry or data["space"]["symmetries"][0]
+        data["train"]["mode"] = "static"
+        data["train"]["static"] = static
+        if tag is None:
+            tag = f"static-w{static['w_bits']}a{static['a_bits']}"
+    elif granularity or symmetry:
+        from eqtools.errors import SpecError
+
+        raise SpecError("--granularity/--symmetry choose the static-QAT config and need --static-bits")
+    data = apply_overrides(data, assignments)
+    spec = resolve_spec(parse_spec(data, str(spec_path)))
+    out = out or default_out(spec.name, "supernet", tag)
+
+    def log(message: str) -> None:
+        echo(message, quiet)
+
+    opts = TrainOptions(out=out, resume=resume, restart=restart, device=device, log=log,
+                        progress=lambda d, n: progress(d, n, enabled=not quiet))
+    try:
+        artifact = run_training(spec, opts)
+    except TrainingInterrupted as exc:
+        print_error(str(exc))
+        raise typer.Exit(130) from None
+    if artifact is None:  # a worker rank of a multi-process run
+        return
+    echo(f"wrote supernet artifact {artifact.path}", quiet)
+    if as_json:
+        emit_json({"artifact": str(artifact.path), "kind": artifact.kind, "metrics": artifact.metrics})
+
+
+def _int(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        from eqtools.errors import SpecError
+
+        raise SpecError(f"{flag} expects W or W/A with integer bit-widths in 2..8, got {text!r}") from None

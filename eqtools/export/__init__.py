@@ -1,0 +1,63 @@
+"""Export a calibrated subnet to packed integer weights and/or ONNX QDQ, checked against the fake-quant model.
+
+``load_int`` and the file-format helpers come from :mod:`eqtools.export.runtime`, which needs no
+eqtools training code (importing ``eqtools.export`` for ``load_int`` imports neither
+``eqtools.quant`` nor ``eqtools.train``); the exporting side is imported on first use. See
+``docs/export.md`` for the formats, the batch-norm folding choice and the measured parity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eqtools.errors import EqtoolsError
+from eqtools.export.runtime import DeployedModel, IntFormatError, load_int, pack_codes, read_int, unpack_codes
+
+__all__ = [
+    "BN_FOLD_MODES",
+    "DEFAULT_OPSET",
+    "FORMATS",
+    "DeployGraph",
+    "DeployedModel",
+    "ExportError",
+    "IntFormatError",
+    "build_onnx",
+    "export_artifact",
+    "export_subnet",
+    "extract_graph",
+    "load_int",
+    "pack_codes",
+    "parity",
+    "read_int",
+    "run_onnx",
+    "unpack_codes",
+    "write_int",
+]
+
+
+class ExportError(EqtoolsError):
+    """The export does not match the fake-quant subnet, or the subnet cannot be written in the asked format."""
+
+
+_LAZY = {
+    "BN_FOLD_MODES": "eqtools.export._graph",
+    "DeployGraph": "eqtools.export._graph",
+    "extract_graph": "eqtools.export._graph",
+    "build_onnx": "eqtools.export._onnx",
+    "run_onnx": "eqtools.export._onnx",
+    "DEFAULT_OPSET": "eqtools.export._stage",
+    "FORMATS": "eqtools.export._stage",
+    "export_artifact": "eqtools.export._stage",
+    "export_subnet": "eqtools.export._stage",
+    "parity": "eqtools.export._stage",
+    "write_int": "eqtools.export._stage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'eqtools.export' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

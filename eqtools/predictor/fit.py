@@ -1,0 +1,153 @@
+"""Fitting a predictor on a ``samples`` artifact and writing the ``predictor`` artifact.
+
+The held-out split (``test_fraction`` of the rows, by seed) is never seen in training; its
+measured and predicted accuracies are written to ``heldout.json`` so every reported metric can be
+recomputed from the artifact alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eqtools.artifacts import Artifact, write_artifact
+from eqtools.errors import ArtifactError, ConfigError, SpecError
+from eqtools.predictor.encoding import ENCODINGS, Encoding
+from eqtools.predictor.metrics import regression_metrics, scatter_plot
+from eqtools.predictor.mlp import OPTIMIZERS, WEIGHTS_FILE, save_mlp, train_mlp
+from eqtools.predictor.model import MODELS, PREDICTOR_FILE, Predictor
+from eqtools.predictor.samples import load_samples, split_indices
+from eqtools.predictor.xgb import DEFAULT_PARAMS, MODEL_FILE, train_xgb
+
+__all__ = ["HELDOUT_FILE", "SCATTER_FILE", "FitOptions", "fit_predictor"]
+
+HELDOUT_FILE = "heldout.json"
+SCATTER_FILE = "scatter.png"
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """Everything that decides a fit; defaults are the spec's ``predictor`` section's defaults."""
+
+    model: str = "mlp"
+    encoding: str = "onehot"
+    epochs: int = 100
+    seed: int = 0
+    hidden: int = 200
+    layers: int = 7
+    lr: float = 4e-4
+    weight_decay: float = 1e-5
+    optimizer: str = "adam"
+    batch_size: int = 32
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"predictor model {self.model!r} is unknown; allowed: {list(MODELS)}")
+        if self.encoding not in ENCODINGS:
+            raise ConfigError(f"encoding {self.encoding!r} is unknown; allowed: {list(ENCODINGS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} is unknown; allowed: {list(OPTIMIZERS)}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs is {self.epochs}; it must be at least 1")
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], **overrides: Any) -> FitOptions:
+        """Defaults from a resolved spec (``spec['predictor']``, ``spec['seed']``); None overrides are ignored."""
+        from eqtools.specs import parse_spec
+
+        try:
+            parsed = parse_spec(dict(spec), "in the samples artifact's manifest")
+        except SpecError as exc:
+            raise ArtifactError(f"the samples artifact's spec is not valid for this eqtools: {exc}") from None
+        p = parsed.predictor
+        base = cls(model=p.model, encoding=p.encoding, epochs=p.epochs, seed=parsed.seed, hidden=p.hidden,
+                   layers=p.layers, lr=p.lr, weight_decay=p.weight_decay, test_fraction=p.test_fraction)
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def fit_predictor(
+    samples: Artifact,
+    out: Path | str,
+    options: FitOptions,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> Artifact:
+    """Fit, evaluate on the held-out split and write a ``predictor`` artifact at ``out``."""
+    data = load_samples(samples)
+    space = data.space
+    encoding = Encoding.for_space(space, options.encoding)
+    x = encoding.encode(data.configs)
+    y = data.accuracy
+    train, test = split_indices(len(data), options.test_fraction, options.seed)
+    conditions = np.asarray(data.conditions)
+
+    start = time.perf_counter()
+    info: dict[str, Any] = {"model": options.model, "encoding": encoding.to_dict(), "options": asdict(options)}
+    if options.model == "mlp":
+        regressor: Any = train_mlp(
+            x[train], y[train], hidden=options.hidden, layers=options.layers, epochs=options.epochs, lr=options.lr,
+            weight_decay=options.weight_decay, optimizer=options.optimizer, batch_size=options.batch_size,
+            seed=options.seed, on_epoch=on_epoch,
+        )
+        info["target"] = {"mean": regressor.target_mean, "std": regressor.target_std}
+        info["mlp"] = {"hidden": options.hidden, "layers": options.layers, "activation": "relu", "loss": "smooth_l1"}
+    else:
+        regressor = train_xgb(x[train], y[train], seed=options.seed)
+        info["xgb"] = dict(DEFAULT_PARAMS)
+        if on_epoch is not None:
+            on_epoch(options.epochs - 1, float("nan"))
+    fit_time = time.perf_counter() - start
+    predictor = Predictor(options.model, encoding, regressor, space)
+
+    pred_test = predictor.predict_features(x[test])
+    pred_train = predictor.predict_features(x[train])
+    held = regression_metrics(y[test], pred_test, conditions[test].tolist())
+    seen = regression_metrics(y[train], pred_train)
+    metrics = {
+        "model": options.model,
+        "encoding": options.encoding,
+        "n_samples": len(data),
+        "n_train": len(train),
+        "n_test": len(test),
+        "rmse": held["rmse"],
+        "mae": held["mae"],
+        "pearson": held["pearson"],
+        "kendall_tau": held["kendall_tau"],
+        "per_condition": held["per_condition"],
+        "train_rmse": seen["rmse"],
+        "train_kendall_tau": seen["kendall_tau"],
+        "fit_time_s": round(fit_time, 3),
+    }
+    heldout = {
+        "test_indices": test.tolist(),
+        "train_indices": train.tolist(),
+        "measured": y[test].tolist(),
+        "predicted": pred_test.tolist(),
+        "conditions": conditions[test].tolist(),
+    }
+    title = (
+        f"{options.model} ({options.encoding}), {len(test)} held-out subnets: "
+        f"r={_fmt(held['pearson'])} τ={_fmt(held['kendall_tau'])} RMSE={100 * held['rmse']:.2f} pt"
+    )
+
+    def write(tmp: Path) -> None:
+        (tmp / PREDICTOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / HELDOUT_FILE).write_text(json.dumps(heldout) + "\n")
+        if options.model == "mlp":
+            save_mlp(tmp / WEIGHTS_FILE, regressor)
+        else:
+            regressor.save(tmp / MODEL_FILE)
+        scatter_plot(tmp / SCATTER_FILE, y[test], pred_test, conditions[test].tolist(), title)
+
+    return write_artifact(out, "predictor", write, spec=samples.spec, space=space, parents=[samples],
+                          metrics=metrics, extra={"model": options.model, "encoding": options.encoding})
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,130 @@
+"""A fitted predictor loaded from its artifact: configs in, predicted accuracy out.
+
+``predictor.json`` holds the model kind, the encoding (with the space fingerprint it was built
+for) and, for the MLP, the target scaling; the weights live in ``mlp.safetensors`` or
+``xgb_model.json``. Loading checks that the stored encoding matches the manifest's space, and
+:meth:`Predictor.check_space` refuses configs from any other space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from eqtools.artifacts import Artifact, read_artifact
+from eqtools.errors import ArtifactError
+from eqtools.predictor.encoding import Encoding
+from eqtools.space import ElasticSpace, SubnetConfig
+
+__all__ = ["MODELS", "PREDICTOR_FILE", "Predictor", "load_predictor"]
+
+MODELS: tuple[str, ...] = ("mlp", "xgb")
+PREDICTOR_FILE = "predictor.json"
+
+
+class _Regressor(Protocol):
+    def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class Predictor:
+    """Predicted top-1 accuracy (a fraction) for configs of one elastic space."""
+
+    def __init__(self, model: str, encoding: Encoding, regressor: _Regressor, space: ElasticSpace,
+                 artifact: Artifact | None = None) -> None:
+        self.model = model
+        self.encoding = encoding
+        self.regressor = regressor
+        self.space = space
+        self.artifact = artifact
+        encoding.check_space(space, "the predictor's encoding")
+
+    def check_space(self, space: ElasticSpace, what: str = "the supernet") -> None:
+        """Refuse to predict for another space (e.g. a predictor fitted on another supernet)."""
+        if space.fingerprint != self.space.fingerprint:
+            where = f"predictor {self.artifact.path}" if self.artifact is not None else "the predictor"
+            raise ArtifactError(
+                f"{where} was fitted for elastic space {self.space.fingerprint}, but {what} has space "
+                f"{space.fingerprint} ({self.space.describe_difference(space)}); fit a predictor on samples "
+                "of this supernet (`eqtools sample`, then `eqtools fit-predictor`)"
+            )
+
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """Scope for many small batched calls (the search): the MLP runs on one torch thread."""
+        if self.model == "mlp":
+            from eqtools.predictor.mlp import one_thread
+
+            ctx = one_thread()
+        else:
+            ctx = nullcontext()
+        with ctx:
+            yield
+
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        return self.regressor.predict(x)
+
+    def predict_indices(self, w_idx: np.ndarray, a_idx: np.ndarray, granularity: str, symmetry: str) -> np.ndarray:
+        """Accuracies [N] for index arrays [N, n_elastic] at one condition: one batched call."""
+        return self.regressor.predict(self.encoding.encode_indices(w_idx, a_idx, granularity, symmetry))
+
+    def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
+        for config in configs:
+            self.space.validate(config)
+        return self.regressor.predict(self.encoding.encode(configs))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} must hold a JSON object")
+    return data
+
+
+def load_predictor(source: Artifact | Path | str) -> Predictor:
+    """Open a ``predictor`` artifact (path or already-read artifact) and rebuild its model."""
+    artifact = source if isinstance(source, Artifact) else read_artifact(source, "predictor")
+    if artifact.kind != "predictor":
+        raise ArtifactError(f"{artifact.path} is a '{artifact.kind}' artifact; expected a 'predictor' artifact")
+    space = artifact.space
+    if space is None:
+        raise ArtifactError(f"{artifact.path} records no elastic space; re-create it with `eqtools fit-predictor`")
+    info_path = artifact.file(PREDICTOR_FILE)
+    info = _read_json(info_path)
+    model = info.get("model")
+    if model not in MODELS:
+        raise ArtifactError(f"{info_path}: model is {model!r}; this eqtools knows {list(MODELS)}")
+    encoding = Encoding.from_dict(info.get("encoding") or {}, str(info_path))
+    if encoding.space_fingerprint != artifact.manifest.get("space_fingerprint"):
+        raise ArtifactError(
+            f"{artifact.path}: the encoding was built for space {encoding.space_fingerprint} but the manifest "
+            f"records space {artifact.manifest.get('space_fingerprint')}; the artifact was assembled from "
+            "mismatched parts, re-create it with `eqtools fit-predictor`"
+        )
+    regressor: _Regressor
+    if model == "mlp":
+        from eqtools.predictor.mlp import WEIGHTS_FILE, load_mlp
+
+        target = info.get("target") or {}
+        try:
+            mean, std = float(target["mean"]), float(target["std"])
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"{info_path}: an MLP predictor needs target.mean and target.std") from None
+        regressor = load_mlp(artifact.file(WEIGHTS_FILE), mean, std)
+        if regressor.weights[0].shape[1] != encoding.n_features:
+            raise ArtifactError(
+                f"{artifact.path}: the MLP takes {regressor.weights[0].shape[1]} inputs but the encoding "
+                f"makes {encoding.n_features}; the artifact was assembled from mismatched parts"
+            )
+    else:
+        from eqtools.predictor.xgb import MODEL_FILE, load_xgb
+
+        regressor = load_xgb(artifact.file(MODEL_FILE))
+    return Predictor(model, encoding, regressor, space, artifact)

@@ -1,0 +1,91 @@
+"""Reading the ``samples`` artifact: the <config, accuracy> dataset the predictor learns from.
+
+``samples.jsonl`` has one JSON object per line with at least ``config`` (a
+:meth:`SubnetConfig.to_dict`) and ``accuracy`` (top-1 as a fraction in [0, 1]); the sampler also
+writes ``index``, ``loss``, ``avg_w_bits``, ``avg_a_bits``, ``size_bytes``, ``bops`` and
+``condition``, which are kept but not needed here. Every config is validated against the
+artifact's space, so a bad row is reported by line number instead of surfacing as a shape error
+inside the predictor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from eqtools.artifacts import Artifact
+from eqtools.errors import ArtifactError, ConfigError
+from eqtools.space import ElasticSpace, SubnetConfig
+
+__all__ = ["SAMPLES_FILE", "SampleSet", "load_samples", "split_indices"]
+
+SAMPLES_FILE = "samples.jsonl"
+MIN_SAMPLES = 10  # below this a 20 % held-out split cannot give a meaningful Kendall τ
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """The configs of a samples artifact and their measured accuracies (fractions in [0, 1])."""
+
+    space: ElasticSpace
+    configs: tuple[SubnetConfig, ...]
+    accuracy: np.ndarray  # float64 [N]
+    rows: tuple[dict[str, Any], ...]
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    @property
+    def conditions(self) -> list[str]:
+        return [c.condition for c in self.configs]
+
+
+def load_samples(artifact: Artifact) -> SampleSet:
+    """Parse and validate ``samples.jsonl`` of a ``samples`` artifact."""
+    space = artifact.space
+    if space is None:
+        raise ArtifactError(f"{artifact.path} records no elastic space; re-create it with `eqtools sample`")
+    path = artifact.file(SAMPLES_FILE)
+    configs: list[SubnetConfig] = []
+    accuracy: list[float] = []
+    rows: list[dict[str, Any]] = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ArtifactError(f"{where} is not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict) or "config" not in row or "accuracy" not in row:
+                raise ArtifactError(f"{where}: each row must be a JSON object with at least 'config' and 'accuracy'")
+            try:
+                config = space.validate(SubnetConfig.from_dict(row["config"]))
+            except ConfigError as exc:
+                raise ArtifactError(f"{where}: the config does not fit the artifact's space: {exc}") from None
+            acc = row["accuracy"]
+            if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0.0 <= acc <= 1.0:
+                raise ArtifactError(f"{where}: accuracy is {acc!r}; it must be a top-1 fraction in [0, 1]")
+            configs.append(config)
+            accuracy.append(float(acc))
+            rows.append(row)
+    if len(configs) < MIN_SAMPLES:
+        raise ArtifactError(
+            f"{artifact.path} holds {len(configs)} sampled subnets; fitting a predictor needs at least "
+            f"{MIN_SAMPLES} (the spec's sample.n sets how many `eqtools sample` draws)"
+        )
+    return SampleSet(space, tuple(configs), np.asarray(accuracy, dtype=np.float64), tuple(rows))
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random train/held-out split of ``n`` rows; both parts are sorted and non-empty."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test fraction is {test_fraction}; it must lie strictly between 0 and 1")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = min(n - 2, max(2, round(test_fraction * n)))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])

@@ -1,0 +1,640 @@
+"""The accuracy dataset: draw subnet configs, calibrate and evaluate each, write a ``samples`` artifact.
+
+The sampler (see docs/sample.md for the full argument)
+------------------------------------------------------
+Drawing every layer's bits independently and uniformly puts the *average* bit-width of a config
+near the middle of the range (a sum of independent draws concentrates: with ResNet-20's 18 elastic
+layers, 87 % of uniform draws average 4 to 6 weight bits and fewer than 0.1 % below 3 or above 7).
+A predictor trained on such data has never seen the low-bit corner where the search usually ends
+up. So the draw is stratified on the
+quantities the search constrains:
+
+1. Conditions round-robin: draw ``i`` gets condition ``i mod C`` of the requested conditions, so
+   every condition gets ``n / C`` draws (±1).
+2. Within a condition, target average bits are Latin-hypercube stratified: the ``m`` draws of the
+   condition split [min bits, max bits] into ``m`` equal strata for weights and again for
+   activations, each draw taking one weight stratum and one activation stratum (two independent
+   random permutations) and a uniform point inside each.
+3. Per layer, bits come from the maximum-entropy distribution over the candidate bits whose mean is
+   the target (``p(b) ∝ exp(θ·b)``, θ found by bisection): at the middle of the range this is the
+   uniform per-layer draw, toward the ends it leans to low or high bits but still mixes
+   bit-widths across layers. Of 8 such draws the one whose (parameter- or activation-weighted)
+   average is closest to the target is kept, separately for weights and activations.
+4. A config already drawn is redrawn (up to 16 times), so rows are distinct subnets.
+
+The whole draw is a pure function of (space, n, seed, conditions); ``--shard K/N`` evaluates the
+draws with ``index mod N == K - 1`` (strided, so every shard sees every condition and bit range and
+takes the same time), and merging the shards gives byte-for-byte the rows of the unsharded run.
+
+Resuming
+--------
+Rows are appended to ``.<out name>.partial/rows.jsonl`` beside the output, one fsynced line per
+subnet, with the sampling parameters in ``params.json``. A re-run with the same parameters reads
+the complete lines (a line cut by a kill is dropped and its subnet re-evaluated), evaluates only
+what is missing and, when every row is there, writes the artifact atomically and removes the work
+directory. Each row depends only on (weights, config, data), never on what ran before it, so a
+resumed run gives the same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eqtools.artifacts import Artifact, default_out, read_artifact, write_artifact
+from eqtools.errors import ArtifactError, ConfigError
+from eqtools.space import ElasticSpace, SubnetConfig
+
+__all__ = [
+    "SAMPLER",
+    "SampleParams",
+    "draw_configs",
+    "merge_samples",
+    "parse_conditions",
+    "parse_shard",
+    "read_samples",
+    "sample_artifact",
+    "shard_indices",
+    "tilted_distribution",
+]
+
+SAMPLER = "stratified-tilted/1"  # recorded in the manifest; bump when the draw changes
+ROWS_FILE = "samples.jsonl"
+CANDIDATES = 8  # per-layer draws per target; the closest average wins
+REDRAWS = 16  # attempts at a config not drawn before
+EVAL_SEED_OFFSET = 104729  # fixes the class-balanced evaluation subset per spec
+
+
+# ---------------------------------------------------------------------------------- parsing
+def parse_conditions(value: str | Sequence[str] | None, space: ElasticSpace) -> tuple[str, ...]:
+    """``all`` (or None) or comma-separated ``granularity/symmetry`` labels, checked against the space.
+
+    Returns labels like ``per-channel/sym`` in the order given (``all``: the space's order).
+    """
+    allowed = [f"{g}/{s}" for g, s in space.conditions]
+    if value is None:
+        return tuple(allowed)
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    items = [v for v in items if v]
+    if items == ["all"]:
+        return tuple(allowed)
+    if not items:
+        raise ConfigError(f"--conditions is empty; give 'all' or some of {allowed}")
+    seen: list[str] = []
+    for item in items:
+        if item not in allowed:
+            raise ConfigError(f"condition {item!r} is not in this supernet's space; allowed: 'all' or {allowed}")
+        if item in seen:
+            raise ConfigError(f"condition {item!r} is listed twice")
+        seen.append(item)
+    return tuple(seen)
+
+
+def parse_shard(value: str | None) -> tuple[int, int] | None:
+    """``K/N`` (1-based) -> ``(K, N)``; None stays None."""
+    if value is None:
+        return None
+    parts = value.split("/")
+    try:
+        k, n = (int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"--shard is {value!r}; write it as K/N with integers, e.g. 2/8 (shard 2 of 8)") from None
+    if n < 1 or not 1 <= k <= n:
+        raise ConfigError(f"--shard is {value!r}; K/N needs N >= 1 and 1 <= K <= N")
+    return k, n
+
+
+def shard_indices(n: int, shard: tuple[int, int] | None) -> list[int]:
+    """Draw indices a shard evaluates: every N-th from K - 1, so shards are alike in content and cost."""
+    if shard is None:
+        return list(range(n))
+    k, count = shard
+    return list(range(k - 1, n, count))
+
+
+# ---------------------------------------------------------------------------------- the sampler
+def tilted_distribution(choices: Sequence[int], target: float) -> list[float]:
+    """Probabilities over sorted ``choices`` with mean ``target``: the maximum-entropy one, ``∝ exp(θ·b)``.
+
+    ``target`` is clipped to the choices' range; at an end all mass goes to that end.
+    """
+    lo, hi = choices[0], choices[-1]
+    if len(choices) == 1 or target <= lo + 1e-9:
+        return [1.0] + [0.0] * (len(choices) - 1)
+    if target >= hi - 1e-9:
+        return [0.0] * (len(choices) - 1) + [1.0]
+    mid = (lo + hi) / 2
+
+    def probs(theta: float) -> list[float]:
+        weights = [math.exp(theta * (b - mid)) for b in choices]
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    low, high = -60.0, 60.0
+    for _ in range(42):  # the interval shrinks to 120 / 2^42: far below any bit difference
+        theta = (low + high) / 2
+        mean = sum(p * b for p, b in zip(probs(theta), choices))
+        if mean < target:
+            low = theta
+        else:
+            high = theta
+    return probs((low + high) / 2)
+
+
+def _closest(
+    rng: random.Random, choices: Sequence[int], probs: Sequence[float], weights: Sequence[int], target: float
+) -> list[int]:
+    total = sum(weights)
+    best: list[int] = []
+    best_err = math.inf
+    for _ in range(CANDIDATES):
+        bits = rng.choices(choices, probs, k=len(weights))
+        err = abs(sum(w * b for w, b in zip(weights, bits)) / total - target)
+        if err < best_err:
+            best, best_err = bits, err
+    return best
+
+
+def draw_configs(
+    space: ElasticSpace, n: int, *, seed: int, conditions: Sequence[str] | None = None
+) -> list[SubnetConfig]:
+    """The ``n`` configs of a sampling run, in index order (see the module docstring).
+
+    A pure function of its arguments: every shard recomputes the same list.
+    """
+    if n < 1:
+        raise ConfigError(f"the number of subnets is {n}; it must be at least 1")
+    labels = parse_conditions(conditions, space)
+    rng = random.Random(seed)
+    layers = space.quantized_layers
+    elastic = [i for i, layer in enumerate(layers) if not layer.fixed]
+    w_weights = [layers[i].weight_params for i in elastic]
+    a_weights = [layers[i].act_elems for i in elastic]
+    base_w = [space.w_choices(layer)[0] for layer in layers]
+    base_a = [space.a_choices(layer)[0] for layer in layers]
+    w_lo, w_hi = space.w_bits[0], space.w_bits[-1]
+    a_lo, a_hi = space.a_bits[0], space.a_bits[-1]
+    # per condition: a stratum permutation for weights and one for activations
+    counts = [len(range(c, n, len(labels))) for c in range(len(labels))]
+    strata = [(rng.sample(range(m), m), rng.sample(range(m), m)) for m in counts]
+    seen: set[tuple] = set()
+    configs: list[SubnetConfig] = []
+    for i in range(n):
+        c = i % len(labels)
+        k = i // len(labels)
+        m = counts[c]
+        granularity, symmetry = labels[c].split("/")
+        target_w = w_lo + (strata[c][0][k] + rng.random()) / m * (w_hi - w_lo)
+        target_a = a_lo + (strata[c][1][k] + rng.random()) / m * (a_hi - a_lo)
+        p_w = tilted_distribution(space.w_bits, target_w)
+        p_a = tilted_distribution(space.a_bits, target_a)
+        for _ in range(REDRAWS):
+            w = list(base_w)
+            a = list(base_a)
+            if elastic:
+                for i_layer, b in zip(elastic, _closest(rng, space.w_bits, p_w, w_weights, target_w)):
+                    w[i_layer] = b
+                for i_layer, b in zip(elastic, _closest(rng, space.a_bits, p_a, a_weights, target_a)):
+                    a[i_layer] = b
+            key = (tuple(w), tuple(a), granularity, symmetry)
+            if key not in seen:
+                break
+        seen.add(key)
+        configs.append(SubnetConfig(space.layer_names, tuple(w), tuple(a), granularity, symmetry))
+    return configs
+
+
+# ---------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class SampleParams:
+    """Everything that decides the rows; two runs (or shards) mix only if these are equal."""
+
+    supernet_sha256: str
+    space_fingerprint: str
+    n: int
+    seed: int
+    conditions: tuple[str, ...]
+    subset: int
+    calib_images: int
+    batch_size: int
+    sampler: str = SAMPLER
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "supernet_sha256": self.supernet_sha256,
+            "space_fingerprint": self.space_fingerprint,
+            "n": self.n,
+            "seed": self.seed,
+            "conditions": list(self.conditions),
+            "subset": self.subset,
+            "calib_images": self.calib_images,
+            "batch_size": self.batch_size,
+            "sampler": self.sampler,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SampleParams:
+        return cls(
+            supernet_sha256=data["supernet_sha256"],
+            space_fingerprint=data["space_fingerprint"],
+            n=int(data["n"]),
+            seed=int(data["seed"]),
+            conditions=tuple(data["conditions"]),
+            subset=int(data["subset"]),
+            calib_images=int(data["calib_images"]),
+            batch_size=int(data["batch_size"]),
+            sampler=data["sampler"],
+        )
+
+    def difference(self, other: SampleParams) -> str:
+        mine, theirs = self.to_dict(), other.to_dict()
+        diffs = [f"{k} {theirs[k]!r} vs {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
+        return ", ".join(diffs) or "none"
+
+
+def _params_of(artifact: Artifact) -> tuple[SampleParams, tuple[int, int] | None]:
+    extra = artifact.extra
+    try:
+        params = SampleParams.from_dict(extra)
+        shard = extra.get("shard")
+        return params, (None if shard is None else (int(shard[0]), int(shard[1])))
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise ArtifactError(
+            f"{artifact.path} is a samples artifact without the sampling parameters in its manifest; "
+            "re-create it with `eqtools sample`"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------- rows
+_ROW_KEYS = ("index", "config", "accuracy", "loss", "avg_w_bits", "avg_a_bits", "size_bytes", "bops", "condition")
+
+
+def _row_line(row: dict[str, Any]) -> str:
+    return json.dumps(row) + "\n"
+
+
+def read_samples(artifact: Artifact | Path | str) -> list[dict[str, Any]]:
+    """The rows of a ``samples`` artifact, in index order (``config`` left as a dict)."""
+    art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact, "samples")
+    rows = []
+    path = art.file(ROWS_FILE)
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ArtifactError(f"{path}:{lineno} is not a JSON row; the artifact is corrupted") from None
+    return rows
+
+
+class _WorkDir:
+    """The append-only, fsynced row log of an unfinished run, locked against a second writer."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out.parent / f".{out.name}.partial"
+        self.rows_path = self.path / "rows.jsonl"
+        self.params_path = self.path / "params.json"
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # pragma: no cover - non-POSIX: no protection against two writers
+            pass
+        except OSError:
+            os.close(fd)
+            raise ArtifactError(
+                f"another `eqtools sample` is writing {self.path} right now; wait for it, or give this run "
+                "another --out"
+            ) from None
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def read_params(self) -> SampleParams | None:
+        if not self.params_path.is_file():
+            return None
+        try:
+            return SampleParams.from_dict(json.loads(self.params_path.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None  # written atomically, so only a foreign file gets here: start over
+
+    def write_params(self, params: SampleParams) -> None:
+        tmp = self.params_path.with_suffix(".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(params.to_dict(), fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.params_path)
+
+    def clear(self) -> None:
+        for name in ("rows.jsonl", "params.json"):
+            (self.path / name).unlink(missing_ok=True)
+
+    def read_rows(self, wanted: dict[int, SubnetConfig]) -> dict[int, dict[str, Any]]:
+        """Complete rows for ``wanted`` indices; the log is cut after the last good line."""
+        rows: dict[int, dict[str, Any]] = {}
+        if not self.rows_path.is_file():
+            return rows
+        good = 0
+        with open(self.rows_path, "rb") as fh:
+            data = fh.read()
+        offset = 0
+        for raw in data.splitlines(keepends=True):
+            end = offset + len(raw)
+            offset = end
+            if not raw.endswith(b"\n"):
+                break  # cut by a kill mid-write
+            try:
+                row = json.loads(raw)
+                index = int(row["index"])
+                config = SubnetConfig.from_dict(row["config"])
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, ConfigError):
+                break
+            if index not in wanted or wanted[index] != config:
+                raise ArtifactError(
+                    f"{self.rows_path} holds a row (index {index}) that is not part of this run's draw; "
+                    "it was written by another version of the sampler: pass --restart to discard it"
+                )
+            rows.setdefault(index, row)
+            good = end
+        if good != len(data):
+            with open(self.rows_path, "rb+") as fh:
+                fh.truncate(good)
+                fh.flush()
+                os.fsync(fh.fileno())
+        return rows
+
+    @contextmanager
+    def appender(self) -> Iterator[Callable[[dict[str, Any]], None]]:
+        with open(self.rows_path, "a") as fh:
+
+            def append(row: dict[str, Any]) -> None:
+                fh.write(_row_line(row))
+                fh.flush()
+                os.fsync(fh.fileno())
+
+            yield append
+
+    def remove(self) -> None:
+        self.unlock()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _summary(rows: Sequence[dict[str, Any]], eval_time_s: float) -> dict[str, Any]:
+    accuracies = [float(r["accuracy"]) for r in rows]
+    avg_w = [float(r["avg_w_bits"]) for r in rows]
+    avg_a = [float(r["avg_a_bits"]) for r in rows]
+    return {
+        "rows": len(rows),
+        "per_condition": dict(sorted(Counter(r["condition"] for r in rows).items())),
+        "accuracy_mean": sum(accuracies) / len(accuracies),
+        "accuracy_min": min(accuracies),
+        "accuracy_max": max(accuracies),
+        "avg_w_bits_range": [min(avg_w), max(avg_w)],
+        "avg_a_bits_range": [min(avg_a), max(avg_a)],
+        "eval_time_s": eval_time_s,
+        "subnets_per_min": 60.0 * len(rows) / eval_time_s if eval_time_s > 0 else None,
+    }
+
+
+# ---------------------------------------------------------------------------------- running
+def sample_artifact(
+    supernet_artifact: Artifact,
+    *,
+    n: int | None = None,
+    conditions: str | Sequence[str] | None = None,
+    subset: int | None = None,
+    seed: int | None = None,
+    out: Path | str | None = None,
+    shard: tuple[int, int] | str | None = None,
+    calib_images: int | None = None,
+    batch_size: int | None = None,
+    restart: bool = False,
+    on_stage: Callable[[str], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> Artifact:
+    """Evaluate ``n`` drawn subnets (or one shard of them) and write a ``samples`` artifact.
+
+    Defaults come from the spec's ``sample`` section (``n``, ``subset``, ``calib_images``,
+    ``batch_size``) and seed. Accuracy is top-1 on a fixed class-balanced subset of ``subset``
+    images of the ``val`` split (training images never trained on); BN statistics come from
+    ``calib_images`` training images. Both sets are decoded once and reused for every subnet, as
+    is the loaded supernet.
+
+    Resumable (see the module docstring): re-running with the same arguments continues an
+    interrupted run; ``restart`` discards its rows instead. A finished run with the same
+    parameters at ``out`` is returned as is. ``on_start(done, total)`` is called once rows are
+    known, ``on_row(row)`` after each newly evaluated subnet.
+    """
+    from eqtools.calibrate import BatchSource, _spec_of, calibrate_and_evaluate, calibration_source, subnet_costs
+
+    if supernet_artifact.kind != "supernet":
+        raise ArtifactError(
+            f"{supernet_artifact.path} is a '{supernet_artifact.kind}' artifact; sample needs a 'supernet' "
+            "artifact (made by `eqtools train SPEC`)"
+        )
+    spec = _spec_of(supernet_artifact)
+    space = supernet_artifact.space
+    if space is None:
+        raise ArtifactError(f"{supernet_artifact.path} records no elastic space; re-create it with `eqtools train`")
+    shard = parse_shard(shard) if isinstance(shard, str) else shard
+    if shard is not None:
+        parse_shard(f"{shard[0]}/{shard[1]}")
+    params = SampleParams(
+        supernet_sha256=supernet_artifact.manifest_sha256,
+        space_fingerprint=space.fingerprint,
+        n=spec.sample.n if n is None else n,
+        seed=spec.seed if seed is None else seed,
+        conditions=parse_conditions(conditions, space),
+        subset=spec.sample.subset if subset is None else subset,
+        calib_images=spec.sample.calib_images if calib_images is None else calib_images,
+        batch_size=spec.sample.batch_size if batch_size is None else batch_size,
+    )
+    for name in ("n", "subset", "calib_images", "batch_size"):
+        if getattr(params, name) < 1:
+            raise ConfigError(f"{name} is {getattr(params, name)}; it must be at least 1")
+    say = on_stage or (lambda message: None)
+    if out is None:
+        tag = None if shard is None else f"shard{shard[0]}of{shard[1]}"
+        out = default_out(spec.name, "samples", tag)
+    out = Path(out)
+    extra = {**params.to_dict(), "shard": None if shard is None else list(shard), "eval_split": "val"}
+
+    work = _WorkDir(out)
+    if not restart and out.is_dir() and (out / "manifest.json").is_file():
+        try:
+            existing = read_artifact(out, "samples")
+            if existing.extra == extra:
+                say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do")
+                if work.path.exists():
+                    shutil.rmtree(work.path, ignore_errors=True)
+                return existing
+        except ArtifactError:
+            pass  # something else is there: it is replaced when this run finishes
+
+    indices = shard_indices(params.n, shard)
+    if not indices:
+        k, count = shard or (1, 1)
+        raise ConfigError(f"shard {k}/{count} of a {params.n}-subnet draw is empty; use at most {params.n} shards")
+    configs = draw_configs(space, params.n, seed=params.seed, conditions=params.conditions)
+    wanted = {i: configs[i] for i in indices}
+
+    work.lock()
+    try:
+        found = work.read_params()
+        if found is not None and found != params:
+            if not restart:
+                raise ArtifactError(
+                    f"{work.path} holds an unfinished sample run with other parameters ({params.difference(found)}); "
+                    "re-run with the same parameters to resume it, or pass --restart to discard it"
+                )
+        if restart or found != params:
+            work.clear()
+            work.write_params(params)
+        rows = work.read_rows(wanted)
+        todo = [i for i in indices if i not in rows]
+        if rows:
+            say(f"resuming {work.path}: {len(rows)} of {len(indices)} subnets already evaluated")
+        if todo:
+            from eqtools.build import load_supernet
+            from eqtools.data import load_splits
+
+            say(f"loading supernet {supernet_artifact.path} and {spec.data.name}")
+            supernet = load_supernet(supernet_artifact)
+            splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+            calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
+            evaluation = BatchSource(
+                splits.val.balanced(params.subset, spec.seed + EVAL_SEED_OFFSET), params.batch_size
+            )
+            say(
+                f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
+                "class-balanced val images"
+            )
+        if on_start is not None:
+            on_start(len(rows), len(indices))
+        if todo:
+            with work.appender() as append:
+                for index in todo:
+                    config = configs[index]
+                    start = time.perf_counter()
+                    result = calibrate_and_evaluate(supernet, config, calib, evaluation)
+                    elapsed = time.perf_counter() - start
+                    row = {
+                        "index": index,
+                        "config": config.to_dict(),
+                        "accuracy": result["top1"],
+                        "loss": result["loss"],
+                        **subnet_costs(space, config),
+                        "condition": config.condition,
+                        "time_s": elapsed,
+                    }
+                    append(row)
+                    rows[index] = row
+                    if on_row is not None:
+                        on_row(row)
+        ordered = [rows[i] for i in indices]
+        eval_time = sum(float(r.get("time_s", 0.0)) for r in ordered)
+        artifact = _write_samples(out, spec, space, ordered, eval_time, [supernet_artifact], extra)
+    except BaseException:
+        work.unlock()
+        raise
+    work.remove()
+    return artifact
+
+
+def _write_samples(
+    out: Path,
+    spec: Any,
+    space: ElasticSpace,
+    rows: Sequence[dict[str, Any]],
+    eval_time_s: float,
+    parents: Sequence[Artifact | dict[str, str]],
+    extra: dict[str, Any],
+) -> Artifact:
+    clean = [{k: row[k] for k in _ROW_KEYS} for row in rows]
+
+    def write(tmp: Path) -> None:
+        with open(tmp / ROWS_FILE, "w") as fh:
+            for row in clean:
+                fh.write(_row_line(row))
+
+    return write_artifact(out, "samples", write, spec=spec.to_dict(), space=space, parents=parents,
+                          metrics=_summary(clean, eval_time_s), extra=extra)
+
+
+def merge_samples(paths: Sequence[Path | str], out: Path | str | None = None) -> Artifact:
+    """Join the shard artifacts of one sampling run into the artifact the unsharded run would write.
+
+    Refuses artifacts that are not shards, shards of different supernets or parameters (seed, n,
+    conditions, subset, ...), a shard given twice, and an incomplete set (naming what is missing).
+    """
+    from eqtools.calibrate import _spec_of
+
+    if len(paths) < 1:
+        raise ConfigError("--merge needs the shard artifacts to join, e.g. eqtools sample --merge A B")
+    shards: list[tuple[Artifact, SampleParams, tuple[int, int]]] = []
+    for path in paths:
+        art = read_artifact(path, "samples")
+        params, shard = _params_of(art)
+        if shard is None:
+            raise ArtifactError(f"{art.path} is a complete (unsharded) samples artifact, not a shard; nothing to merge")
+        shards.append((art, params, shard))
+    first_art, first, (_, count) = shards[0]
+    for art, params, (_, n_shards) in shards[1:]:
+        if params.supernet_sha256 != first.supernet_sha256:
+            raise ArtifactError(
+                f"{art.path} was sampled from another supernet than {first_art.path} "
+                f"(supernet manifest sha256 {params.supernet_sha256[:12]}… vs {first.supernet_sha256[:12]}…); "
+                "merge only shards of one run"
+            )
+        if params != first:
+            raise ArtifactError(
+                f"{art.path} was sampled with other parameters than {first_art.path} ({first.difference(params)}); "
+                "merge only shards of one run"
+            )
+        if n_shards != count:
+            raise ArtifactError(f"{art.path} is a shard of {n_shards}, {first_art.path} one of {count}; merge one split")
+    ks = Counter(k for _, _, (k, _) in shards)
+    twice = sorted(k for k, c in ks.items() if c > 1)
+    if twice:
+        raise ArtifactError(f"shard(s) {twice} of {count} given more than once")
+    missing = sorted(set(range(1, count + 1)) - set(ks))
+    if missing:
+        raise ArtifactError(
+            f"shard(s) {', '.join(f'{k}/{count}' for k in missing)} missing; a merge needs all {count} shards"
+        )
+    rows: list[dict[str, Any]] = []
+    eval_time = 0.0
+    for art, _, _ in shards:
+        rows.extend(read_samples(art))
+        eval_time += float(art.metrics.get("eval_time_s") or 0.0)
+    rows.sort(key=lambda r: r["index"])
+    if [r["index"] for r in rows] != list(range(first.n)):
+        raise ArtifactError(f"the shards' rows do not cover draws 0..{first.n - 1} exactly once; re-run the shards")
+    spec = _spec_of(first_art)
+    space = first_art.space
+    if space is None:
+        raise ArtifactError(f"{first_art.path} records no elastic space")
+    out = Path(out) if out is not None else default_out(spec.name, "samples")
+    extra = {**first.to_dict(), "shard": None, "eval_split": first_art.extra.get("eval_split", "val")}
+    supernet_parent = next((p for p in first_art.manifest.get("parents", []) if p.get("kind") == "supernet"), None)
+    parents: list[Any] = ([supernet_parent] if supernet_parent else []) + [art for art, _, _ in shards]
+    return _write_samples(out, spec, space, rows, eval_time, parents, extra)

@@ -1,0 +1,456 @@
+"""The training loop behind ``eqtools train``: float warm-up (optional), quantizer initialisation,
+sandwich or static QAT epochs, checkpoints, resume, DDP, and the final ``supernet`` artifact.
+
+Resume is exact: data order and augmentation are pure functions of (seed, epoch, batch), the
+subnet sampler's RNG state and the optimiser/schedule state live in the checkpoint, and the
+checkpoint is written atomically at every epoch end (and at the current step on SIGINT/SIGTERM).
+On CPU with a fixed seed, a run killed after k epochs and resumed reaches bit-identical weights
+to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eqtools.artifacts import Artifact, load_safetensors, save_safetensors
+from eqtools.build import build_float_model, build_supernet, save_supernet, spec_info
+from eqtools.data import Split, Splits, load_splits
+from eqtools.errors import EqtoolsError
+from eqtools.quant import Supernet
+from eqtools.space import SubnetConfig
+from eqtools.specs import Spec
+from eqtools.train.step import sample_sandwich, sandwich_step, static_step, wdr_weights
+
+__all__ = ["TrainOptions", "TrainingInterrupted", "run_training"]
+
+CHECKPOINT = "checkpoint.pt"
+Progress = Callable[..., None]
+
+
+class TrainingInterrupted(EqtoolsError):
+    """Raised after a SIGINT/SIGTERM once the checkpoint is safely on disk."""
+
+
+@dataclass
+class TrainOptions:
+    out: Path
+    resume: bool = False
+    restart: bool = False
+    device: str = "cpu"
+    compile: str | None = None  # None: the spec's train.compile
+    log: Callable[[str], None] = field(default=lambda message: None)
+    progress: Callable[[str, int], Any] | None = None  # (description, total) -> context yielding advance()
+
+
+# --------------------------------------------------------------------------------- utilities
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def _setup_distributed(device: str) -> _Dist:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _local_device(device: str) -> str:
+    if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int, schedule: str) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _make_optimizer(spec: Spec, weights: list[nn.Parameter], quant: list[nn.Parameter]) -> torch.optim.Optimizer:
+    t = spec.train
+    groups = [
+        {"params": weights, "weight_decay": t.weight_decay},
+        {"params": quant, "weight_decay": 0.0},  # steps/offsets: decay would shrink ranges
+    ]
+    groups = [g for g in groups if g["params"]]
+    if t.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=t.lr)
+    return torch.optim.SGD(groups, lr=t.lr, momentum=0.9, nesterov=True)
+
+
+@contextmanager
+def _interrupt_flag() -> Iterator[dict[str, bool]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:  # not the main thread (e.g. inside a test runner thread)
+        previous = {}
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def _null_progress(description: str, total: int):
+    @contextmanager
+    def ctx() -> Iterator[Callable[..., None]]:
+        yield lambda n=1, **fields: None
+
+    return ctx()
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, split: Split, batch_size: int, device: str, limit_images: int) -> float:
+    model.eval()
+    correct = seen = 0
+    for x, y in split.batches(batch_size, limit=max(1, limit_images // batch_size)):
+        pred = model(x.to(device)).argmax(1).cpu()
+        correct += int((pred == y).sum())
+        seen += len(y)
+    return correct / max(1, seen)
+
+
+# --------------------------------------------------------------------------------- float warm-up
+def _fp_cache_key(spec: Spec) -> str:
+    t = spec.train
+    key = {"model": spec.model.model_dump(), "data": spec.data.model_dump(), "seed": spec.seed,
+           "epochs": t.fp_epochs, "batch": t.batch_size, "lr": t.lr, "optimizer": t.optimizer}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, opts: TrainOptions, dist: _Dist) -> dict:
+    """Train the float model for ``fp_epochs`` (cached beside the output: static baselines of the
+    same spec reuse it). Returns summary metrics."""
+    cache = opts.out.parent / ".fp-cache" / f"{_fp_cache_key(spec)}.safetensors"
+    if cache.is_file():
+        model.load_state_dict(load_safetensors(cache), strict=True)
+        opts.log(f"float warm-up: reusing {cache}")
+        return {"fp_cached": True}
+    t = spec.train
+    torch.manual_seed(spec.seed)
+    model.to(device).train()
+    opt = _make_optimizer(spec, list(model.parameters()), [])
+    steps = len(splits.train) // t.batch_size
+    if t.steps_per_epoch:
+        steps = min(steps, t.steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * t.fp_epochs, 0, t.schedule))
+    progress = opts.progress or _null_progress
+    start = time.monotonic()
+    for epoch in range(t.fp_epochs):
+        with progress(f"float warm-up {epoch + 1}/{t.fp_epochs}", steps) as advance:
+            for x, y in splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed + 7,
+                                             epoch=epoch, drop_last=True, limit=steps):
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x.to(device)), y.to(device))
+                loss.backward()
+                if t.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                opt.step()
+                sched.step()
+                advance(1, loss=float(loss))
+    top1 = _accuracy(model, splits.val, 500, device, 2000)
+    model.train()
+    if dist.main:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
+        save_safetensors(tmp, model.state_dict())
+        os.replace(tmp, cache)
+    opts.log(f"float warm-up: {t.fp_epochs} epochs in {time.monotonic() - start:.0f}s, val top-1 {top1:.4f}")
+    return {"fp_cached": False, "fp_val_top1": top1, "fp_time_s": time.monotonic() - start}
+
+
+# --------------------------------------------------------------------------------- main entry
+def static_config(spec: Spec, supernet: Supernet) -> SubnetConfig:
+    s = spec.train.static
+    assert s is not None
+    return supernet.space.uniform(s.w_bits, s.a_bits, s.granularity, s.symmetry)
+
+
+def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
+    """Train and write the supernet artifact at ``opts.out``; returns it (None on ranks > 0)."""
+    device = _local_device(opts.device)
+    dist = _setup_distributed(device)
+    t = spec.train
+    work = opts.out.with_name(opts.out.name + ".work")
+    ckpt_path = work / CHECKPOINT
+    if ckpt_path.exists() and not (opts.resume or opts.restart):
+        raise EqtoolsError(
+            f"an unfinished training run is checkpointed at {ckpt_path}; pass --resume to continue it or "
+            "--restart to discard it and start again"
+        )
+    if opts.restart and dist.main:
+        shutil.rmtree(work, ignore_errors=True)
+    dist.barrier()
+    checkpoint = None
+    if opts.resume and ckpt_path.exists():
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if checkpoint.get("spec") != spec.to_dict():
+            raise EqtoolsError(
+                f"the checkpoint at {ckpt_path} was made with a different spec; resume with the same spec and "
+                "flags, or pass --restart"
+            )
+        opts.log(f"resuming from {ckpt_path} (epoch {checkpoint['epoch']}, step {checkpoint['step_in_epoch']})")
+    elif opts.resume:
+        opts.log(f"no checkpoint at {ckpt_path}; starting a new run")
+
+    torch.manual_seed(spec.seed)
+    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+    info = spec_info(spec)
+    model = build_float_model(spec)
+    summary: dict[str, Any] = {}
+    if checkpoint is None and t.fp_epochs and not spec.model.pretrained:
+        summary.update(_pretrain_float(model, spec, splits, device, opts, dist))
+    supernet = build_supernet(spec, model).to(device)
+
+    if checkpoint is None:
+        per = min(t.batch_size, t.init_images)
+        batches = (x.to(device) for x, _ in splits.train.batches(per, limit=max(1, -(-t.init_images // per))))
+        supernet.init_from_data(batches, p=t.init_p)
+    else:
+        supernet.load_state_dict(checkpoint["model"], strict=True)
+
+    mode = t.mode
+    fixed = static_config(spec, supernet) if mode == "static" else None
+    if fixed is not None:
+        supernet.apply(fixed)
+
+    opt = _make_optimizer(spec, supernet.weight_parameters(), supernet.quantizer_parameters())
+    steps = len(splits.train) // t.batch_size
+    if t.steps_per_epoch:
+        steps = min(steps, t.steps_per_epoch)
+    if steps == 0:
+        raise EqtoolsError(
+            f"train.batch_size {t.batch_size} is larger than the training split ({len(splits.train)} images); use a smaller batch"
+        )
+    total_steps = steps * t.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, int(t.warmup_epochs * steps), t.schedule))
+    rng = random.Random(spec.seed)
+    start_epoch, start_step, rows = 0, 0, []
+    if checkpoint is not None:
+        opt.load_state_dict(checkpoint["optimizer"])
+        sched.load_state_dict(checkpoint["scheduler"])
+        rng.setstate(_to_tuple(checkpoint["rng"]))
+        torch.set_rng_state(checkpoint["torch_rng"])
+        start_epoch, start_step = checkpoint["epoch"], checkpoint["step_in_epoch"]
+        rows = [json.loads(r) for r in checkpoint["rows"]]
+        summary.update(json.loads(checkpoint.get("summary", "{}")))
+
+    compile_mode = opts.compile or t.compile
+    use_compile = compile_mode == "on" or (compile_mode == "auto" and _compile_pays_off(device, total_steps))
+    forward_model: nn.Module = supernet
+    if dist.world > 1:
+        forward_model = nn.parallel.DistributedDataParallel(supernet, device_ids=None if device == "cpu" else [torch.device(device)])
+    if use_compile:
+        forward_model = torch.compile(forward_model)
+    summary["compiled"] = use_compile
+    wdr = None
+    if mode == "supernet" and (t.wdr.skewness > 0 or t.wdr.kurtosis > 0):
+        wdr = {"weights": wdr_weights(supernet, t.wdr.exclude_first), "skewness": t.wdr.skewness,
+               "kurtosis": t.wdr.kurtosis, "target": t.wdr.kurtosis_target}
+    per_rank = t.batch_size // dist.world
+    if per_rank == 0:
+        raise EqtoolsError(f"train.batch_size {t.batch_size} is smaller than the number of processes ({dist.world})")
+
+    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        if not dist.main:
+            return
+        work.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save({
+            "spec": spec.to_dict(),
+            "model": supernet.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "rng": _to_lists(rng.getstate()),
+            "torch_rng": torch.get_rng_state(),
+            "rows": [json.dumps(r) for r in rows],
+            "summary": json.dumps(summary),
+        }, ckpt_path)
+
+    progress = opts.progress or _null_progress
+    opts.log(
+        f"training {spec.model.name} ({mode}) on {spec.data.name}: {t.epochs} epochs x {steps} steps of "
+        f"{t.batch_size} images, {len(supernet.space.layer_names)} quantized layers"
+        f"{', compiled' if use_compile else ''}{f', {dist.world} processes' if dist.world > 1 else ''}"
+    )
+    run_start = time.monotonic()
+    with _interrupt_flag() as flag:
+        for epoch in range(start_epoch, t.epochs):
+            supernet.train()
+            first = start_step if epoch == start_epoch else 0
+            sums: dict[str, float] = {}
+            count = 0
+            digest = hashlib.sha256()
+            epoch_start = time.monotonic()
+            with progress(f"epoch {epoch + 1}/{t.epochs}", steps - first) as advance:
+                for i, (x, y) in enumerate(
+                    splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed,
+                                         epoch=epoch, start=first, drop_last=True, limit=steps - first),
+                    start=first,
+                ):
+                    if dist.world > 1:
+                        x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    step_start = time.monotonic()
+                    opt.zero_grad(set_to_none=True)
+                    if mode == "static":
+                        losses = static_step(forward_model, x, y)
+                    else:
+                        configs = sample_sandwich(supernet.space, rng, t.sandwich.num_random)
+                        digest.update("".join(c.to_json(indent=None) for c in configs).encode())
+                        losses = sandwich_step(forward_model, supernet, x, y, configs, kd_lambda=t.sandwich.kd_lambda,
+                                               temperature=t.sandwich.temperature, distill=t.sandwich.distill, wdr=wdr)
+                    if t.grad_clip:
+                        nn.utils.clip_grad_norm_(supernet.parameters(), t.grad_clip)
+                    opt.step()
+                    sched.step()
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    rate = len(x) * dist.world / max(1e-9, time.monotonic() - step_start)
+                    advance(1, loss=losses["loss"], lr=sched.get_last_lr()[0], img_s=round(rate))
+                    if flag["stop"]:
+                        save_checkpoint(epoch, i + 1)
+                        raise TrainingInterrupted(
+                            f"training interrupted at epoch {epoch + 1}, step {i + 1}/{steps}; the checkpoint is saved "
+                            f"at {ckpt_path}. Continue with the same command plus --resume"
+                        )
+            _check_same_subnets(dist, digest.hexdigest())
+            elapsed = time.monotonic() - epoch_start
+            row = {"epoch": epoch + 1, **{k: v / max(1, count) for k, v in sums.items()},
+                   "lr": sched.get_last_lr()[0], "time_s": round(elapsed, 3),
+                   "images_per_s": round(count * t.batch_size / max(elapsed, 1e-9), 1)}
+            if dist.main:
+                row.update(_epoch_eval(supernet, splits.val, device, fixed))
+            rows.append(row)
+            save_checkpoint(epoch + 1, 0)
+            opts.log(json.dumps(row))
+            dist.barrier()
+
+    summary["train_time_s"] = round(time.monotonic() - run_start, 1)
+    artifact = None
+    if dist.main:
+        final = fixed or supernet.space.max()
+        supernet.apply(final)
+        metrics = {
+            "mode": mode,
+            "epochs": t.epochs,
+            "steps_per_epoch": steps,
+            "final": rows[-1] if rows else {},
+            "processes": dist.world,
+            **summary,
+        }
+        extra = {"mode": mode, "image_size": info.image_size, "channels": info.channels}
+        if fixed is not None:
+            extra["config"] = fixed.to_dict()
+        jsonl = "".join(json.dumps(r) + "\n" for r in rows)
+        artifact = save_supernet(supernet, opts.out, spec, metrics=metrics, extra=extra,
+                                 files={"metrics.jsonl": jsonl},
+                                 parents=[{"kind": "pretrained", "path": spec.model.pretrained}] if spec.model.pretrained else ())
+        shutil.rmtree(work, ignore_errors=True)
+    dist.barrier()
+    return artifact
+
+
+@torch.no_grad()
+def _epoch_eval(supernet: Supernet, val: Split, device: str, fixed: SubnetConfig | None) -> dict[str, float]:
+    """Top-1 on 1000 held-out images with the training BN statistics (no recalibration, so low
+    bit-widths read low here; `eqtools calibrate` gives the real figure)."""
+    previous = supernet.config
+    out = {}
+    try:
+        targets = {"static": fixed} if fixed is not None else {"max": supernet.space.max(), "min": supernet.space.min()}
+        for name, config in targets.items():
+            supernet.apply(config)
+            out[f"val_top1_{name}"] = round(_accuracy(supernet, val, 500, device, 1000), 4)
+    finally:
+        supernet.apply(previous)
+        supernet.train()
+    return out
+
+
+def _check_same_subnets(dist: _Dist, digest: str) -> None:
+    """Every rank must have trained the same subnets; a divergence would silently corrupt DDP."""
+    if dist.world == 1:
+        return
+    gathered: list[str | None] = [None] * dist.world
+    torch.distributed.all_gather_object(gathered, digest)
+    if len(set(gathered)) != 1:
+        raise RuntimeError(f"ranks sampled different subnets this epoch (digests {gathered}); this is a bug")
+
+
+def _compile_pays_off(device: str, total_steps: int) -> bool:
+    """torch.compile costs about a minute of compilation on two CPU cores (see BENCHMARKS.md) and
+    saves a fraction of each step; on CPU it only pays off for long runs."""
+    if device.startswith("cuda"):
+        return True
+    return total_steps >= 3000
+
+
+def _to_lists(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_lists(v) for v in value]
+    return value
+
+
+def _to_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_to_tuple(v) for v in value)
+    return value

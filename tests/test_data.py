@@ -1,0 +1,161 @@
+"""Local dataset loaders on small real data in each supported on-disk format."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits
+
+from eqtools.data import balanced_indices, load_splits
+from eqtools.errors import DataError
+from eqtools.specs import DataSpec
+
+
+def _digits_28() -> tuple[np.ndarray, np.ndarray]:
+    d = load_digits()
+    img = (d.images * 255 / 16).astype(np.uint8)
+    big = np.kron(img, np.ones((3, 3), dtype=np.uint8))  # 24x24
+    return np.pad(big, ((0, 0), (2, 2), (2, 2))), d.target.astype(np.uint8)
+
+
+def _write_idx(path, array: np.ndarray, gz: bool) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    raw = header + array.tobytes()
+    if gz:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+
+
+@pytest.fixture(scope="module")
+def idx_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fmnist")
+    x, y = _digits_28()
+    _write_idx(root / "train-images-idx3-ubyte", x[:1500], gz=True)
+    _write_idx(root / "train-labels-idx1-ubyte", y[:1500], gz=True)
+    _write_idx(root / "t10k-images-idx3-ubyte", x[1500:], gz=False)
+    _write_idx(root / "t10k-labels-idx1-ubyte", y[1500:], gz=False)
+    return root
+
+
+def test_idx_loader_reads_standard_files(idx_root):
+    splits = load_splits(DataSpec(name="fashion-mnist", root=str(idx_root), val_size=200), seed=0)
+    assert len(splits.train) == 1300 and len(splits.val) == 200 and len(splits.test) == 297
+    assert splits.train.images.shape[1:] == (1, 28, 28) and splits.train.images.dtype == torch.uint8
+    x, y = next(splits.test.batches(64))
+    assert x.shape == (64, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+
+
+def test_val_is_class_balanced_disjoint_and_seeded(idx_root):
+    spec = DataSpec(name="fashion-mnist", root=str(idx_root), val_size=200, train_subset=500)
+    a, b = load_splits(spec, seed=0), load_splits(spec, seed=0)
+    assert torch.equal(a.val.images, b.val.images)
+    assert torch.bincount(a.val.labels).tolist() == [20] * 10
+    assert torch.bincount(a.train.labels).tolist() == [50] * 10
+    val_rows = {bytes(r.numpy()) for r in a.val.images}
+    assert not any(bytes(r.numpy()) in val_rows for r in a.train.images)
+    assert not torch.equal(load_splits(spec, seed=1).val.images, a.val.images)
+
+
+def test_batches_are_deterministic_and_resumable(idx_root):
+    train = load_splits(DataSpec(name="fashion-mnist", root=str(idx_root), val_size=200), seed=0).train
+    full = list(train.batches(100, shuffle=True, augment=True, seed=3, epoch=2))
+    again = list(train.batches(100, shuffle=True, augment=True, seed=3, epoch=2))
+    resumed = list(train.batches(100, shuffle=True, augment=True, seed=3, epoch=2, start=4))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full, again))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[4:], resumed))
+    other = next(train.batches(100, shuffle=True, augment=True, seed=3, epoch=3))
+    assert not torch.equal(other[1], full[0][1])
+
+
+def test_cifar_python_batches(tmp_path):
+    d = load_digits()
+    img = np.kron((d.images * 255 / 16).astype(np.uint8), np.ones((4, 4), dtype=np.uint8))  # 32x32
+    rgb = np.repeat(img[:, None], 3, axis=1).reshape(len(img), -1)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    for i in range(5):
+        part = slice(i * 300, (i + 1) * 300)
+        (root / f"data_batch_{i + 1}").write_bytes(pickle.dumps({"data": rgb[part], "labels": d.target[part].tolist()}))
+    (root / "test_batch").write_bytes(pickle.dumps({"data": rgb[1500:], "labels": d.target[1500:].tolist()}))
+    splits = load_splits(DataSpec(name="cifar10", root=str(tmp_path), val_size=100), seed=0)
+    assert len(splits.train) == 1400 and splits.test.images.shape[1:] == (3, 32, 32)
+
+
+def test_cifar_loader_refuses_code_in_pickles(tmp_path):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (root / name).write_bytes(pickle.dumps({"data": Evil(), "labels": []}))
+    with pytest.raises(DataError, match=r"refusing to load builtins\.print"):
+        load_splits(DataSpec(name="cifar10", root=str(root), val_size=10), seed=0)
+
+
+def test_imagefolder_tree(tmp_path):
+    from PIL import Image
+
+    x, y = _digits_28()
+    for split, rows in (("train", range(0, 200)), ("val", range(200, 260))):
+        for i in rows:
+            folder = tmp_path / split / f"class_{y[i]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i]).convert("RGB").save(folder / f"{i}.png")
+    spec = DataSpec(name="imagefolder", root=str(tmp_path), image_size=32, val_size=20)
+    splits = load_splits(spec, seed=0)
+    assert splits.train.info.num_classes == 10 and len(splits.val) == 20 and len(splits.test) == 60
+    xb, yb = next(splits.train.batches(16, shuffle=True, augment=True))
+    assert xb.shape == (16, 3, 32, 32) and yb.max() < 10
+    xt, _ = next(splits.test.batches(8))
+    assert xt.shape == (8, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("fashion-mnist", "apt-get install dataset-fashion-mnist"),
+    ("cifar10", "cifar-10-batches-py"),
+    ("imagefolder", "<root>/train/<class>/<image>"),
+])
+def test_missing_dataset_says_where_it_looked_and_what_layout(tmp_path, monkeypatch, name, fragment):
+    monkeypatch.setenv("EQTOOLS_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr("eqtools.data.STANDARD_ROOTS", {})
+    with pytest.raises(DataError) as info:
+        load_splits(DataSpec(name=name, root=str(tmp_path / "nowhere")), seed=0)
+    assert "nowhere" in str(info.value) and fragment in str(info.value)
+
+
+def test_truncated_idx_file_is_a_data_error(tmp_path, idx_root):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(idx_root, root)
+    raw = (root / "t10k-images-idx3-ubyte").read_bytes()
+    (root / "t10k-images-idx3-ubyte").write_bytes(raw[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        load_splits(DataSpec(name="fashion-mnist", root=str(root), val_size=100), seed=0)
+
+
+def test_balanced_indices_spread_remainder():
+    labels = torch.tensor([0] * 50 + [1] * 50 + [2] * 3)
+    idx = balanced_indices(labels, 10, torch.Generator().manual_seed(0))
+    counts = torch.bincount(labels[idx], minlength=3).tolist()
+    assert (sum(counts) == 10 and counts[2] == 3 and abs(counts[0] - counts[1]) <= 1) or counts[:2] == [4, 3]
+
+
+def test_real_fashion_mnist_when_installed():
+    root = "/usr/share/datasets/fashion-mnist"
+    import os
+
+    if not os.path.isdir(root):
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    splits = load_splits(DataSpec(name="fashion-mnist", val_size=1000, train_subset=2000, test_subset=1000), seed=0)
+    assert len(splits.train) == 2000 and len(splits.test) == 1000
+    assert torch.bincount(splits.test.labels).tolist() == [100] * 10
