@@ -68,6 +68,16 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own ``checksum`` field.
+
+    Payload files are covered by their own checksums in ``files``; this covers the manifest
+    itself (spec, space, metrics, parents), so a hand-edited manifest is refused too.
+    """
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -202,6 +212,7 @@ def write_artifact(
             "metrics": dict(metrics or {}),
             "extra": dict(extra or {}),
         }
+        manifest["checksum"] = manifest_checksum(manifest)
         with open(tmp / MANIFEST, "w") as fh:
             json.dump(manifest, fh, indent=2, sort_keys=False)
             fh.write("\n")
@@ -254,6 +265,11 @@ def read_artifact(
             f"{manifest.get('eqtools_version', '?')}); this eqtools {__version__} reads format_version "
             f"up to {FORMAT_VERSION}: upgrade eqtools to read it"
         )
+    if manifest.get("checksum") != manifest_checksum(manifest):
+        raise ArtifactError(
+            f"{manifest_path} was modified after it was written (its checksum does not match its content); "
+            "an edited manifest cannot be trusted: re-create the artifact with the command that made it"
+        )
     found = manifest.get("kind")
     if found not in KINDS:
         raise ArtifactError(f"{manifest_path} names an unknown kind {found!r}; kinds are {list(KINDS)}")
@@ -305,17 +321,29 @@ def _candidates(root: Path) -> Iterable[Path]:
         yield d
 
 
+def _preferred(kind: str, manifest: dict[str, Any]) -> bool:
+    """A static-QAT baseline is stored as a ``supernet`` artifact (it is one, with one trained
+    form), but "the supernet" a user means by default is the elastic one."""
+    if kind == "supernet":
+        return (manifest.get("extra") or {}).get("mode") != "static"
+    return True
+
+
 def find_latest(kind: str, root: Path | str = WORKSPACE) -> Path:
-    """The newest artifact of ``kind`` under the workspace (by manifest creation time)."""
+    """The newest artifact of ``kind`` under the workspace (by manifest creation time).
+
+    For ``supernet`` an elastic supernet is preferred over static-QAT baselines; a baseline is
+    returned only when no elastic supernet exists.
+    """
     root = Path(root)
-    best: tuple[str, Path] | None = None
+    best: tuple[bool, str, Path] | None = None
     for d in _candidates(root):
         try:
             manifest = json.loads((d / MANIFEST).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             continue
         if isinstance(manifest, dict) and manifest.get("kind") == kind:
-            key = (str(manifest.get("created", "")), d)
+            key = (_preferred(kind, manifest), str(manifest.get("created", "")), d)
             if best is None or key > best:
                 best = key
     if best is None:
@@ -323,7 +351,7 @@ def find_latest(kind: str, root: Path | str = WORKSPACE) -> Path:
             f"no '{kind}' artifact found under {root}/; make one with `{MADE_BY[kind]}` first, "
             "or pass its directory with --from"
         )
-    return best[1]
+    return best[2]
 
 
 def resolve_input(path: Path | str | None, kind: str | tuple[str, ...], root: Path | str = WORKSPACE,

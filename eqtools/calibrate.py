@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eqtools.artifacts import Artifact, check_space, default_out, read_artifact
-from eqtools.errors import ArtifactError, ConfigError, DataError
+from eqtools.errors import ArtifactError, ConfigError, DataError, out_of_memory_advice
 from eqtools.space import ElasticSpace, SubnetConfig
 
 if TYPE_CHECKING:
@@ -279,20 +279,24 @@ def calibrate_and_evaluate(
     eval_batches: Iterable[tuple[Tensor, Tensor]],
     *,
     before: bool = False,
+    batch_setting: str = "calibrate.batch_size",
 ) -> dict[str, float | int]:
     """Activate ``config``, re-estimate BN, evaluate; the building block of calibrate and sample.
 
     With ``before`` the subnet is also evaluated with the BN statistics it had on entry (keys
     ``top1_before``, ``top5_before``, ``loss_before``). The supernet keeps ``config`` active and
-    its recalibrated statistics on return.
+    its recalibrated statistics on return. Running out of memory is reported as advice to lower
+    ``batch_setting``.
     """
     supernet.apply(config)
     result: dict[str, float | int] = {}
-    if before:
-        pre = evaluate(supernet, eval_batches)
-        result.update({"top1_before": pre["top1"], "top5_before": pre["top5"], "loss_before": pre["loss"]})
-    calib_images = recalibrate_bn(supernet, calib_batches)
-    result.update(evaluate(supernet, eval_batches))
+    batch = getattr(calib_batches, "batch_size", 0) or getattr(eval_batches, "batch_size", 0)
+    with out_of_memory_advice("calibrating and evaluating a subnet", batch_setting, int(batch)):
+        if before:
+            pre = evaluate(supernet, eval_batches)
+            result.update({"top1_before": pre["top1"], "top5_before": pre["top5"], "loss_before": pre["loss"]})
+        calib_images = recalibrate_bn(supernet, calib_batches)
+        result.update(evaluate(supernet, eval_batches))
     result["calib_images"] = calib_images
     return result
 
@@ -426,7 +430,7 @@ def calibrate_subnet(
 
     if supernet is None:
         say(f"loading supernet {supernet_artifact.path}")
-        supernet = load_supernet(supernet_artifact)
+        supernet = load_supernet(supernet_artifact).use_channels_last()
     elif supernet.space.fingerprint != space.fingerprint:
         raise ArtifactError(f"the supernet passed in was not loaded from {supernet_artifact.path} (its space differs)")
     if splits is None:

@@ -7,6 +7,9 @@ paragraph and exits with status 2; anything else is a bug and keeps its tracebac
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 __all__ = [
     "ArtifactError",
     "ConfigError",
@@ -14,7 +17,9 @@ __all__ = [
     "EqtoolsError",
     "InfeasibleError",
     "ModelError",
+    "ResourceError",
     "SpecError",
+    "out_of_memory_advice",
 ]
 
 
@@ -44,3 +49,28 @@ class ModelError(EqtoolsError):
 
 class InfeasibleError(EqtoolsError):
     """A search budget that no config in the space can meet."""
+
+
+class ResourceError(EqtoolsError):
+    """The machine ran out of a resource (memory) for the settings given."""
+
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(what: str, setting: str, value: int) -> Iterator[None]:
+    """Turn an allocation failure into advice naming the setting to lower, instead of a crash dump."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        text = str(exc).lower()
+        if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+                or any(marker in text for marker in _OOM_MARKERS)):
+            raise
+        smaller = max(1, value // 2)
+        raise ResourceError(
+            f"ran out of memory while {what} with {setting} = {value} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); lower it, e.g. --set {setting}={smaller}, or run on a machine "
+            "with more memory"
+        ) from None

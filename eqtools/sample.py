@@ -518,7 +518,7 @@ def sample_artifact(
             from eqtools.data import load_splits
 
             say(f"loading supernet {supernet_artifact.path} and {spec.data.name}")
-            supernet = load_supernet(supernet_artifact)
+            supernet = load_supernet(supernet_artifact).use_channels_last()
             splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
             calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
             evaluation = BatchSource(
@@ -535,7 +535,7 @@ def sample_artifact(
                 for index in todo:
                     config = configs[index]
                     start = time.perf_counter()
-                    result = calibrate_and_evaluate(supernet, config, calib, evaluation)
+                    result = calibrate_and_evaluate(supernet, config, calib, evaluation, batch_setting="sample.batch_size")
                     elapsed = time.perf_counter() - start
                     row = {
                         "index": index,

@@ -61,6 +61,22 @@ def test_newer_format_version_is_refused(tmp_path):
         read_artifact(tmp_path / "s")
 
 
+@pytest.mark.parametrize("edit", [
+    lambda m: m["metrics"].update(top1=0.99),
+    lambda m: m["spec"].update(name="other"),
+    lambda m: m["files"].update({"notes.txt": "0" * 64}),
+    lambda m: m.pop("checksum"),
+])
+def test_an_edited_manifest_is_refused(tmp_path, edit):
+    _write(tmp_path / "s")
+    path = tmp_path / "s" / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="was modified after it was written"):
+        read_artifact(tmp_path / "s")
+
+
 def test_bit_flip_is_caught_by_checksum(tmp_path):
     _write(tmp_path / "s")
     f = tmp_path / "s" / "weights.safetensors"
@@ -145,6 +161,16 @@ def test_find_latest_picks_newest_and_ignores_unfinished_writes(tmp_path):
     assert find_latest("samples", tmp_path) == tmp_path / "b" / "samples"
     with pytest.raises(ArtifactError, match=r"no 'predictor' artifact found.*eqtools fit-predictor.*--from"):
         find_latest("predictor", tmp_path)
+
+
+def test_default_supernet_is_the_elastic_one_not_a_newer_static_baseline(tmp_path):
+    _write(tmp_path / "q" / "supernet", extra={"mode": "supernet"})
+    time.sleep(0.01)
+    _write(tmp_path / "q" / "supernet-static-w4a4", extra={"mode": "static"})
+    assert find_latest("supernet", tmp_path) == tmp_path / "q" / "supernet"
+    only_static = tmp_path / "only"
+    _write(only_static / "q" / "supernet-static-w2a2", extra={"mode": "static"})
+    assert find_latest("supernet", only_static) == only_static / "q" / "supernet-static-w2a2"
 
 
 def test_written_files_are_complete_on_disk(tmp_path):

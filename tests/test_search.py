@@ -447,7 +447,12 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     rows = data["verified"]
-    assert len(rows) == 2 and all(0.0 <= r["measured_top1"] <= 1.0 for r in rows)
+    uniform = supernet.space.uniform(4, 4, "per-channel", "sym").to_dict()
+    top = json.loads((Path(data["path"]) / "top_k.json").read_text())["top"]
+    # the top 2 plus the uniform config at the budget (unless it is already among them)
+    assert len(rows) == (2 if any(p["config"] == uniform for p in top) else 3)
+    assert all(0.0 <= r["measured_top1"] <= 1.0 for r in rows)
+    assert any(r["config"] == uniform for r in json.loads((Path(data["path"]) / "top_k.json").read_text())["verified"])
     assert rows[0]["measured_top1"] >= rows[1]["measured_top1"]
     art = read_artifact(data["path"], "search")
     best = SubnetConfig.load(art.path / "best_config.json")

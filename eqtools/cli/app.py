@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from eqtools import __version__
-from eqtools.cli import calibrate, export, fit_predictor, info, sample, search, train
+from eqtools.cli import calibrate, export, fit_predictor, info, report, sample, search, train
 
 app = typer.Typer(
     name="eqtools",
@@ -58,6 +58,7 @@ app.command("sample")(sample.command)
 app.command("fit-predictor")(fit_predictor.command)
 app.command("search")(search.command)
 app.command("export")(export.command)
+app.command("report")(report.command)
 app.command("info")(info.command)
 
 

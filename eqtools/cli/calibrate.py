@@ -31,6 +31,9 @@ def command(
     from_search: Annotated[
         Path | None, typer.Option("--from-search", help="A search artifact: calibrate its best config (best_config.json).")
     ] = None,
+    searched: Annotated[
+        bool, typer.Option("--searched", help="Like --from-search with the newest search artifact under artifacts/.")
+    ] = False,
     images: Annotated[
         int | None,
         typer.Option("--images", min=1, help="Training images for the BN statistics. Default: the spec's calibrate.images."),
@@ -47,12 +50,19 @@ def command(
     """Calibrate one subnet: re-estimate its BN statistics on training images, evaluate it, save it.
 
     Name the subnet with exactly one of --config FILE, --w-bits B [--a-bits B] --granularity G
-    --symmetry S, or --from-search SEARCH. Accuracy is reported before and after calibration; the
+    --symmetry S, --from-search SEARCH, or --searched (the newest search). Accuracy is reported before and after calibration; the
     'calibrated' artifact holds the supernet's tensors with this subnet's BN statistics, the config
     and the metrics (docs/calibrate.md).
     """
-    from eqtools.artifacts import resolve_input
+    from eqtools.artifacts import find_latest, resolve_input
     from eqtools.calibrate import calibrate_artifact, resolve_config
+    from eqtools.errors import ConfigError
+
+    if searched:
+        if from_search is not None:
+            raise ConfigError("give either --searched or --from-search SEARCH, not both")
+        from_search = find_latest("search")
+        echo(f"using search artifact {from_search}")
 
     supernet = resolve_input(from_, "supernet", echo=echo)
     space = supernet.space

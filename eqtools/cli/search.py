@@ -28,7 +28,7 @@ class Cost(str, Enum):
 
 
 def _preset_help() -> str:
-    from eqtools.search.presets import PRESETS
+    from eqtools.presets import PRESETS
 
     return "; ".join(f"{p.name} = {p.granularity}/{p.symmetry}" for p in PRESETS.values())
 
@@ -119,16 +119,24 @@ def command(
         from eqtools.search.verify import verify_configs
         from eqtools.space import SubnetConfig
 
-        configs = [SubnetConfig.from_dict(p["config"]) for p in outcome.top]
-        echo(f"verifying the top {len(configs)} configs on {supernet.path} (BN calibration + val evaluation)")
+        # the uniform config at the budget is measured too: a search that cannot beat it on held-out
+        # images returns it, so --verify never ships a subnet worse than the obvious choice
+        candidates = list(outcome.top)
+        baseline = outcome.uniform_baseline
+        if baseline is not None and all(p["config"] != baseline["config"] for p in candidates):
+            candidates.append(baseline)
+        configs = [SubnetConfig.from_dict(p["config"]) for p in candidates]
+        echo(f"verifying {len(configs)} configs (top {len(outcome.top)}"
+             f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet.path} "
+             "(BN calibration + val evaluation)")
         with progress("verify", len(configs), enabled=not as_json) as advance:
-            rows = verify_configs(supernet, configs, [p["predicted_accuracy"] for p in outcome.top],
+            rows = verify_configs(supernet, configs, [p["predicted_accuracy"] for p in candidates],
                                   eval_images=eval_images, on_stage=None if as_json else echo, progress=advance)
         outcome.verified = rows
         best_row = rows[0]
         outcome.best = SubnetConfig.from_dict(best_row["config"])
         outcome.best_predicted = best_row["predicted_accuracy"]
-        match = next(p for p in outcome.top if p["config"] == best_row["config"])
+        match = next(p for p in candidates if p["config"] == best_row["config"])
         outcome.best_costs = {k: match[k] for k in ("avg_w_bits", "avg_a_bits", "size_bytes", "bops")}
     spec_name = spec.get("name") or "default"
     out = out if out is not None else default_out(spec_name, "search", search_tag(options, outcome.condition))

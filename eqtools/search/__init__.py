@@ -7,11 +7,11 @@ it calibrates.
 
 from __future__ import annotations
 
+from eqtools.presets import PRESETS, Preset, resolve_conditions
 from eqtools.search.constraints import Budget, Feasibility, SumSampler, check_budget
 from eqtools.search.costs import CostModel
 from eqtools.search.ga import GAResult, run_ga
 from eqtools.search.pareto import ParetoResult, pareto_front, run_nsga2
-from eqtools.search.presets import PRESETS, Preset, resolve_conditions
 from eqtools.search.run import COSTS, SearchOptions, SearchOutcome, run_search, search_tag, write_search
 
 __all__ = [

@@ -19,11 +19,11 @@ import numpy as np
 from eqtools.artifacts import Artifact, write_artifact
 from eqtools.errors import ConfigError, InfeasibleError
 from eqtools.predictor.model import Predictor
+from eqtools.presets import resolve_conditions
 from eqtools.search.constraints import Budget, Feasibility, check_budget
 from eqtools.search.costs import CostModel
 from eqtools.search.ga import run_ga
 from eqtools.search.pareto import pareto_front, plot_front, run_nsga2
-from eqtools.search.presets import resolve_conditions
 from eqtools.space import SubnetConfig
 
 __all__ = ["COSTS", "SearchOptions", "SearchOutcome", "run_search", "search_tag", "write_search"]

@@ -73,7 +73,7 @@ def verify_configs(
     from eqtools.specs import parse_spec
 
     spec = parse_spec(supernet_artifact.spec, f"in {supernet_artifact.path}/manifest.json")
-    supernet = load_supernet(supernet_artifact)
+    supernet = load_supernet(supernet_artifact).use_channels_last()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     rows = []
     for rank, (config, pred) in enumerate(zip(configs, predicted), start=1):

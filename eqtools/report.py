@@ -1,0 +1,169 @@
+"""``eqtools report``: one table that says what a spec's workspace achieved.
+
+It answers the questions EQ-Net is about, from the artifacts already on disk plus fresh BN
+calibrations (nothing is trusted from training logs, whose BN statistics are shared by all
+subnets): how close is each uniform subnet of the one supernet to a static-QAT model trained for
+that bit-width alone; how well does the predictor rank subnets; does the searched mixed-precision
+subnet beat the uniform one at the same average bits; does the export reproduce the fake-quant
+model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from eqtools.artifacts import WORKSPACE, Artifact, _candidates, find_latest, read_artifact
+from eqtools.errors import ArtifactError
+from eqtools.space import SubnetConfig
+
+__all__ = ["build_report", "format_report"]
+
+
+def _static_baselines(folder: Path) -> dict[int, Artifact]:
+    """Static-QAT supernet artifacts of one spec, by weight bits (newest wins)."""
+    found: dict[int, Artifact] = {}
+    for d in _candidates(folder):
+        try:
+            manifest = json.loads((d / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if manifest.get("kind") != "supernet" or (manifest.get("extra") or {}).get("mode") != "static":
+            continue
+        art = read_artifact(d, "supernet")
+        config = SubnetConfig.from_dict(art.extra["config"])
+        bits = max(config.w_bits[i] for i, layer in enumerate(art.space.quantized_layers) if not layer.fixed)
+        if bits not in found or art.created > found[bits].created:
+            found[bits] = art
+    return found
+
+
+def _newest(kind: str, folder: Path) -> Artifact | None:
+    try:
+        return read_artifact(find_latest(kind, folder), kind)
+    except ArtifactError:
+        return None
+
+
+def build_report(
+    root: Path | str = WORKSPACE,
+    spec_name: str | None = None,
+    bits: Sequence[int] = (2, 3, 4, 8),
+    *,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Measure and collect everything the summary table shows (calibrating subnets as needed)."""
+    from eqtools.build import load_supernet
+    from eqtools.calibrate import _spec_of, calibrate_subnet
+    from eqtools.data import load_splits
+
+    root = Path(root)
+    folder = root / spec_name if spec_name else None
+    supernet_art = read_artifact(find_latest("supernet", folder or root), "supernet")
+    if supernet_art.extra.get("mode") == "static":
+        raise ArtifactError(f"no elastic supernet under {folder or root}; train one with `eqtools train SPEC`")
+    folder = supernet_art.path.parent
+    spec = _spec_of(supernet_art)
+    space = supernet_art.space
+    log(f"report for spec '{spec.name}': supernet {supernet_art.path}")
+    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+    supernet = load_supernet(supernet_art).use_channels_last()
+
+    def measure(art: Artifact, config: SubnetConfig, model: Any) -> float:
+        _, metrics = calibrate_subnet(art, config, supernet=model, splits=splits)
+        return metrics["top1"]
+
+    report: dict[str, Any] = {"spec": spec.name, "supernet": str(supernet_art.path), "split": "test",
+                              "test_images": len(splits.test), "uniform": []}
+    statics = _static_baselines(folder)
+    for b in bits:
+        if b not in space.w_bits or b not in space.a_bits:
+            continue
+        static = statics.get(b)
+        if static is not None:
+            static_config = SubnetConfig.from_dict(static.extra["config"])
+            config = space.uniform(b, b, static_config.granularity, static_config.symmetry)
+        else:
+            config = space.uniform(b, b)
+        log(f"calibrating the supernet's uniform {b}-bit subnet ({config.condition})")
+        row: dict[str, Any] = {"bits": b, "condition": config.condition, "supernet_top1": measure(supernet_art, config, supernet)}
+        if static is not None:
+            log(f"calibrating the static {b}-bit baseline {static.path}")
+            model = load_supernet(static).use_channels_last()
+            row["static_top1"] = measure(static, SubnetConfig.from_dict(static.extra["config"]), model)
+            row["static_path"] = str(static.path)
+        report["uniform"].append(row)
+
+    predictor = _newest("predictor", folder)
+    if predictor is not None:
+        m = predictor.metrics
+        report["predictor"] = {"path": str(predictor.path), "model": predictor.extra.get("model", m.get("model")),
+                               "kendall_tau": m.get("kendall_tau"), "pearson": m.get("pearson"), "rmse": m.get("rmse"),
+                               "heldout": m.get("n_test", m.get("heldout"))}
+
+    search = _newest("search", folder)
+    if search is not None:
+        best = SubnetConfig.load(search.file("best_config.json"))
+        avg_w, avg_a = space.avg_bits(best)
+        log(f"calibrating the searched subnet ({avg_w:.2f}/{avg_a:.2f} average bits)")
+        row = {"path": str(search.path), "condition": best.condition, "avg_w_bits": avg_w, "avg_a_bits": avg_a,
+               "predicted_top1": search.metrics.get("predicted_accuracy"), "searched_top1": measure(supernet_art, best, supernet)}
+        budget = (search.metrics.get("constraints") or {}).get("w_bits")
+        uniform_bits = int(budget) if budget is not None and float(budget).is_integer() else None
+        if uniform_bits in space.w_bits and uniform_bits in space.a_bits:
+            uniform = space.uniform(uniform_bits, uniform_bits, best.granularity, best.symmetry)
+            log(f"calibrating the uniform {uniform_bits}-bit subnet at the same conditions")
+            row["uniform_bits"] = uniform_bits
+            row["uniform_top1"] = measure(supernet_art, uniform, supernet)
+        report["search"] = row
+
+    export = _newest("export", folder)
+    if export is not None:
+        m = export.metrics
+        row = {"path": str(export.path)}
+        for fmt in ("int", "onnx"):
+            if fmt in m:
+                row[f"{fmt}_agreement"] = m[fmt]["parity"]["top1_agreement"]
+                row[f"{fmt}_bytes"] = m[fmt]["file_bytes"]
+        sizes = m.get("sizes") or {}
+        row["fp32_weight_bytes"] = sizes.get("fp32_weight_bytes")
+        row["packed_weight_bytes"] = sizes.get("packed_weight_bytes")
+        report["export"] = row
+    return report
+
+
+def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The report as (title, header, rows) tables, for any renderer."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    tables = []
+    rows = []
+    for r in report["uniform"]:
+        gap = None if r.get("static_top1") is None else r["supernet_top1"] - r["static_top1"]
+        rows.append([f"W{r['bits']}A{r['bits']}", r["condition"], pct(r["supernet_top1"]), pct(r.get("static_top1")),
+                     "-" if gap is None else f"{100 * gap:+.2f}"])
+    tables.append((f"Uniform subnets of one supernet vs static QAT ({report['spec']}, {report['test_images']} test images, "
+                   "after BN calibration)", ["bits", "condition", "supernet", "static QAT", "difference (points)"], rows))
+    if "search" in report:
+        s = report["search"]
+        rows = [[f"searched mixed precision ({s['avg_w_bits']:.2f} W / {s['avg_a_bits']:.2f} A avg bits)", s["condition"],
+                 pct(s["searched_top1"]), pct(s.get("predicted_top1"))]]
+        if "uniform_top1" in s:
+            rows.append([f"uniform {s['uniform_bits']}-bit", s["condition"], pct(s["uniform_top1"]), "-"])
+        tables.append(("Mixed-precision search vs uniform at the same budget", ["subnet", "condition", "measured top-1",
+                                                                                  "predicted top-1"], rows))
+    if "predictor" in report:
+        p = report["predictor"]
+        tables.append(("Accuracy predictor on held-out samples", ["model", "Kendall tau", "Pearson r", "RMSE (points)"],
+                       [[str(p["model"]), f"{p['kendall_tau']:.3f}", f"{p['pearson']:.3f}", f"{100 * p['rmse']:.2f}"]]))
+    if "export" in report:
+        e = report["export"]
+        rows = []
+        for fmt in ("int", "onnx"):
+            if f"{fmt}_agreement" in e:
+                rows.append([fmt, pct(e[f"{fmt}_agreement"]), f"{e[f'{fmt}_bytes']:,}"])
+        if e.get("fp32_weight_bytes"):
+            rows.append(["fp32 weights", "-", f"{e['fp32_weight_bytes']:,}"])
+        tables.append(("Export parity with the fake-quant subnet", ["format", "top-1 agreement", "bytes"], rows))
+    return tables
