@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from eqtools.artifacts import read_artifact
-    from eqtools.build import load_supernet
-    from eqtools.calibrate import BatchSource, _spec_of, calibration_source, recalibrate_bn
+    from eqtools.build import artifact_spec, load_supernet
+    from eqtools.calibrate import BatchSource, calibration_source, recalibrate_bn
     from eqtools.data import load_splits
     from eqtools.export import build_onnx, export_subnet, extract_graph, run_onnx
     from eqtools.export._stage import parity
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     source = read_artifact(args.source, ("supernet", "calibrated"))
-    spec = _spec_of(source)
+    spec = artifact_spec(source)
     supernet = load_supernet(source).eval()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     check = BatchSource(splits.val.balanced(args.check_images, spec.seed, "val"), 250)

@@ -82,7 +82,7 @@ def main() -> None:
     import torch
 
     from eqtools.artifacts import read_artifact
-    from eqtools.build import load_supernet
+    from eqtools.build import artifact_spec, load_supernet
     from eqtools.calibrate import calibrate_subnet
     from eqtools.data import load_splits
     from eqtools.space import SubnetConfig
@@ -98,9 +98,8 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("EQTOOLS_THREADS", "2")))
     first = read_artifact(args.work / "eqnet", "supernet")
-    from eqtools.calibrate import _spec_of
 
-    spec = _spec_of(first)
+    spec = artifact_spec(first)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
 
     def measure(art, config, model) -> float:

@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from eqtools.artifacts import read_artifact
-    from eqtools.build import load_supernet
-    from eqtools.calibrate import BatchSource, _spec_of, calibrate_subnet, calibration_source, evaluate, recalibrate_bn
+    from eqtools.build import artifact_spec, load_supernet
+    from eqtools.calibrate import BatchSource, calibrate_subnet, calibration_source, evaluate, recalibrate_bn
     from eqtools.data import load_splits
     from eqtools.sample import EVAL_SEED_OFFSET, draw_configs
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
     art = read_artifact(args.supernet, "supernet")
-    spec = _spec_of(art)
+    spec = artifact_spec(art)
     s = spec.sample
 
     t0 = time.perf_counter()

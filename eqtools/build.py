@@ -22,6 +22,7 @@ from eqtools.quant import Supernet, quantize_model
 from eqtools.specs import Spec, parse_spec
 
 __all__ = [
+    "artifact_spec",
     "build_float_model",
     "build_supernet",
     "example_input",
@@ -99,12 +100,17 @@ def build_supernet(spec: Spec, model: nn.Module | None = None, pretrained: bool 
     return quantize_model(model, spec.space.settings(), example_input(spec_info(spec)))
 
 
-def load_supernet(artifact: Artifact, map_location: str | torch.device = "cpu") -> Supernet:
-    """Rebuild the supernet an artifact (supernet or calibrated) was saved from and load its tensors."""
+def artifact_spec(artifact: Artifact) -> Spec:
+    """The resolved spec an artifact records, validated by this eqtools."""
     try:
-        spec = parse_spec(artifact.spec, f"in {artifact.path}/manifest.json")
+        return parse_spec(artifact.spec, f"in {artifact.path}/manifest.json")
     except SpecError as exc:
         raise ArtifactError(f"{artifact.path}: the manifest's spec is not valid for this eqtools: {exc}") from None
+
+
+def load_supernet(artifact: Artifact, map_location: str | torch.device = "cpu") -> Supernet:
+    """Rebuild the supernet an artifact (supernet or calibrated) was saved from and load its tensors."""
+    spec = artifact_spec(artifact)
     supernet = build_supernet(spec, pretrained=False)
     recorded = artifact.manifest.get("space_fingerprint")
     if recorded != supernet.space.fingerprint:

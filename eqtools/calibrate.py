@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from eqtools.data import Split, Splits
     from eqtools.quant import Supernet
-    from eqtools.specs import Spec
 
 __all__ = [
     "BatchSource",
@@ -380,15 +379,6 @@ def resolve_config(
 
 
 # ---------------------------------------------------------------------------------- the artifact
-def _spec_of(artifact: Artifact) -> Spec:
-    from eqtools.specs import parse_spec
-
-    try:
-        return parse_spec(artifact.spec, f"in {artifact.path}/manifest.json")
-    except Exception as exc:  # SpecError: the manifest was written by an incompatible version
-        raise ArtifactError(f"{artifact.path}: the manifest's spec is not valid for this eqtools: {exc}") from None
-
-
 def calibrate_subnet(
     supernet_artifact: Artifact,
     config: SubnetConfig,
@@ -406,7 +396,7 @@ def calibrate_subnet(
     Returns the supernet (``config`` active, BN recalibrated) and the metrics of a ``calibrated``
     artifact. Arguments as for :func:`calibrate_artifact`.
     """
-    from eqtools.build import load_supernet
+    from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
 
     if supernet_artifact.kind != "supernet":
@@ -416,7 +406,7 @@ def calibrate_subnet(
         )
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; splits are {list(SPLITS)}")
-    spec = _spec_of(supernet_artifact)
+    spec = artifact_spec(supernet_artifact)
     space = supernet_artifact.space
     if space is None:
         raise ArtifactError(f"{supernet_artifact.path} records no elastic space; re-create it with `eqtools train`")
@@ -492,13 +482,13 @@ def calibrate_artifact(
     :func:`eqtools.build.load_supernet` reads it as it reads a supernet), ``config.json`` the
     config; see docs/calibrate.md.
     """
-    from eqtools.build import save_supernet
+    from eqtools.build import artifact_spec, save_supernet
 
     supernet, metrics = calibrate_subnet(
         supernet_artifact, config, images=images, split=split, batch_size=batch_size, eval_images=eval_images,
         supernet=supernet, splits=splits, on_stage=on_stage,
     )
-    spec = _spec_of(supernet_artifact)
+    spec = artifact_spec(supernet_artifact)
     out = Path(out) if out is not None else default_out(spec.name, "calibrated", config_tag(supernet.space, config))
     return save_supernet(
         supernet,

@@ -69,8 +69,9 @@ def out_of_memory_advice(what: str, setting: str, value: int) -> Iterator[None]:
                 or any(marker in text for marker in _OOM_MARKERS)):
             raise
         smaller = max(1, value // 2)
+        first_line = (str(exc).splitlines() or [""])[0][:160]
+        cause = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
         raise ResourceError(
-            f"ran out of memory while {what} with {setting} = {value} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:160]}); lower it, e.g. --set {setting}={smaller}, or run on a machine "
-            "with more memory"
+            f"ran out of memory while {what} with {setting} = {value} ({cause}); lower it, e.g. "
+            f"--set {setting}={smaller}, or run on a machine with more memory"
         ) from None

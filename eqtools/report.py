@@ -55,8 +55,8 @@ def build_report(
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
     """Measure and collect everything the summary table shows (calibrating subnets as needed)."""
-    from eqtools.build import load_supernet
-    from eqtools.calibrate import _spec_of, calibrate_subnet
+    from eqtools.build import artifact_spec, load_supernet
+    from eqtools.calibrate import calibrate_subnet
     from eqtools.data import load_splits
 
     root = Path(root)
@@ -65,7 +65,7 @@ def build_report(
     if supernet_art.extra.get("mode") == "static":
         raise ArtifactError(f"no elastic supernet under {folder or root}; train one with `eqtools train SPEC`")
     folder = supernet_art.path.parent
-    spec = _spec_of(supernet_art)
+    spec = artifact_spec(supernet_art)
     space = supernet_art.space
     log(f"report for spec '{spec.name}': supernet {supernet_art.path}")
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)

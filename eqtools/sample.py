@@ -444,14 +444,15 @@ def sample_artifact(
     parameters at ``out`` is returned as is. ``on_start(done, total)`` is called once rows are
     known, ``on_row(row)`` after each newly evaluated subnet.
     """
-    from eqtools.calibrate import BatchSource, _spec_of, calibrate_and_evaluate, calibration_source, subnet_costs
+    from eqtools.build import artifact_spec
+    from eqtools.calibrate import BatchSource, calibrate_and_evaluate, calibration_source, subnet_costs
 
     if supernet_artifact.kind != "supernet":
         raise ArtifactError(
             f"{supernet_artifact.path} is a '{supernet_artifact.kind}' artifact; sample needs a 'supernet' "
             "artifact (made by `eqtools train SPEC`)"
         )
-    spec = _spec_of(supernet_artifact)
+    spec = artifact_spec(supernet_artifact)
     space = supernet_artifact.space
     if space is None:
         raise ArtifactError(f"{supernet_artifact.path} records no elastic space; re-create it with `eqtools train`")
@@ -586,7 +587,7 @@ def merge_samples(paths: Sequence[Path | str], out: Path | str | None = None) ->
     Refuses artifacts that are not shards, shards of different supernets or parameters (seed, n,
     conditions, subset, ...), a shard given twice, and an incomplete set (naming what is missing).
     """
-    from eqtools.calibrate import _spec_of
+    from eqtools.build import artifact_spec
 
     if len(paths) < 1:
         raise ConfigError("--merge needs the shard artifacts to join, e.g. eqtools sample --merge A B")
@@ -629,7 +630,7 @@ def merge_samples(paths: Sequence[Path | str], out: Path | str | None = None) ->
     rows.sort(key=lambda r: r["index"])
     if [r["index"] for r in rows] != list(range(first.n)):
         raise ArtifactError(f"the shards' rows do not cover draws 0..{first.n - 1} exactly once; re-run the shards")
-    spec = _spec_of(first_art)
+    spec = artifact_spec(first_art)
     space = first_art.space
     if space is None:
         raise ArtifactError(f"{first_art.path} records no elastic space")

@@ -196,7 +196,7 @@ def test_cli_fit_predictor_defaults_to_the_newest_samples(samples, monkeypatch) 
     data = json.loads(result.stdout)
     assert Path(data["path"]) == Path("artifacts/synthetic/predictor-xgb")
     art = read_artifact(data["path"], "predictor")
-    assert art.metrics["model"] == "xgb" and data["kendall_tau"] == art.metrics["kendall_tau"]
+    assert art.metrics["model"] == "xgb" and data["metrics"]["kendall_tau"] == art.metrics["kendall_tau"]
     assert art.manifest["space_fingerprint"] == samples.manifest["space_fingerprint"]
     assert art.manifest["parents"][0]["kind"] == "samples"
 

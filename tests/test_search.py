@@ -446,7 +446,7 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
                                  "--population", "8", "--top-k", "2", "--verify", "--eval-images", "100", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    rows = data["verified"]
+    rows = data["metrics"]["verified"]
     uniform = supernet.space.uniform(4, 4, "per-channel", "sym").to_dict()
     top = json.loads((Path(data["path"]) / "top_k.json").read_text())["top"]
     # the top 2 plus the uniform config at the budget (unless it is already among them)

@@ -64,6 +64,14 @@ def emit_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str), flush=True)
 
 
+def emit_artifact(artifact: Any, **extra: Any) -> None:
+    """The --json answer of every command that writes an artifact: one shape to script against.
+
+    ``path``, ``kind`` and ``metrics`` (the manifest's) always; command-specific keys after them.
+    """
+    emit_json({"path": str(artifact.path), "kind": artifact.kind, "metrics": artifact.metrics, **extra})
+
+
 @contextmanager
 def progress(description: str, total: int | None, enabled: bool = True) -> Iterator[Callable[..., None]]:
     """A rich progress bar on a terminal, plain periodic lines otherwise.

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_json, handle_errors, human_bytes
+from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
 
 
 @handle_errors
@@ -75,7 +75,7 @@ def command(
     result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo)
     m = result.metrics
     if as_json:
-        emit_json({"path": str(result.path), "config": subnet.to_dict(), "metrics": m})
+        emit_artifact(result, config=subnet.to_dict())
         return
     gain = 100.0 * (m["top1"] - m["top1_before"])
     print(f"subnet    {subnet.condition}, avg bits W {m['avg_w_bits']:.2f} A {m['avg_a_bits']:.2f}, "

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import echo, emit_json, handle_errors, human_bytes
+from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
 
 FORMATS = ("int", "onnx", "all")
 BN_FOLD_MODES = ("scale", "requantize", "none")
@@ -85,8 +85,7 @@ def command(
                              check_images=check_images, agreement_min=min_agreement, log=echo)
     m = result.metrics
     if as_json:
-        emit_json({"path": str(result.path), "files": result.extra.get("files", {}), "config": result.extra.get("config"),
-                   "metrics": m})
+        emit_artifact(result, files=result.extra.get("files", {}), config=result.extra.get("config"))
         return
     sizes = m["sizes"]
     print(f"subnet  {m['config']['condition']}, avg bits W {m['config']['avg_w_bits']:.2f} "

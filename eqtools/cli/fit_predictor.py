@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_json, handle_errors, progress
+from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
 
 
 class Model(str, Enum):
@@ -72,7 +72,7 @@ def command(
         artifact = fit_predictor(samples, out, options, on_epoch=lambda epoch, loss: advance(loss=loss))
     m = artifact.metrics
     if as_json:
-        emit_json({"path": str(artifact.path), **m})
+        emit_artifact(artifact)
         return
     echo(
         f"held-out {m['n_test']} of {m['n_samples']} subnets: RMSE {100 * m['rmse']:.2f} points, "

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import echo, emit_json, handle_errors, progress
+from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
 
 
 def _duration(seconds: float) -> str:
@@ -129,7 +129,7 @@ def command(
             )
     m = result.metrics
     if as_json:
-        emit_json({"path": str(result.path), "metrics": m, "parameters": result.extra})
+        emit_artifact(result, parameters=result.extra)
         return
     rate = m.get("subnets_per_min")
     print(f"{m['rows']} subnets, top-1 mean {100 * m['accuracy_mean']:.2f}% "

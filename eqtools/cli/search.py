@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_json, handle_errors, progress
+from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
 
 
 class Granularity(str, Enum):
@@ -141,9 +141,8 @@ def command(
     spec_name = spec.get("name") or "default"
     out = out if out is not None else default_out(spec_name, "search", search_tag(options, outcome.condition))
     artifact = write_search(outcome, out, predictor, parents=[supernet] if supernet is not None and verify else [])
-    m = artifact.metrics
     if as_json:
-        emit_json({"path": str(artifact.path), "best_config": outcome.best.to_dict(), **m})
+        emit_artifact(artifact, best_config=outcome.best.to_dict())
         return
     c = outcome.best_costs
     echo(

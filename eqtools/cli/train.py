@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_json, handle_errors, print_error, progress
+from eqtools.cli._common import echo, emit_artifact, handle_errors, print_error, progress
 
 
 @handle_errors
@@ -81,7 +81,7 @@ def command(
         return
     echo(f"wrote supernet artifact {artifact.path}", quiet)
     if as_json:
-        emit_json({"artifact": str(artifact.path), "kind": artifact.kind, "metrics": artifact.metrics})
+        emit_artifact(artifact)
 
 
 def _int(text: str, flag: str) -> int:

@@ -205,7 +205,7 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
                     nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                 opt.step()
                 sched.step()
-                advance(1, loss=float(loss))
+                advance(1, loss=loss.item())
     top1 = _accuracy(model, splits.val, 500, device, 2000)
     model.train()
     model.to(memory_format=torch.contiguous_format)

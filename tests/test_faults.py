@@ -1,0 +1,216 @@
+"""Faults and bad input: every one exits 2 with a clear message, never a traceback, never a
+silently wrong result; a killed writer never leaves an artifact that reads as valid."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eqtools.artifacts import FORMAT_VERSION, find_latest, read_artifact
+from eqtools.cli.app import app
+from eqtools.errors import ArtifactError, ResourceError, out_of_memory_advice
+
+runner = CliRunner()
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------------- kill -9 while writing
+WRITER = textwrap.dedent("""
+    import sys, time, torch
+    from pathlib import Path
+    from eqtools.artifacts import save_safetensors, write_artifact
+    out, i = Path(sys.argv[1]), 0
+    def payload(tmp):
+        for k in range(6):
+            save_safetensors(tmp / f"part{k}.safetensors", {"w": torch.full((50_000,), float(i))})
+            time.sleep(0.01)
+    while True:
+        write_artifact(out, "samples", payload, metrics={"round": i})
+        i += 1
+""")
+
+
+def test_kill_9_during_artifact_writes_never_leaves_a_valid_looking_partial(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    rng = random.Random(0)
+    out = tmp_path / "ws" / "spec" / "samples"
+    for _ in range(8):
+        proc = subprocess.Popen([sys.executable, str(script), str(out)], env={**os.environ, "OMP_NUM_THREADS": "1"})
+        time.sleep(1.5 + rng.random() * 1.5)  # land anywhere in a write (imports take ~1 s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # whatever is at `out` is either a complete, verified artifact or absent: never partial
+        if out.exists():
+            art = read_artifact(out, "samples")
+            values = {float(art.tensors(f"part{k}.safetensors")["w"][0]) for k in range(6)}
+            assert values == {float(art.metrics["round"])}  # every file from the same write
+            assert find_latest("samples", tmp_path / "ws") == out
+        else:
+            with pytest.raises(ArtifactError):
+                find_latest("samples", tmp_path / "ws")
+        # leftovers of the killed write are hidden and never chosen
+        for leftover in out.parent.iterdir() if out.parent.exists() else ():
+            assert leftover == out or leftover.name.startswith(".")
+
+
+# --------------------------------------------------------------------------------- bad input per stage
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_supernet_artifact):
+    """A workspace holding one artifact of every kind, made from the tiny trained supernet."""
+    from eqtools.calibrate import calibrate_artifact
+    from eqtools.predictor import FitOptions, fit_predictor
+    from eqtools.predictor.synthetic import write_synthetic_samples
+
+    root = tmp_path_factory.mktemp("ws")
+    supernet = read_artifact(tiny_supernet_artifact, "supernet")
+    shutil.copytree(tiny_supernet_artifact, root / "supernet")
+    supernet = read_artifact(root / "supernet", "supernet")
+    samples = write_synthetic_samples(root / "samples", supernet.space, 30, spec=supernet.spec, parents=[supernet])
+    fit_predictor(samples, root / "predictor", FitOptions(epochs=2, hidden=8, layers=2))
+    calibrate_artifact(supernet, supernet.space.uniform(4), images=64, out=root / "calibrated")
+    return root
+
+
+def _damaged(workspace: Path, tmp_path: Path, name: str, damage: str) -> Path:
+    target = tmp_path / name
+    shutil.copytree(workspace / name, target)
+    manifest_path = target / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    payload = target / sorted(n for n in manifest["files"] if not n.endswith(".png"))[0]
+    if damage == "truncated":
+        payload.write_bytes(payload.read_bytes()[: payload.stat().st_size // 2])
+    elif damage == "bit-flip":
+        data = bytearray(payload.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        payload.write_bytes(bytes(data))
+    elif damage == "edited-manifest":
+        manifest["metrics"]["edited"] = True
+        manifest_path.write_text(json.dumps(manifest))
+    elif damage == "newer-version":
+        manifest["format_version"] = FORMAT_VERSION + 1
+        manifest_path.write_text(json.dumps(manifest))
+    elif damage == "missing-manifest":
+        manifest_path.unlink()
+    return target
+
+
+COMMANDS = {
+    "supernet": lambda p: ["calibrate", "--from", str(p), "--w-bits", "4", "--granularity", "per-channel", "--symmetry", "sym"],
+    "samples": lambda p: ["fit-predictor", "--from", str(p), "--model", "mlp"],
+    "predictor": lambda p: ["search", "--predictor", str(p), "--w-bits", "4", "--granularity", "per-channel", "--symmetry", "sym"],
+    "calibrated": lambda p: ["export", "--from", str(p)],
+}
+EXPECTED = {
+    "truncated": "does not match its checksum",
+    "bit-flip": "does not match its checksum",
+    "edited-manifest": "was modified after it was written",
+    "newer-version": "newer eqtools",
+    "missing-manifest": "no manifest.json",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(EXPECTED))
+@pytest.mark.parametrize("kind", sorted(COMMANDS))
+def test_damaged_inputs_exit_2_with_a_clear_message(workspace, tmp_path, monkeypatch, kind, damage):
+    monkeypatch.chdir(tmp_path)
+    target = _damaged(workspace, tmp_path, kind, damage)
+    out = tmp_path / "out"
+    result = runner.invoke(app, [*COMMANDS[kind](target), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert text.startswith("error:") and EXPECTED[damage] in text and "Traceback" not in result.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kind,wrong", [("supernet", "samples"), ("samples", "predictor"), ("predictor", "calibrated"),
+                                        ("calibrated", "predictor")])
+def test_wrong_kind_names_what_was_found_and_expected(workspace, tmp_path, kind, wrong):
+    result = runner.invoke(app, [*COMMANDS[kind](workspace / wrong), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert f"is a '{wrong}' artifact, but this command needs" in flat(result.output)
+
+
+def test_truncated_samples_jsonl_is_refused(workspace, tmp_path):
+    target = tmp_path / "samples"
+    shutil.copytree(workspace / "samples", target)
+    lines = (target / "samples.jsonl").read_text().splitlines(keepends=True)
+    (target / "samples.jsonl").write_text("".join(lines[:10]) + lines[10][:20])  # cut mid-row, as a crash would
+    result = runner.invoke(app, ["fit-predictor", "--from", str(target), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2 and "samples.jsonl does not match its checksum" in flat(result.output)
+
+
+def test_config_from_another_space_is_refused_naming_the_layer(workspace, tmp_path):
+    config = json.loads((workspace / "calibrated" / "config.json").read_text())
+    config["layers"][1]["w_bits"] = 5  # the tiny space has bits 2, 3, 4, 8
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    result = runner.invoke(app, ["calibrate", "--from", str(workspace / "supernet"), "--config", str(path),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "layer 'conv2': w_bits 5 is not allowed; allowed: [2, 3, 4, 8]" in flat(result.output)
+
+
+def test_infeasible_budget_is_refused_before_searching(workspace, tmp_path):
+    result = runner.invoke(app, ["search", "--predictor", str(workspace / "predictor"), "--w-bits", "1",
+                                 "--granularity", "per-channel", "--symmetry", "sym", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "s").exists()
+
+
+def test_unknown_model_and_missing_data_exit_2(tmp_path):
+    spec = {"name": "x", "model": {"name": "resnet9000"}, "data": {"name": "digits", "val_size": 100}}
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(spec))
+    result = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "unknown model 'resnet9000'" in flat(result.output)
+
+
+# --------------------------------------------------------------------------------- out of memory
+@pytest.mark.parametrize("exc", [
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 68719476736 bytes."),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    MemoryError(),
+])
+def test_out_of_memory_becomes_advice(exc):
+    with pytest.raises(ResourceError, match=r"ran out of memory while training with train.batch_size = 4096.*"
+                                            r"--set train.batch_size=2048"):
+        with out_of_memory_advice("training", "train.batch_size", 4096):
+            raise exc
+
+
+def test_other_runtime_errors_are_not_disguised():
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with out_of_memory_advice("training", "train.batch_size", 8):
+            raise RuntimeError("shape mismatch")
+
+
+def test_training_that_runs_out_of_memory_exits_2_with_advice(tmp_path, monkeypatch):
+    from conftest import DIGITS_SPEC
+
+    import eqtools.train.loop as loop
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 999 GB")
+
+    monkeypatch.setattr(loop, "sandwich_step", boom)
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({**DIGITS_SPEC, "train": {**DIGITS_SPEC["train"], "epochs": 1}}))
+    result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "ran out of memory while training with train.batch_size = 64" in flat(result.output)
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

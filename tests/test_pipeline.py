@@ -1,0 +1,69 @@
+"""The toolchain the way a CI job uses it: a shell script chaining every subcommand with its
+defaults (workspace lookup under artifacts/) and --json outputs, then reading the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import DIGITS_SPEC
+
+SCRIPT = r"""
+set -euo pipefail
+run() { local name=$1; shift; "$@" > "out/$name.json" 2> "out/$name.log" || { echo "$name failed: $?" >&2; cat "out/$name.log" >&2; exit 1; }; }
+mkdir -p out
+run info          eqtools info spec.json --json
+run train         eqtools train spec.json --json -q
+run static        eqtools train spec.json --static-bits 4 --json -q
+run sample        eqtools sample -n 16 --json --no-progress
+run fit           eqtools fit-predictor --model mlp --json
+run fit_xgb       eqtools fit-predictor --model xgb --json
+run search        eqtools search --w-bits 4 --granularity per-tensor --symmetry asym --json
+run calibrate     eqtools calibrate --searched --json
+run export        eqtools export --format all --json
+run report        eqtools report --json -q
+# bad input in a pipeline: a clear message and exit status 2, never a traceback
+set +e
+eqtools search --w-bits 1 --granularity per-tensor --symmetry asym > out/infeasible.json 2> out/infeasible.log
+echo $? > out/infeasible.code
+"""
+
+
+def test_shell_pipeline_with_defaults_and_json(tmp_path: Path):
+    spec = json.loads(json.dumps(DIGITS_SPEC))
+    spec["name"] = "pipeline"
+    spec["train"].update({"epochs": 2, "steps_per_epoch": 8, "lr": 0.003})
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    (tmp_path / "pipeline.sh").write_text(SCRIPT)
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "pipeline.sh"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json") if p.stat().st_size}
+
+    assert out["info"]["valid"] and out["info"]["resolved"]["name"] == "pipeline"
+    assert all(out[k]["kind"] for k in ("train", "static", "sample", "fit", "fit_xgb", "search", "calibrate", "export"))
+    supernet = Path(out["train"]["path"])
+    assert supernet == Path("artifacts/pipeline/supernet") and out["train"]["metrics"]["epochs"] == 2
+    assert out["static"]["path"].endswith("supernet-static-w4a4")
+    assert len((tmp_path / out["sample"]["path"] / "samples.jsonl").read_text().splitlines()) == 16
+    for fit in (out["fit"], out["fit_xgb"]):
+        assert -1.0 <= fit["metrics"]["kendall_tau"] <= 1.0
+    best = out["search"]["best_config"]
+    assert best["granularity"] == "per-tensor" and best["symmetry"] == "asym"
+    assert out["calibrate"]["config"] == best  # --searched took the search just made
+    assert 0.0 < out["calibrate"]["metrics"]["top1"] <= 1.0
+    assert out["export"]["metrics"]["int"]["parity"]["top1_agreement"] >= 0.999
+    report = out["report"]
+    assert [row["bits"] for row in report["uniform"]] == [2, 3, 4, 8]
+    assert "static_top1" in next(r for r in report["uniform"] if r["bits"] == 4)
+    assert report["search"]["searched_top1"] > 0.1 and "export" in report and "predictor" in report
+    # the stages used each other's outputs, found through the workspace
+    log = (tmp_path / "out" / "calibrate.log").read_text()
+    assert "using search artifact artifacts/pipeline/search-" in log and "using supernet artifact artifacts/pipeline/supernet\n" in log
+    assert (tmp_path / "out" / "infeasible.code").read_text().strip() == "2"
+    message = " ".join((tmp_path / "out" / "infeasible.log").read_text().split())
+    assert "Traceback" not in message and "error:" in message
