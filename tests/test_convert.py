@@ -191,3 +191,9 @@ def test_subnet_switches_do_not_recompile():
         supernet.apply(supernet.space.random(rng))
         compiled(x).sum().backward()
     assert compiles["n"] == warm
+
+
+def test_quantize_model_takes_a_whole_spec(digits_spec):
+    model = get_model("tiny_cnn", num_classes=10, in_channels=1)
+    supernet = quantize_model(model, digits_spec)
+    assert supernet.space.w_bits == (2, 3, 4, 8) and supernet.space.layer("conv2").act_elems == 8 * 8 * 8

@@ -285,3 +285,18 @@ def test_ddp_two_processes_with_gloo(tmp_path):
     art = read_artifact(tmp_path / "ddp", "supernet")
     assert art.metrics["processes"] == 2
     load_supernet(art)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir() and not os.environ.get("EQTOOLS_DATA"),
+                    reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+def test_ddp_with_the_quick_spec(tmp_path):
+    """The issue's check: torchrun with two gloo processes trains the quick spec (shortened)."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(30500 + os.getpid() % 1000), "-m", "eqtools", "train", "specs/quick.json",
+                           "--out", str(tmp_path / "ddp"), "-q", "--set", "train.steps_per_epoch=10",
+                           "--set", "train.fp_epochs=0", "--epochs", "1"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    art = read_artifact(tmp_path / "ddp", "supernet")
+    assert art.metrics["processes"] == 2 and art.spec["name"] == "quick"

@@ -73,16 +73,27 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantize_model(
     model: nn.Module,
-    space: ElasticSpace | Mapping[str, Any],
-    example_input: Tensor,
+    space: ElasticSpace | Mapping[str, Any] | Any,
+    example_input: Tensor | None = None,
 ) -> Supernet:
     """Convert ``model`` in place into a :class:`Supernet` over ``space``.
 
-    ``space`` is either a built :class:`ElasticSpace` (its layers must be the model's) or the
-    spec's space section as a mapping (``w_bits``, ``a_bits``, ``granularities``, ``symmetries``,
-    ``first_layer``, ``last_layer``, ``overrides``). ``example_input`` is one batch (batch size 1
-    is enough) of the shape the model will see.
+    ``space`` is a built :class:`ElasticSpace` (its layers must be the model's), the spec's space
+    section as a mapping (``w_bits``, ``a_bits``, ``granularities``, ``symmetries``,
+    ``first_layer``, ``last_layer``, ``overrides``), or a whole :class:`eqtools.specs.Spec`.
+    ``example_input`` is one batch (batch size 1 is enough) of the shape the model will see; with a
+    spec it defaults to the spec's dataset shape.
     """
+    from eqtools.specs import Spec
+
+    if isinstance(space, Spec):
+        if example_input is None:
+            from eqtools.build import example_input as spec_example, spec_info
+
+            example_input = spec_example(spec_info(space))
+        space = space.space.settings()
+    if example_input is None:
+        raise TypeError("quantize_model needs example_input (one batch of the model's input shape)")
     traced = trace_layers(model, example_input)
     if isinstance(space, ElasticSpace):
         got = [layer.name for layer in traced]

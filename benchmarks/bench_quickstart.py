@@ -1,0 +1,89 @@
+"""Time the README's first Quickstart command and record what its final table says.
+
+Runs scripts/quickstart.sh on the quick spec in a fresh temporary workspace (so nothing cached
+from earlier runs helps), optionally after creating a fresh virtual environment and installing
+eqtools into it exactly as the README does. Records the wall time of every stage, the mean epoch
+time of the supernet and of the static-QAT baselines, and the `eqtools report` table.
+
+Run: python benchmarks/bench_quickstart.py [--with-install] --record
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import ROOT, machine_line, record
+
+STEP = re.compile(r"== (.+) \((\d+)s elapsed\)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--spec", default="specs/quick.json")
+    parser.add_argument("--with-install", action="store_true", help="also time a fresh venv + pip install")
+    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmpdir:
+        work = Path(tmpdir)
+        for folder in ("specs", "scripts"):
+            shutil.copytree(ROOT / folder, work / folder)
+        env = {**os.environ, "COLUMNS": "140"}
+        install_s = None
+        bindir = Path(sys.executable).parent
+        if args.with_install:
+            start = time.monotonic()
+            subprocess.run([sys.executable, "-m", "venv", str(work / ".venv")], check=True)
+            subprocess.run([str(work / ".venv/bin/pip"), "install", "-q", "torch==2.14.1", "torchvision==0.29.1",
+                            "-e", str(ROOT)], check=True)
+            install_s = time.monotonic() - start
+            bindir = work / ".venv/bin"
+        env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
+        start = time.monotonic()
+        proc = subprocess.run(["bash", "scripts/quickstart.sh", args.spec], cwd=work, env=env, capture_output=True,
+                              text=True)
+        pipeline_s = time.monotonic() - start
+        (ROOT / "artifacts").mkdir(exist_ok=True)
+        (ROOT / "artifacts" / "quickstart-benchmark.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            sys.exit(f"quickstart failed ({proc.returncode}); log in artifacts/quickstart-benchmark.log")
+        marks = [(m.group(1), int(m.group(2))) for m in STEP.finditer(proc.stdout + proc.stderr)]
+        stages = []
+        for (name, at), (_, nxt) in zip(marks, [*marks[1:], ("end", int(pipeline_s))]):
+            stages.append((name, nxt - at))
+        output = proc.stdout + proc.stderr
+        table = output[output.rindex("== report"):].split("\n", 1)[1]
+        table = table[: table.rindex("finished in")].strip()
+        epochs = {}
+        spec_dir = next((work / "artifacts").iterdir())
+        for d in sorted(spec_dir.glob("supernet*")):
+            rows = [json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()]
+            epochs[d.name] = sum(r["time_s"] for r in rows) / len(rows)
+    lines = ["| stage | wall time |", "|---|---|"]
+    if install_s is not None:
+        lines.append(f"| fresh venv + pip install (README command) | {install_s:.0f} s |")
+    lines += [f"| {name} | {seconds} s |" for name, seconds in stages]
+    total = pipeline_s + (install_s or 0)
+    lines.append(f"| **total{' with install' if install_s is not None else ' (pipeline only)'}** | **{total:.0f} s "
+                 f"({total / 60:.1f} min)** |")
+    lines += ["", "Mean epoch wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in epochs.items()), "",
+              "Final table of the run (`eqtools report`):", "", "```", table.rstrip(), "```"]
+    body = "\n".join(lines)
+    print(body)
+    if args.record:
+        record("Quickstart: the whole pipeline on specs/quick.json",
+               f"python benchmarks/bench_quickstart.py{' --with-install' if args.with_install else ''} --record",
+               machine_line(2), body)
+
+
+if __name__ == "__main__":
+    main()
