@@ -300,3 +300,19 @@ def test_ddp_with_the_quick_spec(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     art = read_artifact(tmp_path / "ddp", "supernet")
     assert art.metrics["processes"] == 2 and art.spec["name"] == "quick"
+
+
+@pytest.mark.slow
+def test_compiled_training_runs_and_matches_eager_closely(tmp_path):
+    """torch.compile'd training (the recompute-in-backward fake-quant path) learns like eager."""
+    spec = _spec_file(tmp_path, epochs=2, steps_per_epoch=10)
+    results = {}
+    for mode in ("--compile", "--no-compile"):
+        out = tmp_path / mode.strip("-")
+        proc = _cli(str(spec), mode, "--out", str(out))
+        assert proc.wait(timeout=1800) == 0, proc.stderr.read()
+        art = read_artifact(out, "supernet")
+        results[mode] = art
+        assert art.metrics["compiled"] is (mode == "--compile")
+    eager, compiled = (results[m].metrics["final"]["ce_max"] for m in ("--no-compile", "--compile"))
+    assert abs(eager - compiled) < 0.05 * max(1.0, eager)  # same math, float-order differences only

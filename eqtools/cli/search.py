@@ -65,7 +65,7 @@ def command(
     top_k: Annotated[int, typer.Option(
         "--top-k", min=1, help="How many of the best configs to list (and to measure with --verify).")] = 5,
     verify: Annotated[bool, typer.Option(
-        "--verify", help="Calibrate and evaluate the top-K on the supernet (val split); keep the best measured one.")] = False,
+        "--verify", help="Calibrate and evaluate the top-K and the uniform config at the budget on the supernet (val split); keep the best measured one.")] = False,
     supernet_path: Annotated[Path | None, typer.Option(
         "--supernet", help="supernet artifact for --verify (default: the one the predictor's samples came from).")] = None,
     eval_images: Annotated[int | None, typer.Option(

@@ -451,10 +451,9 @@ def export_artifact(
     split. ``out`` defaults to ``artifacts/<spec>/export-<config tag>``. Nothing is written unless
     every requested file passed its check.
     """
-    from eqtools.build import load_supernet
+    from eqtools.build import artifact_spec, load_supernet
     from eqtools.calibrate import BatchSource, config_tag
     from eqtools.data import load_splits
-    from eqtools.specs import parse_spec
 
     if check_images < 1:
         raise ConfigError(f"--check-images is {check_images}; it must be at least 1 (2000 or more for a 99.9% check)")
@@ -468,7 +467,7 @@ def export_artifact(
         supernet.apply(config)
     except ConfigError as exc:
         raise ArtifactError(f"{source.path}: its config does not fit its own supernet: {exc}") from None
-    spec = parse_spec(source.spec, f"in {source.path}/manifest.json")
+    spec = artifact_spec(source)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
     batches = BatchSource(held_out, batch_size)

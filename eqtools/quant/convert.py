@@ -88,7 +88,8 @@ def quantize_model(
 
     if isinstance(space, Spec):
         if example_input is None:
-            from eqtools.build import example_input as spec_example, spec_info
+            from eqtools.build import example_input as spec_example
+            from eqtools.build import spec_info
 
             example_input = spec_example(spec_info(space))
         space = space.space.settings()

@@ -68,11 +68,10 @@ def verify_configs(
         from eqtools.calibrate import calibrate_artifact
     except ImportError as exc:  # calibrate is part of eqtools; its absence is an installation problem
         raise ArtifactError(f"--verify needs eqtools.calibrate, which cannot be imported ({exc})") from None
-    from eqtools.build import load_supernet
+    from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
-    from eqtools.specs import parse_spec
 
-    spec = parse_spec(supernet_artifact.spec, f"in {supernet_artifact.path}/manifest.json")
+    spec = artifact_spec(supernet_artifact)
     supernet = load_supernet(supernet_artifact).use_channels_last()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     rows = []
