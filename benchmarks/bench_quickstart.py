@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--spec", default="specs/quick.json")
     parser.add_argument("--with-install", action="store_true", help="also time a fresh venv + pip install")
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--keep", action="store_true",
+                        help="copy the run's workspace into ./artifacts afterwards (other benchmarks reuse it)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmpdir:
         work = Path(tmpdir)
@@ -64,7 +66,12 @@ def main() -> None:
         table = output[output.rindex("== report"):].split("\n", 1)[1]
         table = table[: table.rindex("finished in")].strip()
         epochs = {}
-        spec_dir = next((work / "artifacts").iterdir())
+        spec_dir = next(p for p in (work / "artifacts").iterdir() if p.is_dir())
+        if args.keep:
+            target = ROOT / "artifacts" / spec_dir.name
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(spec_dir, target, symlinks=True)
         for d in sorted(spec_dir.glob("supernet*")):
             rows = [json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()]
             epochs[d.name] = sum(r["time_s"] for r in rows) / len(rows)
