@@ -112,11 +112,22 @@ def build_report(
                "predicted_top1": search.metrics.get("predicted_accuracy"), "searched_top1": measure(supernet_art, best, supernet)}
         budget = (search.metrics.get("constraints") or {}).get("w_bits")
         uniform_bits = int(budget) if budget is not None and float(budget).is_integer() else None
+        uniform = None
         if uniform_bits in space.w_bits and uniform_bits in space.a_bits:
             uniform = space.uniform(uniform_bits, uniform_bits, best.granularity, best.symmetry)
             log(f"calibrating the uniform {uniform_bits}-bit subnet at the same conditions")
             row["uniform_bits"] = uniform_bits
-            row["uniform_top1"] = measure(supernet_art, uniform, supernet)
+            row["uniform_top1"] = row["searched_top1"] if best == uniform else measure(supernet_art, uniform, supernet)
+        row["verified"] = bool(search.metrics.get("verified"))
+        row["pick_is_uniform"] = uniform is not None and best == uniform
+        top = _ga_top_pick(search)
+        if top is not None and top != best:
+            # --verify re-ranked the GA's candidates: show the predictor's own favourite as well, so
+            # the table says whether the predictor or the measurement made the final choice.
+            log("calibrating the GA's top-predicted subnet")
+            ga_w, ga_a = space.avg_bits(top)
+            row.update(ga_top1=measure(supernet_art, top, supernet), ga_avg_w_bits=ga_w, ga_avg_a_bits=ga_a,
+                       ga_predicted_top1=_ga_top_prediction(search))
         report["search"] = row
 
     export = _newest("export", folder)
@@ -134,6 +145,20 @@ def build_report(
     return report
 
 
+def _ga_top_pick(search: Artifact) -> SubnetConfig | None:
+    """The GA's highest-predicted individual (before any --verify re-ranking), if recorded."""
+    try:
+        top = json.loads(search.file("top_k.json").read_text()).get("top") or []
+    except (ArtifactError, OSError, json.JSONDecodeError):
+        return None
+    return SubnetConfig.from_dict(top[0]["config"]) if top else None
+
+
+def _ga_top_prediction(search: Artifact) -> float | None:
+    top = json.loads(search.file("top_k.json").read_text()).get("top") or []
+    return top[0].get("predicted_accuracy") if top else None
+
+
 def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
     """The report as (title, header, rows) tables, for any renderer."""
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
@@ -147,9 +172,15 @@ def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
                    "after BN calibration)", ["bits", "condition", "supernet", "static QAT", "difference (points)"], rows))
     if "search" in report:
         s = report["search"]
-        rows = [[f"searched mixed precision ({s['avg_w_bits']:.2f} W / {s['avg_a_bits']:.2f} A avg bits)", s["condition"],
-                 pct(s["searched_top1"]), pct(s.get("predicted_top1"))]]
-        if "uniform_top1" in s:
+        rows = []
+        if "ga_top1" in s:
+            rows.append([f"GA's top-predicted mixed precision ({s['ga_avg_w_bits']:.2f} W / {s['ga_avg_a_bits']:.2f} A)",
+                         s["condition"], pct(s["ga_top1"]), pct(s.get("ga_predicted_top1"))])
+        how = "after --verify" if s.get("verified") else "by predicted accuracy"
+        what = f"uniform {s.get('uniform_bits')}-bit" if s.get("pick_is_uniform") else "mixed precision"
+        rows.append([f"search's pick {how}: {what} ({s['avg_w_bits']:.2f} W / {s['avg_a_bits']:.2f} A)", s["condition"],
+                     pct(s["searched_top1"]), pct(s.get("predicted_top1"))])
+        if "uniform_top1" in s and not s.get("pick_is_uniform"):
             rows.append([f"uniform {s['uniform_bits']}-bit", s["condition"], pct(s["uniform_top1"]), "-"])
         tables.append(("Mixed-precision search vs uniform at the same budget", ["subnet", "condition", "measured top-1",
                                                                                   "predicted top-1"], rows))

@@ -1,0 +1,34 @@
+"""The report's tables say honestly which subnet the search picked and why."""
+
+from __future__ import annotations
+
+from eqtools.report import format_report
+
+
+def _search_rows(search: dict) -> list[list[str]]:
+    tables = {title: rows for title, _, rows in format_report({"spec": "quick", "test_images": 5000, "uniform": [], "search": search})}
+    return tables["Mixed-precision search vs uniform at the same budget"]
+
+
+def test_verified_uniform_pick_is_labelled_and_ga_favourite_shown() -> None:
+    rows = _search_rows({
+        "condition": "per-tensor/asym", "avg_w_bits": 3.0, "avg_a_bits": 3.0, "searched_top1": 0.8036,
+        "predicted_top1": 0.7896, "uniform_bits": 3, "uniform_top1": 0.8036, "verified": True,
+        "pick_is_uniform": True, "ga_top1": 0.7990, "ga_predicted_top1": 0.8179, "ga_avg_w_bits": 2.98,
+        "ga_avg_a_bits": 3.0,
+    })
+    labels = [r[0] for r in rows]
+    assert labels[0].startswith("GA's top-predicted mixed precision (2.98 W")
+    assert rows[0][2:] == ["79.90%", "81.79%"]
+    assert labels[1] == "search's pick after --verify: uniform 3-bit (3.00 W / 3.00 A)"
+    assert len(rows) == 2  # the uniform row would repeat the pick
+
+
+def test_unverified_mixed_pick_is_compared_with_uniform() -> None:
+    rows = _search_rows({
+        "condition": "per-channel/sym", "avg_w_bits": 2.9, "avg_a_bits": 3.0, "searched_top1": 0.81,
+        "predicted_top1": 0.80, "uniform_bits": 3, "uniform_top1": 0.79, "verified": False, "pick_is_uniform": False,
+    })
+    assert [r[0] for r in rows] == ["search's pick by predicted accuracy: mixed precision (2.90 W / 3.00 A)",
+                                    "uniform 3-bit"]
+    assert rows[1][2] == "79.00%"
