@@ -115,9 +115,12 @@ def build_report(
         uniform = None
         if uniform_bits in space.w_bits and uniform_bits in space.a_bits:
             uniform = space.uniform(uniform_bits, uniform_bits, best.granularity, best.symmetry)
-            log(f"calibrating the uniform {uniform_bits}-bit subnet at the same conditions")
             row["uniform_bits"] = uniform_bits
-            row["uniform_top1"] = row["searched_top1"] if best == uniform else measure(supernet_art, uniform, supernet)
+            if best == uniform:
+                row["uniform_top1"] = row["searched_top1"]
+            else:
+                log(f"calibrating the uniform {uniform_bits}-bit subnet at the same conditions")
+                row["uniform_top1"] = measure(supernet_art, uniform, supernet)
         row["verified"] = bool(search.metrics.get("verified"))
         row["pick_is_uniform"] = uniform is not None and best == uniform
         top = _ga_top_pick(search)
