@@ -316,3 +316,13 @@ def test_compiled_training_runs_and_matches_eager_closely(tmp_path):
         assert art.metrics["compiled"] is (mode == "--compile")
     eager, compiled = (results[m].metrics["final"]["ce_max"] for m in ("--no-compile", "--compile"))
     assert abs(eager - compiled) < 0.05 * max(1.0, eager)  # same math, float-order differences only
+
+
+def test_compile_auto_follows_the_measured_break_even() -> None:
+    """`compile: auto` compiles on CUDA, and on CPU only when the run is long enough to repay compilation."""
+    from eqtools.train.loop import COMPILE_MIN_CPU_STEPS, _compile_pays_off
+
+    assert _compile_pays_off("cuda:0", 1)
+    assert not _compile_pays_off("cpu", 2 * 62)  # the quick spec: 2 epochs of 62 steps
+    assert _compile_pays_off("cpu", 5 * 156)  # r20-fmnist: 5 epochs of 156 steps
+    assert not _compile_pays_off("cpu", COMPILE_MIN_CPU_STEPS - 1) and _compile_pays_off("cpu", COMPILE_MIN_CPU_STEPS)

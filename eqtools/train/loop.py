@@ -440,12 +440,16 @@ def _check_same_subnets(dist: _Dist, digest: str) -> None:
         raise RuntimeError(f"ranks sampled different subnets this epoch (digests {gathered}); this is a bug")
 
 
+COMPILE_MIN_CPU_STEPS = 600
+
+
 def _compile_pays_off(device: str, total_steps: int) -> bool:
-    """torch.compile costs about a minute of compilation on two CPU cores (see BENCHMARKS.md) and
-    saves a fraction of each step; on CPU it only pays off for long runs."""
+    """On two CPU cores compiling the supernet costs about 75 s and saves about 40 % of each sandwich
+    step, so it pays off after about 190 steps (BENCHMARKS.md, "Training speed on the quick spec").
+    The threshold keeps a 3x margin for slower machines, where compilation takes longer."""
     if device.startswith("cuda"):
         return True
-    return total_steps >= 3000
+    return total_steps >= COMPILE_MIN_CPU_STEPS
 
 
 def _to_lists(value: Any) -> Any:
