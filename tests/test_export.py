@@ -473,9 +473,12 @@ def test_failed_end_to_end_check_writes_nothing(tiny_supernet_artifact, tmp_path
     real = stage.run_onnx
     monkeypatch.setattr(stage, "run_onnx", lambda data, batches, threads=2: real(data, batches, threads).flip(1))
     out = tmp_path / "out"
-    with pytest.raises(ExportError, match=r"below the required 99\.90%.*channels_last"):
+    with pytest.raises(ExportError, match=r"below the required 99\.90%.*channels_last.*--bn-fold none"):
         export_artifact(calibrated, out=out)
     assert not out.exists()
+    with pytest.raises(ExportError, match=r"below the required") as refused:  # already unfolded: no such advice
+        export_artifact(calibrated, out=out, bn_fold="none")
+    assert "--bn-fold none" not in str(refused.value)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".out")]  # no staging left behind
 
 
