@@ -2,7 +2,7 @@
 # The whole EQ-Net pipeline on one spec, chained through the artifacts/ workspace with each
 # command's defaults: every stage reads the newest artifact it needs and says which one it used.
 #
-#   bash scripts/quickstart.sh [SPEC]        (default: specs/quick.json, ~12 minutes on 2 CPU cores)
+#   bash scripts/quickstart.sh [SPEC]        (default: specs/quick.json, about 9 minutes on 2 CPU cores)
 set -euo pipefail
 SPEC=${1:-specs/quick.json}
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296  # steadier CPU throughput
