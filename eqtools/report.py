@@ -124,13 +124,13 @@ def build_report(
         row["verified"] = bool(search.metrics.get("verified"))
         row["pick_is_uniform"] = uniform is not None and best == uniform
         top = _ga_top_pick(search)
-        if top is not None and top != best:
+        if top is not None and top[0] != best:
             # --verify re-ranked the GA's candidates: show the predictor's own favourite as well, so
             # the table says whether the predictor or the measurement made the final choice.
             log("calibrating the GA's top-predicted subnet")
-            ga_w, ga_a = space.avg_bits(top)
-            row.update(ga_top1=measure(supernet_art, top, supernet), ga_avg_w_bits=ga_w, ga_avg_a_bits=ga_a,
-                       ga_predicted_top1=_ga_top_prediction(search))
+            ga_w, ga_a = space.avg_bits(top[0])
+            row.update(ga_top1=measure(supernet_art, top[0], supernet), ga_avg_w_bits=ga_w, ga_avg_a_bits=ga_a,
+                       ga_predicted_top1=top[1])
         report["search"] = row
 
     export = _newest("export", folder)
@@ -148,18 +148,13 @@ def build_report(
     return report
 
 
-def _ga_top_pick(search: Artifact) -> SubnetConfig | None:
-    """The GA's highest-predicted individual (before any --verify re-ranking), if recorded."""
+def _ga_top_pick(search: Artifact) -> tuple[SubnetConfig, float | None] | None:
+    """The GA's highest-predicted individual and its prediction (before any --verify re-ranking)."""
     try:
         top = json.loads(search.file("top_k.json").read_text()).get("top") or []
     except (ArtifactError, OSError, json.JSONDecodeError):
         return None
-    return SubnetConfig.from_dict(top[0]["config"]) if top else None
-
-
-def _ga_top_prediction(search: Artifact) -> float | None:
-    top = json.loads(search.file("top_k.json").read_text()).get("top") or []
-    return top[0].get("predicted_accuracy") if top else None
+    return (SubnetConfig.from_dict(top[0]["config"]), top[0].get("predicted_accuracy")) if top else None
 
 
 def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:

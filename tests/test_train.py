@@ -320,9 +320,11 @@ def test_compiled_training_runs_and_matches_eager_closely(tmp_path):
 
 def test_compile_auto_follows_the_measured_break_even() -> None:
     """`compile: auto` compiles on CUDA, and on CPU only when the run is long enough to repay compilation."""
-    from eqtools.train.loop import COMPILE_MIN_CPU_STEPS, _compile_pays_off
+    from eqtools.train.loop import COMPILE_MIN_CPU_SUBNET_PASSES, _compile_pays_off
 
     assert _compile_pays_off("cuda:0", 1)
-    assert not _compile_pays_off("cpu", 2 * 62)  # the quick spec: 2 epochs of 62 steps
-    assert _compile_pays_off("cpu", 5 * 156)  # r20-fmnist: 5 epochs of 156 steps
-    assert not _compile_pays_off("cpu", COMPILE_MIN_CPU_STEPS - 1) and _compile_pays_off("cpu", COMPILE_MIN_CPU_STEPS)
+    assert not _compile_pays_off("cpu", 2 * 62 * 3)  # the quick spec: 2 epochs of 62 sandwich steps
+    assert _compile_pays_off("cpu", 5 * 156 * 3)  # r20-fmnist: 5 epochs of 156 sandwich steps
+    assert not _compile_pays_off("cpu", 5 * 156 * 1)  # ... but not its static-QAT baselines
+    limit = COMPILE_MIN_CPU_SUBNET_PASSES
+    assert not _compile_pays_off("cpu", limit - 1) and _compile_pays_off("cpu", limit)

@@ -296,7 +296,9 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
         summary.update(json.loads(checkpoint.get("summary", "{}")))
 
     compile_mode = opts.compile or t.compile
-    use_compile = compile_mode == "on" or (compile_mode == "auto" and _compile_pays_off(device, total_steps))
+    subnets_per_step = 2 + t.sandwich.num_random if mode == "supernet" else 1
+    use_compile = compile_mode == "on" or (
+        compile_mode == "auto" and _compile_pays_off(device, total_steps * subnets_per_step))
     forward_model: nn.Module = supernet
     if dist.world > 1:
         forward_model = nn.parallel.DistributedDataParallel(supernet, device_ids=None if device == "cpu" else [torch.device(device)])
@@ -440,16 +442,18 @@ def _check_same_subnets(dist: _Dist, digest: str) -> None:
         raise RuntimeError(f"ranks sampled different subnets this epoch (digests {gathered}); this is a bug")
 
 
-COMPILE_MIN_CPU_STEPS = 600
+COMPILE_MIN_CPU_SUBNET_PASSES = 1800
 
 
-def _compile_pays_off(device: str, total_steps: int) -> bool:
+def _compile_pays_off(device: str, subnet_passes: int) -> bool:
     """On two CPU cores compiling the supernet costs about 75 s and saves about 40 % of each sandwich
-    step, so it pays off after about 190 steps (BENCHMARKS.md, "Training speed on the quick spec").
-    The threshold keeps a 3x margin for slower machines, where compilation takes longer."""
+    step (three subnets), so it pays off after about 190 steps (BENCHMARKS.md, "Training speed on the
+    quick spec"). The threshold, counted in subnet forward/backward passes so that a static run's
+    one-subnet steps need three times as many, is 600 sandwich steps: a 3x margin for slower
+    machines, where compilation takes longer."""
     if device.startswith("cuda"):
         return True
-    return total_steps >= COMPILE_MIN_CPU_STEPS
+    return subnet_passes >= COMPILE_MIN_CPU_SUBNET_PASSES
 
 
 def _to_lists(value: Any) -> Any:
