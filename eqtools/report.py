@@ -112,17 +112,17 @@ def build_report(
                "predicted_top1": search.metrics.get("predicted_accuracy"), "searched_top1": measure(supernet_art, best, supernet)}
         budget = (search.metrics.get("constraints") or {}).get("w_bits")
         uniform_bits = int(budget) if budget is not None and float(budget).is_integer() else None
-        uniform = None
+        row["pick_is_uniform"] = False
         if uniform_bits in space.w_bits and uniform_bits in space.a_bits:
             uniform = space.uniform(uniform_bits, uniform_bits, best.granularity, best.symmetry)
             row["uniform_bits"] = uniform_bits
-            if best == uniform:
+            row["pick_is_uniform"] = best == uniform
+            if row["pick_is_uniform"]:
                 row["uniform_top1"] = row["searched_top1"]
             else:
                 log(f"calibrating the uniform {uniform_bits}-bit subnet at the same conditions")
                 row["uniform_top1"] = measure(supernet_art, uniform, supernet)
         row["verified"] = bool(search.metrics.get("verified"))
-        row["pick_is_uniform"] = uniform is not None and best == uniform
         top = _ga_top_pick(search)
         if top is not None and top[0] != best:
             # --verify re-ranked the GA's candidates: show the predictor's own favourite as well, so
