@@ -88,7 +88,7 @@ def main() -> None:
     eq = quantize_model(get_model("resnet20"), {}, x[:1])
     eq.init_from_data([x[:64]])
     eq.train()
-    eq.apply(eq.space.uniform(4, 4, "per-channel", "asym"))
+    eq.apply(eq.space.uniform(4, 4, "per-channel", "asym", "asym"))
     builtin = builtin_model(4)
     variants: dict[str, nn.Module] = {"fp eager": fp, "eqtools eager": eq, "builtin eager": builtin}
 

@@ -111,7 +111,7 @@ def main() -> None:
         model = load_supernet(art).use_channels_last()
         row = {}
         for gran in ("per-channel", "per-tensor"):
-            row[gran] = [measure(art, art.space.uniform(b, b, gran, "sym"), model) for b in BITS]
+            row[gran] = [measure(art, art.space.uniform(b, b, gran, "sym", "sym"), model) for b in BITS]
             print(name, gran, row[gran], file=sys.stderr, flush=True)
         results[name] = row
     derived = {}
@@ -119,7 +119,7 @@ def main() -> None:
     for how in ("min", "mean", "max"):
         model = load_supernet(art).use_channels_last()
         _derive_per_tensor(model, how)
-        derived[how] = [measure(art, art.space.uniform(b, b, "per-tensor", "sym"), model) for b in BITS]
+        derived[how] = [measure(art, art.space.uniform(b, b, "per-tensor", "sym", "sym"), model) for b in BITS]
         print("derived", how, derived[how], file=sys.stderr, flush=True)
     static = {}
     for b in BITS:

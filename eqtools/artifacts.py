@@ -15,6 +15,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -44,7 +45,13 @@ __all__ = [
 ]
 
 FORMAT = "eqtools"
-FORMAT_VERSION = 1
+# 2: weight and activation symmetry are separate (``w_symmetry``/``a_symmetry`` in configs,
+# ``w_symmetries``/``a_symmetries`` in spaces, three condition columns in predictor encodings).
+FORMAT_VERSION = 2
+# Version 1 tied the two symmetries into one. Where a kind's files hold nothing but configs, spaces
+# and tensors whose shapes did not change, reading the one symmetry as both is exact, so those kinds
+# are migrated on read; a predictor's encoding has another width and is refused (never misread).
+V1_READABLE = frozenset({"supernet", "calibrated", "samples", "search", "export"})
 KINDS = ("supernet", "calibrated", "samples", "predictor", "search", "export")
 MANIFEST = "manifest.json"
 WORKSPACE = Path("artifacts")
@@ -184,9 +191,12 @@ def write_artifact(
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise _write_error(out, kind, exc) from None
     try:
         write_files(tmp)
         files = {}
@@ -227,10 +237,37 @@ def write_artifact(
         _fsync_dir(out.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        cause = _io_cause(exc)
+        if cause is not None:
+            raise _write_error(out, kind, exc, cause) from None
         raise
     return read_artifact(out, kind)
+
+
+def _io_cause(exc: BaseException) -> str | None:
+    """The operating system's reason when ``exc`` is a failed write, else None (a bug keeps its traceback).
+
+    safetensors reports I/O failures as its own error type whose text carries the OS error (e.g.
+    ``IoError(Os { code: 28, kind: StorageFull, ... })``), so both spellings are recognised.
+    """
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" and "IoError" in text:
+        code = re.search(r"code: (\d+)", text)
+        return os.strerror(int(code.group(1))) if code else text
+    return None
+
+
+def _write_error(out: Path, kind: str, exc: BaseException, cause: str | None = None) -> ArtifactError:
+    cause = cause or _io_cause(exc) or str(exc)
+    return ArtifactError(
+        f"cannot write the {kind} artifact to {out}: {cause}. Nothing was written there (an existing artifact "
+        "at that path is unchanged). Free disk space, fix the directory's permissions, or choose another "
+        "output directory with --out"
+    )
 
 
 def read_artifact(
@@ -273,6 +310,8 @@ def read_artifact(
     found = manifest.get("kind")
     if found not in KINDS:
         raise ArtifactError(f"{manifest_path} names an unknown kind {found!r}; kinds are {list(KINDS)}")
+    if version < FORMAT_VERSION:
+        manifest = _migrate_v1(path, manifest)
     if kinds and found not in kinds:
         hint = "; ".join(f"'{k}' artifacts are made by `{MADE_BY[k]}`" for k in kinds)
         raise ArtifactError(f"{path} is a '{found}' artifact, but this command needs {wanted} artifact ({hint})")
@@ -295,6 +334,26 @@ def read_artifact(
     if space is not None:
         check_space(artifact, space)
     return artifact
+
+
+def _migrate_v1(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 manifest as version 2 would have written it, or a refusal saying what to do.
+
+    Only the derived ``space_fingerprint`` changes (the space's dict now names both symmetry lists);
+    configs in files are read by :meth:`SubnetConfig.from_dict`, which maps ``symmetry`` to both.
+    """
+    kind = manifest["kind"]
+    if kind not in V1_READABLE:
+        raise ArtifactError(
+            f"{path} is a '{kind}' artifact of format_version 1, when weights and activations shared one "
+            f"symmetry; its files are laid out for that and cannot be read as version 2 without misreading "
+            f"them. Re-create it with `{MADE_BY[kind]}` (its inputs of version 1 are still read)"
+        )
+    migrated = dict(manifest)
+    if manifest.get("space") is not None:
+        migrated["space_fingerprint"] = ElasticSpace.from_dict(manifest["space"]).fingerprint
+    migrated["migrated_from_version"] = manifest["format_version"]
+    return migrated
 
 
 def check_space(artifact: Artifact, space: ElasticSpace, what: str = "the supernet") -> None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from eqtools.artifacts import Artifact, check_space, default_out, read_artifact
 from eqtools.errors import ArtifactError, ConfigError, DataError, out_of_memory_advice
 from eqtools.space import ElasticSpace, SubnetConfig
+from eqtools.vocab import resolve_symmetry_flags
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -308,13 +309,13 @@ def subnet_costs(space: ElasticSpace, config: SubnetConfig) -> dict[str, float |
 
 
 def config_tag(space: ElasticSpace, config: SubnetConfig) -> str:
-    """A directory-name label: ``w3a3-per-tensor-asym`` for uniform subnets, ``mixed-<hash>-...`` otherwise."""
+    """A directory-name label: ``w3a3-per-tensor-Wsym-Aasym`` for uniform subnets, ``mixed-<hash>-...`` otherwise."""
     elastic = [i for i, layer in enumerate(space.quantized_layers) if not layer.fixed] or list(
         range(len(space.quantized_layers))
     )
     ws = {config.w_bits[i] for i in elastic}
     as_ = {config.a_bits[i] for i in elastic}
-    cond = f"{config.granularity}-{config.symmetry}"
+    cond = config.tag
     if len(ws) == 1 and len(as_) == 1:
         return f"w{ws.pop()}a{as_.pop()}-{cond}"
     digest = hashlib.sha256(config.to_json(indent=None).encode()).hexdigest()[:8]
@@ -345,33 +346,43 @@ def resolve_config(
     granularity: str | None = None,
     symmetry: str | None = None,
     search: Path | str | None = None,
+    w_symmetry: str | None = None,
+    a_symmetry: str | None = None,
 ) -> SubnetConfig:
-    """The subnet named by exactly one of: a config file, uniform bits + conditions, a search artifact.
+    """The subnet named by exactly one of: a config file, uniform bits + form, a search artifact.
 
-    Everything is validated against ``space``; an error names the layer and the allowed values.
+    ``symmetry`` is the shorthand for ``w_symmetry`` and ``a_symmetry`` alike. Everything is
+    validated against ``space``; an error names the layer and the allowed values.
     """
     given = [name for name, value in (("--config", config_file), ("--w-bits", w_bits), ("--from-search", search))
              if value is not None]
     if len(given) != 1:
         what = "none of them" if not given else " and ".join(given)
         raise ConfigError(
-            f"name the subnet with exactly one of --config FILE, --w-bits B (with --granularity and --symmetry) "
+            f"name the subnet with exactly one of --config FILE, --w-bits B (with --granularity and --symmetry, or "
+            "--w-symmetry and --a-symmetry) "
             f"or --from-search SEARCH; got {what}"
         )
-    if w_bits is None and (a_bits is not None or granularity is not None or symmetry is not None):
-        raise ConfigError("--a-bits, --granularity and --symmetry go with --w-bits (a uniform subnet)")
+    form_flags = (a_bits, granularity, symmetry, w_symmetry, a_symmetry)
+    if w_bits is None and any(value is not None for value in form_flags):
+        raise ConfigError(
+            "--a-bits, --granularity, --symmetry, --w-symmetry and --a-symmetry go with --w-bits (a uniform subnet)"
+        )
+    w_sym, a_sym = resolve_symmetry_flags(symmetry, w_symmetry, a_symmetry)
     if config_file is not None:
         config = SubnetConfig.load(config_file)
     elif search is not None:
         config = config_from_search(search, space)
     else:
-        missing = [flag for flag, value in (("--granularity", granularity), ("--symmetry", symmetry)) if value is None]
+        missing = [flag for flag, value in (("--granularity", granularity), ("--w-symmetry", w_sym),
+                                            ("--a-symmetry", a_sym)) if value is None]
         if missing:
             raise ConfigError(
-                f"--w-bits needs {' and '.join(missing)}: granularities {list(space.granularities)}, "
-                f"symmetries {list(space.symmetries)}"
+                f"--w-bits needs {' and '.join(missing)} (--symmetry sets both symmetries): granularities "
+                f"{list(space.granularities)}, weight symmetries {list(space.w_symmetries)}, activation "
+                f"symmetries {list(space.a_symmetries)}"
             )
-        config = space.uniform(w_bits, a_bits, granularity, symmetry)  # type: ignore[arg-type]
+        config = space.uniform(w_bits, a_bits, granularity, w_sym, a_sym)  # type: ignore[arg-type]
     try:
         return space.validate(config)
     except ConfigError as exc:
@@ -432,7 +443,7 @@ def calibrate_subnet(
         target = target.balanced(eval_images, spec.seed + CALIB_SEED_OFFSET + 1)
     evaluation = BatchSource(target, batch_size)
 
-    say(f"{config.condition} subnet: evaluating on {split} before and after BN calibration on {calib.images} train images")
+    say(f"{config.label} subnet: evaluating on {split} before and after BN calibration on {calib.images} train images")
     start = time.perf_counter()
     result = calibrate_and_evaluate(supernet, config, calib, evaluation, before=True)
     metrics: dict[str, Any] = {

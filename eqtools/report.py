@@ -22,35 +22,51 @@ from eqtools.space import SubnetConfig
 __all__ = ["build_report", "format_report"]
 
 
-def _static_baselines(folder: Path) -> dict[int, Artifact]:
-    """Static-QAT supernet artifacts of one spec, by weight bits (newest wins)."""
-    found: dict[int, Artifact] = {}
+def _static_baselines(folder: Path, damaged: list[dict[str, str]]) -> dict[tuple[int, str], Artifact]:
+    """Static-QAT supernet artifacts of one spec, by (weight bits, form key); newest wins.
+
+    One that fails verification is listed in ``damaged`` (the report shows it) instead of being
+    used or silently left out.
+    """
+    found: dict[tuple[int, str], Artifact] = {}
     for d in _candidates(folder):
         try:
             manifest = json.loads((d / "manifest.json").read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            damaged.append({"path": str(d), "error": f"manifest.json is unreadable ({type(exc).__name__})"})
             continue
         if manifest.get("kind") != "supernet" or (manifest.get("extra") or {}).get("mode") != "static":
             continue
-        art = read_artifact(d, "supernet")
+        try:
+            art = read_artifact(d, "supernet")
+        except ArtifactError as exc:
+            damaged.append({"path": str(d), "error": str(exc)})
+            continue
         config = SubnetConfig.from_dict(art.extra["config"])
         bits = max(config.w_bits[i] for i, layer in enumerate(art.space.quantized_layers) if not layer.fixed)
-        if bits not in found or art.created > found[bits].created:
-            found[bits] = art
+        key = (bits, config.condition)
+        if key not in found or art.created > found[key].created:
+            found[key] = art
     return found
 
 
-def _newest(kind: str, folder: Path) -> Artifact | None:
+def _newest(kind: str, folder: Path, damaged: list[dict[str, str]]) -> Artifact | None:
+    """The newest artifact of ``kind``; None when there is none, a ``damaged`` entry when it fails verification."""
     try:
-        return read_artifact(find_latest(kind, folder), kind)
+        path = find_latest(kind, folder)
     except ArtifactError:
+        return None  # none of this kind: that stage was not run, nothing to report
+    try:
+        return read_artifact(path, kind)
+    except ArtifactError as exc:
+        damaged.append({"path": str(path), "error": str(exc)})
         return None
 
 
 def build_report(
     root: Path | str = WORKSPACE,
     spec_name: str | None = None,
-    bits: Sequence[int] = (2, 3, 4, 8),
+    bits: Sequence[int] = (2, 4, 8),
     *,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, Any]:
@@ -75,46 +91,45 @@ def build_report(
         _, metrics = calibrate_subnet(art, config, supernet=model, splits=splits)
         return metrics["top1"]
 
+    damaged: list[dict[str, str]] = []
     report: dict[str, Any] = {"spec": spec.name, "supernet": str(supernet_art.path), "split": "test",
-                              "test_images": len(splits.test), "uniform": []}
-    statics = _static_baselines(folder)
+                              "test_images": len(splits.test), "uniform": [], "damaged": damaged}
+    statics = _static_baselines(folder, damaged)
     for b in bits:
         if b not in space.w_bits or b not in space.a_bits:
             continue
-        static = statics.get(b)
-        if static is not None:
-            static_config = SubnetConfig.from_dict(static.extra["config"])
-            config = space.uniform(b, b, static_config.granularity, static_config.symmetry)
-        else:
-            config = space.uniform(b, b)
-        log(f"calibrating the supernet's uniform {b}-bit subnet ({config.condition})")
-        row: dict[str, Any] = {"bits": b, "condition": config.condition, "supernet_top1": measure(supernet_art, config, supernet)}
-        if static is not None:
-            log(f"calibrating the static {b}-bit baseline {static.path}")
-            model = load_supernet(static).use_channels_last()
-            row["static_top1"] = measure(static, SubnetConfig.from_dict(static.extra["config"]), model)
-            row["static_path"] = str(static.path)
-        report["uniform"].append(row)
+        for form in space.conditions:  # every form the one supernet serves
+            config = space.uniform(b, b, *form)
+            log(f"calibrating the supernet's uniform {b}-bit subnet ({config.label})")
+            row: dict[str, Any] = {"bits": b, "condition": config.condition, "label": config.label,
+                                   "supernet_top1": measure(supernet_art, config, supernet)}
+            static = statics.get((b, config.condition))
+            if static is not None:
+                log(f"calibrating the static {b}-bit baseline {static.path}")
+                model = load_supernet(static).use_channels_last()
+                row["static_top1"] = measure(static, SubnetConfig.from_dict(static.extra["config"]), model)
+                row["static_path"] = str(static.path)
+            report["uniform"].append(row)
 
-    predictor = _newest("predictor", folder)
+    predictor = _newest("predictor", folder, damaged)
     if predictor is not None:
         m = predictor.metrics
         report["predictor"] = {"path": str(predictor.path), "model": predictor.extra.get("model", m.get("model")),
                                "kendall_tau": m.get("kendall_tau"), "pearson": m.get("pearson"), "rmse": m.get("rmse"),
                                "heldout": m.get("n_test", m.get("heldout"))}
 
-    search = _newest("search", folder)
+    search = _newest("search", folder, damaged)
     if search is not None:
         best = SubnetConfig.load(search.file("best_config.json"))
         avg_w, avg_a = space.avg_bits(best)
         log(f"calibrating the searched subnet ({avg_w:.2f}/{avg_a:.2f} average bits)")
-        row = {"path": str(search.path), "condition": best.condition, "avg_w_bits": avg_w, "avg_a_bits": avg_a,
+        row = {"path": str(search.path), "condition": best.condition, "label": best.label, "avg_w_bits": avg_w, "avg_a_bits": avg_a,
                "predicted_top1": search.metrics.get("predicted_accuracy"), "searched_top1": measure(supernet_art, best, supernet)}
         budget = (search.metrics.get("constraints") or {}).get("w_bits")
         uniform_bits = int(budget) if budget is not None and float(budget).is_integer() else None
         row["pick_is_uniform"] = False
         if uniform_bits in space.w_bits and uniform_bits in space.a_bits:
-            uniform = space.uniform(uniform_bits, uniform_bits, best.granularity, best.symmetry)
+            uniform = space.uniform(uniform_bits, uniform_bits, *best.form)
             row["uniform_bits"] = uniform_bits
             row["pick_is_uniform"] = best == uniform
             if row["pick_is_uniform"]:
@@ -133,7 +148,7 @@ def build_report(
                        ga_predicted_top1=top[1])
         report["search"] = row
 
-    export = _newest("export", folder)
+    export = _newest("export", folder, damaged)
     if export is not None:
         m = export.metrics
         row = {"path": str(export.path)}
@@ -164,23 +179,24 @@ def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
     rows = []
     for r in report["uniform"]:
         gap = None if r.get("static_top1") is None else r["supernet_top1"] - r["static_top1"]
-        rows.append([f"W{r['bits']}A{r['bits']}", r["condition"], pct(r["supernet_top1"]), pct(r.get("static_top1")),
-                     "-" if gap is None else f"{100 * gap:+.2f}"])
+        rows.append([f"W{r['bits']}A{r['bits']}", r.get("label", r["condition"]), pct(r["supernet_top1"]),
+                     pct(r.get("static_top1")), "-" if gap is None else f"{100 * gap:+.2f}"])
     tables.append((f"Uniform subnets of one supernet vs static QAT ({report['spec']}, {report['test_images']} test images, "
-                   "after BN calibration)", ["bits", "condition", "supernet", "static QAT", "difference (points)"], rows))
+                   "after BN calibration)", ["bits", "form", "supernet", "static QAT", "difference (points)"], rows))
     if "search" in report:
         s = report["search"]
         rows = []
         if "ga_top1" in s:
             rows.append([f"GA's top-predicted mixed precision ({s['ga_avg_w_bits']:.2f} W / {s['ga_avg_a_bits']:.2f} A)",
-                         s["condition"], pct(s["ga_top1"]), pct(s.get("ga_predicted_top1"))])
+                         s.get("label", s["condition"]), pct(s["ga_top1"]), pct(s.get("ga_predicted_top1"))])
         how = "after --verify" if s.get("verified") else "by predicted accuracy"
         what = f"uniform {s.get('uniform_bits')}-bit" if s.get("pick_is_uniform") else "mixed precision"
-        rows.append([f"search's pick {how}: {what} ({s['avg_w_bits']:.2f} W / {s['avg_a_bits']:.2f} A)", s["condition"],
+        rows.append([f"search's pick {how}: {what} ({s['avg_w_bits']:.2f} W / {s['avg_a_bits']:.2f} A)",
+                     s.get("label", s["condition"]),
                      pct(s["searched_top1"]), pct(s.get("predicted_top1"))])
         if "uniform_top1" in s and not s.get("pick_is_uniform"):
-            rows.append([f"uniform {s['uniform_bits']}-bit", s["condition"], pct(s["uniform_top1"]), "-"])
-        tables.append(("Mixed-precision search vs uniform at the same budget", ["subnet", "condition", "measured top-1",
+            rows.append([f"uniform {s['uniform_bits']}-bit", s.get("label", s["condition"]), pct(s["uniform_top1"]), "-"])
+        tables.append(("Mixed-precision search vs uniform at the same budget", ["subnet", "form", "measured top-1",
                                                                                   "predicted top-1"], rows))
     if "predictor" in report:
         p = report["predictor"]
@@ -195,4 +211,7 @@ def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
         if e.get("fp32_weight_bytes"):
             rows.append(["fp32 weights", "-", f"{e['fp32_weight_bytes']:,}"])
         tables.append(("Export parity with the fake-quant subnet", ["format", "top-1 agreement", "bytes"], rows))
+    if report.get("damaged"):
+        tables.append(("Artifacts that failed verification (left out of the tables above)", ["artifact", "problem"],
+                       [[d["path"], d["error"]] for d in report["damaged"]]))
     return tables

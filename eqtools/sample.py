@@ -9,8 +9,9 @@ A predictor trained on such data has never seen the low-bit corner where the sea
 up. So the draw is stratified on the
 quantities the search constrains:
 
-1. Conditions round-robin: draw ``i`` gets condition ``i mod C`` of the requested conditions, so
-   every condition gets ``n / C`` draws (±1).
+1. Forms round-robin: draw ``i`` gets form ``i mod C`` of the requested forms (granularity ×
+   weight symmetry × activation symmetry: 8 in a full space), so every form gets ``n / C`` draws
+   (±1).
 2. Within a condition, target average bits are Latin-hypercube stratified: the ``m`` draws of the
    condition split [min bits, max bits] into ``m`` equal strata for weights and again for
    activations, each draw taking one weight stratum and one activation stratum (two independent
@@ -23,8 +24,10 @@ quantities the search constrains:
 4. A config already drawn is redrawn (up to 16 times), so rows are distinct subnets.
 
 The whole draw is a pure function of (space, n, seed, conditions); ``--shard K/N`` evaluates the
-draws with ``index mod N == K - 1`` (strided, so every shard sees every condition and bit range and
-takes the same time), and merging the shards gives byte-for-byte the rows of the unsharded run.
+draws of every N-th *round* of C consecutive draws (one of each form), starting at round K - 1, so
+every shard holds a stratified slice of every form (striding by single draws would give a shard only
+some forms whenever N and C share a factor) and takes about the same time; merging the shards gives
+byte-for-byte the rows of the unsharded run.
 
 Resuming
 --------
@@ -54,11 +57,13 @@ from typing import Any
 from eqtools.artifacts import Artifact, default_out, read_artifact, write_artifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import ElasticSpace, SubnetConfig
+from eqtools.vocab import form_key
 
 __all__ = [
     "SAMPLER",
     "SampleParams",
     "draw_configs",
+    "filter_conditions",
     "merge_samples",
     "parse_conditions",
     "parse_shard",
@@ -68,7 +73,7 @@ __all__ = [
     "tilted_distribution",
 ]
 
-SAMPLER = "stratified-tilted/1"  # recorded in the manifest; bump when the draw changes
+SAMPLER = "stratified-tilted/2"  # 2: 8 forms, shards by rounds of forms  # recorded in the manifest; bump when the draw changes
 ROWS_FILE = "samples.jsonl"
 CANDIDATES = 8  # per-layer draws per target; the closest average wins
 REDRAWS = 16  # attempts at a config not drawn before
@@ -77,11 +82,13 @@ EVAL_SEED_OFFSET = 104729  # fixes the class-balanced evaluation subset per spec
 
 # ---------------------------------------------------------------------------------- parsing
 def parse_conditions(value: str | Sequence[str] | None, space: ElasticSpace) -> tuple[str, ...]:
-    """``all`` (or None) or comma-separated ``granularity/symmetry`` labels, checked against the space.
+    """``all`` (or None) or comma-separated forms, checked against the space.
 
-    Returns labels like ``per-channel/sym`` in the order given (``all``: the space's order).
+    A form is ``granularity/w_symmetry/a_symmetry`` (``per-channel/sym/asym``) or the shorthand
+    ``granularity/symmetry`` for both symmetries alike (``per-tensor/asym``). Returns machine keys
+    (:func:`eqtools.vocab.form_key`) in the order given (``all``: the space's order).
     """
-    allowed = [f"{g}/{s}" for g, s in space.conditions]
+    allowed = [form_key(*form) for form in space.conditions]
     if value is None:
         return tuple(allowed)
     items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
@@ -92,12 +99,33 @@ def parse_conditions(value: str | Sequence[str] | None, space: ElasticSpace) -> 
         raise ConfigError(f"--conditions is empty; give 'all' or some of {allowed}")
     seen: list[str] = []
     for item in items:
-        if item not in allowed:
-            raise ConfigError(f"condition {item!r} is not in this supernet's space; allowed: 'all' or {allowed}")
-        if item in seen:
+        parts = item.split("/")
+        key = form_key(parts[0], parts[1], parts[1]) if len(parts) == 2 else item
+        if key not in allowed:
+            raise ConfigError(
+                f"condition {item!r} is not in this supernet's space; allowed: 'all' or {allowed} "
+                "(granularity/w_symmetry/a_symmetry, or granularity/symmetry for both)"
+            )
+        if key in seen:
             raise ConfigError(f"condition {item!r} is listed twice")
-        seen.append(item)
+        seen.append(key)
     return tuple(seen)
+
+
+def filter_conditions(
+    conditions: Sequence[str], granularity: str | None, w_symmetry: str | None, a_symmetry: str | None
+) -> tuple[str, ...]:
+    """Keep the forms that match the given parts (None matches anything); refuse an empty result."""
+    kept = tuple(
+        c for c in conditions
+        if all(want is None or want == have for want, have in zip((granularity, w_symmetry, a_symmetry), c.split("/")))
+    )
+    if not kept:
+        raise ConfigError(
+            f"no form matches granularity={granularity}, w_symmetry={w_symmetry}, a_symmetry={a_symmetry}; "
+            f"the forms to sample are {list(conditions)}"
+        )
+    return kept
 
 
 def parse_shard(value: str | None) -> tuple[int, int] | None:
@@ -114,12 +142,16 @@ def parse_shard(value: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-def shard_indices(n: int, shard: tuple[int, int] | None) -> list[int]:
-    """Draw indices a shard evaluates: every N-th from K - 1, so shards are alike in content and cost."""
+def shard_indices(n: int, shard: tuple[int, int] | None, forms: int = 1) -> list[int]:
+    """Draw indices a shard evaluates: every N-th round of ``forms`` draws, from round K - 1.
+
+    Draw ``i`` has form ``i mod forms`` (round-robin), so a round holds one draw of every form and
+    each shard gets a stratified slice of every form, alike in content and cost.
+    """
     if shard is None:
         return list(range(n))
     k, count = shard
-    return list(range(k - 1, n, count))
+    return [i for i in range(n) if (i // forms) % count == k - 1]
 
 
 # ---------------------------------------------------------------------------------- the sampler
@@ -193,7 +225,7 @@ def draw_configs(
         c = i % len(labels)
         k = i // len(labels)
         m = counts[c]
-        granularity, symmetry = labels[c].split("/")
+        granularity, w_symmetry, a_symmetry = labels[c].split("/")
         target_w = w_lo + (strata[c][0][k] + rng.random()) / m * (w_hi - w_lo)
         target_a = a_lo + (strata[c][1][k] + rng.random()) / m * (a_hi - a_lo)
         p_w = tilted_distribution(space.w_bits, target_w)
@@ -206,11 +238,11 @@ def draw_configs(
                     w[i_layer] = b
                 for i_layer, b in zip(elastic, _closest(rng, space.a_bits, p_a, a_weights, target_a)):
                     a[i_layer] = b
-            key = (tuple(w), tuple(a), granularity, symmetry)
+            key = (tuple(w), tuple(a), labels[c])
             if key not in seen:
                 break
         seen.add(key)
-        configs.append(SubnetConfig(space.layer_names, tuple(w), tuple(a), granularity, symmetry))
+        configs.append(SubnetConfig(space.layer_names, tuple(w), tuple(a), granularity, w_symmetry, a_symmetry))
     return configs
 
 
@@ -491,10 +523,14 @@ def sample_artifact(
         except ArtifactError:
             pass  # something else is there: it is replaced when this run finishes
 
-    indices = shard_indices(params.n, shard)
+    indices = shard_indices(params.n, shard, len(params.conditions))
     if not indices:
         k, count = shard or (1, 1)
-        raise ConfigError(f"shard {k}/{count} of a {params.n}-subnet draw is empty; use at most {params.n} shards")
+        rounds = math.ceil(params.n / len(params.conditions))
+        raise ConfigError(
+            f"shard {k}/{count} of a {params.n}-subnet draw is empty: shards split rounds of "
+            f"{len(params.conditions)} draws (one per form), so use at most {rounds} shards"
+        )
     configs = draw_configs(space, params.n, seed=params.seed, conditions=params.conditions)
     wanted = {i: configs[i] for i in indices}
 

@@ -10,9 +10,11 @@ Vocabulary
   be kept in floating point (``keep_float``), which removes it from every config.
 - A *fixed* layer is quantized at pinned bits (first and last layer at 8/8 by default, as in the
   paper's reference setup); an *elastic* layer takes any candidate bit-width.
-- The *conditions* (granularity of the weight steps, symmetry of weights and activations) are
-  global per config, as in the paper's CQAP; the JSON format keeps them at the top so a per-layer
-  form can be added later without breaking old files.
+- The *conditions* (granularity of the weight steps, symmetry of the weights, symmetry of the
+  activations: together the subnet's *form*, see :mod:`eqtools.vocab`) are global per config, as in
+  the paper's CQAP; the JSON format keeps them at the top so a per-layer form can be added later
+  without breaking old files. Weight and activation symmetry are chosen independently (paper Eq. 9:
+  S_w and S_a), so a space with both of each holds 8 forms.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from eqtools.errors import ConfigError, SpecError
+from eqtools.vocab import BIT_CHOICES, FLOAT_BITS, GRANULARITIES, SYMMETRIES, form_key, form_label, form_tag
 
 __all__ = [
     "BIT_CHOICES",
@@ -40,10 +43,6 @@ __all__ = [
     "SubnetConfig",
 ]
 
-BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
-GRANULARITIES: tuple[str, ...] = ("per-channel", "per-tensor")
-SYMMETRIES: tuple[str, ...] = ("sym", "asym")
-FLOAT_BITS = 32  # what a layer kept in floating point costs per weight/activation
 
 
 def _check_bits(value: Any, what: str) -> int:
@@ -60,18 +59,20 @@ def _check_choice(value: Any, allowed: Sequence[str], what: str) -> str:
 
 @dataclass(frozen=True)
 class SubnetConfig:
-    """One point of the elastic space: per-layer bit-widths plus the global conditions.
+    """One point of the elastic space: per-layer bit-widths plus the global form.
 
     ``layers``, ``w_bits`` and ``a_bits`` are aligned tuples over the space's quantized layers
     (fixed layers included, at their pinned bits), so a config file is readable on its own and a
-    config from another model is caught by name, not by accident of length.
+    config from another model is caught by name, not by accident of length. The form is
+    ``granularity`` (of the weight steps), ``w_symmetry`` and ``a_symmetry``.
     """
 
     layers: tuple[str, ...]
     w_bits: tuple[int, ...]
     a_bits: tuple[int, ...]
     granularity: str
-    symmetry: str
+    w_symmetry: str
+    a_symmetry: str
 
     def __post_init__(self) -> None:
         for name in ("layers", "w_bits", "a_bits"):
@@ -89,12 +90,28 @@ class SubnetConfig:
             _check_bits(w, f"w_bits of layer {layer!r}")
             _check_bits(a, f"a_bits of layer {layer!r}")
         _check_choice(self.granularity, GRANULARITIES, "granularity")
-        _check_choice(self.symmetry, SYMMETRIES, "symmetry")
+        _check_choice(self.w_symmetry, SYMMETRIES, "w_symmetry")
+        _check_choice(self.a_symmetry, SYMMETRIES, "a_symmetry")
+
+    @property
+    def form(self) -> tuple[str, str, str]:
+        """``(granularity, w_symmetry, a_symmetry)``."""
+        return self.granularity, self.w_symmetry, self.a_symmetry
 
     @property
     def condition(self) -> str:
-        """The global conditions as one label, e.g. ``per-tensor/asym``."""
-        return f"{self.granularity}/{self.symmetry}"
+        """The form as a machine key, e.g. ``per-tensor/sym/asym`` (see :func:`eqtools.vocab.form_key`)."""
+        return form_key(*self.form)
+
+    @property
+    def label(self) -> str:
+        """The form for people, e.g. ``per-tensor W-sym A-asym``."""
+        return form_label(*self.form)
+
+    @property
+    def tag(self) -> str:
+        """The form for paths, e.g. ``per-tensor-Wsym-Aasym``."""
+        return form_tag(*self.form)
 
     def replace(self, **changes: Any) -> SubnetConfig:
         values = {
@@ -102,15 +119,20 @@ class SubnetConfig:
             "w_bits": self.w_bits,
             "a_bits": self.a_bits,
             "granularity": self.granularity,
-            "symmetry": self.symmetry,
+            "w_symmetry": self.w_symmetry,
+            "a_symmetry": self.a_symmetry,
         }
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"SubnetConfig has no fields {sorted(unknown)}")
         values.update(changes)
         return SubnetConfig(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "granularity": self.granularity,
-            "symmetry": self.symmetry,
+            "w_symmetry": self.w_symmetry,
+            "a_symmetry": self.a_symmetry,
             "layers": [
                 {"name": n, "w_bits": w, "a_bits": a}
                 for n, w, a in zip(self.layers, self.w_bits, self.a_bits)
@@ -119,15 +141,29 @@ class SubnetConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubnetConfig:
+        """Read a config; the version-1 form ``{"symmetry": S}`` means S for weights and activations.
+
+        Version 1 of the format tied the two symmetries, so reading its one ``symmetry`` as both is
+        exact, not a guess; a file that mixes the two spellings is refused.
+        """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a subnet config must be a JSON object, got {type(data).__name__}")
-        unknown = set(data) - {"granularity", "symmetry", "layers"}
+        keys = set(data)
+        v2 = {"granularity", "w_symmetry", "a_symmetry", "layers"}
+        v1 = {"granularity", "symmetry", "layers"}
+        if "symmetry" in keys and keys & {"w_symmetry", "a_symmetry"}:
+            raise ConfigError(
+                "subnet config has both 'symmetry' (format 1: weights and activations alike) and "
+                "'w_symmetry'/'a_symmetry'; give either the one or the two"
+            )
+        allowed = v1 if "symmetry" in keys else v2
+        unknown = keys - allowed
         if unknown:
             raise ConfigError(
                 f"subnet config has unknown keys {sorted(unknown)}; "
-                "allowed: granularity, symmetry, layers"
+                "allowed: granularity, w_symmetry, a_symmetry, layers"
             )
-        missing = {"granularity", "symmetry", "layers"} - set(data)
+        missing = allowed - keys
         if missing:
             raise ConfigError(f"subnet config is missing {sorted(missing)}")
         rows = data["layers"]
@@ -143,7 +179,9 @@ class SubnetConfig:
             names.append(str(row["name"]))
             ws.append(row["w_bits"])
             as_.append(row["a_bits"])
-        return cls(tuple(names), tuple(ws), tuple(as_), data["granularity"], data["symmetry"])
+        w_sym = data["symmetry"] if "symmetry" in keys else data["w_symmetry"]
+        a_sym = data["symmetry"] if "symmetry" in keys else data["a_symmetry"]
+        return cls(tuple(names), tuple(ws), tuple(as_), data["granularity"], w_sym, a_sym)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -271,12 +309,13 @@ class ElasticSpace:
     w_bits: tuple[int, ...]
     a_bits: tuple[int, ...]
     granularities: tuple[str, ...]
-    symmetries: tuple[str, ...]
+    w_symmetries: tuple[str, ...]
+    a_symmetries: tuple[str, ...]
     layers: tuple[LayerInfo, ...]
     _index: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
-        for name in ("w_bits", "a_bits", "granularities", "symmetries", "layers"):
+        for name in ("w_bits", "a_bits", "granularities", "w_symmetries", "a_symmetries", "layers"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("w_bits", "a_bits"):
             values = getattr(self, name)
@@ -288,7 +327,9 @@ class ElasticSpace:
             if len(set(values)) != len(values):
                 raise SpecError(f"space.{name} lists a bit-width twice: {list(values)}")
             object.__setattr__(self, name, tuple(sorted(values)))
-        for name, allowed in (("granularities", GRANULARITIES), ("symmetries", SYMMETRIES)):
+        for name, allowed in (
+            ("granularities", GRANULARITIES), ("w_symmetries", SYMMETRIES), ("a_symmetries", SYMMETRIES)
+        ):
             values = getattr(self, name)
             if not values:
                 raise SpecError(f"space.{name} is empty; allowed values: {list(allowed)}")
@@ -311,7 +352,8 @@ class ElasticSpace:
         w_bits: Sequence[int],
         a_bits: Sequence[int],
         granularities: Sequence[str] = GRANULARITIES,
-        symmetries: Sequence[str] = SYMMETRIES,
+        w_symmetries: Sequence[str] = SYMMETRIES,
+        a_symmetries: Sequence[str] = SYMMETRIES,
         first_layer: Any = None,
         last_layer: Any = None,
         overrides: Mapping[str, Any] | None = None,
@@ -353,7 +395,9 @@ class ElasticSpace:
             )
             for layer in layers
         )
-        return cls(tuple(w_bits), tuple(a_bits), tuple(granularities), tuple(symmetries), pinned)
+        return cls(
+            tuple(w_bits), tuple(a_bits), tuple(granularities), tuple(w_symmetries), tuple(a_symmetries), pinned
+        )
 
     # ----------------------------------------------------------------- views
     @cached_property
@@ -371,8 +415,11 @@ class ElasticSpace:
         return tuple(layer.name for layer in self.quantized_layers)
 
     @cached_property
-    def conditions(self) -> tuple[tuple[str, str], ...]:
-        return tuple((g, s) for g in self.granularities for s in self.symmetries)
+    def conditions(self) -> tuple[tuple[str, str, str], ...]:
+        """Every form ``(granularity, w_symmetry, a_symmetry)`` of the space: 8 when all are allowed."""
+        return tuple(
+            (g, ws, as_) for g in self.granularities for ws in self.w_symmetries for as_ in self.a_symmetries
+        )
 
     def layer(self, name: str) -> LayerInfo:
         return self.quantized_layers[self._index[name]]
@@ -385,10 +432,14 @@ class ElasticSpace:
         return (layer.pin.a_bits,) if layer.fixed else self.a_bits  # type: ignore[union-attr]
 
     # ----------------------------------------------------------------- configs
-    def _make(self, w: Sequence[int], a: Sequence[int], granularity: str | None, symmetry: str | None) -> SubnetConfig:
+    def _make(
+        self, w: Sequence[int], a: Sequence[int], granularity: str | None, w_symmetry: str | None,
+        a_symmetry: str | None,
+    ) -> SubnetConfig:
         g = self.granularities[0] if granularity is None else granularity
-        s = self.symmetries[0] if symmetry is None else symmetry
-        config = SubnetConfig(self.layer_names, tuple(w), tuple(a), g, s)
+        ws = self.w_symmetries[0] if w_symmetry is None else w_symmetry
+        as_ = self.a_symmetries[0] if a_symmetry is None else a_symmetry
+        config = SubnetConfig(self.layer_names, tuple(w), tuple(a), g, ws, as_)
         self.validate(config)
         return config
 
@@ -397,11 +448,12 @@ class ElasticSpace:
         w_bits: int,
         a_bits: int | None = None,
         granularity: str | None = None,
-        symmetry: str | None = None,
+        w_symmetry: str | None = None,
+        a_symmetry: str | None = None,
     ) -> SubnetConfig:
         """Every elastic layer at the same bits; fixed layers keep their pins.
 
-        ``granularity``/``symmetry`` default to the first value of the space's lists.
+        The form defaults to the first value of each of the space's lists.
         """
         a_bits = w_bits if a_bits is None else a_bits
         if w_bits not in self.w_bits:
@@ -410,26 +462,47 @@ class ElasticSpace:
             raise ConfigError(f"a_bits {a_bits} is not in this space; candidates: {list(self.a_bits)}")
         w = [layer.pin.w_bits if layer.fixed else w_bits for layer in self.quantized_layers]  # type: ignore[union-attr]
         a = [layer.pin.a_bits if layer.fixed else a_bits for layer in self.quantized_layers]  # type: ignore[union-attr]
-        return self._make(w, a, granularity, symmetry)
+        return self._make(w, a, granularity, w_symmetry, a_symmetry)
 
-    def max(self, granularity: str | None = None, symmetry: str | None = None) -> SubnetConfig:
-        return self.uniform(self.w_bits[-1], self.a_bits[-1], granularity, symmetry)
+    def max(
+        self, granularity: str | None = None, w_symmetry: str | None = None, a_symmetry: str | None = None
+    ) -> SubnetConfig:
+        return self.uniform(self.w_bits[-1], self.a_bits[-1], granularity, w_symmetry, a_symmetry)
 
-    def min(self, granularity: str | None = None, symmetry: str | None = None) -> SubnetConfig:
-        return self.uniform(self.w_bits[0], self.a_bits[0], granularity, symmetry)
+    def min(
+        self, granularity: str | None = None, w_symmetry: str | None = None, a_symmetry: str | None = None
+    ) -> SubnetConfig:
+        return self.uniform(self.w_bits[0], self.a_bits[0], granularity, w_symmetry, a_symmetry)
+
+    def random_form(self, rng: _random.Random) -> tuple[str, str, str]:
+        """A form drawn uniformly: granularity, weight and activation symmetry each independently."""
+        return rng.choice(self.granularities), rng.choice(self.w_symmetries), rng.choice(self.a_symmetries)
 
     def random(
         self,
         rng: _random.Random,
         granularity: str | None = None,
-        symmetry: str | None = None,
+        w_symmetry: str | None = None,
+        a_symmetry: str | None = None,
     ) -> SubnetConfig:
-        """Bits drawn independently and uniformly per elastic layer; conditions drawn too unless given."""
-        g = rng.choice(self.granularities) if granularity is None else granularity
-        s = rng.choice(self.symmetries) if symmetry is None else symmetry
+        """Bits drawn independently and uniformly per elastic layer; the form drawn too unless given."""
+        g, ws, as_ = self.random_form(rng)
+        g = g if granularity is None else granularity
+        ws = ws if w_symmetry is None else w_symmetry
+        as_ = as_ if a_symmetry is None else a_symmetry
         w = [rng.choice(self.w_choices(layer)) for layer in self.quantized_layers]
         a = [rng.choice(self.a_choices(layer)) for layer in self.quantized_layers]
-        return self._make(w, a, g, s)
+        return self._make(w, a, g, ws, as_)
+
+    def check_form(self, granularity: str, w_symmetry: str, a_symmetry: str) -> None:
+        """Raise :class:`ConfigError` naming the part of a form this space was not trained for."""
+        for what, value, allowed in (
+            ("granularity", granularity, self.granularities),
+            ("weight symmetry", w_symmetry, self.w_symmetries),
+            ("activation symmetry", a_symmetry, self.a_symmetries),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{what} {value!r} is not in this space; allowed: {list(allowed)}")
 
     def validate(self, config: SubnetConfig) -> SubnetConfig:
         """Raise :class:`ConfigError` naming the first layer or condition outside the space."""
@@ -443,12 +516,7 @@ class ElasticSpace:
                     f"the space has {len(expected)} quantized layers starting {list(expected[:3])}"
                 )
             raise ConfigError("config lists the space's layers in another order")
-        if config.granularity not in self.granularities:
-            raise ConfigError(
-                f"granularity {config.granularity!r} is not in this space; allowed: {list(self.granularities)}"
-            )
-        if config.symmetry not in self.symmetries:
-            raise ConfigError(f"symmetry {config.symmetry!r} is not in this space; allowed: {list(self.symmetries)}")
+        self.check_form(*config.form)
         for layer, w, a in zip(self.quantized_layers, config.w_bits, config.a_bits):
             if w not in self.w_choices(layer):
                 raise ConfigError(
@@ -518,17 +586,22 @@ class ElasticSpace:
             "w_bits": list(self.w_bits),
             "a_bits": list(self.a_bits),
             "granularities": list(self.granularities),
-            "symmetries": list(self.symmetries),
+            "w_symmetries": list(self.w_symmetries),
+            "a_symmetries": list(self.a_symmetries),
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ElasticSpace:
+        """Read a space; version 1's one ``symmetries`` list held for weights and activations alike."""
+        w_sym = data["w_symmetries"] if "w_symmetries" in data else data["symmetries"]
+        a_sym = data["a_symmetries"] if "a_symmetries" in data else data["symmetries"]
         return cls(
             tuple(data["w_bits"]),
             tuple(data["a_bits"]),
             tuple(data["granularities"]),
-            tuple(data["symmetries"]),
+            tuple(w_sym),
+            tuple(a_sym),
             tuple(LayerInfo.from_dict(row) for row in data["layers"]),
         )
 
@@ -540,7 +613,7 @@ class ElasticSpace:
 
     def describe_difference(self, other: ElasticSpace) -> str:
         """A one-line reason why two spaces differ, for error messages."""
-        for name in ("w_bits", "a_bits", "granularities", "symmetries"):
+        for name in ("w_bits", "a_bits", "granularities", "w_symmetries", "a_symmetries"):
             if getattr(self, name) != getattr(other, name):
                 return f"{name} {list(getattr(self, name))} vs {list(getattr(other, name))}"
         if len(self.layers) != len(other.layers):

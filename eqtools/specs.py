@@ -15,12 +15,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eqtools.errors import SpecError
+from eqtools.vocab import BIT_CHOICES, GRANULARITIES, SYMMETRIES, Granularity, Symmetry
 
-__all__ = ["Spec", "load_spec", "parse_spec"]
+__all__ = ["Spec", "load_spec", "parse_space_settings", "parse_spec"]
 
-Bits = Annotated[int, Field(ge=2, le=8, strict=True)]
-Granularity = Literal["per-channel", "per-tensor"]
-Symmetry = Literal["sym", "asym"]
+Bits = Annotated[int, Field(ge=BIT_CHOICES[0], le=BIT_CHOICES[-1], strict=True)]
 
 
 class _Strict(BaseModel):
@@ -62,20 +61,47 @@ class DataSpec(_Strict):
 
 
 class SpaceSpec(_Strict):
-    w_bits: Annotated[list[Bits], Field(min_length=1)] = [2, 3, 4, 5, 6, 7, 8]
-    a_bits: Annotated[list[Bits], Field(min_length=1)] = [2, 3, 4, 5, 6, 7, 8]
-    granularities: Annotated[list[Granularity], Field(min_length=1)] = ["per-channel", "per-tensor"]
-    symmetries: Annotated[list[Symmetry], Field(min_length=1)] = ["sym", "asym"]
+    w_bits: Annotated[list[Bits], Field(min_length=1)] = list(BIT_CHOICES)
+    a_bits: Annotated[list[Bits], Field(min_length=1)] = list(BIT_CHOICES)
+    granularities: Annotated[list[Granularity], Field(min_length=1)] = list(GRANULARITIES)
+    symmetries: Annotated[list[Symmetry], Field(min_length=1)] = Field(
+        default=list(SYMMETRIES), description="shorthand for both w_symmetries and a_symmetries"
+    )
+    w_symmetries: Annotated[list[Symmetry], Field(min_length=1)] | None = Field(
+        default=None, description="weight symmetries, narrowing `symmetries`; default: `symmetries`"
+    )
+    a_symmetries: Annotated[list[Symmetry], Field(min_length=1)] | None = Field(
+        default=None, description="activation symmetries, narrowing `symmetries`; default: `symmetries`"
+    )
     first_layer: Pin = PinnedBits(w_bits=8, a_bits=8)
     last_layer: Pin = PinnedBits(w_bits=8, a_bits=8)
     overrides: dict[str, Pin] = Field(default_factory=dict, description="module name or glob -> {w_bits, a_bits} | 'fp'")
 
-    @field_validator("w_bits", "a_bits", "granularities", "symmetries")
+    @field_validator("w_bits", "a_bits", "granularities", "symmetries", "w_symmetries", "a_symmetries")
     @classmethod
-    def _unique(cls, value: list) -> list:
-        if len(set(value)) != len(value):
+    def _unique(cls, value: list | None) -> list | None:
+        if value is not None and len(set(value)) != len(value):
             raise ValueError(f"lists a value twice: {value}")
         return value
+
+    @model_validator(mode="after")
+    def _narrowing(self) -> SpaceSpec:
+        for name in ("w_symmetries", "a_symmetries"):
+            value = getattr(self, name)
+            if value is not None and not set(value) <= set(self.symmetries):
+                raise ValueError(
+                    f"{name} {value} must narrow symmetries {self.symmetries} (it may only drop values); "
+                    "widen symmetries or leave it out"
+                )
+        return self
+
+    @property
+    def resolved_w_symmetries(self) -> tuple[str, ...]:
+        return tuple(self.w_symmetries or self.symmetries)
+
+    @property
+    def resolved_a_symmetries(self) -> tuple[str, ...]:
+        return tuple(self.a_symmetries or self.symmetries)
 
     def settings(self) -> dict[str, Any]:
         """The mapping :func:`eqtools.quant.quantize_model` takes."""
@@ -87,7 +113,8 @@ class SpaceSpec(_Strict):
             "w_bits": tuple(self.w_bits),
             "a_bits": tuple(self.a_bits),
             "granularities": tuple(self.granularities),
-            "symmetries": tuple(self.symmetries),
+            "w_symmetries": self.resolved_w_symmetries,
+            "a_symmetries": self.resolved_a_symmetries,
             "first_layer": pin(self.first_layer),
             "last_layer": pin(self.last_layer),
             "overrides": {k: pin(v) for k, v in self.overrides.items()},
@@ -112,7 +139,14 @@ class StaticSpec(_Strict):
     w_bits: Bits
     a_bits: Bits
     granularity: Granularity = "per-channel"
-    symmetry: Symmetry = "sym"
+    symmetry: Symmetry = Field(default="sym", description="shorthand for both w_symmetry and a_symmetry")
+    w_symmetry: Symmetry | None = Field(default=None, description="default: `symmetry`")
+    a_symmetry: Symmetry | None = Field(default=None, description="default: `symmetry`")
+
+    @property
+    def form(self) -> tuple[str, str, str]:
+        """``(granularity, w_symmetry, a_symmetry)`` with the shorthand resolved."""
+        return self.granularity, self.w_symmetry or self.symmetry, self.a_symmetry or self.symmetry
 
 
 class TrainSpec(_Strict):
@@ -206,6 +240,20 @@ def _format_error(source: str, exc: ValidationError) -> str:
         parts.append(f"field `{loc}`" + (f" = {shown}" if shown is not None and err["type"] != "missing" else "") + f": {msg}")
     more = "" if len(exc.errors()) <= 6 else f" (and {len(exc.errors()) - 6} more problems)"
     return f"invalid spec {source}: " + "; ".join(parts) + more + "."
+
+
+def parse_space_settings(data: Any, source: str = "space settings") -> dict[str, Any]:
+    """A spec's space section (a mapping) validated by the spec schema -> ``ElasticSpace.build`` keywords.
+
+    :func:`eqtools.quant.quantize_model` goes through here, so a model converted from Python gets
+    the same defaults (first and last layer at 8/8) and the same error messages as a spec file.
+    """
+    if not isinstance(data, dict):
+        data = dict(data)
+    try:
+        return SpaceSpec.model_validate(data).settings()
+    except ValidationError as exc:
+        raise SpecError(_format_error(source, exc)) from None
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> Spec:

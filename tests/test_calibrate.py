@@ -116,7 +116,7 @@ def test_recalibrate_bn_is_independent_of_previous_statistics_and_restores_eval_
 
 def test_recalibrate_bn_on_the_active_subnet_of_a_supernet(tiny_supernet_artifact, digits_splits):
     supernet = load_supernet(read_artifact(tiny_supernet_artifact))
-    supernet.apply(supernet.space.uniform(2, 2, "per-tensor", "asym"))
+    supernet.apply(supernet.space.uniform(2, 2, "per-tensor", "asym", "asym"))
     batches = [x for x, _ in digits_splits.train.batches(50, limit=3)]
     import copy
 
@@ -179,7 +179,7 @@ def test_evaluate_equals_a_hand_count():
 
 def test_evaluate_on_a_supernet_counts_correct_predictions(tiny_supernet_artifact, digits_splits):
     supernet = load_supernet(read_artifact(tiny_supernet_artifact))
-    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym"))
+    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym", "sym"))
     batches = list(digits_splits.val.batches(64))
     supernet.train()
     result = evaluate(supernet, batches)
@@ -218,7 +218,7 @@ def test_calibration_improves_a_miscalibrated_subnet(tiny_supernet_artifact):
     supernet = load_supernet(art)
     for m in bn_modules(supernet):
         m.reset_running_stats()  # statistics of nothing: every subnet is mis-calibrated
-    config = supernet.space.uniform(3, 3, "per-tensor", "sym")
+    config = supernet.space.uniform(3, 3, "per-tensor", "sym", "sym")
     _, metrics = calibrate_subnet(art, config, images=256, split="val", supernet=supernet)
     assert metrics["top1"] > metrics["top1_before"] + 0.15
     assert metrics["loss"] < metrics["loss_before"]
@@ -228,7 +228,7 @@ def test_calibration_improves_a_miscalibrated_subnet(tiny_supernet_artifact):
 def test_calibrated_artifact_round_trips(tiny_supernet_artifact, digits_splits, tmp_path):
     art = read_artifact(tiny_supernet_artifact)
     space = art.space
-    config = space.uniform(2, 3, "per-tensor", "asym")
+    config = space.uniform(2, 3, "per-tensor", "asym", "asym")
     out = tmp_path / "cal"
     result = calibrate_artifact(art, config, images=200, split="test", out=out)
     assert result.kind == "calibrated" and result.path == out
@@ -258,7 +258,7 @@ def test_calibrated_artifact_round_trips(tiny_supernet_artifact, digits_splits, 
 def test_calibrate_refuses_a_config_outside_the_space(tiny_supernet_artifact, tmp_path):
     art = read_artifact(tiny_supernet_artifact)
     space = art.space
-    good = space.uniform(4, 4, "per-channel", "sym")
+    good = space.uniform(4, 4, "per-channel", "sym", "sym")
     w = list(good.w_bits)
     w[1] = 5  # not a candidate of the test space (2, 3, 4, 8)
     bad = good.replace(w_bits=tuple(w))
@@ -291,7 +291,7 @@ def _search_artifact(path, space, config: SubnetConfig):
 def test_resolve_config_from_each_source(tiny_supernet_artifact, tmp_path):
     space = read_artifact(tiny_supernet_artifact).space
     uniform = resolve_config(space, w_bits=3, granularity="per-tensor", symmetry="asym")
-    assert uniform == space.uniform(3, 3, "per-tensor", "asym")
+    assert uniform == space.uniform(3, 3, "per-tensor", "asym", "asym")
     assert resolve_config(space, w_bits=2, a_bits=4, granularity="per-channel", symmetry="sym").a_bits[1] == 4
     mixed = space.random(__import__("random").Random(3))
     path = tmp_path / "c.json"
@@ -308,7 +308,7 @@ def test_resolve_config_messages(tiny_supernet_artifact, tmp_path):
         resolve_config(space)
     with pytest.raises(ConfigError, match="--config and --w-bits"):
         resolve_config(space, config_file=tmp_path / "c.json", w_bits=3)
-    with pytest.raises(ConfigError, match="--w-bits needs --granularity and --symmetry"):
+    with pytest.raises(ConfigError, match="--w-bits needs --granularity and --w-symmetry and --a-symmetry"):
         resolve_config(space, w_bits=3)
     with pytest.raises(ConfigError, match=r"w_bits 6 is not in this space; candidates: \[2, 3, 4, 8\]"):
         resolve_config(space, w_bits=6, granularity="per-tensor", symmetry="sym")
@@ -324,7 +324,8 @@ def test_config_from_search_refuses_another_space(tiny_supernet_artifact, tmp_pa
     from eqtools.space import ElasticSpace
 
     space = read_artifact(tiny_supernet_artifact).space
-    other = ElasticSpace(space.w_bits[:-1], space.a_bits, space.granularities, space.symmetries, space.layers)
+    other = ElasticSpace(space.w_bits[:-1], space.a_bits, space.granularities, space.w_symmetries, space.a_symmetries,
+                         space.layers)
     _search_artifact(tmp_path / "search", other, other.min())
     with pytest.raises(ArtifactError, match="another elastic space"):
         config_from_search(tmp_path / "search", space)
@@ -332,10 +333,10 @@ def test_config_from_search_refuses_another_space(tiny_supernet_artifact, tmp_pa
 
 def test_config_tag(tiny_supernet_artifact):
     space = read_artifact(tiny_supernet_artifact).space
-    assert config_tag(space, space.uniform(3, 4, "per-tensor", "asym")) == "w3a4-per-tensor-asym"
-    mixed = space.uniform(3, 3, "per-channel", "sym")
+    assert config_tag(space, space.uniform(3, 4, "per-tensor", "asym", "asym")) == "w3a4-per-tensor-Wasym-Aasym"
+    mixed = space.uniform(3, 3, "per-channel", "sym", "sym")
     mixed = mixed.replace(w_bits=(*mixed.w_bits[:1], 2, *mixed.w_bits[2:]))
-    assert config_tag(space, mixed).startswith("mixed-") and config_tag(space, mixed).endswith("-per-channel-sym")
+    assert config_tag(space, mixed).startswith("mixed-") and config_tag(space, mixed).endswith("-per-channel-Wsym-Asym")
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -370,7 +371,7 @@ def test_cli_calibrate_default_input_and_output(tiny_supernet_artifact, tmp_path
     assert result.exit_code == 0, _stderr(result)
     assert "using supernet artifact artifacts/digits-test/supernet" in _stderr(result)
     assert "before BN calibration" in result.stdout
-    assert read_artifact(work / "artifacts" / "digits-test" / "calibrated-w2a2-per-tensor-asym", "calibrated")
+    assert read_artifact(work / "artifacts" / "digits-test" / "calibrated-w2a2-per-tensor-Wasym-Aasym", "calibrated")
 
 
 @pytest.mark.parametrize(
@@ -378,7 +379,7 @@ def test_cli_calibrate_default_input_and_output(tiny_supernet_artifact, tmp_path
     [
         (["--w-bits", "5", "--granularity", "per-tensor", "--symmetry", "asym"], "w_bits 5 is not in this space"),
         ([], "exactly one of --config FILE"),
-        (["--w-bits", "3"], "--w-bits needs --granularity and --symmetry"),
+        (["--w-bits", "3"], "--w-bits needs --granularity and --w-symmetry and --a-symmetry"),
         (["--w-bits", "3", "--granularity", "per-tensor", "--symmetry", "asym", "--split", "dev"], "unknown split"),
         (["--config", "nope.json"], "does not exist"),
     ],
@@ -393,7 +394,7 @@ def test_cli_calibrate_bad_input_exits_2(tiny_supernet_artifact, tmp_path, args,
 
 def test_cli_calibrate_layer_outside_space_names_it(tiny_supernet_artifact, tmp_path):
     space = read_artifact(tiny_supernet_artifact).space
-    config = space.uniform(3, 3, "per-tensor", "sym").to_dict()
+    config = space.uniform(3, 3, "per-tensor", "sym", "sym").to_dict()
     config["layers"][2]["a_bits"] = 7
     path = tmp_path / "c.json"
     path.write_text(json.dumps(config))
@@ -412,7 +413,7 @@ def test_cli_calibrate_missing_supernet_exits_2(tmp_path, monkeypatch):
 
 def test_cli_calibrate_from_search(tiny_supernet_artifact, tmp_path):
     space = read_artifact(tiny_supernet_artifact).space
-    config = space.uniform(4, 2, "per-channel", "asym")
+    config = space.uniform(4, 2, "per-channel", "asym", "asym")
     _search_artifact(tmp_path / "search", space, config)
     result = runner.invoke(app, ["calibrate", "--from", str(tiny_supernet_artifact), "--from-search",
                                  str(tmp_path / "search"), "--images", "64", "--out", str(tmp_path / "cal"), "--json"])

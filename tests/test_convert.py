@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from eqtools.artifacts import load_safetensors, save_safetensors
+from eqtools.errors import SpecError
 from eqtools.models import get_model, list_models
 from eqtools.quant import QConv2d, QLinear, Supernet, quantize_model
 
@@ -161,7 +162,30 @@ def test_fp_override_keeps_layer_float():
     supernet = quantize_model(model, {"overrides": {"fc": "fp", "conv2": {"w_bits": 4, "a_bits": 8}}}, torch.zeros(1, 1, 8, 8))
     assert type(supernet.model.fc) is nn.Linear
     assert "fc" not in supernet.space.layer_names
-    assert supernet.space.uniform(2).w_bits == (2, 4, 2)
+    # conv1 is the first layer: pinned at 8/8 by default, as in a spec; conv3 stays elastic
+    assert supernet.space.uniform(2).w_bits == (8, 4, 2)
+
+
+def test_a_space_mapping_gets_the_spec_defaults():
+    """quantize_model(model, {...}) pins the first and last layer at 8/8, exactly as a spec file does."""
+    from eqtools.specs import SpaceSpec
+
+    model = get_model("tiny_cnn", num_classes=10, in_channels=1)
+    supernet = quantize_model(model, {"w_bits": [2, 4, 8], "a_bits": [4, 8]}, torch.zeros(1, 1, 8, 8))
+    space = supernet.space
+    first, last = space.quantized_layers[0], space.quantized_layers[-1]
+    default = SpaceSpec().first_layer
+    assert first.fixed and last.fixed
+    assert (first.pin.w_bits, first.pin.a_bits) == (default.w_bits, default.a_bits) == (8, 8)
+    assert space.min().w_bits[0] == 8 and space.min().w_bits[-1] == 8 and space.min().w_bits[1] == 2
+    # the shorthand and the narrowing lists reach the quantizers
+    narrowed = quantize_model(get_model("tiny_cnn", num_classes=10, in_channels=1),
+                              {"w_symmetries": ["sym"], "first_layer": "elastic"}, torch.zeros(1, 1, 8, 8))
+    assert narrowed.space.w_symmetries == ("sym",) and narrowed.space.a_symmetries == ("sym", "asym")
+    assert not narrowed.space.quantized_layers[0].fixed
+    with pytest.raises(SpecError, match="w_symmetri"):
+        quantize_model(get_model("tiny_cnn", num_classes=10, in_channels=1), {"w_symmetries": ["skew"]},
+                       torch.zeros(1, 1, 8, 8))
 
 
 def test_space_mismatch_is_refused():
@@ -193,7 +217,10 @@ def test_subnet_switches_do_not_recompile():
     assert compiles["n"] == warm
 
 
-def test_quantize_model_takes_a_whole_spec(digits_spec):
-    model = get_model("tiny_cnn", num_classes=10, in_channels=1)
-    supernet = quantize_model(model, digits_spec)
+def test_a_whole_spec_is_built_by_build_supernet_not_quantize_model(digits_spec):
+    from eqtools.build import build_supernet
+
+    supernet = build_supernet(digits_spec)
     assert supernet.space.w_bits == (2, 3, 4, 8) and supernet.space.layer("conv2").act_elems == 8 * 8 * 8
+    with pytest.raises(TypeError, match="build_supernet"):
+        quantize_model(get_model("tiny_cnn", num_classes=10, in_channels=1), digits_spec, torch.zeros(1, 1, 8, 8))

@@ -48,7 +48,8 @@ from eqtools.export import (
 from eqtools.models import get_model
 from eqtools.quant import quantize_model
 
-CONDITIONS = [(g, s) for g in ("per-channel", "per-tensor") for s in ("sym", "asym")]
+# all 8 forms: granularity x weight symmetry x activation symmetry
+CONDITIONS = [(g, ws, as_) for g in ("per-channel", "per-tensor") for ws in ("sym", "asym") for as_ in ("sym", "asym")]
 RUNTIME = Path(__file__).resolve().parents[1] / "eqtools" / "export" / "runtime.py"
 
 
@@ -101,10 +102,11 @@ def _random_supernet(name: str, channels: int, size: int, n: int = 128, seed: in
 def _configs(space, conditions=CONDITIONS, bits=(2, 4, 8), mixed=True):
     rng = random.Random(0)
     out = []
-    for g, s in conditions:
-        out += [(f"w{b}a{b}-{g}-{s}", space.uniform(b, b, g, s)) for b in bits]
+    for form in conditions:
+        tag = "-".join(form)
+        out += [(f"w{b}a{b}-{tag}", space.uniform(b, b, *form)) for b in bits]
         if mixed:
-            out.append((f"mixed-{g}-{s}", space.random(rng, g, s)))
+            out.append((f"mixed-{tag}", space.random(rng, *form)))
     return out
 
 
@@ -149,7 +151,7 @@ def _calibrated(tmp_path: Path, supernet_artifact: Path, config=None) -> Path:
 
     art = read_artifact(supernet_artifact, "supernet")
     supernet = load_supernet(art)
-    config = config or supernet.space.uniform(4, 4, "per-channel", "asym")
+    config = config or supernet.space.uniform(4, 4, "per-channel", "asym", "asym")
     supernet.apply(config)
     out = tmp_path / "artifacts" / "digits-test" / "calibrated-test"
     save_supernet(supernet, out, parse_spec(art.spec), kind="calibrated", parents=[art], metrics={"top1": 0.0},
@@ -182,18 +184,18 @@ def test_pack_refuses_codes_outside_the_range():
 
 
 # ------------------------------------------------------------------------------------------ parity sweeps
-def _config(space, bits, granularity, symmetry):
+def _config(space, bits, form):
     if bits == "mixed":
-        return space.random(random.Random(0), granularity, symmetry)
-    return space.uniform(bits, bits, granularity, symmetry)
+        return space.random(random.Random(0), *form)
+    return space.uniform(bits, bits, *form)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8, "mixed"])
-@pytest.mark.parametrize("granularity,symmetry", CONDITIONS)
-def test_trained_tiny_cnn_round_trip(tiny_trained, tmp_path, bits, granularity, symmetry):
-    """Both formats on the trained digits supernet, every condition, uniform 2/4/8 and mixed."""
+@pytest.mark.parametrize("form", CONDITIONS, ids="-".join)
+def test_trained_tiny_cnn_round_trip(tiny_trained, tmp_path, bits, form):
+    """Both formats on the trained digits supernet, every form, uniform 2/4/8 and mixed."""
     supernet, batches = tiny_trained
-    supernet.apply(_config(supernet.space, bits, granularity, symmetry))
+    supernet.apply(_config(supernet.space, bits, form))
     opset = 17 if bits == 2 else 21  # opset 17: int8 containers with a Clip (QCDQ); 21: INT4 where <= 4 bits
     metrics = export_subnet(supernet, batches, tmp_path, opset=opset)
     _check_parity(metrics)
@@ -201,10 +203,10 @@ def test_trained_tiny_cnn_round_trip(tiny_trained, tmp_path, bits, granularity, 
     assert abs(metrics["onnx"]["parity"]["accuracy_change"]) <= 1 / 300 + 1e-9
 
 
-@pytest.mark.parametrize("granularity,symmetry", CONDITIONS)
-def test_depthwise_and_grouped_round_trip(tiny_dw, tmp_path, granularity, symmetry):
+@pytest.mark.parametrize("form", CONDITIONS, ids="-".join)
+def test_depthwise_and_grouped_round_trip(tiny_dw, tmp_path, form):
     supernet, batches = tiny_dw
-    for i, (label, config) in enumerate(_configs(supernet.space, [(granularity, symmetry)])):
+    for i, (label, config) in enumerate(_configs(supernet.space, [form])):
         _activate(supernet, config, batches)
         metrics = export_subnet(supernet, batches, tmp_path / label, opset=(21, 17)[i % 2])
         _check_parity(metrics)
@@ -212,7 +214,7 @@ def test_depthwise_and_grouped_round_trip(tiny_dw, tmp_path, granularity, symmet
 
 def test_resnet20_mixed_round_trip(tmp_path):
     supernet, batches = _random_supernet("resnet20", 3, 16, n=64)
-    _activate(supernet, supernet.space.random(random.Random(1), "per-tensor", "asym"), batches)
+    _activate(supernet, supernet.space.random(random.Random(1), "per-tensor", "asym", "asym"), batches)
     metrics = export_subnet(supernet, batches, tmp_path, agreement_min=0.0)
     _check_parity(metrics, free_running=False)
     graph, _ = read_int(tmp_path / "model.int.safetensors")
@@ -223,7 +225,7 @@ def test_resnet20_mixed_round_trip(tmp_path):
 
 def test_mobilenet_v2_round_trip(tmp_path):
     supernet, batches = _random_supernet("mobilenet_v2", 3, 32, n=64, width_mult=0.25)
-    _activate(supernet, supernet.space.uniform(4, 4, "per-channel", "sym"), batches)
+    _activate(supernet, supernet.space.uniform(4, 4, "per-channel", "sym", "sym"), batches)
     metrics = export_subnet(supernet, batches, tmp_path, agreement_min=0.0)
     _check_parity(metrics, free_running=False)
     graph, _ = read_int(tmp_path / "model.int.safetensors")
@@ -246,7 +248,7 @@ def test_weights_are_packed_at_their_bit_width(tiny_trained, tmp_path):
     supernet, batches = tiny_trained
     sizes = {}
     for bits in (2, 8):
-        supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym"))
+        supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym", "sym"))
         export_subnet(supernet, batches, tmp_path / str(bits), formats=("int",))
         _, tensors = read_int(tmp_path / str(bits) / "model.int.safetensors")
         sizes[bits] = tensors["conv2.weight.packed"].numel()  # an elastic layer (first/last are pinned at 8)
@@ -256,7 +258,7 @@ def test_weights_are_packed_at_their_bit_width(tiny_trained, tmp_path):
 def test_zero_points_are_the_trained_integers(tiny_trained, tmp_path):
     """Asymmetric offsets are rounded in training already: the conversion changes no prediction."""
     supernet, batches = tiny_trained
-    supernet.apply(supernet.space.uniform(3, 3, "per-tensor", "asym"))
+    supernet.apply(supernet.space.uniform(3, 3, "per-tensor", "asym", "asym"))
     metrics = export_subnet(supernet, batches, tmp_path, formats=("int",), bn_fold="none")
     assert metrics["zero_points"]["asymmetric_offsets"] > 0
     assert metrics["zero_points"]["accuracy_change"] == 0.0
@@ -270,7 +272,7 @@ def test_zero_points_are_the_trained_integers(tiny_trained, tmp_path):
 
 def test_bn_fold_modes(tiny_trained, tmp_path):
     supernet, batches = tiny_trained
-    supernet.apply(supernet.space.uniform(2, 2, "per-tensor", "asym"))
+    supernet.apply(supernet.space.uniform(2, 2, "per-tensor", "asym", "asym"))
     scale = export_subnet(supernet, batches, tmp_path / "scale", formats=("int",))
     graph, tensors = read_int(tmp_path / "scale" / "model.int.safetensors")
     conv2 = next(n for n in graph["nodes"] if n["name"] == "conv2")
@@ -284,7 +286,7 @@ def test_bn_fold_modes(tiny_trained, tmp_path):
     assert "parity_vs_fake_quant" in req["bn_fold"]  # the folding cost is measured, not gated
     assert req["onnx"]["parity"]["top1_agreement"] >= 0.999  # the ONNX file matches the requantized model
 
-    supernet.apply(supernet.space.uniform(2, 2, "per-channel", "asym"))  # per-channel: requantize changes nothing
+    supernet.apply(supernet.space.uniform(2, 2, "per-channel", "asym", "asym"))  # per-channel: requantize changes nothing
     req = export_subnet(supernet, batches, tmp_path / "req-pc", formats=("int",), bn_fold="requantize")
     assert req["bn_fold"]["requantized_layers"] == 0 and req["int"]["parity"]["top1_agreement"] >= 0.999
 
@@ -298,7 +300,7 @@ def test_layers_pinned_as_float_stay_float(tmp_path, digits_splits):
     _spread_logits(model, torch.cat([x for x, _ in batches]))
     supernet = quantize_model(model, space, batches[0][0][:1])
     supernet.init_from_data([batches[0][0]])
-    _activate(supernet.eval(), supernet.space.uniform(2, 2, "per-channel", "sym"), batches)
+    _activate(supernet.eval(), supernet.space.uniform(2, 2, "per-channel", "sym", "sym"), batches)
     metrics = export_subnet(supernet, batches, tmp_path)
     _check_parity(metrics)
     graph, tensors = read_int(tmp_path / "model.int.safetensors")
@@ -311,7 +313,7 @@ def test_onnx_graph_form(tiny_trained):
     import onnx
 
     supernet, batches = tiny_trained
-    supernet.apply(supernet.space.uniform(2, 4, "per-channel", "asym"))
+    supernet.apply(supernet.space.uniform(2, 4, "per-channel", "asym", "asym"))
     graph = extract_graph(supernet, batches[0][0][:2])
     model = build_onnx(graph, 21)
     types = {init.name: init.data_type for init in model.graph.initializer}
@@ -363,7 +365,7 @@ sys.meta_path.insert(0, Block())
 
 def test_int_file_loads_without_training_code(tiny_trained, tmp_path):
     supernet, batches = tiny_trained
-    supernet.apply(supernet.space.random(random.Random(3), "per-tensor", "asym"))
+    supernet.apply(supernet.space.random(random.Random(3), "per-tensor", "asym", "asym"))
     export_subnet(supernet, batches, tmp_path, formats=("int",))
     x = batches[0][0][:16]
     with torch.no_grad():
@@ -396,7 +398,7 @@ def test_int_file_loads_without_training_code(tiny_trained, tmp_path):
 
 def test_corrupted_int_file_is_refused(tiny_trained, tmp_path):
     supernet, batches = tiny_trained
-    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym"))
+    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym", "sym"))
     export_subnet(supernet, batches, tmp_path, formats=("int",))
     path = tmp_path / "model.int.safetensors"
     data = path.read_bytes()
@@ -487,7 +489,7 @@ def test_wrong_layer_is_caught_layer_by_layer(tiny_trained, tmp_path, monkeypatc
     import eqtools.export._stage as stage
 
     supernet, batches = tiny_trained
-    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym"))
+    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym", "sym"))
     real = stage.build_onnx
 
     def broken(graph, *args, **kwargs):
@@ -503,7 +505,7 @@ def test_wrong_layer_is_caught_layer_by_layer(tiny_trained, tmp_path, monkeypatc
 
 def test_export_from_search_calibrates_first(tiny_supernet_artifact, tmp_path):
     supernet_art = read_artifact(tiny_supernet_artifact, "supernet")
-    config = supernet_art.space.uniform(3, 3, "per-tensor", "sym")
+    config = supernet_art.space.uniform(3, 3, "per-tensor", "sym", "sym")
     search = write_artifact(
         tmp_path / "artifacts" / "digits-test" / "search",
         "search",

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import scipy.stats
 from conftest import DIGITS_SPEC
 
 SCRIPT = r"""
@@ -21,6 +23,8 @@ run static        eqtools train spec.json --static-bits 4 --json -q
 run sample        eqtools sample -n 16 --json --no-progress
 run fit           eqtools fit-predictor --model mlp --json
 run fit_xgb       eqtools fit-predictor --model xgb --json
+run search_ort    eqtools search --w-bits 4 --preset onnxruntime --json
+run calibrate_ort eqtools calibrate --w-bits 4 --granularity per-channel --w-symmetry sym --a-symmetry asym --json
 run search        eqtools search --w-bits 4 --granularity per-tensor --symmetry asym --json
 run calibrate     eqtools calibrate --searched --json
 run export        eqtools export --format all --json
@@ -48,18 +52,35 @@ def test_shell_pipeline_with_defaults_and_json(tmp_path: Path):
     assert all(out[k]["kind"] for k in ("train", "static", "sample", "fit", "fit_xgb", "search", "calibrate", "export"))
     supernet = Path(out["train"]["path"])
     assert supernet == Path("artifacts/pipeline/supernet") and out["train"]["metrics"]["epochs"] == 2
-    assert out["static"]["path"].endswith("supernet-static-w4a4")
+    assert out["static"]["path"].endswith("supernet-static-w4a4-per-channel-Wsym-Asym")
     assert len((tmp_path / out["sample"]["path"] / "samples.jsonl").read_text().splitlines()) == 16
+    samples = [json.loads(line) for line in (tmp_path / out["sample"]["path"] / "samples.jsonl").read_text().splitlines()]
     for fit in (out["fit"], out["fit_xgb"]):
-        assert -1.0 <= fit["metrics"]["kendall_tau"] <= 1.0
+        # the reported tau is the rank correlation of the predictor's held-out predictions with the
+        # samples' measured accuracies, recomputed here from the files the artifact holds
+        held = json.loads((tmp_path / fit["path"] / "heldout.json").read_text())
+        assert held["measured"] == [samples[i]["accuracy"] for i in held["test_indices"]]
+        tau = scipy.stats.kendalltau(held["measured"], held["predicted"]).statistic
+        assert fit["metrics"]["kendall_tau"] == pytest.approx(tau, abs=1e-9)
     best = out["search"]["best_config"]
-    assert best["granularity"] == "per-tensor" and best["symmetry"] == "asym"
+    assert best["granularity"] == "per-tensor" and best["w_symmetry"] == "asym" and best["a_symmetry"] == "asym"
+    # the runtime preset and the weight-sym/activation-asym form, recorded apart in the artifacts
+    ort = out["search_ort"]["best_config"]
+    assert (ort["granularity"], ort["w_symmetry"], ort["a_symmetry"]) == ("per-channel", "sym", "asym")
+    cal = out["calibrate_ort"]["config"]
+    assert (cal["granularity"], cal["w_symmetry"], cal["a_symmetry"]) == ("per-channel", "sym", "asym")
+    assert out["calibrate_ort"]["path"].endswith("calibrated-w4a4-per-channel-Wsym-Aasym")
     assert out["calibrate"]["config"] == best  # --searched took the search just made
     assert 0.0 < out["calibrate"]["metrics"]["top1"] <= 1.0
     assert out["export"]["metrics"]["int"]["parity"]["top1_agreement"] >= 0.999
     report = out["report"]
-    assert [row["bits"] for row in report["uniform"]] == [2, 3, 4, 8]
-    assert "static_top1" in next(r for r in report["uniform"] if r["bits"] == 4)
+    # every form at every reported bit-width, the static baseline beside its own form
+    assert [(row["bits"], row["condition"]) for row in report["uniform"]] == [
+        (b, f"{g}/{w}/{a}") for b in (2, 4, 8) for g in ("per-channel", "per-tensor")
+        for w in ("sym", "asym") for a in ("sym", "asym")]
+    with_static = [r for r in report["uniform"] if "static_top1" in r]
+    assert [(r["bits"], r["condition"]) for r in with_static] == [(4, "per-channel/sym/sym")]
+    assert report["damaged"] == []
     assert report["search"]["searched_top1"] > 0.1 and "export" in report and "predictor" in report
     # the stages used each other's outputs, found through the workspace
     log = (tmp_path / "out" / "calibrate.log").read_text()

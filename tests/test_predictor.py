@@ -68,18 +68,19 @@ def test_encoding_shapes_and_values(seed: int, kind: str) -> None:
     assert x.shape == (6, enc.n_features) == (6, len(enc.feature_names()))
     n = len(space.elastic_layers)
     for row, config in zip(x, configs):
-        assert row[0] == (config.granularity == "per-tensor") and row[1] == (config.symmetry == "asym")
+        assert row[0] == (config.granularity == "per-tensor") and row[1] == (config.w_symmetry == "asym")
+        assert row[2] == (config.a_symmetry == "asym")
         bits = dict(zip(config.layers, config.w_bits))
         if kind == "onehot":
-            assert row[2:].sum() == 2 * n and set(np.unique(row)) <= {0.0, 1.0}
+            assert row[3:].sum() == 2 * n and set(np.unique(row)) <= {0.0, 1.0}
             for i, layer in enumerate(space.elastic_layers):  # the hot column is the layer's bit-width
-                block = row[2 + i * 4 : 2 + (i + 1) * 4]
+                block = row[3 + i * 4 : 3 + (i + 1) * 4]
                 assert space.w_bits[int(np.argmax(block))] == bits[layer.name]
         else:
             for i, layer in enumerate(space.elastic_layers):
-                assert row[2 + i] == pytest.approx((bits[layer.name] - 2) / 6)
+                assert row[3 + i] == pytest.approx((bits[layer.name] - 2) / 6)
     w_idx, a_idx = enc.indices(configs)
-    same = [enc.encode_indices(w_idx[i : i + 1], a_idx[i : i + 1], c.granularity, c.symmetry)[0]
+    same = [enc.encode_indices(w_idx[i : i + 1], a_idx[i : i + 1], *c.form)[0]
             for i, c in enumerate(configs)]
     assert np.array_equal(np.stack(same), x)
 

@@ -250,3 +250,11 @@ def test_activation_signedness_is_decided_from_data_and_persisted():
     r(torch.rand(5, 10))
     r.finish_observing()
     assert not r.signed and (r.qn.item(), r.qp.item()) == (0, 15)
+    # a new quantizer is signed until told otherwise, so only loading an *unsigned* state into it
+    # shows that the flag travels with the weights
+    reloaded = ActQuantizer(10, (4,), SYMS)
+    assert reloaded.signed
+    reloaded.load_state_dict(r.state_dict(), strict=True)
+    assert not reloaded.signed and (reloaded.qn.item(), reloaded.qp.item()) == (0, 15)
+    x = torch.rand(3, 10)
+    assert torch.equal(reloaded(x), r(x))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ from eqtools.space import ElasticSpace
 
 ROW_KEYS = {"index", "config", "accuracy", "loss", "avg_w_bits", "avg_a_bits", "size_bytes", "bops", "condition"}
 # a small, fast run on the tiny fixture supernet
-RUN = {"n": 12, "subset": 100, "calib_images": 64, "batch_size": 100}
+RUN = {"n": 24, "subset": 100, "calib_images": 64, "batch_size": 100}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +82,7 @@ def test_sampler_spreads_evenly_over_conditions_and_the_full_avg_bit_range(resne
     per_condition = {}
     for c in configs:
         per_condition[c.condition] = per_condition.get(c.condition, 0) + 1
-    assert per_condition == {f"{g}/{s}": 100 for g, s in space.conditions}
+    assert per_condition == {"/".join(form): 50 for form in space.conditions}
     assert len({(c.w_bits, c.a_bits, c.condition) for c in configs}) == n  # distinct subnets
     avg = [space.avg_bits(c) for c in configs]
     for values in ([w for w, _ in avg], [a for _, a in avg]):
@@ -108,11 +109,11 @@ def test_sampler_mixes_bit_widths_across_layers(resnet20_space):
 
 
 def test_sampler_is_deterministic_and_follows_the_requested_conditions(resnet20_space):
-    a = draw_configs(resnet20_space, 50, seed=3, conditions=["per-tensor/asym", "per-channel/sym"])
-    assert a == draw_configs(resnet20_space, 50, seed=3, conditions=["per-tensor/asym", "per-channel/sym"])
-    assert a != draw_configs(resnet20_space, 50, seed=4, conditions=["per-tensor/asym", "per-channel/sym"])
-    assert [c.condition for c in a[:4]] == ["per-tensor/asym", "per-channel/sym"] * 2
-    assert {c.condition for c in a} == {"per-tensor/asym", "per-channel/sym"}
+    a = draw_configs(resnet20_space, 50, seed=3, conditions=["per-tensor/asym/asym", "per-channel/sym/sym"])
+    assert a == draw_configs(resnet20_space, 50, seed=3, conditions=["per-tensor/asym/asym", "per-channel/sym/sym"])
+    assert a != draw_configs(resnet20_space, 50, seed=4, conditions=["per-tensor/asym/asym", "per-channel/sym/sym"])
+    assert [c.condition for c in a[:4]] == ["per-tensor/asym/asym", "per-channel/sym/sym"] * 2
+    assert {c.condition for c in a} == {"per-tensor/asym/asym", "per-channel/sym/sym"}
 
 
 def test_sampler_on_a_tiny_space_covers_everything(tiny_supernet_artifact):
@@ -120,13 +121,15 @@ def test_sampler_on_a_tiny_space_covers_everything(tiny_supernet_artifact):
     configs = draw_configs(space, 64, seed=0)
     ws = [space.avg_bits(c)[0] for c in configs]
     assert min(ws) == 2.0 and max(ws) == 8.0
-    assert {c.condition for c in configs} == {f"{g}/{s}" for g, s in space.conditions}
+    assert {c.condition for c in configs} == {"/".join(form) for form in space.conditions}
+    assert len(space.conditions) == 8  # granularity x weight symmetry x activation symmetry
 
 
 def test_parse_conditions_and_shard(resnet20_space):
-    assert parse_conditions("all", resnet20_space) == (
-        "per-channel/sym", "per-channel/asym", "per-tensor/sym", "per-tensor/asym")
-    assert parse_conditions(" per-tensor/asym ,per-channel/sym", resnet20_space) == ("per-tensor/asym", "per-channel/sym")
+    assert parse_conditions("all", resnet20_space) == tuple(
+        f"{g}/{w}/{a}" for g in ("per-channel", "per-tensor") for w in ("sym", "asym") for a in ("sym", "asym"))
+    assert parse_conditions(" per-tensor/asym ,per-channel/sym", resnet20_space) == ("per-tensor/asym/asym", "per-channel/sym/sym")
+    assert parse_conditions("per-channel/sym/asym", resnet20_space) == ("per-channel/sym/asym",)
     with pytest.raises(ConfigError, match=r"condition 'per-tensor/signed' is not in this supernet's space; allowed: 'all' or"):
         parse_conditions("per-tensor/signed", resnet20_space)
     with pytest.raises(ConfigError, match="listed twice"):
@@ -138,6 +141,19 @@ def test_parse_conditions_and_shard(resnet20_space):
     shards = [shard_indices(10, (k, 3)) for k in (1, 2, 3)]
     assert sorted(i for s in shards for i in s) == list(range(10))
     assert shards[0] == [0, 3, 6, 9]
+
+
+@pytest.mark.parametrize("n_shards", [2, 4])
+def test_every_shard_holds_a_stratified_slice_of_every_form(resnet20_space, n_shards):
+    # with 2 or 4 shards and 8 forms, striding by single draws gave a shard only half or a quarter of the forms
+    configs = draw_configs(resnet20_space, 64, seed=0)
+    forms = len(resnet20_space.conditions)
+    shards = [shard_indices(64, (k, n_shards), forms) for k in range(1, n_shards + 1)]
+    assert sorted(i for s in shards for i in s) == list(range(64))
+    for shard in shards:
+        per_form = Counter(configs[i].condition for i in shard)
+        assert set(per_form) == {c.condition for c in configs} and len(per_form) == forms
+        assert len(set(per_form.values())) == 1  # the same number of every form
 
 
 # ---------------------------------------------------------------------------------- running
@@ -159,8 +175,8 @@ def test_sample_writes_one_row_per_subnet(unsharded, tiny_supernet_artifact):
     assert m["rows"] == RUN["n"] and sum(m["per_condition"].values()) == RUN["n"]
     assert m["eval_time_s"] > 0 and m["subnets_per_min"] > 0
     extra = art.extra
-    assert (extra["n"], extra["seed"], extra["subset"], extra["shard"]) == (12, 0, 100, None)
-    assert extra["conditions"] == ["per-channel/sym", "per-channel/asym", "per-tensor/sym", "per-tensor/asym"]
+    assert (extra["n"], extra["seed"], extra["subset"], extra["shard"]) == (24, 0, 100, None)
+    assert extra["conditions"] == ["/".join(form) for form in space.conditions]
     assert art.manifest["parents"][0]["kind"] == "supernet"
     assert not (unsharded.parent / ".full.partial").exists()
 
@@ -208,9 +224,9 @@ def test_interrupted_sample_resumes_without_duplicates_or_lost_rows(unsharded, t
         fh.write('{"index": 5, "config": {"granu')
     again = []
     result = sample_artifact(art, out=out, on_row=lambda row: again.append(row["index"]), **RUN)
-    assert sorted(again) == list(range(5, 12))  # only what was missing
+    assert sorted(again) == list(range(5, RUN["n"]))  # only what was missing
     rows = read_samples(result)
-    assert [r["index"] for r in rows] == list(range(12))
+    assert [r["index"] for r in rows] == list(range(RUN["n"]))
     assert (out / "samples.jsonl").read_bytes() == (unsharded / "samples.jsonl").read_bytes()
     assert not work.exists()
     # re-running a finished run evaluates nothing
@@ -237,12 +253,14 @@ def test_resume_refuses_other_parameters_unless_restarted(tiny_supernet_artifact
 def test_shards_merge_into_the_unsharded_run(unsharded, tiny_supernet_artifact, tmp_path):
     art = read_artifact(tiny_supernet_artifact)
     shards = [sample_artifact(art, out=tmp_path / f"s{k}", shard=(k, 3), **RUN) for k in (1, 2, 3)]
-    assert [s.metrics["rows"] for s in shards] == [4, 4, 4]
+    assert [s.metrics["rows"] for s in shards] == [8, 8, 8]
+    for s in shards:  # every shard holds every form
+        assert len(s.metrics["per_condition"]) == 8
     assert shards[1].extra["shard"] == [2, 3]
     merged = merge_samples([s.path for s in reversed(shards)], tmp_path / "merged")
     assert (merged.path / "samples.jsonl").read_bytes() == (unsharded / "samples.jsonl").read_bytes()
     assert merged.extra == read_artifact(unsharded).extra
-    assert merged.metrics["rows"] == 12
+    assert merged.metrics["rows"] == 24
     assert merged.manifest["parents"][0]["kind"] == "supernet"
 
     with pytest.raises(ArtifactError, match="shard\\(s\\) 3/3 missing"):
@@ -268,7 +286,7 @@ def test_merge_refuses_shards_of_another_supernet(tiny_supernet_artifact, tmp_pa
     with torch.no_grad():
         supernet.model.fc.bias.add_(0.01)
     other = save_supernet(supernet, tmp_path / "other", parse_spec(art.spec))
-    small = {**RUN, "n": 2}
+    small = {**RUN, "n": 2, "conditions": "per-tensor/asym"}
     a = sample_artifact(art, out=tmp_path / "a", shard=(1, 2), **small)
     b = sample_artifact(other, out=tmp_path / "b", shard=(2, 2), **small)
     with pytest.raises(ArtifactError, match="another supernet"):
@@ -294,7 +312,7 @@ def test_cli_sample_json_and_merge(tiny_supernet_artifact, tmp_path):
     assert result.exit_code == 0, _stderr(result)
     data = json.loads(result.stdout)
     assert data["metrics"]["rows"] == 6
-    assert data["metrics"]["per_condition"] == {"per-channel/sym": 3, "per-tensor/asym": 3}
+    assert data["metrics"]["per_condition"] == {"per-channel/sym/sym": 3, "per-tensor/asym/asym": 3}
     assert data["parameters"]["seed"] == 5
     for k in (1, 2):
         shard = runner.invoke(app, [*base, "--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}"), "--no-progress"])

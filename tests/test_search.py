@@ -40,7 +40,8 @@ from eqtools.space import ElasticSpace, LayerInfo, SubnetConfig
 runner = CliRunner()
 
 
-def make_space(n_elastic: int = 6, w_bits=(2, 3, 4, 8), a_bits=(2, 3, 4, 8), with_float: bool = False) -> ElasticSpace:
+def make_space(n_elastic: int = 6, w_bits=(2, 3, 4, 8), a_bits=(2, 3, 4, 8), with_float: bool = False,
+               **symmetries) -> ElasticSpace:
     """A torch-free space: conv layers of different sizes, first/last fixed at 8/8."""
     layers = [LayerInfo("stem", "conv", 216, 8, 3072, 221184)]
     sizes = [(8 * 8 * 9, 8, 8192), (16 * 8 * 9, 16, 8192), (16 * 16 * 9, 16, 4096), (32 * 16 * 9, 32, 4096),
@@ -53,7 +54,7 @@ def make_space(n_elastic: int = 6, w_bits=(2, 3, 4, 8), a_bits=(2, 3, 4, 8), wit
     layers.append(LayerInfo("fc", "linear", 640, 10, 64, 640))
     overrides = {"side": "fp"} if with_float else None
     return ElasticSpace.build(layers, w_bits=w_bits, a_bits=a_bits, first_layer={"w_bits": 8, "a_bits": 8},
-                              last_layer={"w_bits": 8, "a_bits": 8}, overrides=overrides)
+                              last_layer={"w_bits": 8, "a_bits": 8}, overrides=overrides, **symmetries)
 
 
 def avg_ok(space: ElasticSpace, config: SubnetConfig, budget: Budget) -> bool:
@@ -111,7 +112,7 @@ def test_cost_model_matches_space_methods(seed: int) -> None:
         assert costs.avg_a_bits(a)[i] == pytest.approx(avg_a, rel=1e-12)
         assert costs.size_bytes(w)[i] == space.size_bytes(c)
         assert costs.bops(w, a)[i] == space.bops(c)
-        assert costs.config(w[i], a[i], c.granularity, c.symmetry) == c
+        assert costs.config(w[i], a[i], *c.form) == c
 
 
 @settings(max_examples=60, deadline=None)
@@ -227,7 +228,7 @@ def test_every_individual_of_every_generation_meets_the_budget() -> None:
         n = costs.n_layers
         assert len(genes) == 30
         for row in genes:
-            config = costs.config(feas.w_table[row[:n]], feas.a_table[row[n:]], "per-channel", "sym")
+            config = costs.config(feas.w_table[row[:n]], feas.a_table[row[n:]], "per-channel", "sym", "sym")
             assert avg_ok(space, config, budget), space.avg_bits(config)
 
     run_ga(fitness, feas, population=30, generations=40, seed=1, on_generation=check)
@@ -261,7 +262,7 @@ def test_nsga2_front_is_non_dominated_feasible_and_spans_the_budgets() -> None:
     acc, c = res.front_accuracy, res.front_cost
     assert np.all(np.diff(c) > 0) and np.all(np.diff(acc) > 0)  # sorted by cost, strictly better when dearer
     for row in res.front:
-        config = costs.config(feas.w_table[row[:n]], feas.a_table[row[n:]], "per-channel", "sym")
+        config = costs.config(feas.w_table[row[:n]], feas.a_table[row[n:]], "per-channel", "sym", "sym")
         assert avg_ok(space, config, budget)
     # more bits never hurt this fitness: the all-2 and all-8 configs are the two ends of the front
     assert c[0] == 2.0 and c[-1] == 8.0
@@ -286,16 +287,32 @@ def test_pareto_front_matches_brute_force(points) -> None:
 # ---------------------------------------------------------------------------------- presets
 def test_presets_resolve_and_conflicts_are_refused() -> None:
     space = make_space()
-    assert resolve_conditions(space, None, None, "tensorrt")[:2] == ("per-channel", "sym")
-    assert resolve_conditions(space, "per-channel", None, "tflite")[:2] == ("per-channel", "sym")
-    with pytest.raises(ConfigError, match="contradicts --preset tensorrt"):
+    assert resolve_conditions(space, None, None, "tensorrt")[:3] == ("per-channel", "sym", "sym")
+    # the int8 runtimes' own scheme: symmetric per-channel weights, asymmetric per-tensor activations
+    for name in ("onnxruntime", "xnnpack", "tflite"):
+        assert resolve_conditions(space, None, None, name)[:3] == ("per-channel", "sym", "asym")
+    assert resolve_conditions(space, None, None, "snpe")[:3] == ("per-tensor", "asym", "asym")
+    assert resolve_conditions(space, "per-channel", None, "tflite", a_symmetry="asym")[:3] == ("per-channel", "sym", "asym")
+    with pytest.raises(ConfigError, match="--symmetry asym contradicts --preset tensorrt"):
         resolve_conditions(space, None, "asym", "tensorrt")
+    with pytest.raises(ConfigError, match="--a-symmetry sym contradicts --preset onnxruntime"):
+        resolve_conditions(space, None, None, "onnxruntime", a_symmetry="sym")
     with pytest.raises(ConfigError, match="unknown; presets: "):
         resolve_conditions(space, None, None, "coreml")
-    with pytest.raises(ConfigError, match="give --symmetry"):
+    with pytest.raises(ConfigError, match="give --w-symmetry and --a-symmetry"):
         resolve_conditions(space, "per-tensor", None, None)
+    with pytest.raises(ConfigError, match="give --a-symmetry"):
+        resolve_conditions(space, "per-tensor", None, None, w_symmetry="sym")
+    with pytest.raises(ConfigError, match="contradicts --w-symmetry asym"):
+        resolve_conditions(space, "per-tensor", "sym", None, w_symmetry="asym")
+    assert resolve_conditions(space, "per-tensor", None, None, w_symmetry="sym", a_symmetry="asym")[:3] == (
+        "per-tensor", "sym", "asym")
     for preset in PRESETS.values():
         assert preset.source and preset.granularity in ("per-channel", "per-tensor")
+        assert preset.w_symmetry in ("sym", "asym") and preset.a_symmetry in ("sym", "asym")
+    narrow = make_space(a_symmetries=("sym",))
+    with pytest.raises(ConfigError, match="activation symmetry 'asym' is not in this space"):
+        resolve_conditions(narrow, None, None, "onnxruntime")
 
 
 # ---------------------------------------------------------------------------------- end to end
@@ -323,7 +340,7 @@ def test_search_artifact_is_complete_and_best_config_is_a_plain_config_file(work
     text = (art.path / "best_config.json").read_text()
     assert text == outcome.best.to_json()
     config = predictor.space.validate(SubnetConfig.load(art.path / "best_config.json"))
-    assert (config.granularity, config.symmetry) == ("per-tensor", "asym")
+    assert config.form == ("per-tensor", "asym", "asym")
     w, a = predictor.space.avg_bits(config)
     assert 2.5 < w <= 3 and 2.5 < a <= 3
     m = art.metrics
@@ -348,8 +365,8 @@ def test_cli_search_with_no_paths_after_fit_predictor(workspace: Path, monkeypat
                                  "--generations", "5", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert Path(data["path"]) == Path("artifacts/synthetic/search-w3a3-per-tensor-asym")
-    assert read_artifact(data["path"], "search").metrics["condition"] == "per-tensor/asym"
+    assert Path(data["path"]) == Path("artifacts/synthetic/search-w3a3-per-tensor-Wasym-Aasym")
+    assert read_artifact(data["path"], "search").metrics["condition"] == "per-tensor/asym/asym"
 
 
 def test_cli_uniform_and_preset(workspace: Path, monkeypatch) -> None:
@@ -358,7 +375,7 @@ def test_cli_uniform_and_preset(workspace: Path, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     space = make_space(6)
-    assert SubnetConfig.from_dict(data["best_config"]) == space.uniform(3, 3, "per-channel", "sym")
+    assert SubnetConfig.from_dict(data["best_config"]) == space.uniform(3, 3, "per-channel", "sym", "sym")
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -366,7 +383,7 @@ def test_cli_uniform_and_preset(workspace: Path, monkeypatch) -> None:
     (["--w-bits", "4", "--granularity", "per-tensor", "--symmetry", "asym", "--max-size-mb", "0.001"],
      "--max-size-mb 0.001 is infeasible"),
     (["--w-bits", "4", "--preset", "tensorrt", "--symmetry", "asym"], "contradicts --preset tensorrt"),
-    (["--w-bits", "4"], "give --granularity and --symmetry"),
+    (["--w-bits", "4"], "give --granularity and --w-symmetry and --a-symmetry"),
     (["--granularity", "per-tensor", "--symmetry", "asym"], "--w-bits is required"),
     (["--w-bits", "3.5", "--uniform", "--preset", "tflite"], "--uniform needs --w-bits to be one of"),
 ])
@@ -447,7 +464,7 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     rows = data["metrics"]["verified"]
-    uniform = supernet.space.uniform(4, 4, "per-channel", "sym").to_dict()
+    uniform = supernet.space.uniform(4, 4, "per-channel", "sym", "sym").to_dict()
     top = json.loads((Path(data["path"]) / "top_k.json").read_text())["top"]
     # the top 2 plus the uniform config at the budget (unless it is already among them)
     assert len(rows) == (2 if any(p["config"] == uniform for p in top) else 3)
@@ -476,7 +493,7 @@ def test_large_models_use_coarse_sums_and_stay_exact(monkeypatch) -> None:
     assert feas.w.coarse > 1
     w, a = feas.population(20, random.Random(0))
     for wi, ai in zip(w, a):
-        config = costs.config(feas.w_table[wi], feas.a_table[ai], "per-channel", "sym")
+        config = costs.config(feas.w_table[wi], feas.a_table[ai], "per-channel", "sym", "sym")
         assert avg_ok(space, config, budget)
     with pytest.raises(InfeasibleError, match="--w-bits 1 is infeasible"):
         check_budget(costs, Budget(w_bits=1, a_bits=4))

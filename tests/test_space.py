@@ -64,14 +64,15 @@ def test_bad_pin_rejected(bad):
 
 
 @pytest.mark.parametrize("field,value", [("w_bits", ()), ("a_bits", (1, 2)), ("w_bits", (2, 2)),
-                                         ("granularities", ("per-row",)), ("symmetries", ())])
+                                         ("granularities", ("per-row",)), ("w_symmetries", ()),
+                                         ("a_symmetries", ("affine",))])
 def test_bad_candidates_rejected(field, value):
     with pytest.raises(SpecError, match=field):
         make_space(**{field: value})
 
 
 def test_avg_bits_weighted_by_params_and_activations_excluding_fixed():
-    cfg = SubnetConfig(SPACE.layer_names, (8, 2, 4, 8, 8), (8, 2, 8, 4, 8), "per-channel", "sym")
+    cfg = SubnetConfig(SPACE.layer_names, (8, 2, 4, 8, 8), (8, 2, 8, 4, 8), "per-channel", "sym", "sym")
     w, a = SPACE.avg_bits(cfg)
     assert w == pytest.approx((2304 * 2 + 4608 * 4 + 288 * 8) / (2304 + 4608 + 288))
     acts = [16 * 32 * 32, 16 * 32 * 32, 32 * 16 * 16]
@@ -79,7 +80,7 @@ def test_avg_bits_weighted_by_params_and_activations_excluding_fixed():
 
 
 def test_size_and_bops_against_hand_computation():
-    cfg = SubnetConfig(SPACE.layer_names, (8, 2, 4, 8, 8), (8, 2, 8, 4, 8), "per-tensor", "asym")
+    cfg = SubnetConfig(SPACE.layer_names, (8, 2, 4, 8, 8), (8, 2, 8, 4, 8), "per-tensor", "asym", "asym")
     expected_size = sum(math.ceil(p * b / 8) for p, b in zip([432, 2304, 4608, 288, 320], cfg.w_bits))
     assert SPACE.size_bytes(cfg) == expected_size
     macs = [442368, 2359296, 1179648, 73728, 320]
@@ -102,7 +103,7 @@ def test_validate_names_layer_value_and_allowed():
 
 
 def test_validate_rejects_other_layers_and_conditions():
-    other = SubnetConfig(("a", "b"), (4, 4), (4, 4), "per-channel", "sym")
+    other = SubnetConfig(("a", "b"), (4, 4), (4, 4), "per-channel", "sym", "sym")
     with pytest.raises(ConfigError, match="missing"):
         SPACE.validate(other)
     space = make_space(granularities=("per-tensor",))
@@ -117,12 +118,13 @@ def test_validate_rejects_other_layers_and_conditions():
         ({"w_bits": (4, 4, 9)}, r"w_bits of layer 'c' is 9; bit-widths must be integers in \[2, 3, 4, 5, 6, 7, 8\]"),
         ({"a_bits": (4, 4, True)}, "a_bits of layer 'c'"),
         ({"granularity": "per-row"}, r"granularity is 'per-row'; must be one of \['per-channel', 'per-tensor'\]"),
-        ({"symmetry": "affine"}, "symmetry is 'affine'"),
+        ({"w_symmetry": "affine"}, "w_symmetry is 'affine'"),
+        ({"a_symmetry": "skew"}, "a_symmetry is 'skew'"),
     ],
 )
 def test_config_construction_validates(kwargs, match):
     base = {"layers": ("a", "b", "c"), "w_bits": (4, 4, 4), "a_bits": (4, 4, 4), "granularity": "per-channel",
-            "symmetry": "sym"}
+            "w_symmetry": "sym", "a_symmetry": "sym"}
     base.update(kwargs)
     with pytest.raises(ConfigError, match=match):
         SubnetConfig(**base)

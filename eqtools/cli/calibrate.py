@@ -27,7 +27,9 @@ def command(
     granularity: Annotated[
         str | None, typer.Option("--granularity", help="With --w-bits: per-channel or per-tensor weight steps.")
     ] = None,
-    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --w-bits: sym or asym.")] = None,
+    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --w-bits: sym or asym, for weights and activations both.")] = None,
+    w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="With --w-bits: weight symmetry, sym or asym.")] = None,
+    a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="With --w-bits: activation symmetry, sym or asym.")] = None,
     from_search: Annotated[
         Path | None, typer.Option("--from-search", help="A search artifact: calibrate its best config (best_config.json).")
     ] = None,
@@ -50,7 +52,7 @@ def command(
     """Calibrate one subnet: re-estimate its BN statistics on training images, evaluate it, save it.
 
     Name the subnet with exactly one of --config FILE, --w-bits B [--a-bits B] --granularity G
-    --symmetry S, --from-search SEARCH, or --searched (the newest search). Accuracy is reported before and after calibration; the
+    --symmetry S (or --w-symmetry S --a-symmetry S), --from-search SEARCH, or --searched (the newest search). Accuracy is reported before and after calibration; the
     'calibrated' artifact holds the supernet's tensors with this subnet's BN statistics, the config
     and the metrics (docs/calibrate.md).
     """
@@ -71,14 +73,14 @@ def command(
 
         raise ArtifactError(f"{supernet.path} records no elastic space; re-create it with `eqtools train`")
     subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
-                            symmetry=symmetry, search=from_search)
+                            symmetry=symmetry, w_symmetry=w_symmetry, a_symmetry=a_symmetry, search=from_search)
     result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo)
     m = result.metrics
     if as_json:
         emit_artifact(result, config=subnet.to_dict())
         return
     gain = 100.0 * (m["top1"] - m["top1_before"])
-    print(f"subnet    {subnet.condition}, avg bits W {m['avg_w_bits']:.2f} A {m['avg_a_bits']:.2f}, "
+    print(f"subnet    {subnet.label}, avg bits W {m['avg_w_bits']:.2f} A {m['avg_a_bits']:.2f}, "
           f"weights {human_bytes(m['size_bytes'])}, {m['bops'] / 1e9:.3g} GBOPs/image")
     print(f"top-1     {100 * m['top1_before']:.2f}% before BN calibration -> {100 * m['top1']:.2f}% after "
           f"({gain:+.2f} points) on {m['split']} ({m['images']} images)")

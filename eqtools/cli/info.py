@@ -11,21 +11,22 @@ import typer
 from eqtools.cli._common import emit_json, handle_errors, human_bytes
 
 
-def _space_summary(space: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not space:
+def _space_summary(space: Any) -> dict[str, Any] | None:
+    """What an artifact's :class:`~eqtools.space.ElasticSpace` holds (read through it, so a version-1
+    manifest's one ``symmetries`` list shows as the weight and activation lists it means)."""
+    if space is None:
         return None
-    layers = space["layers"]
-    quantized = [row for row in layers if row.get("pin") != "fp"]
-    fixed = [row for row in quantized if isinstance(row.get("pin"), dict)]
     return {
-        "w_bits": space["w_bits"],
-        "a_bits": space["a_bits"],
-        "granularities": space["granularities"],
-        "symmetries": space["symmetries"],
-        "layers": len(layers),
-        "quantized_layers": len(quantized),
-        "fixed_layers": [row["name"] for row in fixed],
-        "float_layers": [row["name"] for row in layers if row.get("pin") == "fp"],
+        "w_bits": list(space.w_bits),
+        "a_bits": list(space.a_bits),
+        "granularities": list(space.granularities),
+        "w_symmetries": list(space.w_symmetries),
+        "a_symmetries": list(space.a_symmetries),
+        "forms": len(space.conditions),
+        "layers": len(space.layers),
+        "quantized_layers": len(space.quantized_layers),
+        "fixed_layers": [layer.name for layer in space.quantized_layers if layer.fixed],
+        "float_layers": [layer.name for layer in space.layers if layer.keep_float],
     }
 
 
@@ -60,7 +61,7 @@ def command(
         "format_version": art.manifest.get("format_version"),
         "spec": art.spec.get("name"),
         "model": (art.spec.get("model") or {}).get("name"),
-        "space": _space_summary(art.manifest.get("space")),
+        "space": _space_summary(art.space),
         "space_fingerprint": art.manifest.get("space_fingerprint"),
         "parents": art.manifest.get("parents", []),
         "files": files,
@@ -82,7 +83,8 @@ def command(
     if space:
         console.print(
             f"  space {summary['space_fingerprint']}: W bits {space['w_bits']}, A bits {space['a_bits']}, "
-            f"{'/'.join(space['granularities'])}, {'/'.join(space['symmetries'])}; "
+            f"{'/'.join(space['granularities'])}, W {'/'.join(space['w_symmetries'])}, "
+            f"A {'/'.join(space['a_symmetries'])} ({space['forms']} forms); "
             f"{space['quantized_layers']} quantized layers ({len(space['fixed_layers'])} fixed, "
             f"{len(space['float_layers'])} float)"
         )

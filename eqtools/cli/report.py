@@ -19,15 +19,18 @@ def command(
 ) -> None:
     """Summarise what a workspace achieved, measured afresh on the test split.
 
-    Uniform 2/3/4/8-bit subnets of the supernet vs the static-QAT baselines trained with
-    `eqtools train SPEC --static-bits B` (each BN-calibrated), the predictor's rank correlation,
-    the searched subnet vs the uniform one at the same budget, and export parity.
+    Uniform 2/4/8-bit subnets of the supernet in every form it serves (granularity x weight
+    symmetry x activation symmetry) vs the static-QAT baselines trained with
+    `eqtools train SPEC --static-bits B [--w-symmetry S --a-symmetry S]` (each BN-calibrated), the
+    predictor's rank correlation, the searched subnet vs the uniform one at the same budget, and
+    export parity. An artifact that fails verification is listed, and the command then exits 2.
     """
     from eqtools.report import build_report, format_report
 
     report = build_report(root, spec_name, log=lambda m: echo(m, quiet))
     if as_json:
         emit_json(report)
+        _refuse_damaged(report)
         return
     from rich.console import Console
     from rich.table import Table
@@ -38,3 +41,17 @@ def command(
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    _refuse_damaged(report)
+
+
+def _refuse_damaged(report: dict) -> None:
+    """Exit 2 once everything was shown when an artifact failed verification: a report over damaged
+    artifacts must not pass for a clean one in a pipeline."""
+    if report.get("damaged"):
+        from eqtools.errors import ArtifactError
+
+        paths = ", ".join(d["path"] for d in report["damaged"])
+        raise ArtifactError(
+            f"{len(report['damaged'])} artifact(s) failed verification and were left out of the report: {paths}; "
+            "re-create them with the commands that made them (`eqtools info PATH` says what is wrong)"
+        )

@@ -62,8 +62,16 @@ def command(
     ] = None,
     conditions: Annotated[
         str,
-        typer.Option("--conditions", help="'all', or comma-separated granularity/symmetry pairs, e.g. per-tensor/asym,per-channel/sym."),
+        typer.Option("--conditions", help="'all', or comma-separated forms granularity/w_symmetry/a_symmetry, e.g. per-channel/sym/asym,per-tensor/asym/asym (granularity/symmetry means both symmetries alike)."),
     ] = "all",
+    granularity: Annotated[
+        str | None, typer.Option("--granularity", help="Keep only forms with this weight granularity (per-channel or per-tensor).")
+    ] = None,
+    symmetry: Annotated[
+        str | None, typer.Option("--symmetry", help="Keep only forms with this symmetry for weights and activations both (sym or asym).")
+    ] = None,
+    w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="Keep only forms with this weight symmetry.")] = None,
+    a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="Keep only forms with this activation symmetry.")] = None,
     subset: Annotated[
         int | None,
         typer.Option("--subset", min=1, help="Class-balanced held-out (val) images each subnet is evaluated on. Default: spec sample.subset."),
@@ -92,7 +100,11 @@ def command(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, metrics, parameters) on stdout.")] = False,
 ) -> None:
-    """Draw subnets evenly over conditions and average bit-widths, calibrate and evaluate each.
+    """Draw subnets evenly over forms and average bit-widths, calibrate and evaluate each.
+
+    A form is the weight granularity, weight symmetry and activation symmetry: a full space has 8,
+    and every form gets n/8 of the draws (narrow them with --conditions or --granularity,
+    --w-symmetry, --a-symmetry, --symmetry).
 
     Writes a 'samples' artifact: samples.jsonl with one row per subnet (config, accuracy, loss,
     avg_w_bits, avg_a_bits, size_bytes, bops, condition). Interrupted runs resume where they stopped
@@ -117,9 +129,19 @@ def command(
                 "(the supernet goes after --from)"
             )
         from eqtools.artifacts import resolve_input
-        from eqtools.sample import parse_shard, sample_artifact
+        from eqtools.sample import filter_conditions, parse_conditions, parse_shard, sample_artifact
+        from eqtools.vocab import resolve_symmetry_flags
 
         supernet = resolve_input(from_, "supernet", echo=echo)
+        w_sym, a_sym = resolve_symmetry_flags(symmetry, w_symmetry, a_symmetry)
+        if granularity or w_sym or a_sym:
+            if supernet.space is None:
+                from eqtools.errors import ArtifactError
+
+                raise ArtifactError(f"{supernet.path} records no elastic space; re-create it with `eqtools train`")
+            conditions = ",".join(
+                filter_conditions(parse_conditions(conditions, supernet.space), granularity, w_sym, a_sym)
+            )
         with contextlib.ExitStack() as stack:
             bar = _Progress(stack, enabled=not no_progress)
             result = sample_artifact(
@@ -135,6 +157,6 @@ def command(
     print(f"{m['rows']} subnets, top-1 mean {100 * m['accuracy_mean']:.2f}% "
           f"(min {100 * m['accuracy_min']:.2f}%, max {100 * m['accuracy_max']:.2f}%)"
           + (f", {rate:.1f} subnets/min" if rate else ""))
-    print("per condition: " + ", ".join(f"{k} {v}" for k, v in m["per_condition"].items()))
+    print("per form: " + ", ".join(f"{k} {v}" for k, v in m["per_condition"].items()))
     print(f"avg bits W {m['avg_w_bits_range'][0]:.2f}..{m['avg_w_bits_range'][1]:.2f}, "
           f"A {m['avg_a_bits_range'][0]:.2f}..{m['avg_a_bits_range'][1]:.2f}; wrote {result.path}")

@@ -9,16 +9,11 @@ from typing import Annotated
 import typer
 
 from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
+from eqtools.vocab import GRANULARITIES, SYMMETRIES
 
-
-class Granularity(str, Enum):
-    per_channel = "per-channel"
-    per_tensor = "per-tensor"
-
-
-class Symmetry(str, Enum):
-    sym = "sym"
-    asym = "asym"
+# choices derived from the one vocabulary (typer needs an Enum to list them in --help)
+Granularity = Enum("Granularity", {v.replace("-", "_"): v for v in GRANULARITIES}, type=str)
+Symmetry = Enum("Symmetry", {v: v for v in SYMMETRIES}, type=str)
 
 
 class Cost(str, Enum):
@@ -30,7 +25,7 @@ class Cost(str, Enum):
 def _preset_help() -> str:
     from eqtools.presets import PRESETS
 
-    return "; ".join(f"{p.name} = {p.granularity}/{p.symmetry}" for p in PRESETS.values())
+    return "; ".join(f"{p.name} = {p.label}" for p in PRESETS.values())
 
 
 @handle_errors
@@ -44,7 +39,11 @@ def command(
     granularity: Annotated[Granularity | None, typer.Option(
         "--granularity", help="Weight quantization granularity to search at.")] = None,
     symmetry: Annotated[Symmetry | None, typer.Option(
-        "--symmetry", help="Symmetry of weights and activations to search at.")] = None,
+        "--symmetry", help="Symmetry of weights and activations both, to search at.")] = None,
+    w_symmetry: Annotated[Symmetry | None, typer.Option(
+        "--w-symmetry", help="Weight symmetry to search at (with --a-symmetry, instead of --symmetry).")] = None,
+    a_symmetry: Annotated[Symmetry | None, typer.Option(
+        "--a-symmetry", help="Activation symmetry to search at (with --w-symmetry, instead of --symmetry).")] = None,
     preset: Annotated[str | None, typer.Option(
         "--preset", help="Deployment target that fixes the conditions: " + _preset_help() + " (sources in docs/search.md).")] = None,
     max_size_mb: Annotated[float | None, typer.Option(
@@ -85,6 +84,7 @@ def command(
     from eqtools.predictor import load_predictor
     from eqtools.search import SearchOptions, run_search, search_tag, write_search
     from eqtools.specs import SearchSpec
+    from eqtools.vocab import form_label
 
     if verify and uniform:
         raise ConfigError("--verify measures searched candidates; with --uniform calibrate the config instead "
@@ -100,6 +100,8 @@ def command(
         w_bits=w_bits, a_bits=a_bits,
         granularity=granularity.value if granularity else None,
         symmetry=symmetry.value if symmetry else None,
+        w_symmetry=w_symmetry.value if w_symmetry else None,
+        a_symmetry=a_symmetry.value if a_symmetry else None,
         preset=preset, max_size_mb=max_size_mb, max_bops=max_bops,
         population=population if population is not None else defaults.population,
         generations=generations if generations is not None else defaults.generations,
@@ -116,28 +118,12 @@ def command(
     with progress(f"search ({what})", options.generations, enabled=not as_json and not uniform) as advance:
         outcome = run_search(predictor, options, progress=advance)
     if verify and supernet is not None:
-        from eqtools.search.verify import verify_configs
-        from eqtools.space import SubnetConfig
+        from eqtools.search.verify import verify_outcome
 
-        # the uniform config at the budget is measured too: a search that cannot beat it on held-out
-        # images returns it, so --verify never ships a subnet worse than the obvious choice
-        candidates = list(outcome.top)
-        baseline = outcome.uniform_baseline
-        if baseline is not None and all(p["config"] != baseline["config"] for p in candidates):
-            candidates.append(baseline)
-        configs = [SubnetConfig.from_dict(p["config"]) for p in candidates]
-        echo(f"verifying {len(configs)} configs (top {len(outcome.top)}"
-             f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet.path} "
-             "(BN calibration + val evaluation)")
-        with progress("verify", len(configs), enabled=not as_json) as advance:
-            rows = verify_configs(supernet, configs, [p["predicted_accuracy"] for p in candidates],
-                                  eval_images=eval_images, on_stage=None if as_json else echo, progress=advance)
-        outcome.verified = rows
-        best_row = rows[0]
-        outcome.best = SubnetConfig.from_dict(best_row["config"])
-        outcome.best_predicted = best_row["predicted_accuracy"]
-        match = next(p for p in candidates if p["config"] == best_row["config"])
-        outcome.best_costs = {k: match[k] for k in ("avg_w_bits", "avg_a_bits", "size_bytes", "bops")}
+        n_candidates = len(outcome.top) + 1
+        with progress("verify", n_candidates, enabled=not as_json) as advance:
+            verify_outcome(outcome, supernet, eval_images=eval_images, on_stage=None if as_json else echo,
+                           progress=advance)
     spec_name = spec.get("name") or "default"
     out = out if out is not None else default_out(spec_name, "search", search_tag(options, outcome.condition))
     artifact = write_search(outcome, out, predictor, parents=[supernet] if supernet is not None and verify else [])
@@ -146,7 +132,7 @@ def command(
         return
     c = outcome.best_costs
     echo(
-        f"best {outcome.mode} config at {outcome.condition}: predicted top-1 {100 * outcome.best_predicted:.2f}%, "
+        f"best {outcome.mode} config at {form_label(*outcome.condition.split('/'))}: predicted top-1 {100 * outcome.best_predicted:.2f}%, "
         f"avg bits W {c['avg_w_bits']:.3f} / A {c['avg_a_bits']:.3f}, {c['size_bytes'] / 1e6:.4g} MB, "
         f"{c['bops'] / 1e9:.4g} GBOPs"
     )

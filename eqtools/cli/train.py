@@ -23,7 +23,9 @@ def command(
     compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Force torch.compile on or off (default: the spec's train.compile, 'auto').")] = None,
     static_bits: Annotated[str | None, typer.Option("--static-bits", metavar="W[/A]", help="Train a static-QAT baseline of one uniform config instead of a supernet (e.g. 4 or 4/8).")] = None,
     granularity: Annotated[str | None, typer.Option("--granularity", help="With --static-bits: per-channel or per-tensor.")] = None,
-    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --static-bits: sym or asym.")] = None,
+    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --static-bits: sym or asym, for weights and activations both.")] = None,
+    w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="With --static-bits: weight symmetry (sym or asym).")] = None,
+    a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="With --static-bits: activation symmetry (sym or asym).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any spec field, e.g. --set train.sandwich.distill=false (repeatable).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final summary object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
@@ -40,6 +42,7 @@ def command(
     from eqtools.cli.overrides import apply_overrides
     from eqtools.specs import load_spec, parse_spec
     from eqtools.train import TrainingInterrupted, TrainOptions, run_training
+    from eqtools.vocab import form_tag, resolve_symmetry_flags
 
     spec = load_spec(spec_path)
     data = spec.to_dict()
@@ -53,16 +56,23 @@ def command(
     if static_bits is not None:
         w, _, a = static_bits.partition("/")
         static = {"w_bits": _int(w, "--static-bits"), "a_bits": _int(a or w, "--static-bits")}
-        static["granularity"] = granularity or data["space"]["granularities"][0]
-        static["symmetry"] = symmetry or data["space"]["symmetries"][0]
+        space = parse_spec(data, str(spec_path)).space
+        w_sym, a_sym = resolve_symmetry_flags(symmetry, w_symmetry, a_symmetry)
+        static["granularity"] = granularity or space.granularities[0]
+        static["w_symmetry"] = w_sym or space.resolved_w_symmetries[0]
+        static["a_symmetry"] = a_sym or space.resolved_a_symmetries[0]
         data["train"]["mode"] = "static"
         data["train"]["static"] = static
         if tag is None:
-            tag = f"static-w{static['w_bits']}a{static['a_bits']}"
-    elif granularity or symmetry:
+            tag = f"static-w{static['w_bits']}a{static['a_bits']}-" + form_tag(
+                static["granularity"], static["w_symmetry"], static["a_symmetry"]
+            )
+    elif granularity or symmetry or w_symmetry or a_symmetry:
         from eqtools.errors import SpecError
 
-        raise SpecError("--granularity/--symmetry choose the static-QAT config and need --static-bits")
+        raise SpecError(
+            "--granularity/--symmetry/--w-symmetry/--a-symmetry choose the static-QAT config and need --static-bits"
+        )
     data = apply_overrides(data, assignments)
     spec = resolve_spec(parse_spec(data, str(spec_path)))
     out = out or default_out(spec.name, "supernet", tag)

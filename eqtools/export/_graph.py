@@ -429,7 +429,7 @@ class _Builder:
         wq, aq = m.weight_quant, m.act_quant
         config = self.supernet.config
         w_bits, a_bits = self.bits[m.layer_name]
-        granularity, symmetry = config.granularity, config.symmetry
+        granularity, w_symmetry, a_symmetry = config.form
         weight = m.weight.detach()  # type: ignore[attr-defined]
         step, zero_point = wq.step_and_zero_point()
         view = (-1,) + (1,) * (weight.dim() - 1)
@@ -443,7 +443,7 @@ class _Builder:
             raise RuntimeError(f"layer {name!r}: exported codes do not reproduce the fake-quantized weight")
         per_channel = granularity == "per-channel"
         spec.update({"dtype": "int", "bits": w_bits, "qmin": qn, "qmax": qp, "granularity": granularity,
-                     "symmetry": symmetry})
+                     "symmetry": w_symmetry})
         self.tensors[f"{name}.weight.codes"] = codes
         self.tensors[f"{name}.weight.scale"] = (step if per_channel else step[:1]).float().clone()
         self.tensors[f"{name}.weight.zero_point"] = (zero_point if per_channel else zero_point[:1]).to(torch.int32)
@@ -452,7 +452,7 @@ class _Builder:
             raise RuntimeError(f"layer {name!r}: the active activation zero point is not an integer")  # a bug
         a_qn, a_qp = quant_range(a_bits, aq.signed)
         self.by_name[name]["input_quant"] = {"bits": a_bits, "signed": aq.signed, "qmin": a_qn, "qmax": a_qp,
-                                             "symmetry": symmetry}
+                                             "symmetry": a_symmetry}
         self.tensors[f"{name}.input.scale"] = a_step.detach().float().reshape(1).clone()
         self.tensors[f"{name}.input.zero_point"] = a_zero.detach().reshape(1).to(torch.int32)
 

@@ -46,7 +46,7 @@ def get_model(name: str, num_classes: int = 1000, in_channels: int = 3, **kwargs
         raise ModelError(
             f"unknown model {name!r}; eqtools models: {own}; or any torchvision classification model "
             f"such as resnet18, resnet50, mobilenet_v2, efficientnet_b0 ({len(tv_names)} in all; "
-            "`eqtools info --models` lists them)"
+            "`eqtools models --all` lists them)"
         )
     if in_channels != 3:
         raise ModelError(

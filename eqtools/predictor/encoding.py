@@ -1,7 +1,7 @@
 """How a subnet config becomes the predictor's input vector (the CQAP encoding).
 
-The paper's CQAP takes the global *conditions* (granularity, symmetry) plus the bit-width of every
-layer for weights and activations. Only *elastic* layers are encoded: fixed layers (first/last at
+The paper's CQAP takes the global *conditions* (weight granularity, weight symmetry, activation
+symmetry: one column each) plus the bit-width of every layer for weights and activations. Only *elastic* layers are encoded: fixed layers (first/last at
 8/8) are identical in every config and would only add constant columns.
 
 Two encodings of a bit-width are offered:
@@ -33,7 +33,9 @@ from eqtools.space import ElasticSpace, SubnetConfig
 __all__ = ["ENCODINGS", "Encoding"]
 
 ENCODINGS: tuple[str, ...] = ("onehot", "ordinal")
-_CONDITION_COLUMNS = ("per-tensor", "asym")  # 1.0 when the config has this condition, else 0.0
+# 1.0 when the config has this condition, else 0.0: per-tensor weights, asymmetric weights,
+# asymmetric activations (format 1 had one "asym" column for both symmetries)
+_CONDITION_COLUMNS = ("per-tensor", "w-asym", "a-asym")
 
 
 @dataclass(frozen=True)
@@ -90,12 +92,14 @@ class Encoding:
         w_idx: np.ndarray,
         a_idx: np.ndarray,
         granularity: str | Sequence[str],
-        symmetry: str | Sequence[str],
+        w_symmetry: str | Sequence[str],
+        a_symmetry: str | Sequence[str],
     ) -> np.ndarray:
         """Encode N configs given as index arrays.
 
         ``w_idx``/``a_idx``: int arrays [N, n_layers], positions in ``w_bits``/``a_bits``.
-        ``granularity``/``symmetry``: one value for all rows or one per row. Returns float32 [N, F].
+        ``granularity``/``w_symmetry``/``a_symmetry``: one value for all rows or one per row.
+        Returns float32 [N, F].
         """
         w_idx = np.asarray(w_idx, dtype=np.int64)
         a_idx = np.asarray(a_idx, dtype=np.int64)
@@ -106,7 +110,8 @@ class Encoding:
         n = w_idx.shape[0]
         x = np.zeros((n, self.n_features), dtype=np.float32)
         x[:, 0] = _condition_column(granularity, "per-tensor", n)
-        x[:, 1] = _condition_column(symmetry, "asym", n)
+        x[:, 1] = _condition_column(w_symmetry, "asym", n)
+        x[:, 2] = _condition_column(a_symmetry, "asym", n)
         if self.n_layers == 0:
             return x
         offset = len(_CONDITION_COLUMNS)
@@ -150,7 +155,8 @@ class Encoding:
         """Encode configs (any conditions, one per row). Returns float32 [N, F]."""
         w_idx, a_idx = self.indices(configs)
         return self.encode_indices(
-            w_idx, a_idx, [c.granularity for c in configs], [c.symmetry for c in configs]
+            w_idx, a_idx, [c.granularity for c in configs], [c.w_symmetry for c in configs],
+            [c.a_symmetry for c in configs],
         )
 
     # ------------------------------------------------------------------ storage

@@ -68,9 +68,11 @@ class Predictor:
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         return self.regressor.predict(x)
 
-    def predict_indices(self, w_idx: np.ndarray, a_idx: np.ndarray, granularity: str, symmetry: str) -> np.ndarray:
+    def predict_indices(
+        self, w_idx: np.ndarray, a_idx: np.ndarray, granularity: str, w_symmetry: str, a_symmetry: str
+    ) -> np.ndarray:
         """Accuracies [N] for index arrays [N, n_elastic] at one condition: one batched call."""
-        return self.regressor.predict(self.encoding.encode_indices(w_idx, a_idx, granularity, symmetry))
+        return self.regressor.predict(self.encoding.encode_indices(w_idx, a_idx, granularity, w_symmetry, a_symmetry))
 
     def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
         for config in configs:

@@ -8,7 +8,8 @@ measured quantization behaviour:
 - each layer's damage grows like the quantization noise power, ∝ 4^-(bits − b_min), scaled by a
   per-layer sensitivity (log-normal: a few layers matter much more than the rest);
 - damage compounds multiplicatively (accuracy × exp(−total damage));
-- per-tensor granularity multiplies weight damage by 1.4, asymmetric forms reduce it by 10 %;
+- per-tensor granularity multiplies weight damage by 1.4; asymmetric weights and asymmetric
+  activations each reduce it by 5 %;
 - adjacent layers both at the lowest weight bits add an interaction penalty (so the law is not
   purely additive and an MLP has something to learn that a linear model cannot);
 - Gaussian measurement noise (the spread of accuracy on a finite evaluation subset).
@@ -61,7 +62,7 @@ class SyntheticLaw:
         w_min, a_min = min(self.space.w_bits), min(self.space.a_bits)
         w_damage = self.w_sens * 4.0 ** -(w - w_min)
         a_damage = self.a_sens * 4.0 ** -(a - a_min)
-        factor = (1.4 if config.granularity == "per-tensor" else 1.0) * (0.9 if config.symmetry == "asym" else 1.0)
+        factor = (1.4 if config.granularity == "per-tensor" else 1.0) * (0.95 if config.w_symmetry == "asym" else 1.0) * (0.95 if config.a_symmetry == "asym" else 1.0)
         low = w == w_min
         pairs = float(np.sum(low[1:] & low[:-1])) if len(low) > 1 else 0.0
         damage = factor * w_damage.sum() + a_damage.sum() + self.pair_penalty * pairs
@@ -84,8 +85,8 @@ def synthetic_rows(space: ElasticSpace, n: int, seed: int = 0, noise: float = 0.
     conditions = space.conditions
     rows = []
     for i in range(n if configs is None else len(configs)):
-        g, s = conditions[i % len(conditions)]
-        config = space.random(rng, g, s) if configs is None else space.validate(configs[i])
+        form = conditions[i % len(conditions)]
+        config = space.random(rng, *form) if configs is None else space.validate(configs[i])
         acc = law.accuracy(config, noise_rng)
         avg_w, avg_a = space.avg_bits(config)
         rows.append({

@@ -73,28 +73,21 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantize_model(
     model: nn.Module,
-    space: ElasticSpace | Mapping[str, Any] | Any,
-    example_input: Tensor | None = None,
+    space: ElasticSpace | Mapping[str, Any],
+    example_input: Tensor,
 ) -> Supernet:
     """Convert ``model`` in place into a :class:`Supernet` over ``space``.
 
-    ``space`` is a built :class:`ElasticSpace` (its layers must be the model's), the spec's space
-    section as a mapping (``w_bits``, ``a_bits``, ``granularities``, ``symmetries``,
-    ``first_layer``, ``last_layer``, ``overrides``), or a whole :class:`eqtools.specs.Spec`.
-    ``example_input`` is one batch (batch size 1 is enough) of the shape the model will see; with a
-    spec it defaults to the spec's dataset shape.
+    ``space`` is a built :class:`ElasticSpace` (its layers must be the model's) or a spec's space
+    section as a mapping (``w_bits``, ``a_bits``, ``granularities``, ``symmetries`` or
+    ``w_symmetries``/``a_symmetries``, ``first_layer``, ``last_layer``, ``overrides``). The mapping
+    is validated by the spec schema itself, so its defaults are the spec's (first and last layer
+    pinned at 8/8, as in the paper's reference setup) and a typo is refused the same way.
+    ``example_input`` is one batch (batch size 1 is enough) of the shape the model will see. A
+    whole spec is built with :func:`eqtools.build.build_supernet`.
     """
-    from eqtools.specs import Spec
+    from eqtools.specs import parse_space_settings
 
-    if isinstance(space, Spec):
-        if example_input is None:
-            from eqtools.build import example_input as spec_example
-            from eqtools.build import spec_info
-
-            example_input = spec_example(spec_info(space))
-        space = space.space.settings()
-    if example_input is None:
-        raise TypeError("quantize_model needs example_input (one batch of the model's input shape)")
     traced = trace_layers(model, example_input)
     if isinstance(space, ElasticSpace):
         got = [layer.name for layer in traced]
@@ -105,17 +98,12 @@ def quantize_model(
                 f"{len(got)} (first difference near {next((a for a, b in zip(want, got) if a != b), 'the end')!r})"
             )
         built = space
+    elif isinstance(space, Mapping):
+        built = ElasticSpace.build(traced, **parse_space_settings(space))
     else:
-        settings = dict(space)
-        built = ElasticSpace.build(
-            traced,
-            w_bits=settings.get("w_bits", (2, 3, 4, 5, 6, 7, 8)),
-            a_bits=settings.get("a_bits", (2, 3, 4, 5, 6, 7, 8)),
-            granularities=settings.get("granularities", ("per-channel", "per-tensor")),
-            symmetries=settings.get("symmetries", ("sym", "asym")),
-            first_layer=settings.get("first_layer"),
-            last_layer=settings.get("last_layer"),
-            overrides=settings.get("overrides"),
+        raise TypeError(
+            f"quantize_model takes an ElasticSpace or a space mapping, got {type(space).__name__}; "
+            "build a whole spec with eqtools.build.build_supernet(spec)"
         )
     for info in built.quantized_layers:
         module = model.get_submodule(info.name)
@@ -198,7 +186,7 @@ class Supernet(nn.Module):
         self.space.validate(config)
         previous = self._config
         for name, w, a in zip(config.layers, config.w_bits, config.a_bits):
-            self._layers[name].activate(w, a, config.granularity, config.symmetry)
+            self._layers[name].activate(w, a, config.granularity, config.w_symmetry, config.a_symmetry)
         self._config = config
         return _Activation(self, previous)
 

@@ -26,14 +26,15 @@ class QuantLayer:
 
     def _make_quantizers(self, info: LayerInfo, space: ElasticSpace, weight: Tensor) -> None:
         self.layer_name = info.name
-        self.act_quant = ActQuantizer(info.act_elems, space.a_choices(info), space.symmetries).to(weight.device)
+        # weights and activations each hold only the symmetries the space allows them (paper Eq. 9)
+        self.act_quant = ActQuantizer(info.act_elems, space.a_choices(info), space.a_symmetries).to(weight.device)
         self.weight_quant = WeightQuantizer(
-            weight.shape[0], weight.numel(), space.w_choices(info), space.granularities, space.symmetries
+            weight.shape[0], weight.numel(), space.w_choices(info), space.granularities, space.w_symmetries
         ).to(weight.device)
 
-    def activate(self, w_bits: int, a_bits: int, granularity: str, symmetry: str) -> None:
-        self.weight_quant.activate(w_bits, granularity, symmetry)
-        self.act_quant.activate(a_bits, symmetry)
+    def activate(self, w_bits: int, a_bits: int, granularity: str, w_symmetry: str, a_symmetry: str) -> None:
+        self.weight_quant.activate(w_bits, granularity, w_symmetry)
+        self.act_quant.activate(a_bits, a_symmetry)
 
 
 class QConv2d(nn.Conv2d, QuantLayer):

@@ -100,7 +100,9 @@ class CostModel:
         return (np.array([w_of[n] for n in names], dtype=np.int64),
                 np.array([a_of[n] for n in names], dtype=np.int64))
 
-    def config(self, w: np.ndarray, a: np.ndarray, granularity: str, symmetry: str) -> SubnetConfig:
+    def config(
+        self, w: np.ndarray, a: np.ndarray, granularity: str, w_symmetry: str, a_symmetry: str
+    ) -> SubnetConfig:
         """The full config (fixed layers at their pins) for elastic bits ``w``/``a`` [n_elastic]."""
         w_it = iter(int(b) for b in w)
         a_it = iter(int(b) for b in a)
@@ -112,7 +114,9 @@ class CostModel:
             else:
                 ws.append(next(w_it))
                 as_.append(next(a_it))
-        return self.space.validate(SubnetConfig(self.space.layer_names, tuple(ws), tuple(as_), granularity, symmetry))
+        return self.space.validate(SubnetConfig(
+            self.space.layer_names, tuple(ws), tuple(as_), granularity, w_symmetry, a_symmetry
+        ))
 
     def describe(self, w: np.ndarray, a: np.ndarray) -> dict[str, float | int]:
         """Costs of one config given as elastic bit arrays, as plain Python numbers."""

@@ -161,7 +161,8 @@ def _record(gen: int, acc: np.ndarray, cost: np.ndarray, evaluated: int) -> dict
 
 
 def plot_front(path: Path, cost: np.ndarray, accuracy: np.ndarray, xlabel: str, title: str,
-               best: tuple[float, float] | None = None, others: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+               best: tuple[float, float] | None = None, others: tuple[np.ndarray, np.ndarray] | None = None,
+               best_label: str = "best config") -> None:
     """Predicted accuracy (%) vs cost, the front as a step line; ``best`` marked, ``others`` grey."""
     import matplotlib
 
@@ -175,7 +176,7 @@ def plot_front(path: Path, cost: np.ndarray, accuracy: np.ndarray, xlabel: str, 
         ax.step(cost, 100 * np.asarray(accuracy), where="post", color="tab:blue", linewidth=1)
         ax.scatter(cost, 100 * np.asarray(accuracy), s=14, color="tab:blue", label="Pareto front", zorder=3)
         if best is not None:
-            ax.scatter([best[0]], [100 * best[1]], s=60, marker="*", color="tab:red", label="best config", zorder=4)
+            ax.scatter([best[0]], [100 * best[1]], s=60, marker="*", color="tab:red", label=best_label, zorder=4)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("predicted top-1 accuracy (%)")
         ax.set_title(title, fontsize=9)

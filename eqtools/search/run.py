@@ -25,6 +25,9 @@ from eqtools.search.costs import CostModel
 from eqtools.search.ga import run_ga
 from eqtools.search.pareto import pareto_front, plot_front, run_nsga2
 from eqtools.space import SubnetConfig
+from eqtools.vocab import form_key, form_label, form_tag
+
+Form = tuple[str, str, str]  # (granularity, w_symmetry, a_symmetry)
 
 __all__ = ["COSTS", "SearchOptions", "SearchOutcome", "run_search", "search_tag", "write_search"]
 
@@ -41,7 +44,9 @@ class SearchOptions:
     w_bits: float | None = None
     a_bits: float | None = None
     granularity: str | None = None
-    symmetry: str | None = None
+    symmetry: str | None = None  # shorthand for both; see eqtools.vocab.resolve_symmetry_flags
+    w_symmetry: str | None = None
+    a_symmetry: str | None = None
     preset: str | None = None
     max_size_mb: float | None = None
     max_bops: float | None = None
@@ -90,12 +95,13 @@ class SearchOutcome:
     options: SearchOptions
     uniform_baseline: dict[str, Any] | None = None
     verified: list[dict[str, Any]] | None = None
+    search_best_predicted: float | None = None  # the GA's own best, kept when --verify picks another
     cloud: tuple[np.ndarray, np.ndarray] = field(default_factory=lambda: (np.zeros(0), np.zeros(0)))
 
 
 def search_tag(options: SearchOptions, condition: str) -> str:
-    """Directory label: ``w3a3-per-tensor-asym``, ``w4.5a4-...``, ``pareto-...``, ``uniform-w3a3-...``."""
-    cond = condition.replace("/", "-")
+    """Directory label: ``w3a3-per-tensor-Wasym-Aasym``, ``w4.5a4-...``, ``pareto-...``, ``uniform-w3a3-...``."""
+    cond = form_tag(*condition.split("/"))
     if options.pareto:
         return f"pareto-{options.cost}-{cond}"
 
@@ -107,10 +113,10 @@ def search_tag(options: SearchOptions, condition: str) -> str:
     return f"{prefix}w{num(options.w_bits)}a{num(a)}-{cond}"
 
 
-def _point(costs: CostModel, w: np.ndarray, a: np.ndarray, acc: float, g: str, s: str) -> dict[str, Any]:
+def _point(costs: CostModel, w: np.ndarray, a: np.ndarray, acc: float, form: Form) -> dict[str, Any]:
     c = costs.describe(w, a)
     return {"predicted_accuracy": float(acc), **c, "avg_bits": (c["avg_w_bits"] + c["avg_a_bits"]) / 2,
-            "config": costs.config(w, a, g, s).to_dict()}
+            "config": costs.config(w, a, *form).to_dict()}
 
 
 def _cost_fn(costs: CostModel, feas: Feasibility, cost: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -136,7 +142,9 @@ def run_search(
     Raises :class:`InfeasibleError` before any search when no config meets the budget.
     """
     space = predictor.space
-    g, s, preset = resolve_conditions(space, options.granularity, options.symmetry, options.preset)
+    *form, preset = resolve_conditions(space, options.granularity, options.symmetry, options.preset,
+                                       w_symmetry=options.w_symmetry, a_symmetry=options.a_symmetry)
+    form = tuple(form)
     if options.w_bits is None and not options.pareto:
         raise ConfigError("--w-bits is required (the average weight-bit budget X: the search keeps the average in "
                           "(X - 0.5, X]); or use --pareto to see every budget at once")
@@ -151,22 +159,22 @@ def run_search(
     costs = CostModel.for_space(space)
 
     def fitness(w_idx: np.ndarray, a_idx: np.ndarray) -> np.ndarray:
-        return predictor.predict_indices(w_idx, a_idx, g, s)
+        return predictor.predict_indices(w_idx, a_idx, *form)
 
     if options.uniform:
-        return _uniform(predictor, costs, budget, options, g, s, preset.name if preset else None)
+        return _uniform(predictor, costs, budget, options, form, preset.name if preset else None)
     feas = check_budget(costs, budget)
     with predictor.inference():
-        return _search(predictor, options, costs, feas, budget, g, s, preset.name if preset else None,
+        return _search(predictor, options, costs, feas, budget, form, preset.name if preset else None,
                        fitness, progress, on_generation)
 
 
 def _search(predictor: Predictor, options: SearchOptions, costs: CostModel, feas: Feasibility, budget: Budget,
-            g: str, s: str, preset: str | None, fitness: Callable[[np.ndarray, np.ndarray], np.ndarray],
+            form: Form, preset: str | None, fitness: Callable[[np.ndarray, np.ndarray], np.ndarray],
             progress: Callable[..., None] | None, on_generation: Callable[..., None] | None) -> SearchOutcome:
     n = costs.n_layers
     bits_cost = _cost_fn(costs, feas, "bits")
-    baseline = _uniform_baseline(predictor, costs, feas, options, g, s)
+    baseline = _uniform_baseline(predictor, costs, feas, options, form)
     if options.pareto:
         cost_fn = _cost_fn(costs, feas, options.cost)
         res = run_nsga2(fitness, cost_fn, feas, population=options.population, generations=options.generations,
@@ -199,21 +207,21 @@ def _search(predictor: Predictor, options: SearchOptions, costs: CostModel, feas
         return feas.w_table[genes[:n]], feas.a_table[genes[n:]]
 
     best_w, best_a = bits_of(best_genes)
-    best = costs.config(best_w, best_a, g, s)
+    best = costs.config(best_w, best_a, *form)
     all_genes = archive.genes(2 * n)
     pick = np.random.default_rng(0).permutation(len(all_genes))[:PLOT_POINTS]
     cloud_cost = _cost_fn(costs, feas, front_x)(all_genes[pick, :n], all_genes[pick, n:]) if len(pick) else np.zeros(0)
     return SearchOutcome(
         mode="pareto" if options.pareto else "ga",
-        condition=f"{g}/{s}",
+        condition=form_key(*form),
         preset=preset,
         budget=budget,
         best=best,
         best_predicted=best_acc,
         best_costs=costs.describe(best_w, best_a),
         front_x=front_x,
-        front=[_point(costs, *bits_of(row), acc, g, s) for row, acc in zip(front_genes, front_acc)],
-        top=[_point(costs, *bits_of(row), acc, g, s) for row, acc in zip(top_genes, top_acc)],
+        front=[_point(costs, *bits_of(row), acc, form) for row, acc in zip(front_genes, front_acc)],
+        top=[_point(costs, *bits_of(row), acc, form) for row, acc in zip(top_genes, top_acc)],
         history=history,
         evaluations=evaluations,
         time_s=time_s,
@@ -233,7 +241,7 @@ def _uniform_seeds(costs: CostModel) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _uniform_baseline(predictor: Predictor, costs: CostModel, feas: Feasibility, options: SearchOptions,
-                      g: str, s: str) -> dict[str, Any] | None:
+                      form: Form) -> dict[str, Any] | None:
     """The uniform config at the budget (when it exists and is feasible), to compare the search with."""
     w, a = options.w_bits, options.a_bits if options.a_bits is not None else options.w_bits
     space = costs.space
@@ -241,21 +249,21 @@ def _uniform_baseline(predictor: Predictor, costs: CostModel, feas: Feasibility,
         return None
     if int(w) not in space.w_bits or int(a) not in space.a_bits:
         return None
-    config = space.uniform(int(w), int(a), g, s)
+    config = space.uniform(int(w), int(a), *form)
     wb, ab = costs.bits_of(config)
     if not feas.mask(wb[None], ab[None])[0]:
         return None
-    return _point(costs, wb, ab, float(predictor.predict([config])[0]), g, s)
+    return _point(costs, wb, ab, float(predictor.predict([config])[0]), form)
 
 
-def _uniform(predictor: Predictor, costs: CostModel, budget: Budget, options: SearchOptions, g: str, s: str,
+def _uniform(predictor: Predictor, costs: CostModel, budget: Budget, options: SearchOptions, form: Form,
              preset: str | None) -> SearchOutcome:
     space = costs.space
     w, a = budget.w_bits, budget.a_bits
     for flag, value, allowed in (("--w-bits", w, space.w_bits), ("--a-bits", a, space.a_bits)):
         if value is None or not float(value).is_integer() or int(value) not in allowed:
             raise ConfigError(f"--uniform needs {flag} to be one of the space's bit-widths {list(allowed)}, got {value}")
-    config = space.uniform(int(w), int(a), g, s)  # type: ignore[arg-type]
+    config = space.uniform(int(w), int(a), *form)  # type: ignore[arg-type]
     wb, ab = costs.bits_of(config)
     point = costs.describe(wb, ab)
     if budget.max_size_bytes is not None and point["size_bytes"] > budget.max_size_bytes:
@@ -265,8 +273,8 @@ def _uniform(predictor: Predictor, costs: CostModel, budget: Budget, options: Se
         raise InfeasibleError(f"the uniform {int(w)}/{int(a)}-bit config needs {point['bops']:.4g} BOPs, over "
                               f"--max-bops {budget.max_bops:.4g}; raise the cap or drop --uniform")
     acc = float(predictor.predict([config])[0])
-    p = _point(costs, wb, ab, acc, g, s)
-    return SearchOutcome(mode="uniform", condition=f"{g}/{s}", preset=preset, budget=budget, best=config,
+    p = _point(costs, wb, ab, acc, form)
+    return SearchOutcome(mode="uniform", condition=form_key(*form), preset=preset, budget=budget, best=config,
                          best_predicted=acc, best_costs=point, front_x="bits", front=[p], top=[p], history=[],
                          evaluations=1, time_s=0.0, options=options, uniform_baseline=p)
 
@@ -306,7 +314,19 @@ def write_search(
     if o.verified is not None:
         metrics["verified"] = [{k: v for k, v in row.items() if k != "config"} for row in o.verified]
         metrics["measured_top1"] = o.verified[0]["measured_top1"] if o.verified else None
-    title = f"{o.condition}, {o.mode}: best predicted {100 * o.best_predicted:.2f}%"
+    label = form_label(*o.condition.split("/"))
+    if o.verified:
+        # the final pick was chosen by measurement, so the title says both numbers for what they are,
+        # and the GA's own best prediction beside them (the front reaches it)
+        measured = o.verified[0]["measured_top1"]
+        title = (f"{label}, {o.mode}: final pick measured {100 * measured:.2f}% (predicted "
+                 f"{100 * o.best_predicted:.2f}%) after --verify")
+        if o.search_best_predicted is not None:
+            title += f"; best predicted on the front {100 * o.search_best_predicted:.2f}%"
+        best_label = f"final pick (measured {100 * measured:.2f}%)"
+    else:
+        title = f"{label}, {o.mode}: best predicted {100 * o.best_predicted:.2f}%"
+        best_label = "best predicted config"
     if o.budget.w_bits is not None and o.budget.upper_only:
         title += f" (W ≤ {o.budget.w_bits:g}, A ≤ {o.budget.a_bits:g} bits)"
     elif o.budget.w_bits is not None:
@@ -317,12 +337,12 @@ def write_search(
         (tmp / BEST_CONFIG_FILE).write_text(o.best.to_json())
         (tmp / "pareto.json").write_text(json.dumps({
             "x": o.front_x, "x_label": xlabels[o.front_x], "y": "predicted_accuracy", "condition": o.condition,
-            "points": o.front}, indent=1) + "\n")
+            "title": title, "points": o.front}, indent=1) + "\n")
         (tmp / "history.json").write_text(json.dumps({"mode": o.mode, "generations": o.history}) + "\n")
         (tmp / "top_k.json").write_text(json.dumps({"top": o.top, "verified": o.verified}, indent=1) + "\n")
         plot_front(tmp / "pareto.png", np.array([fx(p) for p in o.front]),
                    np.array([p["predicted_accuracy"] for p in o.front]), xlabels[o.front_x], title,
-                   best=(fx(best_point), o.best_predicted), others=o.cloud)
+                   best=(fx(best_point), o.best_predicted), others=o.cloud, best_label=best_label)
 
     art = predictor.artifact
     return write_artifact(

@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eqtools.artifacts import Artifact, check_space, find_latest, read_artifact
 from eqtools.errors import ArtifactError
 from eqtools.predictor.model import Predictor
 from eqtools.space import SubnetConfig
 
-__all__ = ["find_supernet", "verify_configs"]
+if TYPE_CHECKING:
+    from eqtools.search.run import SearchOutcome
+
+__all__ = ["find_supernet", "verify_configs", "verify_outcome"]
 
 
 def find_supernet(predictor: Predictor, path: Path | str | None = None,
@@ -91,3 +94,38 @@ def verify_configs(
             progress(measured=rows[-1]["measured_top1"])
     rows.sort(key=lambda r: -r["measured_top1"])
     return rows
+
+
+def verify_outcome(
+    outcome: SearchOutcome,
+    supernet_artifact: Artifact,
+    *,
+    eval_images: int | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    progress: Callable[..., None] | None = None,
+) -> SearchOutcome:
+    """Measure the top-K and the uniform config at the budget; make the best *measured* one the pick.
+
+    The uniform config is measured too: a search that cannot beat it on held-out images returns
+    it, so ``--verify`` never ships a subnet worse than the obvious choice. The GA's own best
+    prediction is kept in ``search_best_predicted`` so reports can tell prediction from measurement.
+    """
+    candidates = list(outcome.top)
+    baseline = outcome.uniform_baseline
+    if baseline is not None and all(p["config"] != baseline["config"] for p in candidates):
+        candidates.append(baseline)
+    configs = [SubnetConfig.from_dict(p["config"]) for p in candidates]
+    if on_stage is not None:
+        on_stage(f"verifying {len(configs)} configs (top {len(outcome.top)}"
+                 f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet_artifact.path} "
+                 "(BN calibration + val evaluation)")
+    rows = verify_configs(supernet_artifact, configs, [p["predicted_accuracy"] for p in candidates],
+                          eval_images=eval_images, on_stage=on_stage, progress=progress)
+    outcome.search_best_predicted = outcome.best_predicted
+    outcome.verified = rows
+    best_row = rows[0]
+    outcome.best = SubnetConfig.from_dict(best_row["config"])
+    outcome.best_predicted = best_row["predicted_accuracy"]
+    match = next(p for p in candidates if p["config"] == best_row["config"])
+    outcome.best_costs = {k: match[k] for k in ("avg_w_bits", "avg_a_bits", "size_bytes", "bops")}
+    return outcome

@@ -37,7 +37,7 @@ from eqtools.space import SubnetConfig
 from eqtools.specs import Spec
 from eqtools.train.step import sample_sandwich, sandwich_step, static_step, wdr_weights
 
-__all__ = ["TrainOptions", "TrainingInterrupted", "run_training"]
+__all__ = ["TrainOptions", "TrainingInterrupted", "monitor_images", "quantizer_init_images", "run_training"]
 
 CHECKPOINT = "checkpoint.pt"
 Progress = Callable[..., None]
@@ -155,11 +155,33 @@ def _null_progress(description: str, total: int):
     return ctx()
 
 
+MONITOR_SEED_OFFSET = 7919  # fixes the held-out images the training monitor evaluates on
+INIT_SEED_OFFSET = 6151  # fixes the training images quantizers are initialised from
+
+
+def monitor_images(split: Split, n: int, seed: int) -> Split:
+    """The ``n`` held-out images the training monitor evaluates on: class-balanced, drawn at random.
+
+    The first ``n`` images in index order would be one or two classes on ImageFolder data (listed
+    class by class), so the monitor would report the accuracy of those classes only.
+    """
+    return split.balanced(n, seed + MONITOR_SEED_OFFSET)
+
+
+def quantizer_init_images(split: Split, n: int, seed: int) -> Split:
+    """The ``n`` training images quantizers are initialised from: class-balanced, drawn at random.
+
+    Activation steps and signedness come from what these images produce, so on ImageFolder data
+    the first ``n`` in index order (one class) would fit every quantizer to one class.
+    """
+    return split.balanced(n, seed + INIT_SEED_OFFSET)
+
+
 @torch.no_grad()
-def _accuracy(model: nn.Module, split: Split, batch_size: int, device: str, limit_images: int) -> float:
+def _accuracy(model: nn.Module, split: Split, batch_size: int, device: str, limit_images: int, seed: int) -> float:
     model.eval()
     correct = seen = 0
-    for x, y in split.batches(batch_size, limit=max(1, limit_images // batch_size)):
+    for x, y in monitor_images(split, limit_images, seed).batches(batch_size):
         pred = model(x.to(device)).argmax(1).cpu()
         correct += int((pred == y).sum())
         seen += len(y)
@@ -206,7 +228,7 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
                 opt.step()
                 sched.step()
                 advance(1, loss=loss.item())
-    top1 = _accuracy(model, splits.val, 500, device, 2000)
+    top1 = _accuracy(model, splits.val, 500, device, 2000, spec.seed)
     model.train()
     model.to(memory_format=torch.contiguous_format)
     if dist.main:
@@ -222,7 +244,7 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
 def static_config(spec: Spec, supernet: Supernet) -> SubnetConfig:
     s = spec.train.static
     assert s is not None
-    return supernet.space.uniform(s.w_bits, s.a_bits, s.granularity, s.symmetry)
+    return supernet.space.uniform(s.w_bits, s.a_bits, *s.form)
 
 
 def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
@@ -263,7 +285,8 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
 
     if checkpoint is None:
         per = min(t.batch_size, t.init_images)
-        batches = (x.to(device) for x, _ in splits.train.batches(per, limit=max(1, -(-t.init_images // per))))
+        images = quantizer_init_images(splits.train, t.init_images, spec.seed)
+        batches = (x.to(device) for x, _ in images.batches(per, shuffle=True, seed=spec.seed))
         supernet.init_from_data(batches, p=t.init_p)
     else:
         supernet.load_state_dict(checkpoint["model"], strict=True)
@@ -384,7 +407,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
                    "lr": sched.get_last_lr()[0], "time_s": round(elapsed, 3),
                    "images_per_s": round(count * t.batch_size / max(elapsed, 1e-9), 1)}
             if dist.main:
-                row.update(_epoch_eval(supernet, splits.val, device, fixed))
+                row.update(_epoch_eval(supernet, splits.val, device, fixed, spec.seed))
             rows.append(row)
             save_checkpoint(epoch + 1, 0)
             opts.log(json.dumps(row))
@@ -416,7 +439,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
 
 
 @torch.no_grad()
-def _epoch_eval(supernet: Supernet, val: Split, device: str, fixed: SubnetConfig | None) -> dict[str, float]:
+def _epoch_eval(supernet: Supernet, val: Split, device: str, fixed: SubnetConfig | None, seed: int) -> dict[str, float]:
     """Top-1 on 1000 held-out images with the training BN statistics (no recalibration, so low
     bit-widths read low here; `eqtools calibrate` gives the real figure)."""
     previous = supernet.config
@@ -425,7 +448,7 @@ def _epoch_eval(supernet: Supernet, val: Split, device: str, fixed: SubnetConfig
         targets = {"static": fixed} if fixed is not None else {"max": supernet.space.max(), "min": supernet.space.min()}
         for name, config in targets.items():
             supernet.apply(config)
-            out[f"val_top1_{name}"] = round(_accuracy(supernet, val, 500, device, 1000), 4)
+            out[f"val_top1_{name}"] = round(_accuracy(supernet, val, 500, device, 1000, seed), 4)
     finally:
         supernet.apply(previous)
         supernet.train()

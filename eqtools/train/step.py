@@ -27,11 +27,15 @@ __all__ = ["sample_sandwich", "sandwich_step", "static_step", "wdr_weights"]
 
 
 def sample_sandwich(space: ElasticSpace, rng: random.Random, num_random: int) -> list[SubnetConfig]:
-    """[largest, random..., smallest], conditions drawn independently for each member."""
-    largest = space.max(rng.choice(space.granularities), rng.choice(space.symmetries))
+    """[largest, random..., smallest], each member's form drawn independently.
+
+    Granularity, weight symmetry and activation symmetry are drawn apart for every member, so a
+    step trains the 8 forms of a full space in every combination (paper Eq. 9: S_w and S_a).
+    """
+    largest = space.max(*space.random_form(rng))
     randoms = [space.random(rng) for _ in range(num_random)]
     randoms.sort(key=lambda c: sum(space.avg_bits(c)), reverse=True)
-    smallest = space.min(rng.choice(space.granularities), rng.choice(space.symmetries))
+    smallest = space.min(*space.random_form(rng))
     return [largest, *randoms, smallest]
 
 

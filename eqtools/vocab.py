@@ -1,0 +1,83 @@
+"""The words every stage shares: bit-widths, granularities, symmetries, export formats, BN-fold modes.
+
+Defined once here and nowhere else: the spec schema's literals, the CLI's choices, the space's
+validation and the export stage all derive from these tuples, so adding a value is one edit.
+Nothing here imports torch (the CLI imports it to build ``--help``).
+
+A *form* is the global quantization scheme of a subnet: weight granularity, weight symmetry and
+activation symmetry (activations are always per-tensor). The paper's Eq. 9 lets weights and
+activations choose their symmetry independently (S_w and S_a), so a space with both granularities
+and both symmetries holds 2 × 2 × 2 = 8 forms.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from eqtools.errors import ConfigError
+
+__all__ = [
+    "BIT_CHOICES",
+    "BN_FOLD_MODES",
+    "EXPORT_FORMATS",
+    "FLOAT_BITS",
+    "GRANULARITIES",
+    "SYMMETRIES",
+    "Granularity",
+    "Symmetry",
+    "form_key",
+    "form_label",
+    "form_tag",
+    "resolve_symmetry_flags",
+]
+
+BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+GRANULARITIES: tuple[str, ...] = ("per-channel", "per-tensor")
+SYMMETRIES: tuple[str, ...] = ("sym", "asym")
+EXPORT_FORMATS: tuple[str, ...] = ("int", "onnx", "all")
+BN_FOLD_MODES: tuple[str, ...] = ("scale", "requantize", "none")
+FLOAT_BITS = 32  # what a layer kept in floating point costs per weight/activation
+
+# typing views of the same tuples, for pydantic and typer (kept equal by tests/test_vocab.py)
+Granularity = Literal["per-channel", "per-tensor"]
+Symmetry = Literal["sym", "asym"]
+
+
+def form_key(granularity: str, w_symmetry: str, a_symmetry: str) -> str:
+    """Machine key of a form, as JSON metrics and ``--conditions`` spell it: ``per-channel/sym/asym``."""
+    return f"{granularity}/{w_symmetry}/{a_symmetry}"
+
+
+def form_label(granularity: str, w_symmetry: str, a_symmetry: str) -> str:
+    """Human label of a form, for tables and plots: ``per-channel W-sym A-asym``."""
+    return f"{granularity} W-{w_symmetry} A-{a_symmetry}"
+
+
+def form_tag(granularity: str, w_symmetry: str, a_symmetry: str) -> str:
+    """Path-safe tag of a form, for artifact directory names: ``per-channel-Wsym-Aasym``.
+
+    The capitals keep the two symmetries apart at a glance (a lower-case ``-wsym-asym`` reads as "asym").
+    """
+    return f"{granularity}-W{w_symmetry}-A{a_symmetry}"
+
+
+def resolve_symmetry_flags(
+    symmetry: str | None, w_symmetry: str | None, a_symmetry: str | None
+) -> tuple[str | None, str | None]:
+    """``--symmetry`` (both) and ``--w-symmetry``/``--a-symmetry`` (one each) -> (weight, activation).
+
+    ``--symmetry`` is the documented shorthand for both, so ``--symmetry asym --w-symmetry sym``
+    is a contradiction, not an override: refusing it beats guessing which flag the user meant.
+    """
+    for flag, value in (("--symmetry", symmetry), ("--w-symmetry", w_symmetry), ("--a-symmetry", a_symmetry)):
+        if value is not None and value not in SYMMETRIES:
+            raise ConfigError(f"{flag} is {value!r}; allowed: {', '.join(SYMMETRIES)}")
+    if symmetry is not None:
+        for flag, value in (("--w-symmetry", w_symmetry), ("--a-symmetry", a_symmetry)):
+            if value is not None and value != symmetry:
+                raise ConfigError(
+                    f"--symmetry {symmetry} sets weights and activations both, which contradicts {flag} {value}; "
+                    "give --symmetry alone, or --w-symmetry and --a-symmetry"
+                )
+        return symmetry, symmetry
+    return w_symmetry, a_symmetry
