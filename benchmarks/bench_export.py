@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from eqtools.artifacts import read_artifact
     from eqtools.build import artifact_spec, load_supernet
-    from eqtools.calibrate import BatchSource, calibration_source, recalibrate_bn
     from eqtools.data import load_splits
+    from eqtools.evaluation import BatchSource, calibration_source, recalibrate_bn
     from eqtools.export import build_onnx, export_subnet, extract_graph, run_onnx
     from eqtools.export._stage import parity
     from eqtools.space import SubnetConfig

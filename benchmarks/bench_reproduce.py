@@ -83,8 +83,8 @@ def main() -> None:
 
     from eqtools.artifacts import read_artifact
     from eqtools.build import artifact_spec, load_supernet
-    from eqtools.calibrate import calibrate_subnet
     from eqtools.data import load_splits
+    from eqtools.evaluation import measure_subnet as calibrate_subnet
     from eqtools.space import SubnetConfig
 
     args.work.mkdir(parents=True, exist_ok=True)

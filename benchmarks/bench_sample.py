@@ -43,7 +43,7 @@ def _profile(supernet, config, calib, evaluation, top: int) -> str:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from eqtools.calibrate import calibrate_and_evaluate
+    from eqtools.evaluation import calibrate_and_evaluate
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         calibrate_and_evaluate(supernet, config, calib, evaluation)
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from eqtools.artifacts import read_artifact
     from eqtools.build import artifact_spec, load_supernet
-    from eqtools.calibrate import BatchSource, calibrate_subnet, calibration_source, evaluate, recalibrate_bn
     from eqtools.data import load_splits
+    from eqtools.evaluation import BatchSource, calibration_source, evaluate, recalibrate_bn
+    from eqtools.evaluation import measure_subnet as calibrate_subnet
     from eqtools.sample import EVAL_SEED_OFFSET, draw_configs
 
     if args.threads:

@@ -169,8 +169,8 @@ def _measure(args: argparse.Namespace, samples, predictor, outcome) -> list[str]
     """Searched vs uniform subnet at the same budget, both calibrated, top-1 on the test split."""
     from eqtools.artifacts import read_artifact
     from eqtools.build import load_supernet
-    from eqtools.calibrate import calibrate_subnet
     from eqtools.data import load_splits
+    from eqtools.evaluation import measure_subnet as calibrate_subnet
     from eqtools.search.verify import find_supernet
     from eqtools.specs import parse_spec
 

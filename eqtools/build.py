@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from eqtools.artifacts import Artifact, load_safetensors
+from eqtools.artifacts import Supernet as SupernetArtifact
 from eqtools.data import DatasetInfo, dataset_info
 from eqtools.errors import ArtifactError, ModelError, SpecError
 from eqtools.models import get_model
@@ -119,7 +120,7 @@ def load_supernet(artifact: Artifact, map_location: str | torch.device = "cpu") 
             f"{artifact.path}: rebuilding model '{spec.model.name}' from its spec gives another elastic space than the "
             f"one recorded ({diff}); the artifact was made by an incompatible eqtools version or edited"
         )
-    state = artifact.tensors("weights.safetensors")
+    state = artifact.tensors(SupernetArtifact.WEIGHTS)
     load_state_strict(supernet, state, artifact.path)
     return supernet.to(map_location)
 
@@ -170,7 +171,7 @@ def save_supernet(
     from eqtools.artifacts import save_safetensors, write_artifact
 
     def write(tmp: Path) -> None:
-        save_safetensors(tmp / "weights.safetensors", supernet.state_dict())
+        save_safetensors(tmp / SupernetArtifact.WEIGHTS, supernet.state_dict())
         for name, content in (files or {}).items():
             if isinstance(content, str):
                 (tmp / name).write_text(content)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from eqtools.artifacts import WORKSPACE, Artifact, _candidates, find_latest, read_artifact
+from eqtools.artifacts import MANIFEST, WORKSPACE, Artifact, Search, candidates, find_latest, read_artifact
 from eqtools.errors import ArtifactError
 from eqtools.space import SubnetConfig
 
@@ -29,9 +29,9 @@ def _static_baselines(folder: Path, damaged: list[dict[str, str]]) -> dict[tuple
     used or silently left out.
     """
     found: dict[tuple[int, str], Artifact] = {}
-    for d in _candidates(folder):
+    for d in candidates(folder):
         try:
-            manifest = json.loads((d / "manifest.json").read_text())
+            manifest = json.loads((d / MANIFEST).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             damaged.append({"path": str(d), "error": f"manifest.json is unreadable ({type(exc).__name__})"})
             continue
@@ -72,8 +72,8 @@ def build_report(
 ) -> dict[str, Any]:
     """Measure and collect everything the summary table shows (calibrating subnets as needed)."""
     from eqtools.build import artifact_spec, load_supernet
-    from eqtools.calibrate import calibrate_subnet
     from eqtools.data import load_splits
+    from eqtools.evaluation import measure_subnet
 
     root = Path(root)
     folder = root / spec_name if spec_name else None
@@ -88,7 +88,7 @@ def build_report(
     supernet = load_supernet(supernet_art).use_channels_last()
 
     def measure(art: Artifact, config: SubnetConfig, model: Any) -> float:
-        _, metrics = calibrate_subnet(art, config, supernet=model, splits=splits)
+        _, metrics = measure_subnet(art, config, supernet=model, splits=splits)
         return metrics["top1"]
 
     damaged: list[dict[str, str]] = []
@@ -120,7 +120,7 @@ def build_report(
 
     search = _newest("search", folder, damaged)
     if search is not None:
-        best = SubnetConfig.load(search.file("best_config.json"))
+        best = Search.best_config(search)
         avg_w, avg_a = space.avg_bits(best)
         log(f"calibrating the searched subnet ({avg_w:.2f}/{avg_a:.2f} average bits)")
         row = {"path": str(search.path), "condition": best.condition, "label": best.label, "avg_w_bits": avg_w, "avg_a_bits": avg_a,
@@ -165,10 +165,7 @@ def build_report(
 
 def _ga_top_pick(search: Artifact) -> tuple[SubnetConfig, float | None] | None:
     """The GA's highest-predicted individual and its prediction (before any --verify re-ranking)."""
-    try:
-        top = json.loads(search.file("top_k.json").read_text()).get("top") or []
-    except (ArtifactError, OSError, json.JSONDecodeError):
-        return None
+    top = Search.top(search)
     return (SubnetConfig.from_dict(top[0]["config"]), top[0].get("predicted_accuracy")) if top else None
 
 

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eqtools.artifacts import Artifact, default_out, read_artifact, write_artifact
+from eqtools.artifacts import MANIFEST, Artifact, Samples, default_out, read_artifact, write_artifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import ElasticSpace, SubnetConfig
 from eqtools.vocab import form_key
@@ -74,7 +74,6 @@ __all__ = [
 ]
 
 SAMPLER = "stratified-tilted/2"  # 2: 8 forms, shards by rounds of forms  # recorded in the manifest; bump when the draw changes
-ROWS_FILE = "samples.jsonl"
 CANDIDATES = 8  # per-layer draws per target; the closest average wins
 REDRAWS = 16  # attempts at a config not drawn before
 EVAL_SEED_OFFSET = 104729  # fixes the class-balanced evaluation subset per spec
@@ -308,7 +307,7 @@ def _params_of(artifact: Artifact) -> tuple[SampleParams, tuple[int, int] | None
 
 
 # ---------------------------------------------------------------------------------- rows
-_ROW_KEYS = ("index", "config", "accuracy", "loss", "avg_w_bits", "avg_a_bits", "size_bytes", "bops", "condition")
+_ROW_KEYS = Samples.ROW_KEYS
 
 
 def _row_line(row: dict[str, Any]) -> str:
@@ -318,14 +317,7 @@ def _row_line(row: dict[str, Any]) -> str:
 def read_samples(artifact: Artifact | Path | str) -> list[dict[str, Any]]:
     """The rows of a ``samples`` artifact, in index order (``config`` left as a dict)."""
     art = artifact if isinstance(artifact, Artifact) else read_artifact(artifact, "samples")
-    rows = []
-    path = art.file(ROWS_FILE)
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise ArtifactError(f"{path}:{lineno} is not a JSON row; the artifact is corrupted") from None
-    return rows
+    return Samples.read_rows(art)
 
 
 class _WorkDir:
@@ -477,7 +469,7 @@ def sample_artifact(
     known, ``on_row(row)`` after each newly evaluated subnet.
     """
     from eqtools.build import artifact_spec
-    from eqtools.calibrate import BatchSource, calibrate_and_evaluate, calibration_source, subnet_costs
+    from eqtools.evaluation import BatchSource, calibrate_and_evaluate, calibration_source, subnet_costs
 
     if supernet_artifact.kind != "supernet":
         raise ArtifactError(
@@ -512,7 +504,7 @@ def sample_artifact(
     extra = {**params.to_dict(), "shard": None if shard is None else list(shard), "eval_split": "val"}
 
     work = _WorkDir(out)
-    if not restart and out.is_dir() and (out / "manifest.json").is_file():
+    if not restart and out.is_dir() and (out / MANIFEST).is_file():
         try:
             existing = read_artifact(out, "samples")
             if existing.extra == extra:
@@ -609,9 +601,7 @@ def _write_samples(
     clean = [{k: row[k] for k in _ROW_KEYS} for row in rows]
 
     def write(tmp: Path) -> None:
-        with open(tmp / ROWS_FILE, "w") as fh:
-            for row in clean:
-                fh.write(_row_line(row))
+        Samples.write_rows(tmp, clean)
 
     return write_artifact(out, "samples", write, spec=spec.to_dict(), space=space, parents=parents,
                           metrics=_summary(clean, eval_time_s), extra=extra)

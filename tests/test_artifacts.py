@@ -40,7 +40,7 @@ def test_round_trip_and_manifest_fields(tmp_path):
     assert m["format"] == "eqtools" and m["format_version"] == FORMAT_VERSION and m["kind"] == "supernet"
     assert set(m["files"]) == {"weights.safetensors", "notes.txt"}
     assert m["space_fingerprint"] == SPACE.fingerprint and art.space == SPACE
-    assert torch.equal(art.tensors()["w"], torch.arange(12.0).view(3, 4))
+    assert torch.equal(art.tensors("weights.safetensors")["w"], torch.arange(12.0).view(3, 4))
     child = _write(tmp_path / "c", kind="samples", parents=[art])
     assert child.manifest["parents"] == [{"kind": "supernet", "path": str(tmp_path / "s"), "sha256": art.manifest_sha256}]
 

@@ -13,21 +13,20 @@ from typer.testing import CliRunner
 
 from eqtools.artifacts import read_artifact, write_artifact
 from eqtools.build import load_supernet
-from eqtools.calibrate import (
+from eqtools.calibrate import calibrate_artifact, load_calibrated_config
+from eqtools.cli.app import app
+from eqtools.errors import ArtifactError, ConfigError, DataError
+from eqtools.evaluation import (
     BatchSource,
     bn_modules,
-    calibrate_artifact,
-    calibrate_subnet,
     calibration_source,
     config_from_search,
     config_tag,
     evaluate,
-    load_calibrated_config,
     recalibrate_bn,
     resolve_config,
 )
-from eqtools.cli.app import app
-from eqtools.errors import ArtifactError, ConfigError, DataError
+from eqtools.evaluation import measure_subnet as calibrate_subnet
 from eqtools.space import SubnetConfig
 
 

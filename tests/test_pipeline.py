@@ -88,3 +88,22 @@ def test_shell_pipeline_with_defaults_and_json(tmp_path: Path):
     assert (tmp_path / "out" / "infeasible.code").read_text().strip() == "2"
     message = " ".join((tmp_path / "out" / "infeasible.log").read_text().split())
     assert "Traceback" not in message and "error:" in message
+
+    # every manifest the pipeline wrote validates against the schema `eqtools info --schema KIND` publishes
+    import jsonschema
+
+    manifests = sorted((tmp_path / "artifacts" / "pipeline").glob("*/manifest.json"))
+    kinds = set()
+    for manifest_path in manifests:
+        manifest = json.loads(manifest_path.read_text())
+        shown = subprocess.run([str(bindir / "eqtools"), "info", "--schema", manifest["kind"]], capture_output=True,
+                               text=True, env=env, check=True)
+        jsonschema.validate(manifest, json.loads(shown.stdout))
+        kinds.add(manifest["kind"])
+    assert kinds == {"supernet", "calibrated", "samples", "predictor", "search", "export"}
+    broken = json.loads(manifests[0].read_text())
+    broken["files"] = ["not", "a", "table"]
+    shown = subprocess.run([str(bindir / "eqtools"), "info", "--schema", broken["kind"]], capture_output=True,
+                           text=True, env=env, check=True)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, json.loads(shown.stdout))

@@ -184,7 +184,7 @@ def test_sample_writes_one_row_per_subnet(unsharded, tiny_supernet_artifact):
 def test_sample_row_accuracy_is_the_calibrated_accuracy(unsharded, tiny_supernet_artifact, digits_spec, digits_splits):
     """Reproduce one row by hand: same calibration images, same balanced val subset."""
     from eqtools.build import load_supernet
-    from eqtools.calibrate import BatchSource, calibrate_and_evaluate, calibration_source
+    from eqtools.evaluation import BatchSource, calibrate_and_evaluate, calibration_source
     from eqtools.sample import EVAL_SEED_OFFSET
 
     row = read_samples(unsharded)[5]

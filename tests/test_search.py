@@ -354,7 +354,7 @@ def test_search_artifact_is_complete_and_best_config_is_a_plain_config_file(work
     assert (art.path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((art.path / "top_k.json").read_text())["top"]) == 3
     assert m["uniform_predicted_accuracy"] is not None and m["predicted_accuracy"] >= m["uniform_predicted_accuracy"]
-    from eqtools.calibrate import config_from_search  # what `eqtools calibrate --from-search` reads
+    from eqtools.evaluation import config_from_search  # what `eqtools calibrate --from-search` reads
 
     assert config_from_search(art.path, predictor.space) == config
 
@@ -476,9 +476,9 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     top = json.loads((art.path / "top_k.json").read_text())["verified"]
     assert best.to_dict() == top[0]["config"]  # the best *measured* config is the one kept
     assert {p["kind"] for p in art.manifest["parents"]} == {"predictor", "supernet"}
-    for row in rows:
-        calibrated = read_artifact(row["calibrated"], "calibrated")
-        assert calibrated.metrics["split"] == "val"
+    for row in rows:  # measured on held-out val images, and nothing but the search artifact written
+        assert row["split"] == "val" and row["eval_images"] == 100
+    assert not list((tmp_path / "artifacts" / "digits-test").glob("calibrated*"))
 
 
 def test_large_models_use_coarse_sums_and_stay_exact(monkeypatch) -> None:

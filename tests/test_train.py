@@ -170,11 +170,11 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return read_artifact(path, "supernet").tensors()
+    return read_artifact(path, "supernet").tensors("weights.safetensors")
 
 
 def test_training_beats_the_untrained_supernet_by_a_wide_margin(tmp_path, digits_spec, digits_splits):
-    from eqtools.calibrate import calibrate_and_evaluate
+    from eqtools.evaluation import calibrate_and_evaluate
 
     spec = _spec_file(tmp_path, epochs=4, steps_per_epoch=20)
     proc = _cli(str(spec), "--out", str(tmp_path / "trained"))

@@ -57,8 +57,9 @@ def command(
     and the metrics (docs/calibrate.md).
     """
     from eqtools.artifacts import find_latest, resolve_input
-    from eqtools.calibrate import calibrate_artifact, resolve_config
+    from eqtools.calibrate import calibrate_artifact
     from eqtools.errors import ConfigError
+    from eqtools.evaluation import resolve_config
 
     if searched:
         if from_search is not None:

@@ -32,16 +32,37 @@ def _space_summary(space: Any) -> dict[str, Any] | None:
 
 @handle_errors
 def command(
-    path: Annotated[Path, typer.Argument(help="An artifact directory, or a spec .json file to validate.")],
+    path: Annotated[Path | None, typer.Argument(help="An artifact directory, or a spec .json file to validate.",
+                                                show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for machines.")] = False,
+    schema_kind: Annotated[str | None, typer.Option(
+        "--schema", metavar="KIND",
+        help="Print the JSON Schema of KIND's manifest.json (supernet, calibrated, samples, predictor, search, "
+             "export) instead, for tools that read artifacts without eqtools.")] = None,
 ) -> None:
     """Summarise an artifact: kind, origin, space, files, metrics (checksums verified).
 
-    Given a spec file instead, validate it and print the resolved spec with every default.
+    Given a spec file instead, validate it and print the resolved spec with every default. With
+    --schema KIND, print the published JSON Schema of that kind's manifest (docs/artifacts.md).
     """
-    from eqtools.artifacts import read_artifact
+    from eqtools.artifacts import MANIFEST, read_artifact
 
-    if path.is_file() and path.suffix == ".json" and path.name != "manifest.json":
+    if schema_kind is not None:
+        from eqtools.artifacts import KINDS, schema
+        from eqtools.errors import ConfigError
+
+        if path is not None:
+            raise ConfigError("--schema KIND takes no artifact path; give one or the other")
+        if schema_kind not in KINDS:
+            raise ConfigError(f"--schema {schema_kind!r} is not an artifact kind; kinds: {', '.join(KINDS)}")
+        emit_json(schema(schema_kind))
+        return
+    if path is None:
+        from eqtools.errors import ConfigError
+
+        raise ConfigError("give an artifact directory or a spec file (or --schema KIND); see `eqtools info --help`")
+
+    if path.is_file() and path.suffix == ".json" and path.name != MANIFEST:
         from eqtools.specs import load_spec
 
         spec = load_spec(path)

@@ -141,7 +141,7 @@ def command(
     if outcome.verified:
         for row in outcome.verified:
             echo(f"  predicted #{row['predicted_rank']}: predicted {100 * row['predicted_accuracy']:.2f}%, "
-                 f"measured {100 * row['measured_top1']:.2f}% ({row['calibrated']})")
+                 f"measured {100 * row['measured_top1']:.2f}% on {row['eval_images']} {row['split']} images")
     if outcome.mode != "uniform":
         echo(f"{outcome.evaluations} configs scored in {outcome.time_s:.1f}s; front of {len(outcome.front)} points")
     echo(f"wrote search artifact {artifact.path} (best config: {artifact.path / 'best_config.json'})")

@@ -457,8 +457,8 @@ def export_artifact(
     every requested file passed its check.
     """
     from eqtools.build import artifact_spec, load_supernet
-    from eqtools.calibrate import BatchSource, config_tag
     from eqtools.data import load_splits
+    from eqtools.evaluation import BatchSource, config_tag
 
     if check_images < 1:
         raise ConfigError(f"--check-images is {check_images}; it must be at least 1 (2000 or more for a 99.9% check)")

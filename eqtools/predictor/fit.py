@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from eqtools.artifacts import Artifact, write_artifact
+from eqtools.artifacts import Predictor as PredictorArtifact
 from eqtools.errors import ArtifactError, ConfigError, SpecError
 from eqtools.predictor.encoding import ENCODINGS, Encoding
 from eqtools.predictor.metrics import regression_metrics, scatter_plot
@@ -27,8 +28,8 @@ from eqtools.predictor.xgb import DEFAULT_PARAMS, MODEL_FILE, train_xgb
 
 __all__ = ["HELDOUT_FILE", "SCATTER_FILE", "FitOptions", "fit_predictor"]
 
-HELDOUT_FILE = "heldout.json"
-SCATTER_FILE = "scatter.png"
+HELDOUT_FILE = PredictorArtifact.HELDOUT
+SCATTER_FILE = PredictorArtifact.SCATTER
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from eqtools.artifacts import Predictor as PredictorArtifact
 from eqtools.errors import ArtifactError
 
 __all__ = ["OPTIMIZERS", "MLPWeights", "load_mlp", "one_thread", "save_mlp", "train_mlp"]
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-WEIGHTS_FILE = "mlp.safetensors"
+WEIGHTS_FILE = PredictorArtifact.MLP_WEIGHTS
 _KEY = re.compile(r"^(\d+)\.(weight|bias)$")
 
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from eqtools.artifacts import Artifact, read_artifact
+from eqtools.artifacts import Predictor as PredictorArtifact
 from eqtools.errors import ArtifactError
 from eqtools.predictor.encoding import Encoding
 from eqtools.space import ElasticSpace, SubnetConfig
@@ -24,7 +25,7 @@ from eqtools.space import ElasticSpace, SubnetConfig
 __all__ = ["MODELS", "PREDICTOR_FILE", "Predictor", "load_predictor"]
 
 MODELS: tuple[str, ...] = ("mlp", "xgb")
-PREDICTOR_FILE = "predictor.json"
+PREDICTOR_FILE = PredictorArtifact.INFO
 
 
 class _Regressor(Protocol):

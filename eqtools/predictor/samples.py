@@ -10,20 +10,18 @@ inside the predictor.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from eqtools.artifacts import Artifact
+from eqtools.artifacts import Artifact, Samples
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import ElasticSpace, SubnetConfig
 
-__all__ = ["SAMPLES_FILE", "SampleSet", "load_samples", "split_indices"]
+__all__ = ["SampleSet", "load_samples", "split_indices"]
 
-SAMPLES_FILE = "samples.jsonl"
 MIN_SAMPLES = 10  # below this a 20 % held-out split cannot give a meaningful Kendall τ
 
 
@@ -49,31 +47,20 @@ def load_samples(artifact: Artifact) -> SampleSet:
     space = artifact.space
     if space is None:
         raise ArtifactError(f"{artifact.path} records no elastic space; re-create it with `eqtools sample`")
-    path = artifact.file(SAMPLES_FILE)
     configs: list[SubnetConfig] = []
     accuracy: list[float] = []
-    rows: list[dict[str, Any]] = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ArtifactError(f"{where} is not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict) or "config" not in row or "accuracy" not in row:
-                raise ArtifactError(f"{where}: each row must be a JSON object with at least 'config' and 'accuracy'")
-            try:
-                config = space.validate(SubnetConfig.from_dict(row["config"]))
-            except ConfigError as exc:
-                raise ArtifactError(f"{where}: the config does not fit the artifact's space: {exc}") from None
-            acc = row["accuracy"]
-            if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0.0 <= acc <= 1.0:
-                raise ArtifactError(f"{where}: accuracy is {acc!r}; it must be a top-1 fraction in [0, 1]")
-            configs.append(config)
-            accuracy.append(float(acc))
-            rows.append(row)
+    numbered = Samples.numbered_rows(artifact)  # the one row reader: JSON and required keys checked there
+    rows = [row for _, row in numbered]
+    for where, row in numbered:
+        try:
+            config = space.validate(SubnetConfig.from_dict(row["config"]))
+        except ConfigError as exc:
+            raise ArtifactError(f"{where}: the config does not fit the artifact's space: {exc}") from None
+        acc = row["accuracy"]
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc) or not 0.0 <= acc <= 1.0:
+            raise ArtifactError(f"{where}: accuracy is {acc!r}; it must be a top-1 fraction in [0, 1]")
+        configs.append(config)
+        accuracy.append(float(acc))
     if len(configs) < MIN_SAMPLES:
         raise ArtifactError(
             f"{artifact.path} holds {len(configs)} sampled subnets; fitting a predictor needs at least "

@@ -19,7 +19,6 @@ It is not a substitute for real samples: numbers measured on it are labelled as 
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from eqtools.artifacts import Artifact, write_artifact
+from eqtools.artifacts import Artifact, Samples, write_artifact
 from eqtools.space import ElasticSpace, SubnetConfig
 
 __all__ = ["SyntheticLaw", "synthetic_rows", "write_synthetic_samples"]
@@ -120,9 +119,7 @@ def write_synthetic_samples(
     rows = synthetic_rows(space, n, seed, noise, configs)
 
     def write(tmp: Path) -> None:
-        with open(tmp / "samples.jsonl", "w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
+        Samples.write_rows(tmp, rows)
 
     return write_artifact(out, "samples", write, spec=spec, space=space, parents=parents,
                           metrics={"n": n, "synthetic": True, "seed": seed, "noise": noise})

@@ -12,11 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from eqtools.artifacts import Predictor as PredictorArtifact
 from eqtools.errors import ArtifactError
 
 __all__ = ["DEFAULT_PARAMS", "XGBModel", "load_xgb", "train_xgb"]
 
-MODEL_FILE = "xgb_model.json"
+MODEL_FILE = PredictorArtifact.XGB_MODEL
 
 # shallow trees, slow learning rate, row/column subsampling: what tabular predictors of this size
 # (hundreds to thousands of rows, a few hundred binary features) usually need

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from eqtools.artifacts import Artifact, write_artifact
+from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ConfigError, InfeasibleError
 from eqtools.predictor.model import Predictor
 from eqtools.presets import resolve_conditions
@@ -33,7 +34,7 @@ __all__ = ["COSTS", "SearchOptions", "SearchOutcome", "run_search", "search_tag"
 
 COSTS: dict[str, str] = {"bits": "average bits ((weights + activations) / 2)",
                          "size": "packed weight size (MB)", "bops": "BOPs per sample (G)"}
-BEST_CONFIG_FILE = "best_config.json"
+BEST_CONFIG_FILE = SearchArtifact.BEST_CONFIG
 PLOT_POINTS = 3000  # grey "evaluated" points drawn behind the front
 
 
@@ -335,12 +336,12 @@ def write_search(
 
     def write(tmp: Path) -> None:
         (tmp / BEST_CONFIG_FILE).write_text(o.best.to_json())
-        (tmp / "pareto.json").write_text(json.dumps({
+        (tmp / SearchArtifact.PARETO).write_text(json.dumps({
             "x": o.front_x, "x_label": xlabels[o.front_x], "y": "predicted_accuracy", "condition": o.condition,
             "title": title, "points": o.front}, indent=1) + "\n")
-        (tmp / "history.json").write_text(json.dumps({"mode": o.mode, "generations": o.history}) + "\n")
-        (tmp / "top_k.json").write_text(json.dumps({"top": o.top, "verified": o.verified}, indent=1) + "\n")
-        plot_front(tmp / "pareto.png", np.array([fx(p) for p in o.front]),
+        (tmp / SearchArtifact.HISTORY).write_text(json.dumps({"mode": o.mode, "generations": o.history}) + "\n")
+        (tmp / SearchArtifact.TOP_K).write_text(json.dumps({"top": o.top, "verified": o.verified}, indent=1) + "\n")
+        plot_front(tmp / SearchArtifact.PARETO_PLOT, np.array([fx(p) for p in o.front]),
                    np.array([p["predicted_accuracy"] for p in o.front]), xlabels[o.front_x], title,
                    best=(fx(best_point), o.best_predicted), others=o.cloud, best_label=best_label)
 

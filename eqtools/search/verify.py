@@ -1,22 +1,21 @@
 """``--verify``: calibrate and evaluate the top-K searched configs on the real supernet.
 
 The predictor ranks configs well on average but can be wrong by a point or two on any single one;
-re-measuring the few best candidates (BN re-estimation + evaluation through
-:func:`eqtools.calibrate.calibrate_artifact`) and keeping the best *measured* one removes that
-error where it matters. Accuracy is measured on the held-out ``val`` split (training images the
-supernet did not train on), never on the test split, so choosing by it does not leak test data.
-Each verified config is also saved as a ``calibrated`` artifact, ready for ``eqtools export``.
+re-measuring the few best candidates (BN re-estimation + evaluation through the shared library,
+:func:`eqtools.evaluation.measure_subnet`) and keeping the best *measured* one removes that error
+where it matters. Accuracy is measured on the held-out ``val`` split (training images the supernet
+did not train on), never on the test split, so choosing by it does not leak test data. Nothing but
+the search artifact is written: ``eqtools calibrate --searched`` keeps the pick as a ``calibrated``
+artifact.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eqtools.artifacts import Artifact, check_space, find_latest, read_artifact
-from eqtools.errors import ArtifactError
 from eqtools.predictor.model import Predictor
 from eqtools.space import SubnetConfig
 
@@ -36,19 +35,8 @@ def find_supernet(predictor: Predictor, path: Path | str | None = None,
     if path is not None:
         supernet = read_artifact(path, "supernet")
     else:
-        supernet = None
         art = predictor.artifact
-        for parent in (art.manifest.get("parents", []) if art else []):
-            if parent.get("kind") != "samples" or not Path(parent.get("path", "")).is_dir():
-                continue
-            try:
-                samples = json.loads((Path(parent["path"]) / "manifest.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            for grand in samples.get("parents", []):
-                if grand.get("kind") == "supernet" and Path(grand.get("path", "")).is_dir():
-                    supernet = read_artifact(grand["path"], "supernet")
-                    break
+        supernet = art.ancestor("supernet") if art is not None else None
         if supernet is None:
             supernet = read_artifact(find_latest("supernet"), "supernet")
         if echo is not None:
@@ -67,27 +55,24 @@ def verify_configs(
     progress: Callable[..., None] | None = None,
 ) -> list[dict[str, Any]]:
     """Calibrate + evaluate each config on the ``val`` split; rows sorted by measured accuracy (best first)."""
-    try:
-        from eqtools.calibrate import calibrate_artifact
-    except ImportError as exc:  # calibrate is part of eqtools; its absence is an installation problem
-        raise ArtifactError(f"--verify needs eqtools.calibrate, which cannot be imported ({exc})") from None
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
+    from eqtools.evaluation import measure_subnet
 
     spec = artifact_spec(supernet_artifact)
     supernet = load_supernet(supernet_artifact).use_channels_last()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     rows = []
     for rank, (config, pred) in enumerate(zip(configs, predicted), start=1):
-        art = calibrate_artifact(supernet_artifact, config, split="val", eval_images=eval_images,
-                                 supernet=supernet, splits=splits, on_stage=on_stage)
+        _, metrics = measure_subnet(supernet_artifact, config, split="val", eval_images=eval_images,
+                                    supernet=supernet, splits=splits, on_stage=on_stage)
         rows.append({
             "predicted_rank": rank,
             "predicted_accuracy": float(pred),
-            "measured_top1": float(art.metrics["top1"]),
-            "measured_top1_before_calibration": float(art.metrics.get("top1_before", float("nan"))),
-            "split": art.metrics.get("split", "val"),
-            "calibrated": str(art.path),
+            "measured_top1": float(metrics["top1"]),
+            "measured_top1_before_calibration": float(metrics["top1_before"]),
+            "split": metrics["split"],
+            "eval_images": metrics["images"],
             "config": config.to_dict(),
         })
         if progress is not None:

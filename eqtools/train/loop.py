@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eqtools.artifacts import Artifact, load_safetensors, save_safetensors
+from eqtools.artifacts import Supernet as SupernetArtifact
 from eqtools.build import build_float_model, build_supernet, save_supernet, spec_info
 from eqtools.data import Split, Splits, load_splits
 from eqtools.errors import EqtoolsError, out_of_memory_advice
@@ -431,7 +432,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
             extra["config"] = fixed.to_dict()
         jsonl = "".join(json.dumps(r) + "\n" for r in rows)
         artifact = save_supernet(supernet, opts.out, spec, metrics=metrics, extra=extra,
-                                 files={"metrics.jsonl": jsonl},
+                                 files={SupernetArtifact.TRAINING_LOG: jsonl},
                                  parents=[{"kind": "pretrained", "path": spec.model.pretrained}] if spec.model.pretrained else ())
         shutil.rmtree(work, ignore_errors=True)
     dist.barrier()

@@ -33,10 +33,15 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT_VERSION",
     "KINDS",
+    "MANIFEST",
+    "WORKSPACE",
     "Artifact",
+    "candidates",
+    "check_space",
     "default_out",
     "find_latest",
     "load_safetensors",
+    "manifest_checksum",
     "read_artifact",
     "resolve_input",
     "save_safetensors",
@@ -142,11 +147,42 @@ class Artifact:
             )
         return self.path / name
 
-    def tensors(self, name: str = "weights.safetensors") -> dict[str, Tensor]:
+    def tensors(self, name: str) -> dict[str, Tensor]:
         return load_safetensors(self.file(name))
 
     def as_parent(self) -> dict[str, str]:
         return {"kind": self.kind, "path": str(self.path), "sha256": self.manifest_sha256}
+
+    def parent(self, kind: str) -> Artifact | None:
+        """The first recorded parent of ``kind``, verified; None when none is recorded or it is gone."""
+        for entry in self.manifest.get("parents", []):
+            if entry.get("kind") == kind and Path(entry.get("path", "")).is_dir():
+                return read_artifact(entry["path"], kind)
+        return None
+
+    def ancestor(self, kind: str) -> Artifact | None:
+        """The nearest artifact of ``kind`` up the recorded lineage (parents first, then theirs).
+
+        The one place lineage is walked: export (its supernet), ``search --verify`` (the supernet
+        the predictor's samples were measured on) and reports all ask here.
+        """
+        if self.kind == kind:
+            return self
+        frontier, seen = [self], {str(self.path)}
+        while frontier:
+            nxt = []
+            for art in frontier:
+                for entry in art.manifest.get("parents", []):
+                    path = entry.get("path", "")
+                    if path in seen or not Path(path).is_dir():
+                        continue
+                    seen.add(path)
+                    parent = read_artifact(path)
+                    if parent.kind == kind:
+                        return parent
+                    nxt.append(parent)
+            frontier = nxt
+        return None
 
 
 def save_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
@@ -222,6 +258,9 @@ def write_artifact(
             "metrics": dict(metrics or {}),
             "extra": dict(extra or {}),
         }
+        from eqtools.artifacts import KIND_OWNERS, validate_manifest
+
+        validate_manifest(KIND_OWNERS[kind], manifest)  # what is written is what the schema publishes
         manifest["checksum"] = manifest_checksum(manifest)
         with open(tmp / MANIFEST, "w") as fh:
             json.dump(manifest, fh, indent=2, sort_keys=False)
@@ -370,7 +409,8 @@ def check_space(artifact: Artifact, space: ElasticSpace, what: str = "the supern
         )
 
 
-def _candidates(root: Path) -> Iterable[Path]:
+def candidates(root: Path) -> Iterable[Path]:
+    """Artifact directories one or two levels under ``root`` (hidden, unfinished writes skipped)."""
     if not root.is_dir():
         return
     for manifest in sorted(root.glob("*/manifest.json")) + sorted(root.glob("*/*/manifest.json")):
@@ -396,7 +436,7 @@ def find_latest(kind: str, root: Path | str = WORKSPACE) -> Path:
     """
     root = Path(root)
     best: tuple[bool, str, Path] | None = None
-    for d in _candidates(root):
+    for d in candidates(root):
         try:
             manifest = json.loads((d / MANIFEST).read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
