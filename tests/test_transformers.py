@@ -260,3 +260,63 @@ def test_every_torchvision_classifier_is_covered_or_says_why(name):
     if report.share < 1.0:  # only training-time auxiliary heads may stay float, and they are named
         assert all("not reached" in e.reason for e in report.float_matmul), report.lines()
         assert all("aux" in e.name for e in report.float_matmul), report.lines()
+
+
+# ------------------------------------------------------------------ CLI: train says it, info shows it
+def test_info_shows_coverage(tiny_supernet_artifact):
+    import json
+
+    from typer.testing import CliRunner
+
+    from eqtools.cli.app import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["info", str(tiny_supernet_artifact), "--json"])
+    assert result.exit_code == 0, result.output
+    coverage = json.loads(result.stdout)["coverage"]
+    assert coverage["share"] == 1.0 and coverage["quantized_layers"] == coverage["layers"] == 4
+    text = runner.invoke(app, ["info", str(tiny_supernet_artifact)]).stdout
+    assert "matmul weights (100.00%) in 4 of 4 layers" in text
+    assert "BatchNorm2d.weight" in text  # float parts are listed as float
+
+
+class _WithConv1d(nn.Module):
+    """A model with a layer kind eqtools does not quantize."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, 2)
+        self.mix = nn.Conv1d(4, 4, 1)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x).flatten(2)
+        return self.fc(self.mix(x).mean(2))
+
+
+def test_train_strict_refuses_before_training_and_plain_train_reports(tmp_path, monkeypatch):
+    import json
+
+    from conftest import DIGITS_SPEC
+    from typer.testing import CliRunner
+
+    from eqtools.cli.app import app
+    from eqtools.models import _REGISTRY
+
+    def with_conv1d(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
+        return _WithConv1d(num_classes, in_channels)
+
+    monkeypatch.setitem(_REGISTRY, "with_conv1d", with_conv1d)
+    spec = {**DIGITS_SPEC, "name": "strict-test", "model": {"name": "with_conv1d"},
+            "train": {**DIGITS_SPEC["train"], "epochs": 1}}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", str(path), "--strict", "--out", str(tmp_path / "a"), "-q"])
+    assert refused.exit_code == 2
+    assert "mix" in refused.output and "Conv1d" in refused.output and "space.overrides" in refused.output
+    assert not (tmp_path / "a").exists()
+    trained = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "b")])
+    assert trained.exit_code == 0, trained.output
+    assert "quantized 76 of 92 matmul weights (82.61%" in trained.output  # conv 4x1x3x3 + fc 10x4; mix 4x4
+    assert "float mix: 16 weights, Conv1d is not a layer kind" in trained.output

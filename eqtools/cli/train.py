@@ -25,6 +25,7 @@ def command(
     granularity: Annotated[str | None, typer.Option("--granularity", help="With --static-bits: per-channel or per-tensor.")] = None,
     symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --static-bits: sym or asym.")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any spec field, e.g. --set train.sandwich.distill=false (repeatable).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse to train if a weight matmul the spec did not pin to \"fp\" would stay in floating point.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final summary object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -70,6 +71,12 @@ def command(
     def log(message: str) -> None:
         echo(message, quiet)
 
+    # what the conversion quantizes and what stays float, before any time is spent training
+    from eqtools.build import build_supernet
+
+    coverage = build_supernet(spec, pretrained=False, strict=strict).coverage
+    for line in coverage.lines() if coverage is not None else []:
+        log(line)
     opts = TrainOptions(out=out, resume=resume, restart=restart, device=device, log=log,
                         progress=lambda d, n: progress(d, n, enabled=not quiet))
     try:
