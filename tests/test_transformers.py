@@ -320,3 +320,28 @@ def test_train_strict_refuses_before_training_and_plain_train_reports(tmp_path, 
     assert trained.exit_code == 0, trained.output
     assert "quantized 76 of 92 matmul weights (82.61%" in trained.output  # conv 4x1x3x3 + fc 10x4; mix 4x4
     assert "float mix: 16 weights, Conv1d is not a layer kind" in trained.output
+
+
+def test_cross_attention_projection_is_counted_over_query_key_and_value():
+    class Decoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.memory = nn.Parameter(torch.randn(1, 7, 8))
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            memory = self.memory.expand(x.shape[0], -1, -1)
+            return self.head(self.attn(x, memory, memory)[0].mean(1))
+
+    torch.manual_seed(0)
+    model = Decoder()
+    x = torch.randn(4, 3, 8)
+    with torch.no_grad():
+        ref = model(x)
+    supernet = quantize_model(model, {}, x[:1])
+    info = supernet.space.layer("attn.in_proj")
+    assert (info.act_elems, info.macs) == ((3 + 7 + 7) * 8, (3 + 7 + 7) * 8 * 8)
+    supernet.init_from_data([x])
+    with supernet.float_mode(), torch.no_grad():
+        torch.testing.assert_close(supernet.eval()(x), ref, atol=1e-5, rtol=1e-5)
