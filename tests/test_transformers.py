@@ -121,7 +121,7 @@ class _FunctionalAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = F.linear(x, self.qkv.weight, self.qkv.bias).chunk(3, dim=-1)
         y = F.scaled_dot_product_attention(q, k, v)
-        return F.linear(y, self.proj.weight, self.proj.bias)
+        return F.linear(input=y, weight=self.proj.weight, bias=self.proj.bias)  # by keyword too
 
 
 class _Net(nn.Module):

@@ -20,7 +20,7 @@ from torch.overrides import TorchFunctionMode
 
 from eqtools.errors import ConfigError, SpecError
 from eqtools.quant.attention import PackedInProjection, QPackedInProjection, RoutedMultiheadAttention, route_attention
-from eqtools.quant.coverage import CONV_TYPES, LAYER_TYPES, LINEAR_TYPES, Coverage, weight_coverage
+from eqtools.quant.coverage import CONV_TYPES, LAYER_TYPES, Coverage, weight_coverage
 from eqtools.quant.layers import QConv2d, QLinear, QuantLayer
 from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
 from eqtools.space import ElasticSpace, LayerInfo, SubnetConfig
@@ -28,7 +28,6 @@ from eqtools.space import ElasticSpace, LayerInfo, SubnetConfig
 __all__ = ["Supernet", "quantize_model", "trace_layers"]
 
 
-_LINEAR_TYPES, _CONV_TYPES, _LAYER_TYPES = LINEAR_TYPES, CONV_TYPES, LAYER_TYPES
 _FUNCTIONAL = {F.linear: "linear", F.conv2d: "conv"}
 
 
@@ -79,7 +78,7 @@ def _facts(name: str, kind: str, weight: Tensor, x: Tensor, out: Tensor, batch_d
 
 def _trace(model: nn.Module, example_input: Tensor) -> _Trace:
     names = {module: name for name, module in model.named_modules()}
-    owners = {id(m.weight): (n, m) for n, m in model.named_modules() if type(m) in _LAYER_TYPES}
+    owners = {id(m.weight): (n, m) for n, m in model.named_modules() if type(m) in LAYER_TYPES}
     order: dict[str, int] = {}
     seen: dict[str, LayerInfo] = {}
     parts: dict[str, set[int]] = {}
@@ -88,15 +87,15 @@ def _trace(model: nn.Module, example_input: Tensor) -> _Trace:
 
     def pre(module: nn.Module, inputs: tuple) -> None:
         stack.append(module)
-        if type(module) in _LAYER_TYPES:
+        if type(module) in LAYER_TYPES:
             order.setdefault(names[module], len(order))
 
     def post(module: nn.Module, inputs: tuple, output: Any) -> None:
         stack.pop()
-        if type(module) not in _LAYER_TYPES:
+        if type(module) not in LAYER_TYPES:
             return
         name = names[module]
-        kind = "conv" if type(module) in _CONV_TYPES else "linear"
+        kind = "conv" if type(module) in CONV_TYPES else "linear"
         part = inputs[1] if len(inputs) > 1 else None
         if isinstance(module, PackedInProjection) and part is not None:
             # cross-attention projects query, key and value separately: one layer, three calls
@@ -128,7 +127,7 @@ def _trace(model: nn.Module, example_input: Tensor) -> _Trace:
             return  # the layer's own forward: the hooks record it
         if name in seen:
             return
-        if (kind == "conv") != (type(module) in _CONV_TYPES):
+        if (kind == "conv") != (type(module) in CONV_TYPES):
             return  # a weight reused by another kind of op is not this layer's matmul
         order.setdefault(name, len(order))
         seen[name] = _facts(name, kind, weight, x, out)
@@ -184,10 +183,16 @@ class _RouteCalls(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping[str, Any] | None = None) -> Any:
         kwargs = dict(kwargs or {})
-        if func in _FUNCTIONAL and len(args) >= 2:
-            layer = self._by_weight.get(id(args[1]))
+        if func in _FUNCTIONAL:
+            layer = self._by_weight.get(id(_weight_of(args, kwargs)))
             if layer is not None:
-                args = (layer.act_quant(args[0]), layer.weight_quant(args[1]), *args[2:])
+                # input and weight may come positionally or by keyword, as the trace accepts both
+                args = list(args)
+                for i, key, quant in ((0, "input", layer.act_quant), (1, "weight", layer.weight_quant)):
+                    if len(args) > i:
+                        args[i] = quant(args[i])
+                    else:
+                        kwargs[key] = quant(kwargs[key])
         return func(*args, **kwargs)
 
 
