@@ -170,6 +170,11 @@ def test_functional_call_sites_are_traced_and_quantized():
     clone = copy.deepcopy(supernet)  # routes point at the copy's own layers
     with torch.no_grad():
         torch.testing.assert_close(clone(x), low)
+    supernet.train()
+    supernet(x).sum().backward()  # gradients flow through the routed calls to weights and steps
+    qkv_layer = supernet.model.attn.qkv
+    assert qkv_layer.weight.grad is not None and qkv_layer.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in qkv_layer.weight_quant.parameters() if p.requires_grad)
 
 
 # ------------------------------------------------------------------ strict
