@@ -43,7 +43,8 @@ def main() -> None:
         seconds = time.perf_counter() - start
         report = supernet.coverage
         torch.manual_seed(0)
-        unpinned = quantize_model(get_model(name, num_classes=1000), {}, torch.randn(1, 3, args.size, args.size)).coverage
+        unpinned = quantize_model(get_model(name, num_classes=1000), {"first_layer": "elastic", "last_layer": "elastic"},
+                                  torch.randn(1, 3, args.size, args.size)).coverage
         floats = "; ".join(f"{e.name}: {e.reason}" for e in report.float_matmul) or "none"
         rows.append(f"| {name} | {len(report.matmul)} | {report.matmul_params:,} | {100 * report.share:.2f} % | "
                     f"{100 * unpinned.elastic_share:.2f} % | {100 * report.elastic_share:.2f} % | {floats} | {seconds:.1f} s |")
