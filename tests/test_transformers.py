@@ -350,3 +350,35 @@ def test_cross_attention_projection_is_counted_over_query_key_and_value():
     supernet.init_from_data([x])
     with supernet.float_mode(), torch.no_grad():
         torch.testing.assert_close(supernet.eval()(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_transformer_encoder_is_quantized_in_evaluation_too():
+    """nn.TransformerEncoderLayer's fused evaluation kernel would read the float weights directly."""
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(4, 16)
+            layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(self.embed(x)).mean(1))
+
+    torch.manual_seed(0)
+    model = Encoder().eval()
+    x = torch.randn(6, 5, 4)
+    with torch.no_grad():
+        ref = model(x)
+    supernet = quantize_model(model, PAPER_SETTINGS, x[:1], strict=True)
+    assert len(supernet.space.layer_names) == 2 + 2 * 4  # embed, head; per block in/out proj, 2 MLP
+    supernet.init_from_data([x])
+    supernet.eval()
+    with torch.no_grad():
+        with supernet.float_mode():
+            torch.testing.assert_close(supernet(x), ref, atol=1e-5, rtol=1e-5)
+        high = supernet(x)
+        with supernet.apply(supernet.space.min()):
+            low = supernet(x)
+    assert not torch.allclose(high, low)

@@ -21,7 +21,14 @@ from torch import Tensor, nn
 from eqtools.quant.layers import QuantLayer
 from eqtools.space import ElasticSpace, LayerInfo
 
-__all__ = ["PackedInProjection", "QPackedInProjection", "RoutedMultiheadAttention", "route_attention", "unroutable_reason"]
+__all__ = [
+    "PackedInProjection",
+    "QPackedInProjection",
+    "RoutedMultiheadAttention",
+    "RoutedTransformerEncoderLayer",
+    "route_attention",
+    "unroutable_reason",
+]
 
 
 class PackedInProjection(nn.Module):
@@ -176,12 +183,39 @@ class RoutedMultiheadAttention(nn.MultiheadAttention):
         return out, weights
 
 
+class RoutedTransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer`` that always runs its layer-by-layer path.
+
+    In evaluation without gradients torch runs the whole block as one fused kernel
+    (``torch._transformer_encoder_layer_fwd``) that reads ``in_proj_weight``, ``out_proj.weight``,
+    ``linear1.weight`` and ``linear2.weight`` directly: a converted model would silently evaluate in
+    float. This forward is torch's own non-fused path (its ``_sa_block``/``_ff_block``), which calls
+    the attention and the two Linear layers as modules.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        src: Tensor,
+        src_mask: Tensor | None = None,
+        src_key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        x = src
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+            return x + self._ff_block(self.norm2(x))
+        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+        return self.norm2(x + self._ff_block(x))
+
+
 def route_attention(model: nn.Module) -> dict[str, str]:
     """Rewrite every routable ``nn.MultiheadAttention`` of ``model`` in place.
 
     The module keeps its identity and parameters (its class becomes
-    :class:`RoutedMultiheadAttention` and it gains the parameter-less child ``in_proj``). Returns
-    the attention modules left as they are, by name, with the reason.
+    :class:`RoutedMultiheadAttention` and it gains the parameter-less child ``in_proj``).
+    ``nn.TransformerEncoderLayer`` becomes :class:`RoutedTransformerEncoderLayer`, so its fused
+    evaluation kernel cannot bypass the layers. Returns the attention modules left as they are, by
+    name, with the reason.
     """
     skipped: dict[str, str] = {}
     for name, module in model.named_modules():
@@ -193,4 +227,7 @@ def route_attention(model: nn.Module) -> dict[str, str]:
             continue
         module.__class__ = RoutedMultiheadAttention
         module.in_proj = PackedInProjection(module)
+    for module in model.modules():
+        if type(module) is nn.TransformerEncoderLayer:
+            module.__class__ = RoutedTransformerEncoderLayer
     return skipped
