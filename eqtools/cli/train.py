@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -75,7 +76,8 @@ def command(
     from eqtools.build import build_supernet
 
     coverage = build_supernet(spec, pretrained=False, strict=strict).coverage
-    for line in coverage.lines() if coverage is not None else []:
+    first_process = os.environ.get("RANK", "0") == "0"  # under torchrun every rank would print it
+    for line in coverage.lines() if coverage is not None and first_process else []:
         log(line)
     opts = TrainOptions(out=out, resume=resume, restart=restart, device=device, log=log,
                         progress=lambda d, n: progress(d, n, enabled=not quiet))
