@@ -112,6 +112,11 @@ class Coverage:
             out.append(f"  float {e.name}: {e.params:,} weights, {e.reason}")
         for reason, tensors, params in self.other:
             out.append(f"  float, not a matmul weight: {reason} ({tensors} tensors, {params:,} values)")
+        out.append(
+            "  sizes and BOPs count the quantized layers at their bits and layers pinned to float at 32 bits; "
+            "they leave out activation-activation matmuls (attention's Q.K^T and A.V), norms, biases"
+            + (" and the float layers above that are outside the space" if self.unpinned_float else "")
+        )
         return out
 
     def to_dict(self) -> dict[str, Any]:
