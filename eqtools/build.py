@@ -94,11 +94,15 @@ def build_float_model(spec: Spec, pretrained: bool = True) -> nn.Module:
     return model
 
 
-def build_supernet(spec: Spec, model: nn.Module | None = None, pretrained: bool = True) -> Supernet:
-    """The spec's model converted over the spec's space (quantizers not yet initialised)."""
+def build_supernet(spec: Spec, model: nn.Module | None = None, pretrained: bool = True, *, strict: bool = False) -> Supernet:
+    """The spec's model converted over the spec's space (quantizers not yet initialised).
+
+    ``strict`` refuses a model whose weight matmuls would stay float without the spec pinning them
+    (see ``supernet.coverage``).
+    """
     if model is None:
         model = build_float_model(spec, pretrained)
-    return quantize_model(model, spec.space.settings(), example_input(spec_info(spec)))
+    return quantize_model(model, spec.space.settings(), example_input(spec_info(spec)), strict=strict)
 
 
 def artifact_spec(artifact: Artifact) -> Spec:

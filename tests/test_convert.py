@@ -7,11 +7,12 @@ import random
 import pytest
 import torch
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from eqtools.artifacts import load_safetensors, save_safetensors
 from eqtools.errors import SpecError
 from eqtools.models import get_model, list_models
-from eqtools.quant import QConv2d, QLinear, Supernet, quantize_model
+from eqtools.quant import QConv2d, QuantLayer, Supernet, quantize_model
 
 PAPER_SETTINGS = {"first_layer": {"w_bits": 8, "a_bits": 8}, "last_layer": {"w_bits": 8, "a_bits": 8}}
 
@@ -19,7 +20,7 @@ PAPER_SETTINGS = {"first_layer": {"w_bits": 8, "a_bits": 8}, "last_layer": {"w_b
 def _model(name: str) -> tuple[nn.Module, torch.Tensor]:
     if name in list_models(include_torchvision=False):
         channels = 1 if name.startswith("tiny") else 3
-        size = 16 if name.startswith("tiny") else 32
+        size = 28 if name == "tiny_vit" else 16 if name.startswith("tiny") else 32
         return get_model(name, num_classes=10, in_channels=channels), torch.randn(8, channels, size, size)
     return get_model(name, num_classes=10), torch.randn(2, 3, 64, 64)
 
@@ -40,9 +41,10 @@ def _warm_bn(model: nn.Module, x: torch.Tensor) -> None:
 def test_every_conv_and_linear_is_converted(name):
     torch.manual_seed(0)
     model, x = _model(name)
-    convs = {n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)}
+    convs = {n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear, NonDynamicallyQuantizableLinear)}
+    convs |= {f"{n}.in_proj" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
     supernet = quantize_model(model, PAPER_SETTINGS, x[:1])
-    converted = {n for n, m in supernet.model.named_modules() if isinstance(m, (QConv2d, QLinear))}
+    converted = {n for n, m in supernet.model.named_modules() if isinstance(m, QuantLayer)}
     assert converted == convs == set(supernet.space.layer_names)
     assert supernet.space.quantized_layers[0].fixed and supernet.space.quantized_layers[-1].fixed
     depthwise = [m for m in supernet.model.modules() if isinstance(m, QConv2d) and m.groups > 1]

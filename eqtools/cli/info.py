@@ -30,6 +30,17 @@ def _space_summary(space: Any) -> dict[str, Any] | None:
     }
 
 
+def _coverage(art: Any) -> dict[str, Any] | None:
+    """What the artifact's supernet quantizes and leaves float, rebuilt from its spec (the
+    conversion is deterministic, so this is the report the training run printed)."""
+    if art.kind not in ("supernet", "calibrated"):
+        return None
+    from eqtools.build import artifact_spec, build_supernet
+
+    coverage = build_supernet(artifact_spec(art), pretrained=False).coverage
+    return None if coverage is None else coverage.to_dict()
+
+
 @handle_errors
 def command(
     path: Annotated[Path | None, typer.Argument(help="An artifact directory, or a spec .json file to validate.",
@@ -88,6 +99,7 @@ def command(
         "files": files,
         "metrics": art.metrics,
         "extra": art.extra,
+        "coverage": _coverage(art),
     }
     if as_json:
         emit_json(summary)
@@ -109,6 +121,17 @@ def command(
             f"{space['quantized_layers']} quantized layers ({len(space['fixed_layers'])} fixed, "
             f"{len(space['float_layers'])} float)"
         )
+    coverage = summary["coverage"]
+    if coverage:
+        console.print(
+            f"  quantized {coverage['quantized_params']:,} of {coverage['matmul_params']:,} matmul weights "
+            f"({100 * coverage['share']:.2f}%) in {coverage['quantized_layers']} of {coverage['layers']} layers"
+        )
+        for row in coverage["float_matmul"]:
+            console.print(f"    float {row['name']}: {row['params']:,} weights, {row['reason']}", markup=False)
+        for row in coverage["other_float"]:
+            console.print(f"    float, not a matmul weight: {row['reason']} ({row['tensors']} tensors, "
+                          f"{row['params']:,} values)", markup=False)
     for parent in summary["parents"]:
         console.print(f"  from {parent.get('kind')} {parent.get('path')}")
     table = Table("file", "size", box=None, padding=(0, 2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,7 @@ def command(
     w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="With --static-bits: weight symmetry (sym or asym).")] = None,
     a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="With --static-bits: activation symmetry (sym or asym).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any spec field, e.g. --set train.sandwich.distill=false (repeatable).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse to train if a weight matmul the spec did not pin to \"fp\" would stay in floating point.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final summary object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -80,6 +82,13 @@ def command(
     def log(message: str) -> None:
         echo(message, quiet)
 
+    # what the conversion quantizes and what stays float, before any time is spent training
+    from eqtools.build import build_supernet
+
+    coverage = build_supernet(spec, pretrained=False, strict=strict).coverage
+    first_process = os.environ.get("RANK", "0") == "0"  # under torchrun every rank would print it
+    for line in coverage.lines() if coverage is not None and first_process else []:
+        log(line)
     opts = TrainOptions(out=out, resume=resume, restart=restart, device=device, log=log,
                         progress=lambda d, n: progress(d, n, enabled=not quiet))
     try:

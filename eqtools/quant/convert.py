@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from eqtools.errors import ConfigError, SpecError
+from eqtools.quant.attention import PackedInProjection, QPackedInProjection, RoutedMultiheadAttention, route_attention
+from eqtools.quant.coverage import CONV_TYPES, LAYER_TYPES, Coverage, weight_coverage
 from eqtools.quant.layers import QConv2d, QLinear, QuantLayer
 from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
 from eqtools.space import ElasticSpace, LayerInfo, SubnetConfig
@@ -23,46 +28,142 @@ from eqtools.space import ElasticSpace, LayerInfo, SubnetConfig
 __all__ = ["Supernet", "quantize_model", "trace_layers"]
 
 
-def trace_layers(model: nn.Module, example_input: Tensor) -> list[LayerInfo]:
-    """Facts about every Conv2d/Linear in execution order (per-sample sizes, unpinned)."""
-    seen: dict[str, LayerInfo] = {}
-    names = {module: name for name, module in model.named_modules()}
-    handles = []
+_FUNCTIONAL = {F.linear: "linear", F.conv2d: "conv"}
 
-    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+
+@dataclass
+class _Trace:
+    """What one example forward showed: the layers, and which of them were reached only through a
+    functional call (``F.linear(x, self.qkv.weight)``) made in another module's forward."""
+
+    layers: list[LayerInfo]
+    callers: dict[str, str] = field(default_factory=dict)  # layer name -> calling module's name
+
+
+def _weight_of(args: tuple, kwargs: Mapping[str, Any]) -> Any:
+    return args[1] if len(args) > 1 else kwargs.get("weight")
+
+
+class _CallRecorder(TorchFunctionMode):
+    """Sees every F.linear / F.conv2d a forward makes, including those inside plain functions that
+    modules call with their layers' weights (Swin's ``shifted_window_attention``). Calls made inside
+    another ``__torch_function__``-dispatching function stay invisible (the mode is off while that
+    function runs), so such weights are reported as not reached rather than guessed at."""
+
+    def __init__(self, on_call: Callable[[str, Tensor, Tensor, Tensor], None]) -> None:
+        super().__init__()
+        self._on_call = on_call
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        kind = _FUNCTIONAL.get(func)
+        if kind is not None:
+            self._on_call(kind, args[0] if args else kwargs["input"], _weight_of(args, kwargs), out)
+        return out
+
+
+def _facts(name: str, kind: str, weight: Tensor, x: Tensor, out: Tensor, batch_dim: int = 0) -> LayerInfo:
+    batch = x.shape[batch_dim] if x.dim() > 1 else 1
+    return LayerInfo(
+        name=name,
+        kind=kind,
+        weight_params=weight.numel(),
+        out_channels=weight.shape[0],
+        act_elems=x.numel() // batch,
+        # weight[0] is one output's inputs: in_features, or in_channels/groups x kernel
+        macs=out.numel() // batch * weight[0].numel(),
+    )
+
+
+def _trace(model: nn.Module, example_input: Tensor) -> _Trace:
+    names = {module: name for name, module in model.named_modules()}
+    owners = {id(m.weight): (n, m) for n, m in model.named_modules() if type(m) in LAYER_TYPES}
+    order: dict[str, int] = {}
+    seen: dict[str, LayerInfo] = {}
+    parts: dict[str, set[int]] = {}
+    callers: dict[str, str] = {}
+    stack: list[nn.Module] = []
+
+    def pre(module: nn.Module, inputs: tuple) -> None:
+        stack.append(module)
+        if type(module) in LAYER_TYPES:
+            order.setdefault(names[module], len(order))
+
+    def post(module: nn.Module, inputs: tuple, output: Any) -> None:
+        stack.pop()
+        if type(module) not in LAYER_TYPES:
+            return
         name = names[module]
+        kind = "conv" if type(module) in CONV_TYPES else "linear"
+        part = inputs[1] if len(inputs) > 1 else None
+        if isinstance(module, PackedInProjection) and part is not None:
+            # cross-attention projects query, key and value separately: one layer, three calls
+            done = parts.setdefault(name, set())
+            if part in done:
+                return
+            done.add(part)
+            e = module.in_features
+            info = _facts(name, kind, module.weight[part * e:(part + 1) * e], inputs[0], output, 1)
+            if name in seen:
+                prev = seen[name]
+                info = LayerInfo(name, kind, module.weight.numel(), module.out_features,
+                                 prev.act_elems + info.act_elems, prev.macs + info.macs)
+            else:
+                info = LayerInfo(name, kind, module.weight.numel(), module.out_features, info.act_elems, info.macs)
+            seen[name] = info
+            return
         if name in seen:
             return  # a module reused in one forward keeps the facts of its first call
-        x = inputs[0]
-        batch = x.shape[0]
-        if isinstance(module, nn.Conv2d):
-            kind = "conv"
-            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-        else:
-            kind = "linear"
-            per_output = module.in_features
-        seen[name] = LayerInfo(
-            name=name,
-            kind=kind,
-            weight_params=module.weight.numel(),
-            out_channels=module.weight.shape[0],
-            act_elems=x.numel() // batch,
-            macs=output.numel() // batch * per_output,
-        )
+        batch_dim = 1 if _inside_attention(stack) else 0
+        seen[name] = _facts(name, kind, module.weight, inputs[0], output, batch_dim)
 
+    def functional(kind: str, x: Tensor, weight: Any, out: Tensor) -> None:
+        owner = owners.get(id(weight))
+        if owner is None:
+            return
+        name, module = owner
+        if stack and stack[-1] is module:
+            return  # the layer's own forward: the hooks record it
+        if name in seen:
+            return
+        if (kind == "conv") != (type(module) in CONV_TYPES):
+            return  # a weight reused by another kind of op is not this layer's matmul
+        order.setdefault(name, len(order))
+        seen[name] = _facts(name, kind, weight, x, out)
+        callers[name] = names[stack[-1]] if stack else ""
+
+    handles = []
     for module in model.modules():
-        if type(module) in (nn.Conv2d, nn.Linear):
-            handles.append(module.register_forward_hook(hook))
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post, always_call=True))
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _CallRecorder(functional):
             model(example_input)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return list(seen.values())
+    layers = sorted(seen.values(), key=lambda info: order[info.name])
+    return _Trace(layers, callers)
+
+
+def _inside_attention(stack: list[nn.Module]) -> bool:
+    """True when the enclosing module is a rewritten attention: it hands its projections
+    (length, batch, embed) tensors, so the batch is dim 1 there."""
+    return bool(stack) and isinstance(stack[-1], RoutedMultiheadAttention)
+
+
+def trace_layers(model: nn.Module, example_input: Tensor) -> list[LayerInfo]:
+    """Facts about every Conv2d/Linear in execution order (per-sample sizes, unpinned).
+
+    Layers count whether they are called as modules or only through ``F.linear``/``F.conv2d``
+    with their weight in another module's forward. Attention modules are traced as they are: call
+    :func:`eqtools.quant.attention.route_attention` first to count their projections.
+    """
+    return _trace(model, example_input).layers
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -71,10 +172,76 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+class _RouteCalls(TorchFunctionMode):
+    """Inside one module's forward, sends ``F.linear``/``F.conv2d`` calls that use a quantized
+    layer's weight through that layer's quantizers (input and weight), so a layer the module uses
+    only functionally is quantized exactly as if it had been called."""
+
+    def __init__(self, layers: Iterable[QuantLayer]) -> None:
+        super().__init__()
+        self._by_weight = {id(layer.weight): layer for layer in layers}  # type: ignore[attr-defined]
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Mapping[str, Any] | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if func in _FUNCTIONAL:
+            layer = self._by_weight.get(id(_weight_of(args, kwargs)))
+            if layer is not None:
+                # input and weight may come positionally or by keyword, as the trace accepts both
+                args = list(args)
+                for i, key, quant in ((0, "input", layer.act_quant), (1, "weight", layer.weight_quant)):
+                    if len(args) > i:
+                        args[i] = quant(args[i])
+                    else:
+                        kwargs[key] = quant(kwargs[key])
+        return func(*args, **kwargs)
+
+
+class FunctionalRouting:
+    """Marker base of the classes :func:`_route_functional_calls` makes: a module whose forward
+    runs under :class:`_RouteCalls` for the quantized layers in ``_eq_routes``."""
+
+    _eq_routes: tuple[QuantLayer, ...]
+
+
+_ROUTED: dict[type, type] = {}
+
+
+def _routed_class(cls: type[nn.Module]) -> type[nn.Module]:
+    if cls not in _ROUTED:
+        def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with _RouteCalls(self._eq_routes):
+                return cls.forward(self, *args, **kwargs)
+
+        _ROUTED[cls] = type(cls.__name__, (cls, FunctionalRouting), {"forward": forward, "__module__": cls.__module__})
+    return _ROUTED[cls]
+
+
+def _route_functional_calls(model: nn.Module, callers: Mapping[str, str]) -> None:
+    """Give every module that calls a quantized layer's weight functionally a routed forward.
+
+    The module keeps its identity, parameters and state_dict keys; only its class becomes a
+    subclass whose forward is the original one under :class:`_RouteCalls`. Module swapping cannot
+    do this: the layer's own forward is never run (torchvision's Swin passes ``self.qkv.weight`` to
+    a function that ``torch.fx`` treats as a leaf).
+    """
+    by_caller: dict[str, list[QuantLayer]] = {}
+    for layer_name, caller in callers.items():
+        layer = model.get_submodule(layer_name)
+        if isinstance(layer, QuantLayer):
+            by_caller.setdefault(caller, []).append(layer)
+    for caller, layers in by_caller.items():
+        module = model.get_submodule(caller) if caller else model
+        if not isinstance(module, FunctionalRouting):
+            module.__class__ = _routed_class(type(module))
+        module._eq_routes = tuple(layers)  # a tuple of modules is not registered: no duplicate keys
+
+
 def quantize_model(
     model: nn.Module,
     space: ElasticSpace | Mapping[str, Any],
     example_input: Tensor,
+    *,
+    strict: bool = False,
 ) -> Supernet:
     """Convert ``model`` in place into a :class:`Supernet` over ``space``.
 
@@ -85,10 +252,19 @@ def quantize_model(
     pinned at 8/8, as in the paper's reference setup) and a typo is refused the same way.
     ``example_input`` is one batch (batch size 1 is enough) of the shape the model will see. A
     whole spec is built with :func:`eqtools.build.build_supernet`.
+
+    Every weight matmul is reached: Conv2d/Linear modules are swapped for quantized drop-ins,
+    ``nn.MultiheadAttention`` is rewritten so its packed q/k/v projection and its out-projection
+    are layers (:mod:`eqtools.quant.attention`), and a Conv2d/Linear whose weight a module passes to
+    ``F.linear``/``F.conv2d`` itself is quantized at that call. ``supernet.coverage`` says what is
+    quantized and what stays float, and why; with ``strict=True`` a weight matmul left float that
+    the space did not pin to ``"fp"`` is refused with :class:`CoverageError`.
     """
     from eqtools.specs import parse_space_settings
 
-    traced = trace_layers(model, example_input)
+    notes = route_attention(model)
+    trace = _trace(model, example_input)
+    traced = trace.layers
     if isinstance(space, ElasticSpace):
         got = [layer.name for layer in traced]
         want = [layer.name for layer in space.layers]
@@ -109,9 +285,17 @@ def quantize_model(
         module = model.get_submodule(info.name)
         if isinstance(module, nn.Conv2d):
             _set_submodule(model, info.name, QConv2d.from_float(module, info, built))
+        elif isinstance(module, PackedInProjection):
+            _set_submodule(model, info.name, QPackedInProjection.from_float(module, info, built))
         else:
             _set_submodule(model, info.name, QLinear.from_float(module, info, built))
-    return Supernet(model, built)
+    _route_functional_calls(model, trace.callers)
+    report = weight_coverage(model, built, notes)
+    if strict:
+        report.check_strict()
+    supernet = Supernet(model, built)
+    supernet.coverage = report
+    return supernet
 
 
 class _Activation:
@@ -149,6 +333,8 @@ class Supernet(nn.Module):
             raise SpecError(f"layers {missing[:5]} of the space are not quantized in the model")
         self._config: SubnetConfig | None = None
         self._channels_last = False
+        # what is quantized and what stays float; quantize_model fills it in
+        self.coverage: Coverage | None = None
         self.train(model.training)  # a wrapper must not flip an eval-mode model back to training
         self.apply(space.max())
 
