@@ -2,12 +2,14 @@
 
 ResNet-20, batch 128, 32x32, one forward+backward (no optimiser step), on N CPU threads:
 - float model,
-- eqtools' elastic supernet with 4-bit per-channel asymmetric weights and 4-bit activations,
+- eqtools' elastic supernet (8 forms: granularity x weight symmetry x activation symmetry) at
+  4-bit per-channel symmetric weights and 4-bit asymmetric activations (the int8 runtimes' form),
 - the same model quantized with PyTorch's built-in learnable fake-quant ops
   (torch._fake_quantize_learnable_per_{channel,tensor}_affine),
 each eager and under torch.compile. Variants are timed in interleaved rounds and the median is
 reported, because throughput on a small shared machine drifts. Also counts compilations while
-switching between 20 random subnets after warm-up, and times ``eqtools --help``.
+switching between 24 random subnets after warm-up (three of each of the 8 forms), times the
+compiled step in each form, and times ``eqtools --help``.
 
 Run: MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 \
      python benchmarks/bench_quant_step.py --record
@@ -88,7 +90,7 @@ def main() -> None:
     eq = quantize_model(get_model("resnet20"), {}, x[:1])
     eq.init_from_data([x[:64]])
     eq.train()
-    eq.apply(eq.space.uniform(4, 4, "per-channel", "asym", "asym"))
+    eq.apply(eq.space.uniform(4, 4, "per-channel", "sym", "asym"))
     builtin = builtin_model(4)
     variants: dict[str, nn.Module] = {"fp eager": fp, "eqtools eager": eq, "builtin eager": builtin}
 
@@ -129,12 +131,20 @@ def main() -> None:
     median = {name: statistics.median(v) for name, v in times.items()}
 
     recompiles = None
+    per_form: dict[str, float] = {}
+    forms = eq.space.conditions
     if "eqtools compiled" in variants:
         before = compiles["n"]
         rng = random.Random(0)
-        for _ in range(20):
-            eq.apply(eq.space.random(rng))
+        for i in range(3 * len(forms)):
+            eq.apply(eq.space.random(rng, *forms[i % len(forms)]))
             step(variants["eqtools compiled"])
+        for form in forms:  # the compiled step in every form, uniform 4-bit
+            eq.apply(eq.space.uniform(4, 4, *form))
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step(variants["eqtools compiled"])
+            per_form[eq.space.uniform(4, 4, *form).label] = (time.perf_counter() - start) / args.steps * 1000
         recompiles = compiles["n"] - before
 
     help_times = []
@@ -150,7 +160,10 @@ def main() -> None:
         lines.append(f"| {name} | {ms:.0f} | {ms / median['fp eager']:.2f}x | {vs_c} |")
     notes = [
         f"- compile time (first two steps): {', '.join(f'{k} {v:.0f} s' for k, v in compile_s.items()) or 'not run'}",
-        f"- recompilations over 20 random subnets after warm-up: {recompiles if recompiles is not None else 'not run'}",
+        f"- forms in the space: {len(forms)}; recompilations over {3 * len(forms)} random subnets (3 per form) and "
+        f"the {len(forms)} uniform 4-bit forms after warm-up: {recompiles if recompiles is not None else 'not run'}",
+        *([f"- compiled step per form (uniform W4A4, ms, vs fp compiled {median['fp compiled']:.0f} ms): " + ", ".join(
+            f"{k} {v:.0f} ({v / median['fp compiled']:.2f}x)" for k, v in per_form.items())] if per_form else []),
         f"- `python -m eqtools --help` wall time: {help_s:.2f} s (median of 5)",
     ]
     body = "\n".join([*lines, "", *notes])

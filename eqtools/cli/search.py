@@ -79,6 +79,7 @@ def command(
 
     Budgets no config meets (e.g. --w-bits 1, or caps below the smallest model) are refused before searching, with the tightest feasible value. The artifact holds best_config.json (for `eqtools calibrate --config` and `export`), the Pareto front, the per-generation history and the top-K.
     """
+    from eqtools.artifacts import Search as SearchArtifact
     from eqtools.artifacts import default_out, resolve_input
     from eqtools.errors import ArtifactError, ConfigError
     from eqtools.predictor import load_predictor
@@ -144,4 +145,4 @@ def command(
                  f"measured {100 * row['measured_top1']:.2f}% on {row['eval_images']} {row['split']} images")
     if outcome.mode != "uniform":
         echo(f"{outcome.evaluations} configs scored in {outcome.time_s:.1f}s; front of {len(outcome.front)} points")
-    echo(f"wrote search artifact {artifact.path} (best config: {artifact.path / 'best_config.json'})")
+    echo(f"wrote search artifact {artifact.path} (best config: {artifact.path / SearchArtifact.BEST_CONFIG})")

@@ -172,7 +172,7 @@ class Encoding:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "predictor.json") -> Encoding:
+    def from_dict(cls, data: Mapping[str, Any], where: str = "the predictor's encoding") -> Encoding:
         try:
             enc = cls(
                 kind=str(data["kind"]),
