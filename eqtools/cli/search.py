@@ -119,10 +119,9 @@ def command(
     with progress(f"search ({what})", options.generations, enabled=not as_json and not uniform) as advance:
         outcome = run_search(predictor, options, progress=advance)
     if verify and supernet is not None:
-        from eqtools.search.verify import verify_outcome
+        from eqtools.search.verify import verify_candidates, verify_outcome
 
-        n_candidates = len(outcome.top) + 1
-        with progress("verify", n_candidates, enabled=not as_json) as advance:
+        with progress("verify", len(verify_candidates(outcome)), enabled=not as_json) as advance:
             verify_outcome(outcome, supernet, eval_images=eval_images, on_stage=None if as_json else echo,
                            progress=advance)
     spec_name = spec.get("name") or "default"

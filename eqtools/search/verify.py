@@ -22,7 +22,7 @@ from eqtools.space import SubnetConfig
 if TYPE_CHECKING:
     from eqtools.search.run import SearchOutcome
 
-__all__ = ["find_supernet", "verify_configs", "verify_outcome"]
+__all__ = ["find_supernet", "verify_candidates", "verify_configs", "verify_outcome"]
 
 
 def find_supernet(predictor: Predictor, path: Path | str | None = None,
@@ -81,6 +81,15 @@ def verify_configs(
     return rows
 
 
+def verify_candidates(outcome: SearchOutcome) -> list[dict[str, Any]]:
+    """The points ``--verify`` measures: the top-K, plus the uniform config at the budget when it is not among them."""
+    candidates = list(outcome.top)
+    baseline = outcome.uniform_baseline
+    if baseline is not None and all(p["config"] != baseline["config"] for p in candidates):
+        candidates.append(baseline)
+    return candidates
+
+
 def verify_outcome(
     outcome: SearchOutcome,
     supernet_artifact: Artifact,
@@ -95,10 +104,7 @@ def verify_outcome(
     it, so ``--verify`` never ships a subnet worse than the obvious choice. The GA's own best
     prediction is kept in ``search_best_predicted`` so reports can tell prediction from measurement.
     """
-    candidates = list(outcome.top)
-    baseline = outcome.uniform_baseline
-    if baseline is not None and all(p["config"] != baseline["config"] for p in candidates):
-        candidates.append(baseline)
+    candidates = verify_candidates(outcome)
     configs = [SubnetConfig.from_dict(p["config"]) for p in candidates]
     if on_stage is not None:
         on_stage(f"verifying {len(configs)} configs (top {len(outcome.top)}"
