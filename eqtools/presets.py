@@ -49,8 +49,9 @@ PRESETS: dict[str, Preset] = {
                "weights); per-channel weights need equal zero points and zero point 0 takes the symmetric prepacked "
                "kernels; activations per tensor"),
         Preset("xnnpack", "per-channel", "sym", "asym", "int8", "int8", "XNNPACK (ExecuTorch, TFLite's CPU delegate) QS8 operators",
-               "ExecuTorch XNNPACKQuantizer get_symmetric_quantization_config(is_per_channel=True): weights "
-               "per_channel_symmetric int8 [-127, 127]; activations per_tensor_affine int8 [-128, 127] with a zero point"),
+               "ExecuTorch XNNPACK delegate documentation, 'Quantization': 8-bit symmetric weights with 8-bit "
+               "asymmetric activations, per-channel or per-tensor weights (XNNPACKQuantizer's "
+               "get_symmetric_quantization_config(is_per_channel=True))"),
         Preset("tflite", "per-channel", "sym", "asym", "int8", "int8", "TensorFlow Lite / LiteRT int8 kernels",
                "LiteRT 8-bit quantization specification: weights per-axis int8, symmetric (zero point 0) in "
                "[-127, 127]; activations per-tensor int8, asymmetric (any zero point in [-128, 127])"),
@@ -58,8 +59,9 @@ PRESETS: dict[str, Preset] = {
                "LiteRT 8-bit quantization specification, note on the older uint8 tooling: per-tensor asymmetric "
                "uint8 for weights and activations"),
         Preset("openvino", "per-channel", "sym", "sym", "int8", "int8 or uint8", "Intel OpenVINO (NNCF default 'performance' preset)",
-               "NNCF QuantizationPreset.PERFORMANCE (the default): symmetric quantization of weights and "
-               "activations, weights per output channel, activations per tensor (u8 where the input is non-negative)"),
+               "OpenVINO DefaultQuantization parameters: preset 'performance' (the default) is symmetric "
+               "quantization of weights and activations ('mixed' is symmetric weights, asymmetric activations); "
+               "weights per output channel, activations per tensor"),
         Preset("snpe", "per-tensor", "asym", "asym", "uint8", "uint8", "Qualcomm SNPE / QNN HTP (default quantization)",
                "SNPE 'Quantized vs non-quantized models': 8-bit fixed point with asymmetric min/max encodings, one per "
                "tensor, for weights and activations (per-channel encodings only on request)"),
