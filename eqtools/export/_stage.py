@@ -247,25 +247,14 @@ def _int32_bias(graph: DeployGraph) -> dict[str, Tensor]:
 
 def _zero_point_report(supernet: Supernet) -> dict[str, Any]:
     """How far each active learned offset was from the integer zero point that training used and export writes."""
-    from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
-
     worst = 0.0
     count = 0
-    with torch.no_grad():
-        for q in supernet.quantizers():
-            if q.asym.item() == 0.0:
-                continue
-            if isinstance(q, WeightQuantizer):
-                table = q.offset_per_channel if bool(q.per_channel.item()) else q.offset_per_tensor
-            elif isinstance(q, ActQuantizer):
-                table = q.offset
-            else:  # pragma: no cover - no other quantizer kinds
-                continue
-            if table is None:
-                continue
-            raw = table.index_select(0, q.bit_index)[0]
-            worst = max(worst, float((raw - raw.round()).abs().max()))
-            count += raw.numel()
+    for q in supernet.quantizers():
+        raw = q.active_offset()
+        if raw is None:
+            continue
+        worst = max(worst, float((raw - raw.round()).abs().max()))
+        count += raw.numel()
     return {"asymmetric_offsets": count, "max_offset_to_zero_point": worst}
 
 
