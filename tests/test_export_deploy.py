@@ -53,7 +53,7 @@ def _reference(supernet, batches):
 def test_every_quantized_layer_runs_on_integer_kernels(tiny, bits, granularity):
     supernet, batches, calibration = tiny
     supernet.apply(supernet.space.uniform(bits, bits, granularity, "sym"))
-    graph, data, info, _ = _deploy(supernet, batches, calibration)
+    _, data, info, _ = _deploy(supernet, batches, calibration)
     ops = optimized_ops(data)  # what onnxruntime runs, read back via SessionOptions.optimized_model_filepath
     assert not [op for op in FLOAT_MATMUL_OPS if ops.get(op)], ops
     assert ops.get("QLinearConv") == 3 and ops.get("QGemm") == 1, ops
