@@ -46,11 +46,9 @@ from eqtools.export.runtime import _FUNCTIONS, build_model
 __all__ = ["DEPLOY_OPSET", "Encoding", "build_deploy_onnx", "code_multiplier", "deploy_blocker", "optimized_ops",
            "plan_encodings", "simulate_deploy", "value_samples"]
 
-DEPLOY_OPSET = 13  # QLinearConv/QLinearMatMul exist since 10; per-axis DequantizeLinear needs 13
+DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists since 10, per-axis Q/DQ since 13
 _MS = "com.microsoft"
 _PASS_THROUGH = {"relu", "clamp", "identity", "flatten", "reshape", "slice", "max_pool2d", "pad"}
-INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool",
-               "QLinearMatMul", "NhwcMaxPool", "QLinearMul", "QLinearConcat")
 FLOAT_MATMUL_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "NhwcFusedConv")
 
 
