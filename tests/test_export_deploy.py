@@ -200,3 +200,23 @@ def test_plan_produces_values_in_the_reader_encoding(tiny):
     assert plan["conv1"].exact and plan["conv1"].hi - plan["conv1"].lo == 7  # conv2's 3-bit unsigned input
     assert not plan["conv3"].exact and not plan["add"].exact  # a conv feeding the residual add, and the sum
     assert plan["fc"] is None  # the logits leave QGemm in float
+
+
+@pytest.mark.parametrize("granularity", ["per-channel", "per-tensor"])
+@pytest.mark.parametrize("symmetry", ["sym", "asym"])
+def test_quantizers_hand_out_their_integer_view(tiny, granularity, symmetry):
+    """``int_view`` is what export stores: codes that reproduce the fake-quant weight, the active range."""
+    supernet, _, _ = tiny
+    supernet.apply(supernet.space.uniform(3, 3, granularity, symmetry))
+    layer = supernet.model.conv2
+    w = layer.weight_quant.int_view(layer.weight)
+    view = (-1, 1, 1, 1)
+    with torch.no_grad():
+        assert torch.equal((w.codes.float() - w.zero_point.float().view(view)) * w.scale.view(view),
+                           layer.weight_quant(layer.weight))
+    assert (w.bits, w.qmin, w.qmax, w.granularity) == (3, -4, 3, granularity)
+    assert w.scale.numel() == (16 if granularity == "per-channel" else 1)
+    assert w.symmetric == (symmetry == "sym" or not bool(w.zero_point.any()))
+    a = layer.act_quant.int_view()
+    assert a.codes is None and a.bits == 3 and (a.qmin, a.qmax) == ((-4, 3) if a.signed else (0, 7))
+    assert a.symmetry == symmetry and (symmetry == "asym" or int(a.zero_point) == 0)
