@@ -174,12 +174,22 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, 
     output = graph.graph["output"]
     plan: dict[str, Encoding | None] = {}
 
-    def readers(value: str, seen: set[str]) -> tuple[list[Encoding], bool, bool, bool]:
-        """(input encodings of quantized readers, read by an integer op, read in float, only through ReLU)."""
+    def readers(value: str, seen: set[str]) -> tuple[list[Encoding], bool, bool, tuple[float, float] | None]:
+        """(input encodings of quantized readers, read by an integer op, read in float, clip bounds).
+
+        The bounds are the union of the readers' clips when every direct reader is a ReLU or a
+        clamp (ReLU6, hard-tanh): values outside them are never told apart, so the 8-bit range
+        need not cover them (a ReLU6 input's negative half costs resolution for nothing).
+        """
         reqs: list[Encoding] = []
         integer, floating = False, value == output
         users = consumers.get(value, [])
-        only_relu = bool(users) and all(u["op"] == "relu" for u in users)
+        bounds: tuple[float, float] | None = None
+        if users and output != value and all(u["op"] in ("relu", "clamp") for u in users):
+            lows = [0.0 if u["op"] == "relu" else u["attrs"].get("min") for u in users]
+            highs = [None if u["op"] == "relu" else u["attrs"].get("max") for u in users]
+            bounds = (-math.inf if any(v is None for v in lows) else min(lows),
+                      math.inf if any(v is None for v in highs) else max(highs))
         for user in users:
             if user["name"] in seen:
                 continue
@@ -195,7 +205,7 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, 
                 integer = True
             else:
                 floating = True
-        return reqs, integer, floating, only_relu
+        return reqs, integer, floating, bounds
 
     for node in graph.nodes:
         name = node["name"]
@@ -203,12 +213,12 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, 
             continue
         if node["op"] in ("conv2d", "linear") and node["weight"]["dtype"] != "int":
             continue
-        reqs, integer, floating, only_relu = readers(name, set())
+        reqs, integer, floating, bounds = readers(name, set())
         distinct = {(np.float32(r.scale), r.zero, r.lo, r.hi) for r in reqs}
         if len(distinct) == 1 and not integer and not floating:
             plan[name] = reqs[0]
         elif reqs or integer or node["op"] == "conv2d":
-            values = samples[name].clamp(min=0.0) if only_relu else samples[name]
+            values = samples[name] if bounds is None else samples[name].clamp(*bounds)
             scales = {np.float32(r.scale) for r in reqs}
             plan[name] = _calibrated(values, float(scales.pop()) if len(scales) == 1 else None)
         else:
