@@ -220,3 +220,29 @@ def test_quantizers_hand_out_their_integer_view(tiny, granularity, symmetry):
     a = layer.act_quant.int_view()
     assert a.codes is None and a.bits == 3 and (a.qmin, a.qmax) == ((-4, 3) if a.signed else (0, 7))
     assert a.symmetry == symmetry and (symmetry == "asym" or int(a.zero_point) == 0)
+
+
+def test_linear_on_a_sequence_falls_back_to_exact(digits_splits, tmp_path):
+    """A linear layer on a rank-4 input has no QGemm form: the export says so and writes the exact form."""
+    from eqtools.quant import quantize_model
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.mix = torch.nn.Linear(8, 8)
+            self.fc = torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            t = torch.relu(self.conv(x))  # [B, 8, 8, 8]; the linear mixes the last dimension
+            return self.fc(self.mix(t).mean((2, 3)))
+
+    x = torch.cat([x for x, _ in digits_splits.val.batches(150)])[:64]
+    supernet = quantize_model(Tokens(), {"w_bits": (4, 8), "a_bits": (4, 8)}, x[:1])
+    supernet.init_from_data([x])
+    supernet.eval().apply(supernet.space.uniform(4, 4, "per-channel", "sym"))
+    graph = extract_graph(supernet, x[:2])
+    why = deploy_blocker(graph)
+    assert why is not None and "rank-4" in why and "'mix'" in why
+    metrics = export_subnet(supernet, [(x, None)], tmp_path, formats=("onnx",))
+    assert metrics["onnx"]["form"] == "exact" and metrics["onnx"]["deploy_fallback"] == why

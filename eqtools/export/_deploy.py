@@ -86,10 +86,15 @@ def deploy_blocker(graph: DeployGraph) -> str | None:
     not from the subnet's symmetry names: what matters is what the kernels will compute.
     """
     t = graph.tensors
+    shapes = {n["name"]: n.get("shape") for n in graph.nodes}
+    shapes["input"] = graph.graph["input"]["shape"]
     for node in graph.layers():
         if node["weight"]["dtype"] != "int":
             continue
         name = node["name"]
+        rank = len(shapes.get(node["inputs"][0]) or [])
+        if node["op"] == "linear" and rank != 2:
+            return f"layer {name!r} is a linear layer on a rank-{rank} input; onnxruntime's QGemm takes matrices"
         if bool(t[f"{name}.weight.zero_point"].any()):
             return (f"layer {name!r} has asymmetric weights (non-zero weight zero points); onnxruntime's integer "
                     "conv/gemm kernels need symmetric weights")
