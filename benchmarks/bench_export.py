@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             recalibrate_bn(supernet, calib)
         supernet.eval()
         with tempfile.TemporaryDirectory() as tmp:
-            m = export_subnet(supernet, check, tmp, agreement_min=0.0)
+            m = export_subnet(supernet, check, tmp, agreement_min=0.0, onnx_form="exact")
             onnx21 = (Path(tmp) / "model.onnx").read_bytes()
         c, i, o = m["check"], m["int"], m["onnx"]
         parity_rows.append(

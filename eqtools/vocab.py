@@ -22,6 +22,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "FLOAT_BITS",
     "GRANULARITIES",
+    "ONNX_FORMS",
     "SYMMETRIES",
     "Granularity",
     "Symmetry",
@@ -35,6 +36,7 @@ BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
 GRANULARITIES: tuple[str, ...] = ("per-channel", "per-tensor")
 SYMMETRIES: tuple[str, ...] = ("sym", "asym")
 EXPORT_FORMATS: tuple[str, ...] = ("int", "onnx", "all")
+ONNX_FORMS: tuple[str, ...] = ("deploy", "exact")  # integer kernels (default) | bit-exact QDQ reference
 BN_FOLD_MODES: tuple[str, ...] = ("scale", "requantize", "none")
 FLOAT_BITS = 32  # what a layer kept in floating point costs per weight/activation
 

@@ -1,4 +1,4 @@
-"""``eqtools export``: a calibrated subnet as packed integer weights and/or ONNX QDQ, checked before it is kept."""
+"""``eqtools export``: a calibrated subnet as packed integer weights and/or ONNX (integer or exact QDQ), checked before it is kept."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
-
-FORMATS = ("int", "onnx", "all")
-BN_FOLD_MODES = ("scale", "requantize", "none")
+from eqtools.vocab import BN_FOLD_MODES, ONNX_FORMS
+from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
 
 def _parity_line(name: str, p: dict[str, Any], against: str) -> str:
@@ -33,6 +32,14 @@ def command(
         typer.Option("--format", help="int: packed integer weights + scales/zero points (safetensors); "
                                       "onnx: ONNX QuantizeLinear/DequantizeLinear graph; all: both."),
     ] = "all",
+    onnx_form: Annotated[
+        str,
+        typer.Option("--onnx-form", help="deploy: an integer graph (QLinearConv/QGemm/QLinearAdd) that onnxruntime "
+                                         "runs on integer kernels, checked against the fake-quant subnet at the "
+                                         "fidelity targets (99.5% agreement, 99% below 4 bits); exact: the QDQ "
+                                         "graph that reproduces the fake-quant model, its convs in float. Subnets "
+                                         "with asymmetric weights are written exact (one line says why)."),
+    ] = "deploy",
     opset: Annotated[
         int,
         typer.Option("--opset", help="ONNX opset (13 or later). At 21 or later, weights of at most 4 bits are stored "
@@ -57,18 +64,26 @@ def command(
                      help="Top-1 agreement with the fake-quant subnet each file must reach on the check images. "
                           "Lower it only after reading the error that names the model's own float-rounding floor."),
     ] = 0.999,
+    min_deploy_agreement: Annotated[
+        float | None,
+        typer.Option("--min-deploy-agreement", min=0.0, max=1.0,
+                     help="Top-1 agreement the integer ONNX form must reach. Default: 0.995, or 0.99 when a "
+                          "quantized layer has fewer than 4 bits."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Output directory. Default: artifacts/<spec>/export-<config tag>."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, files, metrics) on stdout.")] = False,
 ) -> None:
-    """Export a calibrated subnet to integer weights and/or ONNX QDQ that match the fake-quant model.
+    """Export a calibrated subnet to integer weights and/or ONNX, checked against the fake-quant model.
 
     Each file is checked on held-out images before anything is written: layer by layer (every
     quantized layer fed the fake-quant model's own input must reproduce it to 1e-4) and end to
     end (top-1 agreement >= --min-agreement, 99.9% by default). The integer file is reloaded
-    with the standalone loader, the ONNX file runs in onnxruntime. See docs/export.md.
+    with the standalone loader, the ONNX file runs in onnxruntime. The default ONNX form is the
+    integer one onnxruntime accelerates, checked end to end at --min-deploy-agreement. See
+    docs/export.md.
     """
     from eqtools.errors import ConfigError
 
@@ -76,13 +91,16 @@ def command(
         raise ConfigError(f"--format is {fmt!r}; allowed: {', '.join(FORMATS)}")
     if bn_fold not in BN_FOLD_MODES:
         raise ConfigError(f"--bn-fold is {bn_fold!r}; allowed: {', '.join(BN_FOLD_MODES)}")
+    if onnx_form not in ONNX_FORMS:
+        raise ConfigError(f"--onnx-form is {onnx_form!r}; allowed: {', '.join(ONNX_FORMS)}")
 
     from eqtools.artifacts import resolve_input
     from eqtools.export import export_artifact
 
     source = resolve_input(from_, ("calibrated", "search"), echo=echo)
     result = export_artifact(source, formats=(fmt,), opset=opset, bn_fold=bn_fold, out=out,
-                             check_images=check_images, agreement_min=min_agreement, log=echo)
+                             check_images=check_images, agreement_min=min_agreement, onnx_form=onnx_form,
+                             deploy_agreement_min=min_deploy_agreement, log=echo)
     m = result.metrics
     if as_json:
         emit_artifact(result, files=result.extra.get("files", {}), config=result.extra.get("config"))
@@ -99,5 +117,10 @@ def command(
     if "onnx" in m:
         o = m["onnx"]
         print(_parity_line("onnx", o["parity"], against) + f"; file {human_bytes(o['file_bytes'])} "
-              f"(FP32 ONNX {human_bytes(sizes['fp32_onnx_file_bytes'])}), opset {o['opset']}")
+              f"(FP32 ONNX {human_bytes(sizes['fp32_onnx_file_bytes'])}), opset {o['opset']}, {o['form']} form")
+        if o["form"] == "deploy":
+            d = o["deploy"]
+            print(f"onnx  integer kernels: {d['integer_convs']} QLinearConv, {d['integer_gemms']} QGemm; "
+                  f"{d['requantized_values']} values requantized to 8 bits, {d['exact_values']} rounded as in "
+                  "the fake-quant model")
     print(f"checked on {m['check']['images']} held-out images; wrote {result.path}")

@@ -1,4 +1,4 @@
-"""Export a calibrated subnet to packed integer weights and/or ONNX QDQ, checked against the fake-quant model.
+"""Export a calibrated subnet to packed integer weights and/or ONNX (integer or exact QDQ), checked against the fake-quant model.
 
 ``load_int`` and the file-format helpers come from :mod:`eqtools.export.runtime`, which needs no
 eqtools training code (importing ``eqtools.export`` for ``load_int`` imports neither
@@ -16,20 +16,26 @@ from eqtools.export.runtime import DeployedModel, IntFormatError, load_int, pack
 __all__ = [
     "BN_FOLD_MODES",
     "DEFAULT_OPSET",
+    "DEPLOY_AGREEMENT_MIN",
     "FORMATS",
+    "ONNX_FORMS",
     "DeployGraph",
     "DeployedModel",
     "ExportError",
     "IntFormatError",
+    "build_deploy_onnx",
     "build_onnx",
+    "deploy_blocker",
     "export_artifact",
     "export_subnet",
     "extract_graph",
     "load_int",
+    "optimized_ops",
     "pack_codes",
     "parity",
     "read_int",
     "run_onnx",
+    "simulate_deploy",
     "unpack_codes",
     "write_int",
 ]
@@ -44,6 +50,12 @@ _LAZY = {
     "DeployGraph": "eqtools.export._graph",
     "extract_graph": "eqtools.export._graph",
     "build_onnx": "eqtools.export._onnx",
+    "build_deploy_onnx": "eqtools.export._deploy",
+    "deploy_blocker": "eqtools.export._deploy",
+    "optimized_ops": "eqtools.export._deploy",
+    "simulate_deploy": "eqtools.export._deploy",
+    "DEPLOY_AGREEMENT_MIN": "eqtools.export._stage",
+    "ONNX_FORMS": "eqtools.export._stage",
     "run_onnx": "eqtools.export._onnx",
     "DEFAULT_OPSET": "eqtools.export._stage",
     "FORMATS": "eqtools.export._stage",

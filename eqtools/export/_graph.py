@@ -6,10 +6,10 @@ vocabulary (``eqtools.export.runtime.OPS``) that both the integer file's loader 
 builder implement. A model that uses anything else is refused with the op's name, so an export
 never silently drops a computation.
 
-Quantized layers are read from the active form of their quantizers: the step and zero point come
-from ``step_and_zero_point()`` (the very tensors the fake-quant forward uses) and the integer codes
-from the forward's own formula, so ``scale * (code - zero_point)`` reproduces the fake-quantized
-weight bit for bit (checked here, not hoped for).
+Quantized layers are read from the active form of their quantizers through ``int_view()``: the
+quantizer owns its integer view (the step and zero point its forward uses, the codes from the
+forward's own formula), so ``scale * (code - zero_point)`` reproduces the fake-quantized weight
+bit for bit (checked there, not hoped for).
 
 Batch norm after a conv/linear (whose output nothing else reads) is folded into it, which is what a
 deployment runtime expects. The factor ``k = gamma / sqrt(var + eps)`` is per output channel:
@@ -39,11 +39,11 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from eqtools.errors import ModelError
 from eqtools.export.runtime import FORMAT, VERSION
-from eqtools.quant import QuantLayer, Supernet, lp_search, quant_range
+from eqtools.quant import QuantLayer, Supernet, lp_search
+from eqtools.vocab import BN_FOLD_MODES
 
 __all__ = ["BN_FOLD_MODES", "DeployGraph", "extract_graph"]
 
-BN_FOLD_MODES = ("scale", "requantize", "none")
 
 
 @dataclass
@@ -125,8 +125,6 @@ class _Builder:
     def __init__(self, gm: fx.GraphModule, supernet: Supernet, bn_fold: str, quantized: bool, batch: int) -> None:
         self.gm = gm
         self.supernet = supernet
-        config = supernet.config
-        self.bits = {name: (w, a) for name, w, a in zip(config.layers, config.w_bits, config.a_bits)}
         self.bn_fold = bn_fold
         self.quantized = quantized
         self.batch = batch
@@ -426,35 +424,22 @@ class _Builder:
         self.layer_of[node] = ir
 
     def quantized_weight(self, name: str, m: QuantLayer, spec: dict[str, Any]) -> None:
-        wq, aq = m.weight_quant, m.act_quant
-        config = self.supernet.config
-        w_bits, a_bits = self.bits[m.layer_name]
-        granularity, w_symmetry, a_symmetry = config.form
-        weight = m.weight.detach()  # type: ignore[attr-defined]
-        step, zero_point = wq.step_and_zero_point()
-        view = (-1,) + (1,) * (weight.dim() - 1)
-        qn, qp = quant_range(w_bits, True)
-        if not torch.equal(zero_point, zero_point.round()):
-            raise RuntimeError(f"layer {name!r}: the active weight zero point is not an integer")  # a bug
-        q = torch.clamp(weight / step.view(view), qn - zero_point.view(view), qp - zero_point.view(view)).round()
-        codes = (q + zero_point.view(view)).to(torch.int32)
-        # the export must reproduce the fake-quantized weight exactly; anything else is a bug here
-        if not torch.equal((codes.float() - zero_point.view(view)) * step.view(view), wq(weight)):
-            raise RuntimeError(f"layer {name!r}: exported codes do not reproduce the fake-quantized weight")
-        per_channel = granularity == "per-channel"
-        spec.update({"dtype": "int", "bits": w_bits, "qmin": qn, "qmax": qp, "granularity": granularity,
-                     "symmetry": w_symmetry})
-        self.tensors[f"{name}.weight.codes"] = codes
-        self.tensors[f"{name}.weight.scale"] = (step if per_channel else step[:1]).float().clone()
-        self.tensors[f"{name}.weight.zero_point"] = (zero_point if per_channel else zero_point[:1]).to(torch.int32)
-        a_step, a_zero = aq.step_and_zero_point()
-        if not torch.equal(a_zero, a_zero.round()):
-            raise RuntimeError(f"layer {name!r}: the active activation zero point is not an integer")  # a bug
-        a_qn, a_qp = quant_range(a_bits, aq.signed)
-        self.by_name[name]["input_quant"] = {"bits": a_bits, "signed": aq.signed, "qmin": a_qn, "qmax": a_qp,
-                                             "symmetry": a_symmetry}
-        self.tensors[f"{name}.input.scale"] = a_step.detach().float().reshape(1).clone()
-        self.tensors[f"{name}.input.zero_point"] = a_zero.detach().reshape(1).to(torch.int32)
+        # the quantizers hand out their integer view (codes checked against the fake-quant weight);
+        # granularity and symmetry are each quantizer's own active form, not the config's names
+        try:
+            w = m.weight_quant.int_view(m.weight)  # type: ignore[attr-defined]
+            a = m.act_quant.int_view()
+        except RuntimeError as exc:
+            raise RuntimeError(f"layer {name!r}: {exc}") from None  # a bug, not a user error
+        spec.update({"dtype": "int", "bits": w.bits, "qmin": w.qmin, "qmax": w.qmax, "granularity": w.granularity,
+                     "symmetry": w.symmetry})
+        self.tensors[f"{name}.weight.codes"] = w.codes
+        self.tensors[f"{name}.weight.scale"] = w.scale
+        self.tensors[f"{name}.weight.zero_point"] = w.zero_point
+        self.by_name[name]["input_quant"] = {"bits": a.bits, "signed": a.signed, "qmin": a.qmin, "qmax": a.qmax,
+                                             "symmetry": a.symmetry}
+        self.tensors[f"{name}.input.scale"] = a.scale
+        self.tensors[f"{name}.input.zero_point"] = a.zero_point
 
     def batch_norm(self, node: fx.Node, bn: nn.BatchNorm1d | nn.BatchNorm2d, name: str) -> None:
         if bn.running_mean is None or bn.running_var is None:

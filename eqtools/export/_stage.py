@@ -39,31 +39,45 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eqtools.artifacts import Artifact, default_out, read_artifact, write_artifact
+from eqtools.artifacts import Artifact, Calibrated, default_out, write_artifact
+from eqtools.artifacts import Export as ExportArtifact
+from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.export import ExportError
+from eqtools.export._deploy import (
+    FLOAT_MATMUL_OPS,
+    build_deploy_onnx,
+    deploy_blocker,
+    optimized_ops,
+    simulate_deploy,
+)
 from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, extract_graph, weight_bytes
 from eqtools.export._onnx import INT4_OPSET, MIN_OPSET, build_onnx, run_onnx, run_onnx_teacher_forced
 from eqtools.export.runtime import FILE_NAME, METADATA_KEY, DeployedModel, build_model, load_int, pack_codes
 from eqtools.quant import QuantLayer, Supernet
 from eqtools.space import SubnetConfig
+from eqtools.vocab import EXPORT_FORMATS, ONNX_FORMS
 
 __all__ = [
     "AGREEMENT_MIN",
     "DEFAULT_OPSET",
+    "DEPLOY_AGREEMENT_MIN",
     "FORMATS",
     "LAYER_RTOL",
     "ONNX_FILE",
+    "ONNX_FORMS",
     "export_artifact",
     "export_subnet",
     "parity",
     "write_int",
 ]
 
-FORMATS = ("int", "onnx", "all")
+FORMATS = EXPORT_FORMATS
 DEFAULT_OPSET = INT4_OPSET
-ONNX_FILE = "model.onnx"
+ONNX_FILE = ExportArtifact.ONNX
 AGREEMENT_MIN = 0.999
+# the deploy form's gate: the issue's fidelity targets, by the subnet's narrowest quantized layer
+DEPLOY_AGREEMENT_MIN = {2: 0.99, 3: 0.99, 4: 0.995}
 LAYER_RTOL = 1e-4
 TEACHER_FORCED_IMAGES = 64
 TEACHER_FORCED_BYTES = 256 << 20  # every quantized layer's input is held twice (reference, arrived)
@@ -247,26 +261,66 @@ def _int32_bias(graph: DeployGraph) -> dict[str, Tensor]:
 
 def _zero_point_report(supernet: Supernet) -> dict[str, Any]:
     """How far each active learned offset was from the integer zero point that training used and export writes."""
-    from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
-
     worst = 0.0
     count = 0
-    with torch.no_grad():
-        for q in supernet.quantizers():
-            if q.asym.item() == 0.0:
-                continue
-            if isinstance(q, WeightQuantizer):
-                table = q.offset_per_channel if bool(q.per_channel.item()) else q.offset_per_tensor
-            elif isinstance(q, ActQuantizer):
-                table = q.offset
-            else:  # pragma: no cover - no other quantizer kinds
-                continue
-            if table is None:
-                continue
-            raw = table.index_select(0, q.bit_index)[0]
-            worst = max(worst, float((raw - raw.round()).abs().max()))
-            count += raw.numel()
+    for q in supernet.quantizers():
+        raw = q.active_offset()
+        if raw is None:
+            continue
+        worst = max(worst, float((raw - raw.round()).abs().max()))
+        count += raw.numel()
     return {"asymmetric_offsets": count, "max_offset_to_zero_point": worst}
+
+
+def _narrowest_bits(graph: DeployGraph) -> int:
+    bits = [min(int(n["weight"]["bits"]), int(n["input_quant"]["bits"])) for n in graph.layers()
+            if n["weight"]["dtype"] == "int" and n.get("input_quant") is not None]
+    return min(bits, default=8)
+
+
+def _deploy_onnx(graph: DeployGraph, supernet: Supernet, batches: Any, calibration: list[Tensor],
+                 gate_reference: Tensor, reference: Tensor, labels: Tensor | None, against: str, opset: int,
+                 agreement_min: float | None, threads: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Build, run and gate the integer ONNX form; the metrics (and the bytes under ``_data``)."""
+    log(f"building the integer ONNX graph (QLinearConv/QGemm, opset {opset}) and running it in onnxruntime")
+    model, info, plan = build_deploy_onnx(graph, calibration, opset=opset, error=ExportError)
+    data = model.SerializeToString()
+    xs = [x for x, _ in batches]
+    logits = run_onnx(data, xs, threads=threads)
+    free = parity(gate_reference, logits, labels)
+    bits = _narrowest_bits(graph)
+    threshold = DEPLOY_AGREEMENT_MIN[min(bits, 4)] if agreement_min is None else agreement_min
+    ops = optimized_ops(data, threads)
+    float_layers = sum(1 for n in graph.layers() if n["weight"]["dtype"] == "float")
+    float_matmuls = sum(ops.get(op, 0) for op in FLOAT_MATMUL_OPS)
+    if float_matmuls > float_layers:  # a quantized conv/gemm onnxruntime would run in float: a bug here
+        raise ExportError(
+            f"onnxruntime's optimised graph of the integer ONNX form runs {float_matmuls - float_layers} quantized "
+            f"conv/gemm layer(s) in float ({ops}); nothing was written. This is a bug in eqtools' export; "
+            "use --onnx-form exact and report it"
+        )
+    # what each deploy-time rounding costs on its own, simulated in PyTorch on the same images
+    simulated = simulate_deploy(graph, plan, xs)
+    roundings = {
+        "int32_bias": parity(reference, simulate_deploy(graph, plan, xs, requantize=False), labels),
+        "requantize_8bit": parity(reference, simulate_deploy(graph, plan, xs, int32_bias=False), labels),
+        "simulation_vs_onnxruntime": parity(simulated, logits),
+    }
+    if free["top1_agreement"] < threshold:
+        bias, requant = roundings["int32_bias"]["top1_agreement"], roundings["requantize_8bit"]["top1_agreement"]
+        raise ExportError(
+            f"the integer ONNX file agrees with {against} on {100 * free['top1_agreement']:.2f}% of {free['images']} "
+            f"held-out images (top-1), below the required {100 * threshold:.2f}% for a subnet whose narrowest layer "
+            f"has {bits} bits; nothing was written. Simulated one at a time, the int32 biases alone give "
+            f"{100 * bias:.2f}% and the 8-bit requantizations the integer graph adds (conv outputs feeding "
+            f"residual adds, the sums themselves) alone {100 * requant:.2f}%. --onnx-form exact writes the QDQ file "
+            "that matches the fake-quant model (its convs run in float); --min-deploy-agreement accepts a lower "
+            "agreement knowingly (it is recorded in the artifact)"
+        )
+    return {"file": ONNX_FILE, "form": "deploy", "opset": opset, "int4": False, "file_bytes": len(data),
+            "agreement_min": threshold, "parity": free,
+            "deploy": {**info, "narrowest_bits": bits, "optimized_ops": ops, "roundings": roundings},
+            "_data": data}
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -279,10 +333,20 @@ def export_subnet(
     opset: int = DEFAULT_OPSET,
     bn_fold: str = "scale",
     agreement_min: float = AGREEMENT_MIN,
+    onnx_form: str = "deploy",
+    deploy_agreement_min: float | None = None,
+    calibration: Sequence[Tensor] | None = None,
     threads: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export the active subnet of ``supernet`` into ``out_dir``; return the metrics.
+
+    ``onnx_form="deploy"`` (default) writes the integer ONNX graph onnxruntime runs on integer
+    kernels, gated at ``deploy_agreement_min`` (default: :data:`DEPLOY_AGREEMENT_MIN` for the
+    subnet's narrowest layer) and falling back to the exact form, with one logged line, where the
+    kernels cannot run the subnet (asymmetric weights); ``"exact"`` writes the QDQ graph that
+    reproduces the fake-quant model, gated at ``agreement_min``. ``calibration`` (input batches,
+    default: the check images) sets the ranges of the deployment's own 8-bit requantizations.
 
     ``batches`` is a re-iterable of held-out ``(images [B, C, H, W], labels [B] or None)``: every
     file is checked on it against the fake-quant subnet (see the module docstring) and an
@@ -296,6 +360,10 @@ def export_subnet(
             raise ConfigError(f"export format {f!r} is not known; allowed: {list(FORMATS)}")
     if bn_fold not in BN_FOLD_MODES:
         raise ConfigError(f"--bn-fold is {bn_fold!r}; allowed: {list(BN_FOLD_MODES)}")
+    if onnx_form not in ONNX_FORMS:
+        raise ConfigError(f"--onnx-form is {onnx_form!r}; allowed: {list(ONNX_FORMS)}")
+    if deploy_agreement_min is not None and not 0.0 <= deploy_agreement_min <= 1.0:
+        raise ConfigError(f"--min-deploy-agreement is {deploy_agreement_min}; it is a fraction between 0 and 1")
     if not 0.0 <= agreement_min <= 1.0:
         raise ConfigError(f"--min-agreement is {agreement_min}; it is a fraction between 0 and 1 (default 0.999)")
     import onnx
@@ -376,65 +444,67 @@ def export_subnet(
         metrics["sizes"]["int_file_bytes"] = size
 
     if "onnx" in formats:
-        log(f"building the ONNX QDQ graph (opset {opset}) and running it in onnxruntime")
-        data = build_onnx(graph, opset, error=ExportError).SerializeToString()
-        free = parity(gate_reference, run_onnx(data, [x for x, _ in batches], threads=threads), labels)
-        checking = build_onnx(graph, opset, error=ExportError, teacher_forced=True).SerializeToString()
-        arrived, forced_logits = run_onnx_teacher_forced(checking, forced_x, forced_ref, threads=threads)
-        forced = _teacher_forced_report(arrived, forced_ref, forced_logits, forced_ref_logits)
-        _gate(f"the ONNX file (opset {opset})", forced, free, agreement_min, against, self_agreement, bn_fold)
+        form, fallback = onnx_form, deploy_blocker(graph) if onnx_form == "deploy" else None
+        if fallback is not None:
+            log(f"onnx: writing the exact QDQ form, not the integer one: {fallback}")
+            form = "exact"
+        if form == "deploy":
+            calib = [x for x, _ in batches] if calibration is None else list(calibration)
+            metrics["onnx"] = _deploy_onnx(graph, supernet, batches, calib, gate_reference, reference, labels,
+                                           against, opset, deploy_agreement_min, threads, log)
+            data = metrics["onnx"].pop("_data")
+        else:
+            log(f"building the exact ONNX QDQ graph (opset {opset}) and running it in onnxruntime")
+            data = build_onnx(graph, opset, error=ExportError).SerializeToString()
+            free = parity(gate_reference, run_onnx(data, [x for x, _ in batches], threads=threads), labels)
+            checking = build_onnx(graph, opset, error=ExportError, teacher_forced=True).SerializeToString()
+            arrived, forced_logits = run_onnx_teacher_forced(checking, forced_x, forced_ref, threads=threads)
+            forced = _teacher_forced_report(arrived, forced_ref, forced_logits, forced_ref_logits)
+            _gate(f"the ONNX file (opset {opset})", forced, free, agreement_min, against, self_agreement, bn_fold)
+            metrics["onnx"] = {"file": ONNX_FILE, "form": "exact", "opset": opset, "int4": opset >= INT4_OPSET,
+                               "file_bytes": len(data), "agreement_min": agreement_min,
+                               "parity": free, "teacher_forced": forced}
+        metrics["onnx"]["deploy_fallback"] = fallback
         (out_dir / ONNX_FILE).write_bytes(data)
         fp32 = build_onnx(extract_graph(supernet, example, bn_fold="scale", quantized=False), opset, error=ExportError)
-        metrics["onnx"] = {"file": ONNX_FILE, "opset": opset, "int4": opset >= INT4_OPSET,
-                           "file_bytes": len(data),
-                           "parity": free, "teacher_forced": forced}
         metrics["sizes"]["onnx_file_bytes"] = len(data)
         metrics["sizes"]["fp32_onnx_file_bytes"] = len(fp32.SerializeToString())
     return metrics
 
 
 # ------------------------------------------------------------------------------------------ artifacts
-def _find_parent(artifact: Artifact, kind: str) -> Artifact:
-    """The nearest ancestor of ``kind`` (breadth-first over the manifests' parents)."""
-    queue = list(artifact.manifest.get("parents", []))
-    seen: set[str] = set()
-    while queue:
-        parent = queue.pop(0)
-        path = parent.get("path")
-        if not path or path in seen:
-            continue
-        seen.add(path)
-        if parent.get("kind") == kind:
-            return read_artifact(path, kind)
-        try:
-            queue.extend(read_artifact(path, verify=False).manifest.get("parents", []))
-        except ArtifactError:
-            continue
-    raise ArtifactError(
-        f"{artifact.path} ({artifact.kind}) names no '{kind}' artifact among its ancestors that still exists; "
-        "calibrate its config yourself (`eqtools calibrate`) and export with --from CALIBRATED"
-    )
+def _subnet_of(source: Artifact, log: Callable[[str], None] | None) -> tuple[Supernet, SubnetConfig, list[Artifact]]:
+    """The subnet to export, BN-calibrated, with the artifacts it comes from.
 
+    A ``calibrated`` artifact is read as it is. A ``search`` artifact's best config is calibrated
+    in memory by the shared library (:func:`eqtools.evaluation.measure_subnet`, on the ``val``
+    split), not by the calibrate stage: export writes only its own artifact, and says so.
+    """
+    from eqtools.build import load_supernet
+    from eqtools.evaluation import measure_subnet
 
-def calibrated_from_search(search: Artifact, log: Callable[[str], None] | None = None) -> Artifact:
-    """Calibrate a search artifact's best config on its supernet (written where `eqtools calibrate` writes it)."""
-    from eqtools.calibrate import calibrate_artifact, config_from_search
-
-    supernet_artifact = _find_parent(search, "supernet")
-    config = config_from_search(search.path)
-    if log:
-        log(f"calibrating the search's best config on supernet {supernet_artifact.path}")
-    return calibrate_artifact(supernet_artifact, config, split="val")
-
-
-def _config_of(artifact: Artifact) -> SubnetConfig:
-    data = artifact.extra.get("config")
+    if source.kind == "search":
+        supernet_artifact = source.ancestor("supernet")
+        if supernet_artifact is None:
+            raise ArtifactError(
+                f"{source.path} (search) names no 'supernet' artifact among its ancestors that still exists; "
+                "calibrate its config yourself (`eqtools calibrate --from-search ...`) and export with --from CALIBRATED"
+            )
+        config = SearchArtifact.best_config(source)
+        if log:
+            log(f"calibrating the search's best config in memory on supernet {supernet_artifact.path} (val split); "
+                "no calibrated artifact is written (`eqtools calibrate --from-search` keeps one)")
+        supernet, _ = measure_subnet(supernet_artifact, config, split="val", supernet=load_supernet(supernet_artifact))
+        return supernet, config, [source, supernet_artifact]
+    if source.kind != "calibrated":
+        raise ArtifactError(f"{source.path} is a '{source.kind}' artifact; export reads 'calibrated' or 'search' ones")
+    config = Calibrated.config(source)
+    supernet = load_supernet(source)
     try:
-        if data is not None:
-            return SubnetConfig.from_dict(data)
-        return SubnetConfig.from_json(artifact.file("config.json").read_text())
+        supernet.apply(config)
     except ConfigError as exc:
-        raise ArtifactError(f"{artifact.path}: the calibrated subnet's config is invalid: {exc}") from None
+        raise ArtifactError(f"{source.path}: its config does not fit its own supernet: {exc}") from None
+    return supernet, config, [source]
 
 
 def export_artifact(
@@ -446,42 +516,43 @@ def export_artifact(
     out: Path | str | None = None,
     check_images: int = 2000,
     agreement_min: float = AGREEMENT_MIN,
+    onnx_form: str = "deploy",
+    deploy_agreement_min: float | None = None,
+    deploy_calibration_images: int = 512,
     batch_size: int = 250,
     threads: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> Artifact:
-    """Export a ``calibrated`` artifact (or a ``search`` one, calibrated first) as an ``export`` artifact.
+    """Export a ``calibrated`` artifact (or a ``search`` one, calibrated in memory first) as an ``export`` artifact.
 
     The check images are ``check_images`` class-balanced images of the spec's held-out ``val``
-    split. ``out`` defaults to ``artifacts/<spec>/export-<config tag>``. Nothing is written unless
+    split; the integer ONNX form's 8-bit requantization ranges come from
+    ``deploy_calibration_images`` images of the ``train`` split (never the check images). ``out`` defaults to ``artifacts/<spec>/export-<config tag>``. Nothing is written unless
     every requested file passed its check.
     """
-    from eqtools.build import artifact_spec, load_supernet
+    from eqtools.build import artifact_spec
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, config_tag
 
     if check_images < 1:
         raise ConfigError(f"--check-images is {check_images}; it must be at least 1 (2000 or more for a 99.9% check)")
-    if source.kind == "search":
-        source = calibrated_from_search(source, log)
-    if source.kind != "calibrated":
-        raise ArtifactError(f"{source.path} is a '{source.kind}' artifact; export reads 'calibrated' or 'search' ones")
-    config = _config_of(source)
-    supernet = load_supernet(source)
-    try:
-        supernet.apply(config)
-    except ConfigError as exc:
-        raise ArtifactError(f"{source.path}: its config does not fit its own supernet: {exc}") from None
+    supernet, config, parents = _subnet_of(source, log)
     spec = artifact_spec(source)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
     batches = BatchSource(held_out, batch_size)
+    calibration = [x for x, _ in BatchSource(splits.train, batch_size, images=deploy_calibration_images,
+                                             shuffle_seed=spec.seed)]
     out = Path(out) if out is not None else default_out(spec.name, "export", config_tag(supernet.space, config))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
         metrics = export_subnet(supernet, batches, staging, formats=formats, opset=opset, bn_fold=bn_fold,
-                                agreement_min=agreement_min, threads=threads, log=log)
+                                agreement_min=agreement_min, onnx_form=onnx_form,
+                                deploy_agreement_min=deploy_agreement_min, calibration=calibration,
+                                threads=threads, log=log)
         metrics["check"]["split"] = "val"
+        if "onnx" in metrics and metrics["onnx"]["form"] == "deploy":
+            metrics["onnx"]["deploy"]["calibration"] = {"split": "train", "images": sum(len(x) for x in calibration)}
         written = sorted(os.listdir(staging))
         sizes = {name: (Path(staging) / name).stat().st_size for name in written}
 
@@ -490,8 +561,9 @@ def export_artifact(
                 os.replace(Path(staging) / name, tmp / name)
 
         return write_artifact(
-            out, "export", move, spec=source.spec, space=supernet.space, parents=[source], metrics=metrics,
+            out, "export", move, spec=source.spec, space=supernet.space, parents=parents, metrics=metrics,
             extra={"config": config.to_dict(), "bn_fold": bn_fold, "opset": opset if ONNX_FILE in written else None,
+                   "onnx_form": metrics["onnx"]["form"] if "onnx" in metrics else None,
                    "files": {fmt: name for fmt, name in (("int", FILE_NAME), ("onnx", ONNX_FILE)) if name in written},
                    "file_bytes": sizes},
         )

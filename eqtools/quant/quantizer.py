@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,7 @@ from eqtools.errors import ConfigError
 
 __all__ = [
     "ActQuantizer",
+    "IntView",
     "WeightQuantizer",
     "fake_quantize",
     "lp_search",
@@ -50,6 +52,32 @@ def quant_range(bits: int, signed: bool) -> tuple[int, int]:
     if signed:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
+
+
+@dataclass(frozen=True)
+class IntView:
+    """The active form of a quantizer as integers: what a deployment stores and computes with.
+
+    ``value = scale * (code - zero_point)`` with ``qmin <= code <= qmax``. ``scale`` and
+    ``zero_point`` are [C_out] for per-channel weights and [1] otherwise (float32 / int32);
+    ``codes`` (int32, the weight's shape) only for weights. ``symmetric`` is read from the
+    zero points themselves (all 0), not from the form's name, so a deployment decides from what
+    it will actually compute.
+    """
+
+    scale: Tensor
+    zero_point: Tensor
+    qmin: int
+    qmax: int
+    bits: int
+    signed: bool
+    granularity: str
+    symmetry: str
+    codes: Tensor | None = None
+
+    @property
+    def symmetric(self) -> bool:
+        return not bool(self.zero_point.any())
 
 
 def _round_ste(x: Tensor) -> Tensor:
@@ -320,6 +348,45 @@ class WeightQuantizer(_ElasticQuantizer):
         return fake_quantize(w, step.view(shape), zero_point.view(shape), self.qn, self.qp, self.step_grad_scale)
 
     @torch.no_grad()
+    def int_view(self, w: Tensor) -> IntView:
+        """The active form's integer codes, scale and zero point for weight ``w`` [C_out, ...].
+
+        The codes come from the forward pass's own formula, and reproducing the fake-quantized
+        weight from them is checked (a mismatch is a bug, raised as ``RuntimeError``), so
+        whoever deploys the view computes exactly what the network was trained and measured with.
+        """
+        self._check_ready()
+        bits, granularity, symmetry = self._active
+        w = w.detach()
+        step, zero_point = self.step_and_zero_point()
+        if not torch.equal(zero_point, zero_point.round()):
+            raise RuntimeError("the active weight zero point is not an integer")  # a bug upstream
+        view = (-1,) + (1,) * (w.dim() - 1)
+        qn, qp = quant_range(bits, True)
+        q = torch.clamp(w / step.view(view), qn - zero_point.view(view), qp - zero_point.view(view)).round()
+        codes = (q + zero_point.view(view)).to(torch.int32)
+        if not torch.equal((codes.float() - zero_point.view(view)) * step.view(view), self(w)):
+            raise RuntimeError("integer codes do not reproduce the fake-quantized weight")
+        per_channel = granularity == "per-channel"
+        return IntView(
+            scale=(step if per_channel else step[:1]).detach().float().clone(),
+            zero_point=(zero_point if per_channel else zero_point[:1]).detach().to(torch.int32),
+            qmin=qn, qmax=qp, bits=bits, signed=True, granularity=granularity, symmetry=symmetry, codes=codes,
+        )
+
+    @torch.no_grad()
+    def active_offset(self) -> Tensor | None:
+        """The active asymmetric form's learned real-valued offset ([C_out] or [1]) before rounding; None if symmetric.
+
+        Reports use it to say how far training left the offsets from the integer zero points
+        that ``int_view`` (and every forward pass) uses.
+        """
+        if self._active[2] != "asym":
+            return None
+        table = self.offset_per_channel if self._active[1] == "per-channel" else self.offset_per_tensor
+        return None if table is None else table.index_select(0, self.bit_index)[0].detach().clone()
+
+    @torch.no_grad()
     def init_from_weight(self, w: Tensor, p: float = 2.4) -> None:
         """Set every form's step/offset by an L_p clipping search on the weight itself."""
         rows = w.detach().reshape(w.shape[0], -1)
@@ -385,6 +452,27 @@ class ActQuantizer(_ElasticQuantizer):
         self._check_ready()
         step, zero_point = self.step_and_zero_point()
         return fake_quantize(x, step, zero_point, self.qn, self.qp, self.step_grad_scale)
+
+    @torch.no_grad()
+    def int_view(self) -> IntView:
+        """The active form's scale [1], integer zero point [1] and code range (signedness included)."""
+        self._check_ready()
+        bits, symmetry = self._active
+        step, zero_point = self.step_and_zero_point()
+        if not torch.equal(zero_point, zero_point.round()):
+            raise RuntimeError("the active activation zero point is not an integer")  # a bug upstream
+        qn, qp = quant_range(bits, self.signed)
+        return IntView(
+            scale=step.detach().float().reshape(1).clone(), zero_point=zero_point.detach().reshape(1).to(torch.int32),
+            qmin=qn, qmax=qp, bits=bits, signed=self.signed, granularity="per-tensor", symmetry=symmetry,
+        )
+
+    @torch.no_grad()
+    def active_offset(self) -> Tensor | None:
+        """The active asymmetric form's learned real-valued offset [1] before rounding; None if symmetric."""
+        if self._active[1] != "asym" or self.offset is None:
+            return None
+        return self.offset.index_select(0, self.bit_index).detach().clone()
 
     # -- initialisation from data ------------------------------------------------------------
     _observing = False

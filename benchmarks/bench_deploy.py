@@ -1,0 +1,279 @@
+"""Benchmark the deployable integer ONNX form against FP32 and onnxruntime's own static quantization.
+
+In one run, on the same float network and the same images:
+  - FP32 ONNX of the float network (the supernet's float weights, batch norm folded);
+  - onnxruntime's ``quant_pre_process`` + ``quantize_static`` of that network (QDQ, QUInt8
+    activations, QInt8 per-channel weights; calibrated on training images), and its QInt4-weight
+    variant at opset 21 (if this onnxruntime runs it);
+  - eqtools' integer ONNX form (``eqtools export``'s default) of uniform subnets (default 2/4/8-bit,
+    per-channel symmetric) and seeded random mixed-precision ones, each BN-calibrated with the spec's
+    calibrate settings;
+and reports, per row: latency at each batch size (median ms), speed-up over FP32, top-1 agreement
+(eqtools rows: with the fake-quant subnet; onnxruntime rows: with the FP32 network), top-1 accuracy,
+file size, and what each deploy-time rounding costs (eqtools rows, simulated one at a time).
+
+Usage
+  python benchmarks/bench_deploy.py artifacts/quick/supernet            # print the results
+  python benchmarks/bench_deploy.py artifacts/quick/supernet --record   # and append them to BENCHMARKS.md
+
+onnxruntime runs with the CPU execution provider, ``ORT_ENABLE_ALL`` and a fixed number of intra-op
+threads (default 2). Run on a quiet machine; the script re-executes itself with the glibc malloc
+settings of reference/NOTES.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import MALLOC_ENV, ROOT, machine_line, record
+
+
+def _session(model: bytes | str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _latency(session: Any, x: Any, min_runs: int, min_time_s: float) -> float:
+    """Median milliseconds per batch ``x``."""
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    for _ in range(5):
+        session.run(None, feed)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_time_s:
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(times)
+
+
+def _logits(session: Any, batches: list[Any]) -> Any:
+    import torch
+
+    name = session.get_inputs()[0].name
+    return torch.cat([torch.from_numpy(session.run(None, {name: x.numpy()})[0]) for x in batches])
+
+
+def _ort_static(fp32_path: Path, out: Path, calibration: list[Any], weight_type: str) -> str | None:
+    """onnxruntime's own QDQ static quantization; None on success, else why it did not run."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": x.numpy()} for x in calibration])
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.items, None)
+
+    pre = out.with_suffix(".pre.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(pre))
+        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=getattr(QuantType, weight_type),
+                        per_channel=True)
+    except Exception as exc:  # report, don't hide: the row says why it is missing
+        return f"{type(exc).__name__}: {str(exc)[:160]}"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="a 'supernet' artifact directory")
+    parser.add_argument("--bits", default="2,4,8", help="uniform bit-widths (default 2,4,8)")
+    parser.add_argument("--mixed", type=int, default=1,
+                        help="random mixed-precision subnets to add (seeded; default 1; no search artifact needed)")
+    parser.add_argument("--condition", default="per-channel/sym", help="granularity/symmetry (default per-channel/sym)")
+    parser.add_argument("--check-images", type=int, default=2000, help="held-out (val) images (default 2000)")
+    parser.add_argument("--calibration-images", type=int, default=512,
+                        help="training images for onnxruntime's calibration and eqtools' 8-bit ranges (default 512)")
+    parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    parser.add_argument("--batch", default="1,64", help="batch sizes for latency (default 1,64)")
+    parser.add_argument("--min-runs", type=int, default=30, help="timed runs per measurement (default 30)")
+    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement at least (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; best median kept (default 3)")
+    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+    import onnxruntime as ort
+    import torch
+
+    from eqtools.artifacts import read_artifact
+    from eqtools.build import artifact_spec, load_supernet
+    from eqtools.calibrate import BatchSource, calibration_source, recalibrate_bn
+    from eqtools.data import load_splits
+    from eqtools.export import build_onnx, export_subnet, extract_graph, optimized_ops
+    from eqtools.export._stage import parity
+
+    torch.set_num_threads(args.threads)
+    source = read_artifact(args.source, "supernet")
+    spec = artifact_spec(source)
+    supernet = load_supernet(source).eval()
+    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+    check = BatchSource(splits.val.balanced(args.check_images, spec.seed, "val"), 250)
+    xs = [x for x, _ in check]
+    labels = torch.cat([y for _, y in check])
+    calib_bn = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
+    calibration = [x for x, _ in BatchSource(splits.train, 64, images=args.calibration_images,
+                                             shuffle_seed=spec.seed)]
+    granularity, symmetry = args.condition.split("/")
+    sizes = [int(b) for b in args.batch.split(",")]
+    example = xs[0]
+
+    def batch_of(b: int) -> Any:
+        return example[:b] if b <= example.shape[0] else example.repeat(-(-b // example.shape[0]), 1, 1, 1)[:b]
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        # the float network: the supernet's weights in float, BN calibrated on its largest (8-bit) subnet
+        supernet.apply(supernet.space.max())
+        recalibrate_bn(supernet, calib_bn)
+        supernet.eval()
+        for opset in (17, 21):
+            model = build_onnx(extract_graph(supernet, example[:2], quantized=False), opset)
+            (tmp / f"fp32-{opset}.onnx").write_bytes(model.SerializeToString())
+        fp32 = _session(str(tmp / "fp32-17.onnx"), args.threads)
+        fp32_logits = _logits(fp32, xs)
+        rows.append({"name": "FP32 ONNX", "session": fp32, "file": tmp / "fp32-17.onnx",
+                     "agreement": 1.0, "against": "itself", "accuracy": float((fp32_logits.argmax(1) == labels).float().mean())})
+        for label, fp32_file, weight_type in (("onnxruntime quantize_static W8 (QInt8 per-channel, QUInt8 act)",
+                                               "fp32-17.onnx", "QInt8"),
+                                              ("onnxruntime quantize_static W4 (QInt4 per-channel, QUInt8 act, opset 21)",
+                                               "fp32-21.onnx", "QInt4")):
+            out = tmp / f"ort-{weight_type}.onnx"
+            print(f"{label}: quantizing", file=sys.stderr, flush=True)
+            why = _ort_static(tmp / fp32_file, out, calibration, weight_type)
+            if why is None:
+                try:
+                    session = _session(str(out), args.threads)
+                except Exception as exc:
+                    why = f"{type(exc).__name__}: {str(exc)[:160]}"
+            if why is not None:
+                rows.append({"name": label, "error": why})
+                continue
+            logits = _logits(session, xs)
+            rows.append({"name": label, "session": session, "file": out, "against": "FP32",
+                         "agreement": parity(fp32_logits, logits)["top1_agreement"],
+                         "accuracy": float((logits.argmax(1) == labels).float().mean()),
+                         "ops": optimized_ops(out.read_bytes(), args.threads)})
+
+        rng = random.Random(spec.seed)
+        subnets = [(f"W{b}A{b}", supernet.space.uniform(b, b, granularity, symmetry)) for b in
+                   [int(b) for b in args.bits.split(",")]]
+        for i in range(args.mixed):
+            config = supernet.space.random(rng, granularity, symmetry)
+            w, a = supernet.space.avg_bits(config)
+            subnets.append((f"mixed #{i + 1} (avg W {w:.2f} A {a:.2f})", config))
+        for tag, config in subnets:
+            label = f"eqtools deploy {tag} {args.condition}"
+            print(f"{label}: calibrating and exporting", file=sys.stderr, flush=True)
+            supernet.apply(config)
+            recalibrate_bn(supernet, calib_bn)
+            supernet.eval()
+            out = tmp / f"eq-{len(rows)}"
+            m = export_subnet(supernet, check, out, formats=("onnx",), calibration=calibration,
+                              deploy_agreement_min=0.0, threads=args.threads)
+            o = m["onnx"]
+            if o["form"] != "deploy":
+                rows.append({"name": label, "error": f"exported in the exact form: {o['deploy_fallback']}"})
+                continue
+            d = o["deploy"]
+            rows.append({"name": label, "session": _session(str(out / "model.onnx"), args.threads),
+                         "file": out / "model.onnx", "against": "fake-quant", "agreement": o["parity"]["top1_agreement"],
+                         "accuracy": o["parity"]["accuracy"], "fake_quant_accuracy": o["parity"]["reference_accuracy"],
+                         "ops": d["optimized_ops"], "bias": d["roundings"]["int32_bias"],
+                         "requant": d["roundings"]["requantize_8bit"], "requantized": d["requantized_values"],
+                         "sim": d["roundings"]["simulation_vs_onnxruntime"]["top1_agreement"]})
+
+        # rows interleaved over rounds, best median per row: other load on the cores then inflates
+        # one round of one row, not the comparison
+        timed = [row for row in rows if "session" in row]
+        for row in timed:
+            row["size"] = row["file"].stat().st_size
+        for r in range(args.rounds):
+            for b in sizes:
+                for row in timed:
+                    t = _latency(row["session"], batch_of(b), args.min_runs, args.min_time)
+                    row[f"ms{b}"] = min(t, row.get(f"ms{b}", t))
+                    print(f"  round {r + 1}: {row['name']} batch {b}: {t:.3f} ms", file=sys.stderr, flush=True)
+        load = os.getloadavg()
+
+    base = rows[0]
+    ort8 = rows[1] if "session" in rows[1] else None
+    head = "| runtime / subnet | " + " | ".join(f"batch {b} ms (vs FP32, vs ORT W8)" for b in sizes) + \
+        " | agreement % (with) | top-1 % | file bytes |"
+    table = [head, "|---|" + "---|" * len(sizes) + "---|---|---|"]
+    for row in rows:
+        if "session" not in row:
+            table.append(f"| {row['name']} | did not run: {row['error']} |")
+            continue
+        cells = []
+        for b in sizes:
+            t = row[f"ms{b}"]
+            vs_ort = f", {ort8[f'ms{b}'] / t:.2f}x" if ort8 is not None else ""
+            cells.append(f"{t:.3f} ({base[f'ms{b}'] / t:.2f}x{vs_ort})")
+        table.append(f"| {row['name']} | " + " | ".join(cells) +
+                     f" | {100 * row['agreement']:.2f} ({row['against']}) | {100 * row['accuracy']:.2f} | {row['size']:,} |")
+    costs = ["| subnet | fake-quant top-1 % | deploy top-1 % | int32 bias alone: agreement %, Δ top-1 | "
+             "8-bit requantizations alone: agreement %, Δ top-1 | values requantized | simulation = onnxruntime % |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "bias" in row:
+            costs.append(f"| {row['name']} | {100 * row['fake_quant_accuracy']:.2f} | {100 * row['accuracy']:.2f} | "
+                         f"{100 * row['bias']['top1_agreement']:.2f}, {100 * row['bias']['accuracy_change']:+.2f} | "
+                         f"{100 * row['requant']['top1_agreement']:.2f}, {100 * row['requant']['accuracy_change']:+.2f} | "
+                         f"{row['requantized']} | {100 * row['sim']:.2f} |")
+    graphs = [f"- {row['name']}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["ops"].items()))
+              for row in rows if "ops" in row]
+    body = "\n".join([
+        f"Source: `{args.source}` (spec `{spec.name}`, model {spec.model.name}); {args.check_images} class-balanced "
+        f"held-out (val) images; onnxruntime {ort.__version__}, CPU execution provider, ORT_ENABLE_ALL, "
+        f"{args.threads} intra-op threads; latency = median ms per batch, best of {args.rounds} interleaved rounds "
+        f"(load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}). The float network is the supernet's "
+        "weights in float with BN calibrated on its largest subnet; onnxruntime's rows quantize it "
+        f"(`quant_pre_process` + `quantize_static`, {args.calibration_images} training images), eqtools' rows "
+        "are the BN-calibrated uniform subnets exported with `eqtools export`'s default ONNX form.",
+        "",
+        *table,
+        "",
+        "Fidelity of eqtools' integer form, and what each deploy-time rounding costs (PyTorch simulation of one "
+        "rounding at a time, against the fake-quant subnet):",
+        "",
+        *costs,
+        "",
+        "Ops onnxruntime runs (optimised graph, `SessionOptions.optimized_model_filepath`):",
+        "",
+        *graphs,
+    ])
+    print(body)
+    if args.record:
+        command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).resolve().relative_to(ROOT)),
+                                                              *sys.argv[1:]])
+        record("deploy: integer ONNX vs FP32 vs onnxruntime quantize_static", command,
+               machine_line(args.threads, f", onnxruntime {ort.__version__}"), body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

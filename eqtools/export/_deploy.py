@@ -1,0 +1,548 @@
+"""The deployable ONNX form: an operator-oriented integer graph that onnxruntime runs on integer kernels.
+
+The exact form (:mod:`eqtools.export._onnx`) reproduces the fake-quant model but leaves every
+conv in float: onnxruntime only fuses QDQ patterns it recognises, and the fake-quant model has no
+quantizer at a conv's output. This form is written directly in onnxruntime's integer operators,
+so nothing depends on its pattern matcher:
+
+- quantized conv -> ``QLinearConv`` (uint8 activations, int8 weights with zero point 0, per-channel
+  or per-tensor scales, int32 bias at ``s_x * s_w``); quantized linear -> ``com.microsoft.QGemm``;
+  residual add -> ``com.microsoft.QLinearAdd``; global / plain average pooling ->
+  ``com.microsoft.QLinearGlobalAveragePool`` / ``QLinearAveragePool``; ReLU, ReLU6/clamp, max
+  pooling, slicing, zero padding, flatten and reshape act on the uint8 codes directly (``Clip``,
+  ``MaxPool``, ``Slice``, ``Pad``...), which is exact: each commutes with a monotone quantizer.
+- values below 8 bits travel in uint8 with an integer ``Clip`` to their range; signed codes with
+  zero point ``z`` are stored as uint8 codes ``+128`` with zero point ``z + 128`` (the same values).
+- every value between integer ops is uint8 with one scale and zero point (an "encoding"). Where all
+  readers of a value are quantized layers with one input quantizer, the value is produced directly
+  in that quantizer's encoding: the same rounding the fake-quant model does. Elsewhere (a conv
+  output feeding a residual add, the sum itself, a pooled value read by two layers) the deployed
+  graph needs an 8-bit requantization the fake-quant model does not do. Its range comes from
+  calibration images; where the value also feeds a quantized layer with step ``s_b``, the 8-bit
+  step is ``s_b / k`` with ``k`` odd, so that rounding to the 8-bit grid and then to the layer's
+  grid equals rounding straight to the layer's grid (no double-rounding error on the conv's input;
+  only the other readers, e.g. the shortcut, see the 8-bit rounding).
+- layers pinned as float stay float (``Conv`` / ``Gemm``) between ``DequantizeLinear`` and
+  ``QuantizeLinear``; so do ops without an integer form (sigmoid, SiLU, hard-swish, mul, ...).
+
+What is only possible with symmetric weights (zero point 0, the kernels' prepacked path) is checked
+by :func:`deploy_blocker`; the export then falls back to the exact form and says why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from eqtools.export._graph import DeployGraph
+from eqtools.export.runtime import _FUNCTIONS, build_model
+
+__all__ = ["DEPLOY_OPSET", "Encoding", "build_deploy_onnx", "code_multiplier", "deploy_blocker", "optimized_ops",
+           "plan_encodings", "simulate_deploy", "value_samples"]
+
+DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists since 10, per-axis Q/DQ since 13
+_MS = "com.microsoft"
+_PASS_THROUGH = {"relu", "clamp", "identity", "flatten", "reshape", "slice", "max_pool2d", "pad"}
+FLOAT_MATMUL_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "NhwcFusedConv")
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """A uint8 value's meaning: ``real = scale * (code - zero)``, with codes known to lie in ``[lo, hi]``.
+
+    ``exact`` says the value is rounded exactly where (and as) the fake-quant model rounds it;
+    otherwise it is one of the deployment's own 8-bit requantizations.
+    """
+
+    scale: float
+    zero: int
+    lo: int = 0
+    hi: int = 255
+    exact: bool = True
+
+    def same_grid(self, other: Encoding) -> bool:
+        return np.float32(self.scale) == np.float32(other.scale) and self.zero == other.zero
+
+
+def _input_encoding(node: dict[str, Any], tensors: dict[str, Tensor]) -> Encoding:
+    """A quantized layer's input quantizer as a uint8 encoding (signed codes shifted by 128)."""
+    name, quant = node["name"], node["input_quant"]
+    shift = 128 if quant["signed"] else 0
+    zero = int(tensors[f"{name}.input.zero_point"].reshape(-1)[0]) + shift
+    return Encoding(float(tensors[f"{name}.input.scale"].reshape(-1)[0]), zero, int(quant["qmin"]) + shift,
+                    int(quant["qmax"]) + shift)
+
+
+def deploy_blocker(graph: DeployGraph) -> str | None:
+    """Why onnxruntime cannot run this graph's quantized layers on integer kernels, or None if it can.
+
+    Decided from the integer view the file would store (weight zero points, activation range),
+    not from the subnet's symmetry names: what matters is what the kernels will compute.
+    """
+    t = graph.tensors
+    shapes = {n["name"]: n.get("shape") for n in graph.nodes}
+    shapes["input"] = graph.graph["input"]["shape"]
+    for node in graph.layers():
+        if node["weight"]["dtype"] != "int":
+            continue
+        name = node["name"]
+        rank = len(shapes.get(node["inputs"][0]) or [])
+        if node["op"] == "linear" and rank != 2:
+            return f"layer {name!r} is a linear layer on a rank-{rank} input; onnxruntime's QGemm takes matrices"
+        if bool(t[f"{name}.weight.zero_point"].any()):
+            return (f"layer {name!r} has asymmetric weights (non-zero weight zero points); onnxruntime's integer "
+                    "conv/gemm kernels need symmetric weights")
+        if node["weight"]["bits"] > 8 or node["input_quant"]["bits"] > 8:
+            return f"layer {name!r} has values wider than 8 bits"
+        enc = _input_encoding(node, t)
+        if not 0 <= enc.lo <= enc.zero <= enc.hi <= 255:
+            return f"layer {name!r}: its activation zero point {enc.zero} does not fit uint8"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ calibration
+@torch.no_grad()
+def value_samples(graph: DeployGraph, batches: list[Tensor], per_batch: int = 16384) -> dict[str, Tensor]:
+    """Values of every node's output over ``batches`` as the exact (fake-quant-equal) model computes them.
+
+    A seeded random subsample per batch plus each batch's exact minimum and maximum (the 8-bit
+    ranges use the extremes; the sample keeps the choice of range open to a clipping search).
+    """
+    model = build_model(graph.graph, graph.tensors)
+    samples: dict[str, list[Tensor]] = {}
+    g = torch.Generator().manual_seed(0)
+    for x in batches:
+        env: dict[str, Tensor] = {model.input_name: x}
+        for name, op, inputs, attrs, key in model._steps:
+            args = [env[i] for i in inputs]
+            env[name] = model.layers[key](*args) if key is not None else _FUNCTIONS[op](*args, **attrs)
+            flat = env[name].detach().reshape(-1).float()
+            pick = flat[torch.randperm(flat.numel(), generator=g)[:per_batch]] if flat.numel() > per_batch else flat
+            samples.setdefault(name, []).append(torch.cat([pick, flat.min()[None], flat.max()[None]]))
+    return {name: torch.cat(parts) for name, parts in samples.items()}
+
+
+def _calibrated(values: Tensor, align: float | None) -> Encoding:
+    """An 8-bit uint8 encoding for ``values``; its step is ``align / k`` (k odd) when ``align`` is given.
+
+    The range is the values' full range, unclipped: on the test fixture the L_p-optimal clipping
+    range (p = 2.4, the quantizers' initialisation) was no better (within one image in 300 per
+    subnet, either way), and an unclipped residual stream keeps its outliers.
+    """
+    lo, hi = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+    width = max(hi - lo, 1e-8)
+    scale = width / 255.0
+    if align is not None:
+        k = math.floor(align * 255.0 / width)
+        if k >= 1:
+            scale = align / (k if k % 2 else k - 1 or 1)
+    zero = int(min(255, max(0, round(-lo / scale))))
+    return Encoding(float(np.float32(scale)), zero, exact=False)
+
+
+def _consumers(graph: DeployGraph) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for node in graph.nodes:
+        for i in node["inputs"]:
+            out.setdefault(i, []).append(node)
+    return out
+
+
+def _quantized_layer(node: dict[str, Any]) -> bool:
+    return node["op"] in ("conv2d", "linear") and node.get("input_quant") is not None
+
+
+def _integer_op(node: dict[str, Any]) -> bool:
+    op, attrs = node["op"], node.get("attrs", {})
+    if op == "add":
+        return attrs.get("scalar") is None
+    if op == "adaptive_avg_pool2d":
+        return list(attrs["output_size"]) == [1, 1]
+    return op == "avg_pool2d"
+
+
+def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, Encoding | None]:
+    """The encoding of every value a conv, linear, add or pooling node produces (None: it stays float).
+
+    A value read (through pass-through ops) only by quantized layers that share one input encoding
+    is produced in it, exactly; a value read by integer ops is requantized to 8 bits on its
+    calibrated range; a value read only by float ops stays float (a conv's output is quantized
+    anyway, since ``QLinearConv`` has a quantized output).
+    """
+    consumers = _consumers(graph)
+    output = graph.graph["output"]
+    plan: dict[str, Encoding | None] = {}
+
+    def readers(value: str, seen: set[str]) -> tuple[list[Encoding], bool, bool, tuple[float, float] | None]:
+        """(input encodings of quantized readers, read by an integer op, read in float, clip bounds).
+
+        The bounds are the union of the readers' clips when every direct reader is a ReLU or a
+        clamp (ReLU6, hard-tanh): values outside them are never told apart, so the 8-bit range
+        need not cover them (a ReLU6 input's negative half costs resolution for nothing).
+        """
+        reqs: list[Encoding] = []
+        integer, floating = False, value == output
+        users = consumers.get(value, [])
+        bounds: tuple[float, float] | None = None
+        if users and output != value and all(u["op"] in ("relu", "clamp") for u in users):
+            lows = [0.0 if u["op"] == "relu" else u["attrs"].get("min") for u in users]
+            highs = [None if u["op"] == "relu" else u["attrs"].get("max") for u in users]
+            bounds = (-math.inf if any(v is None for v in lows) else min(lows),
+                      math.inf if any(v is None for v in highs) else max(highs))
+        for user in users:
+            if user["name"] in seen:
+                continue
+            seen.add(user["name"])
+            if _quantized_layer(user):
+                reqs.append(_input_encoding(user, graph.tensors))
+            elif user["op"] in _PASS_THROUGH and (user["op"] != "pad" or user["attrs"].get("value", 0.0) == 0.0):
+                r, i, f, _ = readers(user["name"], seen)
+                reqs += r
+                integer |= i
+                floating |= f
+            elif _integer_op(user):
+                integer = True
+            else:
+                floating = True
+        return reqs, integer, floating, bounds
+
+    for node in graph.nodes:
+        name = node["name"]
+        if not (node["op"] in ("conv2d", "linear") or _integer_op(node)):
+            continue
+        if node["op"] in ("conv2d", "linear") and node["weight"]["dtype"] != "int":
+            continue
+        reqs, integer, floating, bounds = readers(name, set())
+        distinct = {(np.float32(r.scale), r.zero, r.lo, r.hi) for r in reqs}
+        if len(distinct) == 1 and not integer and not floating:
+            plan[name] = reqs[0]
+        elif reqs or integer or node["op"] == "conv2d":
+            values = samples[name] if bounds is None else samples[name].clamp(*bounds)
+            scales = {np.float32(r.scale) for r in reqs}
+            plan[name] = _calibrated(values, float(scales.pop()) if len(scales) == 1 else None)
+        else:
+            plan[name] = None
+    return plan
+
+
+# ------------------------------------------------------------------------------------------ ONNX
+def code_multiplier(codes: np.ndarray | Tensor) -> int:
+    """The largest integer m with |code * m| <= 64 (1 for codes already beyond 64, e.g. 8-bit ones).
+
+    The deployed layer stores ``code * m`` at scale ``s_w / m``: the same products, an int32 bias
+    unit ``s_x * s_w / m`` that is m times finer (see ``_Builder.layer``).
+    """
+    values = codes.numpy() if isinstance(codes, Tensor) else codes
+    peak = int(np.abs(values).max()) if values.size else 0
+    return max(1, 64 // max(1, peak))
+
+
+class _Builder:
+    def __init__(self, graph: DeployGraph, plan: dict[str, Encoding | None], error: type[Exception],
+                 opset: int) -> None:
+        self.graph = graph
+        self.opset = opset
+        self.plan = plan
+        self.error = error
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self.enc: dict[str, Encoding | None] = {"input": None}
+        self.shapes: dict[str, Any] = {"input": graph.graph["input"]["shape"]}
+        self.counter = 0
+        self.stats: Counter[str] = Counter()
+        self.dequantized: dict[str, str] = {}
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, domain: str | None = None, **attrs: Any) -> str:
+        from onnx import helper
+
+        self.counter += 1
+        output = output or f"{op}_{self.counter}"
+        extra = {"domain": domain} if domain else {}
+        self.nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{self.counter}", **extra, **attrs))
+        return output
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        array = np.asarray(array)  # 0-d stays 0-d: the integer ops want scalar scales and zero points
+        self.initializers.append(numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(), name))
+        return name
+
+    def scale_zero(self, name: str, enc: Encoding) -> tuple[str, str]:
+        return (self.const(f"{name}.scale", np.array(enc.scale, np.float32)),
+                self.const(f"{name}.zero", np.array(enc.zero, np.uint8)))
+
+    def clip(self, value: str, enc: Encoding, lo: int, hi: int, name: str) -> tuple[str, Encoding]:
+        """Narrow a uint8 value's codes to [lo, hi] (no-op if they already lie there)."""
+        lo, hi = max(lo, enc.lo), min(hi, enc.hi)
+        if (lo, hi) == (enc.lo, enc.hi):
+            return value, enc
+        out = self.node("Clip", [value, self.const(f"{name}.lo", np.array(lo, np.uint8)),
+                                 self.const(f"{name}.hi", np.array(hi, np.uint8))], name)
+        return out, Encoding(enc.scale, enc.zero, lo, hi, enc.exact)
+
+    def dequantize(self, value: str) -> str:
+        enc = self.enc[value]
+        if enc is None:
+            return value
+        if value not in self.dequantized:
+            s, z = self.scale_zero(f"{value}.dq", enc)
+            self.dequantized[value] = self.node("DequantizeLinear", [value, s, z], f"{value}.dq")
+        return self.dequantized[value]
+
+    def quantize(self, value: str, target: Encoding, name: str) -> tuple[str, Encoding]:
+        """``value`` (float or uint8 in any encoding) in ``target``'s encoding, codes within its range."""
+        enc = self.enc[value]
+        if enc is None or not enc.same_grid(target):
+            if enc is not None:
+                self.stats["requantize_8bit_to_layer"] += 1
+            s, z = self.scale_zero(f"{name}.q", target)
+            value = self.node("QuantizeLinear", [self.dequantize(value), s, z], f"{name}.q")
+            enc = Encoding(target.scale, target.zero, 0, 255, target.exact)
+        return self.clip(value, enc, target.lo, target.hi, f"{name}.clip")
+
+    def emit_float(self, ir: dict[str, Any]) -> None:
+        """A node without an integer form: run the exact form's lowering on dequantized inputs."""
+        from eqtools.export._onnx import _Builder as ExactBuilder
+
+        exact = ExactBuilder(self.graph, self.opset, False, self.error, False)
+        exact.shapes = self.shapes
+        renamed = dict(ir, inputs=[self.dequantize(i) for i in ir["inputs"]])
+        exact.counter = self.counter
+        exact.emit(renamed)
+        self.counter = exact.counter + 1
+        self.nodes += exact.nodes
+        self.initializers += exact.initializers
+        self.enc[ir["name"]] = None
+        self.stats["float_nodes"] += 1
+
+    # ---------------------------------------------------------------------------- ops
+    def emit(self, ir: dict[str, Any]) -> None:
+        op, name = ir["op"], ir["name"]
+        inputs = list(ir["inputs"])
+        attrs = ir.get("attrs", {})
+        encs = [self.enc[i] for i in inputs]
+        if op in ("conv2d", "linear") and ir["weight"]["dtype"] == "int":
+            self.layer(ir)
+        elif all(e is None for e in encs) or op not in _PASS_THROUGH | {"add", "adaptive_avg_pool2d", "avg_pool2d"}:
+            self.emit_float(ir)
+        elif op == "relu":
+            self.passthrough(name, *self.clip(inputs[0], encs[0], encs[0].zero, 255, name))
+        elif op == "clamp":
+            e = encs[0]
+            lo = 0 if attrs.get("min") is None else int(min(255, max(0, round(attrs["min"] / e.scale) + e.zero)))
+            hi = 255 if attrs.get("max") is None else int(min(255, max(0, round(attrs["max"] / e.scale) + e.zero)))
+            self.passthrough(name, *self.clip(inputs[0], e, lo, hi, name))
+        elif op == "pad" and attrs.get("value", 0.0) != 0.0:
+            self.emit_float(ir)
+        elif op in ("identity", "flatten", "reshape", "slice", "max_pool2d", "pad"):
+            self.shape_op(ir, encs[0])
+        elif op == "add" and len(inputs) == 2 and all(e is not None for e in encs) and self.plan.get(name):
+            out = self.plan[name]
+            sa, za = self.scale_zero(f"{name}.a", encs[0])
+            sb, zb = self.scale_zero(f"{name}.b", encs[1])
+            sc, zc = self.scale_zero(f"{name}.out", out)
+            y = self.node("QLinearAdd", [inputs[0], sa, za, inputs[1], sb, zb, sc, zc], f"{name}.raw", domain=_MS)
+            self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
+                                              f"{name}.clip"))
+        elif op in ("adaptive_avg_pool2d", "avg_pool2d") and encs[0] is not None and self.plan.get(name):
+            out = self.plan[name]
+            sx, zx = self.scale_zero(f"{name}.x", encs[0])
+            sy, zy = self.scale_zero(f"{name}.y", out)
+            if op == "adaptive_avg_pool2d":
+                y = self.node("QLinearGlobalAveragePool", [inputs[0], sx, zx, sy, zy], f"{name}.raw", domain=_MS,
+                              channels_last=0)
+            else:
+                ph, pw = attrs["padding"]
+                y = self.node("QLinearAveragePool", [inputs[0], sx, zx, sy, zy], f"{name}.raw", domain=_MS,
+                              kernel_shape=attrs["kernel_size"], strides=attrs["stride"], pads=[ph, pw, ph, pw],
+                              ceil_mode=int(attrs["ceil_mode"]), count_include_pad=int(attrs["count_include_pad"]))
+            self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
+                                              f"{name}.clip"))
+        else:
+            self.emit_float(ir)
+        self.shapes[name] = ir.get("shape")
+
+    def passthrough(self, name: str, value: str, enc: Encoding) -> None:
+        if value != name:
+            self.node("Identity", [value], name)
+        self.enc[name] = enc
+
+    def shape_op(self, ir: dict[str, Any], enc: Encoding) -> None:
+        """A shape/selection op on uint8 codes: the exact form's lowering, with the zero code as pad value."""
+        from eqtools.export._onnx import _Builder as ExactBuilder
+
+        exact = ExactBuilder(self.graph, self.opset, False, self.error, False)
+        exact.shapes = self.shapes
+        exact.counter = self.counter
+        exact.emit(ir)
+        self.counter = exact.counter + 1
+        for init in exact.initializers:
+            if ir["op"] == "pad" and init.name == f"{ir['name']}.value":
+                from onnx import numpy_helper
+
+                init = numpy_helper.from_array(np.array(enc.zero, np.uint8), init.name)
+            self.initializers.append(init)
+        self.nodes += exact.nodes
+        self.enc[ir["name"]] = enc
+
+    def layer(self, ir: dict[str, Any]) -> None:
+        name, attrs, spec = ir["name"], ir.get("attrs", {}), ir["weight"]
+        t = self.graph.tensors
+        x, x_enc = self.quantize(ir["inputs"][0], _input_encoding(ir, t), f"{name}.input")
+        codes = t[f"{name}.weight.codes"].numpy().astype(np.int32)
+        w_scale = t[f"{name}.weight.scale"].float().numpy().reshape(-1)
+        # the int32 bias has the accumulator's unit s_x * s_w, which at low bit-widths is coarse next to
+        # the output step; scaling the codes by an integer m (and the scale by 1/m) computes the same
+        # products exactly while making that unit m times finer. |code * m| <= 64 keeps u8 x s8 pair
+        # sums within int16 (255 * 64 * 2 < 2^15) for CPUs whose int8 kernels saturate there.
+        m = code_multiplier(codes)
+        codes, w_scale = (codes * m).astype(np.int8), (w_scale / np.float32(m)).astype(np.float32)
+        self.stats["code_multiplier_max"] = max(self.stats["code_multiplier_max"], m)
+        out_channels = int(spec["shape"][0])
+        per_channel = w_scale.size > 1
+        w = self.const(f"{name}.weight.q", codes)
+        ws = self.const(f"{name}.weight.scale", w_scale if per_channel else np.array(w_scale[0], np.float32))
+        wz = self.const(f"{name}.weight.zero", np.zeros(w_scale.size, np.int8) if per_channel else np.array(0, np.int8))
+        xs, xz = self.scale_zero(f"{name}.input", x_enc)
+        bias = t.get(f"{name}.bias") if ir.get("bias") else None
+        unit = (np.float32(x_enc.scale) * np.broadcast_to(w_scale, (out_channels,))).astype(np.float32)
+        bias_q = np.zeros(out_channels, np.int32) if bias is None else np.round(
+            bias.float().numpy() / unit).astype(np.int64).clip(-(2**31), 2**31 - 1).astype(np.int32)
+        b = self.const(f"{name}.bias.q", bias_q)
+        out = self.plan.get(name)
+        if ir["op"] == "conv2d":
+            kh, kw = spec["shape"][2:]
+            ph, pw = attrs["padding"]
+            assert out is not None  # QLinearConv's output is always quantized (plan_encodings)
+            ys, yz = self.scale_zero(f"{name}.out", out)
+            y = self.node("QLinearConv", [x, xs, xz, w, ws, wz, ys, yz, b], f"{name}.raw", kernel_shape=[kh, kw],
+                          strides=attrs["stride"], pads=[ph, pw, ph, pw], dilations=attrs["dilation"],
+                          group=attrs["groups"])
+            self.stats["integer_convs"] += 1
+        elif self.shapes.get(ir["inputs"][0]) is not None and len(self.shapes[ir["inputs"][0]]) == 2:
+            inputs = [x, xs, xz, w, ws, wz, b]
+            if out is not None:
+                inputs += list(self.scale_zero(f"{name}.out", out))
+            y = self.node("QGemm", inputs, f"{name}.raw" if out is not None else name, domain=_MS, transB=1)
+            self.stats["integer_gemms"] += 1
+            if out is None:
+                self.enc[name] = None
+                return
+        else:
+            raise self.error(f"layer {name!r}: a linear layer on a rank-{len(self.shapes.get(ir['inputs'][0]) or [])} "
+                             "input has no integer form in this export; use --onnx-form exact")
+        if not out.exact:
+            self.stats["requantized_outputs"] += 1
+        self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
+                                          f"{name}.clip"))
+
+
+def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor], *, opset: int = DEPLOY_OPSET,
+                      error: type[Exception] = ValueError) -> tuple[Any, dict[str, Any], dict[str, Encoding | None]]:
+    """The deployable integer ONNX model of ``graph`` and what its build decided.
+
+    ``calibration`` is a list of input batches whose ranges set the 8-bit requantizations the
+    fake-quant model does not have (see the module docstring). Returns ``(onnx.ModelProto, info,
+    plan)``: ``info`` counts integer layers, exact and requantized values and float nodes left;
+    ``plan`` is every value's encoding (for :func:`simulate_deploy`).
+    Call :func:`deploy_blocker` first: this assumes symmetric integer weights.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from eqtools import __version__
+
+    plan = plan_encodings(graph, value_samples(graph, calibration))
+    b = _Builder(graph, plan, error, opset)
+    for ir in graph.nodes:
+        b.emit(ir)
+    b.node("Identity", [b.dequantize(graph.graph["output"])], "output")
+    in_shape = ["batch", *graph.graph["input"]["shape"][1:]]
+    out_shape = next((n.get("shape") for n in graph.nodes if n["name"] == graph.graph["output"]), None)
+    g = helper.make_graph(
+        b.nodes, "eqtools_deploy", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT,
+                                       None if out_shape is None else ["batch", *out_shape[1:]])],
+        initializer=b.initializers,
+    )
+    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(_MS, 1)]
+    model = helper.make_model(g, opset_imports=opsets, producer_name="eqtools", producer_version=__version__)
+    model.ir_version = helper.find_min_ir_version_for(opsets[:1])
+    model.doc_string = "eqtools deployable integer ONNX (QLinearConv/QGemm/QLinearAdd); see docs/export.md"
+    onnx.checker.check_model(model)
+    exact_values = sum(1 for e in plan.values() if e is not None and e.exact)
+    info = {
+        "opset": opset,
+        "integer_convs": b.stats["integer_convs"],
+        "integer_gemms": b.stats["integer_gemms"],
+        "exact_values": exact_values,
+        "requantized_values": sum(1 for e in plan.values() if e is not None and not e.exact),
+        "float_nodes": b.stats["float_nodes"],
+        "weight_code_multiplier_max": b.stats["code_multiplier_max"],
+        "layer_input_requantizations": b.stats["requantize_8bit_to_layer"],
+    }
+    return model, info, plan
+
+
+def optimized_ops(model_bytes: bytes, threads: int = 2) -> dict[str, int]:
+    """Op counts of the graph onnxruntime actually runs (CPU, ``ORT_ENABLE_ALL``), read back from
+    ``SessionOptions.optimized_model_filepath``: what decides whether a conv runs on integer kernels."""
+    import os
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads
+        options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    return dict(Counter(n.op_type for n in optimized.graph.node))
+
+
+@torch.no_grad()
+def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batches: list[Tensor], *,
+                    requantize: bool | set[str] = True, int32_bias: bool = True) -> Tensor:
+    """Logits of the deployed arithmetic simulated in PyTorch, one rounding at a time if asked.
+
+    ``requantize`` (all, none, or the names of the values to round) applies the deployment's own
+    8-bit requantizations; ``int32_bias`` rounds each quantized layer's bias to int32 at the
+    deployed accumulator's unit ``s_x * s_w / m`` (:func:`code_multiplier`). With both on this is what the integer ONNX graph computes (up to float
+    rounding), so the cost of each rounding is measured separately, on the same images.
+    """
+    tensors = dict(graph.tensors)
+    if int32_bias:
+        for node in graph.layers():
+            name = node["name"]
+            if node.get("input_quant") is None or not node.get("bias"):
+                continue
+            m = code_multiplier(tensors[f"{name}.weight.codes"])
+            unit = (tensors[f"{name}.input.scale"] * tensors[f"{name}.weight.scale"] / m).abs()
+            bias = tensors[f"{name}.bias"]
+            unit = unit.expand_as(bias) if unit.numel() == 1 else unit
+            tensors[f"{name}.bias"] = torch.round(bias / unit) * unit
+    model = build_model(graph.graph, tensors)
+    points = {n: e for n, e in plan.items() if e is not None and not e.exact
+              and (requantize is True or (isinstance(requantize, set) and n in requantize))}
+    out = []
+    for x in batches:
+        env: dict[str, Tensor] = {model.input_name: x}
+        for name, op, inputs, attrs, key in model._steps:
+            args = [env[i] for i in inputs]
+            y = model.layers[key](*args) if key is not None else _FUNCTIONS[op](*args, **attrs)
+            enc = points.get(name)
+            if enc is not None:
+                y = (torch.clamp(torch.round(y / enc.scale) + enc.zero, 0, 255) - enc.zero) * enc.scale
+            env[name] = y
+        out.append(env[model.output_name])
+    return torch.cat(out)

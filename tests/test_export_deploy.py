@@ -1,0 +1,250 @@
+"""The deployable integer ONNX form: onnxruntime runs every quantized conv/gemm on integer kernels.
+
+Contracts: the graph onnxruntime optimises keeps no float Conv/Gemm for a quantized layer; the
+PyTorch simulation of the deployed roundings equals what onnxruntime computes (so the measured
+cost of each rounding is the cost of what ships); the 8-bit requantization grid nests the next
+layer's grid (no double rounding); the int32 bias unit is fine enough at low bit-widths;
+asymmetric weights fall back to the exact form with one line; the gate refuses a form below its
+threshold and writes nothing.
+
+Fidelity on the digits fixture (tiny_cnn trained for 150 steps, 300 held-out digits; 2-bit top-1
+is ~30-50 %, so many predictions sit near a tie) is asserted at the levels measured there; the
+issue's targets (99.5 % at >= 4 bits, 99 % at 2-3 bits) are the export gate's defaults and are
+measured on ResNet-20 in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from eqtools.artifacts import read_artifact
+from eqtools.cli.app import app
+from eqtools.export import ExportError, build_deploy_onnx, deploy_blocker, export_subnet, extract_graph, optimized_ops
+from eqtools.export._deploy import FLOAT_MATMUL_OPS, _calibrated, plan_encodings, simulate_deploy, value_samples
+from eqtools.export._onnx import run_onnx
+from eqtools.export._stage import parity
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_supernet_artifact, digits_splits):
+    """The trained digits supernet, 300 held-out digits and 256 training digits for the 8-bit ranges."""
+    from eqtools.build import load_supernet
+
+    supernet = load_supernet(read_artifact(tiny_supernet_artifact, "supernet")).eval()
+    calibration = [x for x, _ in digits_splits.train.batches(128, limit=2)]
+    return supernet, list(digits_splits.val.batches(150)), calibration
+
+
+def _deploy(supernet, batches, calibration):
+    graph = extract_graph(supernet, batches[0][0][:2])
+    model, info, plan = build_deploy_onnx(graph, calibration)
+    return graph, model.SerializeToString(), info, plan
+
+
+def _reference(supernet, batches):
+    with torch.no_grad():
+        return torch.cat([supernet(x) for x, _ in batches]), torch.cat([y for _, y in batches])
+
+
+@pytest.mark.parametrize("bits,granularity", [(2, "per-tensor"), (4, "per-channel"), (8, "per-tensor")])
+def test_every_quantized_layer_runs_on_integer_kernels(tiny, bits, granularity):
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(bits, bits, granularity, "sym"))
+    _, data, info, _ = _deploy(supernet, batches, calibration)
+    ops = optimized_ops(data)  # what onnxruntime runs, read back via SessionOptions.optimized_model_filepath
+    assert not [op for op in FLOAT_MATMUL_OPS if ops.get(op)], ops
+    assert ops.get("QLinearConv") == 3 and ops.get("QGemm") == 1, ops
+    assert ops.get("QLinearAdd") == 1 and ops.get("QLinearGlobalAveragePool") == 1, ops
+    assert info["integer_convs"] == 3 and info["float_nodes"] == 0
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("granularity", ["per-channel", "per-tensor"])
+def test_deploy_agreement_and_simulated_roundings(tiny, bits, granularity):
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(bits, bits, granularity, "sym"))
+    reference, labels = _reference(supernet, batches)
+    graph, data, _, plan = _deploy(supernet, batches, calibration)
+    xs = [x for x, _ in batches]
+    logits = run_onnx(data, xs)
+    # the PyTorch simulation of the deployed arithmetic is what onnxruntime computes, image for image
+    assert parity(simulate_deploy(graph, plan, xs), logits)["top1_agreement"] == 1.0
+    free = parity(reference, logits, labels)
+    # measured on this fixture (trained over the 8 forms): 98.0 % at 2 bits, 99.0-99.3 % at 3, 99.3-99.7 % at
+    # 4, 99.7 % at 8 per-channel but 98.7 % at 8 per-tensor (4 of 300 digits; accuracy unchanged), which the
+    # export gate's 99.5 % refuses: these bounds hold the fixture's levels, the gate holds the targets
+    assert free["top1_agreement"] >= {2: 0.975, 3: 0.985, 4: 0.99, 8: 0.985}[bits], free
+    assert abs(free["accuracy_change"]) <= {2: 0.01, 3: 0.01, 4: 0.007, 8: 0.004}[bits], free
+    # without any deploy-time rounding the simulation is the fake-quant model itself
+    exact = simulate_deploy(graph, plan, xs, requantize=False, int32_bias=False)
+    assert parity(reference, exact)["top1_agreement"] == 1.0
+
+
+def test_int32_bias_unit_is_fine_at_two_bits(tiny, monkeypatch):
+    """Codes scaled by m (|code * m| <= 64) make the int32 bias unit s_x * s_w / m fine enough.
+
+    With m = 1 the int32 biases alone moved top-1 on 9-11 % of the digits at 2 bits.
+    """
+    import eqtools.export._deploy as deploy
+
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(2, 2, "per-channel", "sym"))
+    reference, labels = _reference(supernet, batches)
+    graph, data, info, plan = _deploy(supernet, batches, calibration)
+    assert info["weight_code_multiplier_max"] >= 32
+    xs = [x for x, _ in batches]
+    bias_only = parity(reference, simulate_deploy(graph, plan, xs, requantize=False), labels)
+    assert bias_only["top1_agreement"] >= 0.975, bias_only
+    logits = run_onnx(data, xs)
+    assert parity(reference, logits)["top1_agreement"] >= 0.975
+    codes = graph.tensors["conv2.weight.codes"]
+    assert deploy.code_multiplier(codes) * int(codes.abs().max()) <= 64
+
+
+def test_8bit_grid_nests_the_next_layers_grid():
+    """Rounding to the 8-bit step s_b / k (k odd) and then to s_b equals rounding straight to s_b."""
+    values = torch.linspace(-1.0, 7.0, 200001)
+    for align in (0.9, 0.37, 0.05):
+        enc = _calibrated(values, align)
+        k = round(align / enc.scale)
+        assert k % 2 == 1 and abs(align / k - enc.scale) <= 1e-6 * enc.scale
+        assert enc.scale * 255 >= 8.0 * (1 - 1e-6)  # the range is covered
+        eight = torch.clamp(torch.round(values / enc.scale) + enc.zero, 0, 255) - enc.zero
+        twice = torch.round(eight * np.float32(enc.scale) / np.float32(align))
+        once = torch.round(values / align)
+        inside = (values > -enc.zero * enc.scale) & (values < (255 - enc.zero) * enc.scale)
+        tie = ((values / align).frac().abs() - 0.5).abs() < 1e-4  # exactly halfway: either rounding is right
+        assert torch.equal(twice[inside & ~tie], once[inside & ~tie])
+    # a grid finer than 8 bits can cover (0.011 * 255 < 8): no odd k exists, the range decides the step
+    assert _calibrated(values, 0.011).scale == pytest.approx(8.0 / 255)
+
+
+def test_asymmetric_weights_fall_back_to_the_exact_form(tiny, tmp_path):
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "asym"))
+    lines: list[str] = []
+    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration, log=lines.append)
+    why = [line for line in lines if "exact" in line and "asymmetric weights" in line]
+    assert len(why) == 1, lines
+    assert metrics["onnx"]["form"] == "exact" and "asymmetric weights" in metrics["onnx"]["deploy_fallback"]
+    assert metrics["onnx"]["teacher_forced"]["max_layer_error"] <= 1e-4  # the exact form, with its checks
+
+
+def test_symmetric_weights_with_asymmetric_activations_deploy(tiny, tmp_path):
+    """Weight-sym / activation-asym (the eight-forms vocabulary), set by hand on the quantizers."""
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym"))
+    for layer in supernet.model.modules():
+        if hasattr(layer, "act_quant") and hasattr(layer, "weight_quant"):
+            bits, _ = layer.act_quant._active
+            layer.act_quant.activate(bits, "asym")
+    graph = extract_graph(supernet, batches[0][0][:2])
+    assert any(int(graph.tensors[f"{n['name']}.input.zero_point"]) != 0 for n in graph.layers()
+               if n.get("input_quant"))  # at least one activation really has a non-zero zero point
+    assert deploy_blocker(graph) is None
+    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration,
+                            deploy_agreement_min=0.99)
+    assert metrics["onnx"]["form"] == "deploy" and metrics["onnx"]["deploy_fallback"] is None
+    assert metrics["onnx"]["parity"]["top1_agreement"] >= 0.99
+    assert not [op for op in FLOAT_MATMUL_OPS if metrics["onnx"]["deploy"]["optimized_ops"].get(op)]
+
+
+def test_deploy_gate_refuses_and_writes_nothing(tiny, tmp_path, monkeypatch):
+    import eqtools.export._stage as stage
+
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym"))
+    real = stage.run_onnx
+    monkeypatch.setattr(stage, "run_onnx", lambda data, xs, threads=2: real(data, xs, threads).flip(1))
+    with pytest.raises(ExportError, match=r"below the required 99\.50%.*int32 biases alone.*--onnx-form exact"):
+        export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_cli_deploy_is_the_default_and_exact_stays_available(tiny_supernet_artifact, tmp_path):
+    from test_export import _calibrated
+
+    art = read_artifact(tiny_supernet_artifact, "supernet")
+    from eqtools.build import load_supernet
+
+    config = load_supernet(art).space.uniform(8, 8, "per-channel", "sym")
+    calibrated = _calibrated(tmp_path, tiny_supernet_artifact, config)
+    result = CliRunner().invoke(app, ["export", "--from", str(calibrated), "--format", "onnx", "--out",
+                                      str(tmp_path / "deploy")])
+    assert result.exit_code == 0, result.output
+    assert "deploy form" in result.stdout and "QLinearConv" in result.stdout
+    out = read_artifact(tmp_path / "deploy", "export")
+    assert out.extra["onnx_form"] == "deploy" and out.metrics["onnx"]["form"] == "deploy"
+    deploy = out.metrics["onnx"]["deploy"]
+    assert deploy["calibration"]["split"] == "train" and set(deploy["roundings"]) >= {"int32_bias", "requantize_8bit"}
+    assert out.metrics["onnx"]["agreement_min"] == 0.995
+
+    result = CliRunner().invoke(app, ["export", "--from", str(calibrated), "--format", "onnx", "--onnx-form", "exact",
+                                      "--out", str(tmp_path / "exact")])
+    assert result.exit_code == 0, result.output
+    exact = read_artifact(tmp_path / "exact", "export")
+    assert exact.extra["onnx_form"] == "exact" and exact.metrics["onnx"]["teacher_forced"]["max_layer_error"] <= 1e-4
+    assert exact.metrics["onnx"]["parity"]["top1_agreement"] >= 0.999
+
+    bad = CliRunner().invoke(app, ["export", "--from", str(calibrated), "--onnx-form", "fast"])
+    assert bad.exit_code == 2 and "allowed" in bad.output
+
+
+def test_plan_produces_values_in_the_reader_encoding(tiny):
+    """conv1 -> relu -> conv2 is rounded once, as the fake-quant model rounds it; the residual path is 8-bit."""
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(3, 3, "per-channel", "sym"))
+    graph = extract_graph(supernet, batches[0][0][:2])
+    plan = plan_encodings(graph, value_samples(graph, calibration))
+    assert plan["conv1"].exact and plan["conv1"].hi - plan["conv1"].lo == 7  # conv2's 3-bit unsigned input
+    assert not plan["conv3"].exact and not plan["add"].exact  # a conv feeding the residual add, and the sum
+    assert plan["fc"] is None  # the logits leave QGemm in float
+
+
+@pytest.mark.parametrize("granularity", ["per-channel", "per-tensor"])
+@pytest.mark.parametrize("symmetry", ["sym", "asym"])
+def test_quantizers_hand_out_their_integer_view(tiny, granularity, symmetry):
+    """``int_view`` is what export stores: codes that reproduce the fake-quant weight, the active range."""
+    supernet, _, _ = tiny
+    supernet.apply(supernet.space.uniform(3, 3, granularity, symmetry, symmetry))
+    layer = supernet.model.conv2
+    w = layer.weight_quant.int_view(layer.weight)
+    view = (-1, 1, 1, 1)
+    with torch.no_grad():
+        assert torch.equal((w.codes.float() - w.zero_point.float().view(view)) * w.scale.view(view),
+                           layer.weight_quant(layer.weight))
+    assert (w.bits, w.qmin, w.qmax, w.granularity) == (3, -4, 3, granularity)
+    assert w.scale.numel() == (16 if granularity == "per-channel" else 1)
+    assert w.symmetric == (symmetry == "sym" or not bool(w.zero_point.any()))
+    a = layer.act_quant.int_view()
+    assert a.codes is None and a.bits == 3 and (a.qmin, a.qmax) == ((-4, 3) if a.signed else (0, 7))
+    assert a.symmetry == symmetry and (symmetry == "asym" or int(a.zero_point) == 0)
+
+
+def test_linear_on_a_sequence_falls_back_to_exact(digits_splits, tmp_path):
+    """A linear layer on a rank-4 input has no QGemm form: the export says so and writes the exact form."""
+    from eqtools.quant import quantize_model
+
+    class Tokens(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.mix = torch.nn.Linear(8, 8)
+            self.fc = torch.nn.Linear(8, 10)
+
+        def forward(self, x):
+            t = torch.relu(self.conv(x))  # [B, 8, 8, 8]; the linear mixes the last dimension
+            return self.fc(self.mix(t).mean((2, 3)))
+
+    x = torch.cat([x for x, _ in digits_splits.val.batches(150)])[:64]
+    supernet = quantize_model(Tokens(), {"w_bits": (4, 8), "a_bits": (4, 8)}, x[:1])
+    supernet.init_from_data([x])
+    supernet.eval().apply(supernet.space.uniform(4, 4, "per-channel", "sym"))
+    graph = extract_graph(supernet, x[:2])
+    why = deploy_blocker(graph)
+    assert why is not None and "rank-4" in why and "'mix'" in why
+    metrics = export_subnet(supernet, [(x, None)], tmp_path, formats=("onnx",))
+    assert metrics["onnx"]["form"] == "exact" and metrics["onnx"]["deploy_fallback"] == why
