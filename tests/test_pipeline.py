@@ -54,6 +54,8 @@ def test_shell_pipeline_with_defaults_and_json(tmp_path: Path):
     assert supernet == Path("artifacts/pipeline/supernet") and out["train"]["metrics"]["epochs"] == 2
     assert out["static"]["path"].endswith("supernet-static-w4a4-per-channel-Wsym-Asym")
     assert len((tmp_path / out["sample"]["path"] / "samples.jsonl").read_text().splitlines()) == 16
+    assert out["sample"]["metrics"]["per_condition"] == {  # `sample -n 16` covers the 8 forms, 2 each
+        f"{g}/{w}/{a}": 2 for g in ("per-channel", "per-tensor") for w in ("sym", "asym") for a in ("sym", "asym")}
     samples = [json.loads(line) for line in (tmp_path / out["sample"]["path"] / "samples.jsonl").read_text().splitlines()]
     for fit in (out["fit"], out["fit_xgb"]):
         # the reported tau is the rank correlation of the predictor's held-out predictions with the
