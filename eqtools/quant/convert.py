@@ -402,7 +402,7 @@ class Supernet(nn.Module):
 
     @property
     def initialized(self) -> bool:
-        return all(q._ready for q in self.quantizers())
+        return all(q.ready for q in self.quantizers())
 
     @torch.no_grad()
     def init_from_data(self, batches: Iterable[Tensor], p: float = 2.4) -> int:
@@ -424,13 +424,14 @@ class Supernet(nn.Module):
             for x in batches:
                 self.model(x)
                 seen += x.shape[0]
+            if seen == 0:
+                raise ConfigError("init_from_data got no batches; give it at least one batch of inputs")
+        except BaseException:
+            for q in acts:  # an interrupted or empty initialisation leaves the quantizers as they were
+                q.stop_observing()
+            raise
         finally:
             self.train(was_training)
-            for q in acts:
-                q._observing = False
-                q.enabled = True
-        if seen == 0:
-            raise ConfigError("init_from_data got no batches; give it at least one batch of inputs")
         for q in acts:
             q.finish_observing(p)
         self.apply(self.config)

@@ -264,6 +264,11 @@ class _ElasticQuantizer(nn.Module):
         self.qp.fill_(qp)
         self.step_grad_scale.fill_(1.0 / math.sqrt(n * qp))
 
+    @property
+    def ready(self) -> bool:
+        """Initialised (from data or a loaded state): a quantized forward may run."""
+        return self._ready
+
     def mark_initialized(self) -> None:
         self.initialized.fill_(True)
         self._ready = True
@@ -476,6 +481,12 @@ class ActQuantizer(_ElasticQuantizer):
 
     # -- initialisation from data ------------------------------------------------------------
     _observing = False
+
+    def stop_observing(self) -> None:
+        """Leave observation without fitting (an interrupted initialisation): quantize again, keep no data."""
+        self._observing = False
+        self._observed = []
+        self.enabled = True
 
     def start_observing(self) -> None:
         self._observed = []
