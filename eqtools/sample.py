@@ -469,14 +469,61 @@ def sample_artifact(
     known, ``on_row(row)`` after each newly evaluated subnet.
     """
     from eqtools.build import artifact_spec
-    from eqtools.evaluation import BatchSource, calibrate_and_evaluate, calibration_source, subnet_costs
 
+    spec = artifact_spec(supernet_artifact)
+    space, params, shard = _sample_params(supernet_artifact, spec, n=n, conditions=conditions, subset=subset,
+                                          seed=seed, shard=shard, calib_images=calib_images, batch_size=batch_size)
+    say = on_stage or (lambda message: None)
+    if out is None:
+        tag = None if shard is None else f"shard{shard[0]}of{shard[1]}"
+        out = default_out(spec.name, "samples", tag)
+    out = Path(out)
+    extra = {**params.to_dict(), "shard": None if shard is None else list(shard), "eval_split": "val"}
+
+    work = _WorkDir(out)
+    if not restart:
+        finished = _finished_run(out, extra, work, say)
+        if finished is not None:
+            return finished
+    indices = _shard_draws(params, shard)
+    configs = draw_configs(space, params.n, seed=params.seed, conditions=params.conditions)
+
+    work.lock()
+    try:
+        rows = _resume_rows(work, params, {i: configs[i] for i in indices}, restart, say)
+        todo = [i for i in indices if i not in rows]
+        evaluate = _row_evaluator(supernet_artifact, spec, space, params, say) if todo else None
+        if on_start is not None:
+            on_start(len(rows), len(indices))
+        if evaluate is not None:
+            with work.appender() as append:
+                for index in todo:
+                    row = evaluate(index, configs[index])
+                    append(row)
+                    rows[index] = row
+                    if on_row is not None:
+                        on_row(row)
+        ordered = [rows[i] for i in indices]
+        eval_time = sum(float(r.get("time_s", 0.0)) for r in ordered)
+        artifact = _write_samples(out, spec, space, ordered, eval_time, [supernet_artifact], extra)
+    except BaseException:
+        work.unlock()
+        raise
+    work.remove()
+    return artifact
+
+
+def _sample_params(
+    supernet_artifact: Artifact, spec: Any, *, n: int | None, conditions: str | Sequence[str] | None,
+    subset: int | None, seed: int | None, shard: tuple[int, int] | str | None, calib_images: int | None,
+    batch_size: int | None,
+) -> tuple[ElasticSpace, SampleParams, tuple[int, int] | None]:
+    """The run's parameters (flags over the spec's ``sample`` section), checked; the space and the shard."""
     if supernet_artifact.kind != "supernet":
         raise ArtifactError(
             f"{supernet_artifact.path} is a '{supernet_artifact.kind}' artifact; sample needs a 'supernet' "
             "artifact (made by `eqtools train SPEC`)"
         )
-    spec = artifact_spec(supernet_artifact)
     space = supernet_artifact.space
     if space is None:
         raise ArtifactError(f"{supernet_artifact.path} records no elastic space; re-create it with `eqtools train`")
@@ -496,25 +543,26 @@ def sample_artifact(
     for name in ("n", "subset", "calib_images", "batch_size"):
         if getattr(params, name) < 1:
             raise ConfigError(f"{name} is {getattr(params, name)}; it must be at least 1")
-    say = on_stage or (lambda message: None)
-    if out is None:
-        tag = None if shard is None else f"shard{shard[0]}of{shard[1]}"
-        out = default_out(spec.name, "samples", tag)
-    out = Path(out)
-    extra = {**params.to_dict(), "shard": None if shard is None else list(shard), "eval_split": "val"}
+    return space, params, shard
 
-    work = _WorkDir(out)
-    if not restart and out.is_dir() and (out / MANIFEST).is_file():
-        try:
-            existing = read_artifact(out, "samples")
-            if existing.extra == extra:
-                say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do")
-                if work.path.exists():
-                    shutil.rmtree(work.path, ignore_errors=True)
-                return existing
-        except ArtifactError:
-            pass  # something else is there: it is replaced when this run finishes
 
+def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callable[[str], None]) -> Artifact | None:
+    """The artifact at ``out`` when it already holds this very run (same parameters), else None."""
+    if not (out.is_dir() and (out / MANIFEST).is_file()):
+        return None
+    try:
+        existing = read_artifact(out, "samples")
+    except ArtifactError:
+        return None  # something else is there: it is replaced when this run finishes
+    if existing.extra != extra:
+        return None
+    say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do")
+    if work.path.exists():
+        shutil.rmtree(work.path, ignore_errors=True)
+    return existing
+
+
+def _shard_draws(params: SampleParams, shard: tuple[int, int] | None) -> list[int]:
     indices = shard_indices(params.n, shard, len(params.conditions))
     if not indices:
         k, count = shard or (1, 1)
@@ -523,70 +571,57 @@ def sample_artifact(
             f"shard {k}/{count} of a {params.n}-subnet draw is empty: shards split rounds of "
             f"{len(params.conditions)} draws (one per form), so use at most {rounds} shards"
         )
-    configs = draw_configs(space, params.n, seed=params.seed, conditions=params.conditions)
-    wanted = {i: configs[i] for i in indices}
+    return indices
 
-    work.lock()
-    try:
-        found = work.read_params()
-        if found is not None and found != params:
-            if not restart:
-                raise ArtifactError(
-                    f"{work.path} holds an unfinished sample run with other parameters ({params.difference(found)}); "
-                    "re-run with the same parameters to resume it, or pass --restart to discard it"
-                )
-        if restart or found != params:
-            work.clear()
-            work.write_params(params)
-        rows = work.read_rows(wanted)
-        todo = [i for i in indices if i not in rows]
-        if rows:
-            say(f"resuming {work.path}: {len(rows)} of {len(indices)} subnets already evaluated")
-        if todo:
-            from eqtools.build import load_supernet
-            from eqtools.data import load_splits
 
-            say(f"loading supernet {supernet_artifact.path} and {spec.data.name}")
-            supernet = load_supernet(supernet_artifact).use_channels_last()
-            splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
-            calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
-            evaluation = BatchSource(
-                splits.val.balanced(params.subset, spec.seed + EVAL_SEED_OFFSET), params.batch_size
-            )
-            say(
-                f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
-                "class-balanced val images"
-            )
-        if on_start is not None:
-            on_start(len(rows), len(indices))
-        if todo:
-            with work.appender() as append:
-                for index in todo:
-                    config = configs[index]
-                    start = time.perf_counter()
-                    result = calibrate_and_evaluate(supernet, config, calib, evaluation, batch_setting="sample.batch_size")
-                    elapsed = time.perf_counter() - start
-                    row = {
-                        "index": index,
-                        "config": config.to_dict(),
-                        "accuracy": result["top1"],
-                        "loss": result["loss"],
-                        **subnet_costs(space, config),
-                        "condition": config.condition,
-                        "time_s": elapsed,
-                    }
-                    append(row)
-                    rows[index] = row
-                    if on_row is not None:
-                        on_row(row)
-        ordered = [rows[i] for i in indices]
-        eval_time = sum(float(r.get("time_s", 0.0)) for r in ordered)
-        artifact = _write_samples(out, spec, space, ordered, eval_time, [supernet_artifact], extra)
-    except BaseException:
-        work.unlock()
-        raise
-    work.remove()
-    return artifact
+def _resume_rows(work: _WorkDir, params: SampleParams, wanted: dict[int, SubnetConfig], restart: bool,
+                 say: Callable[[str], None]) -> dict[int, dict[str, Any]]:
+    """The rows an unfinished run of the same parameters left (none after --restart or a new run)."""
+    found = work.read_params()
+    if found is not None and found != params and not restart:
+        raise ArtifactError(
+            f"{work.path} holds an unfinished sample run with other parameters ({params.difference(found)}); "
+            "re-run with the same parameters to resume it, or pass --restart to discard it"
+        )
+    if restart or found != params:
+        work.clear()
+        work.write_params(params)
+    rows = work.read_rows(wanted)
+    if rows:
+        say(f"resuming {work.path}: {len(rows)} of {len(wanted)} subnets already evaluated")
+    return rows
+
+
+def _row_evaluator(
+    supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None]
+) -> Callable[[int, SubnetConfig], dict[str, Any]]:
+    """Load the supernet and decode both image sets once; return what measures one row."""
+    from eqtools.build import load_supernet
+    from eqtools.data import load_splits
+    from eqtools.evaluation import BatchSource, calibrate_and_evaluate, calibration_source, subnet_costs
+
+    say(f"loading supernet {supernet_artifact.path} and {spec.data.name}")
+    supernet = load_supernet(supernet_artifact).use_channels_last()
+    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+    calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
+    evaluation = BatchSource(splits.val.balanced(params.subset, spec.seed + EVAL_SEED_OFFSET), params.batch_size)
+    say(f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
+        "class-balanced val images")
+
+    def evaluate(index: int, config: SubnetConfig) -> dict[str, Any]:
+        start = time.perf_counter()
+        result = calibrate_and_evaluate(supernet, config, calib, evaluation, batch_setting="sample.batch_size")
+        return {
+            "index": index,
+            "config": config.to_dict(),
+            "accuracy": result["top1"],
+            "loss": result["loss"],
+            **subnet_costs(space, config),
+            "condition": config.condition,
+            "time_s": time.perf_counter() - start,
+        }
+
+    return evaluate
 
 
 def _write_samples(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
-from eqtools.vocab import BN_FOLD_MODES, ONNX_FORMS
+from eqtools.vocab import BN_FOLD_MODES, ONNX_FORMS, form_label
 from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
 
@@ -106,7 +106,7 @@ def command(
         emit_artifact(result, files=result.extra.get("files", {}), config=result.extra.get("config"))
         return
     sizes = m["sizes"]
-    print(f"subnet  {m['config']['condition']}, avg bits W {m['config']['avg_w_bits']:.2f} "
+    print(f"subnet  {form_label(*m['config']['condition'].split('/'))}, avg bits W {m['config']['avg_w_bits']:.2f} "
           f"A {m['config']['avg_a_bits']:.2f}; batch norm: {m['bn_fold']['mode']} "
           f"({m['bn_fold']['layers_folded']} folded, {m['bn_fold']['batch_norms_unfolded']} kept)")
     print(f"weights {human_bytes(sizes['packed_weight_bytes'])} packed vs {human_bytes(sizes['fp32_weight_bytes'])} "

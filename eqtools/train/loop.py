@@ -255,43 +255,11 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
     t = spec.train
     work = opts.out.with_name(opts.out.name + ".work")
     ckpt_path = work / CHECKPOINT
-    if ckpt_path.exists() and not (opts.resume or opts.restart):
-        raise EqtoolsError(
-            f"an unfinished training run is checkpointed at {ckpt_path}; pass --resume to continue it or "
-            "--restart to discard it and start again"
-        )
-    if opts.restart and dist.main:
-        shutil.rmtree(work, ignore_errors=True)
-    dist.barrier()
-    checkpoint = None
-    if opts.resume and ckpt_path.exists():
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if checkpoint.get("spec") != spec.to_dict():
-            raise EqtoolsError(
-                f"the checkpoint at {ckpt_path} was made with a different spec; resume with the same spec and "
-                "flags, or pass --restart"
-            )
-        opts.log(f"resuming from {ckpt_path} (epoch {checkpoint['epoch']}, step {checkpoint['step_in_epoch']})")
-    elif opts.resume:
-        opts.log(f"no checkpoint at {ckpt_path}; starting a new run")
-
+    checkpoint = _open_checkpoint(spec, opts, dist, work)
     torch.manual_seed(spec.seed)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
-    info = spec_info(spec)
-    model = build_float_model(spec)
     summary: dict[str, Any] = {}
-    if checkpoint is None and t.fp_epochs and not spec.model.pretrained:
-        summary.update(_pretrain_float(model, spec, splits, device, opts, dist))
-    supernet = build_supernet(spec, model).to(device)
-
-    if checkpoint is None:
-        per = min(t.batch_size, t.init_images)
-        images = quantizer_init_images(splits.train, t.init_images, spec.seed)
-        batches = (x.to(device) for x, _ in images.batches(per, shuffle=True, seed=spec.seed))
-        supernet.init_from_data(batches, p=t.init_p)
-    else:
-        supernet.load_state_dict(checkpoint["model"], strict=True)
-
+    supernet = _starting_supernet(spec, splits, device, opts, dist, checkpoint, summary)
     supernet.use_channels_last()
     mode = t.mode
     fixed = static_config(spec, supernet) if mode == "static" else None
@@ -417,26 +385,78 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
     summary["train_time_s"] = round(time.monotonic() - run_start, 1)
     artifact = None
     if dist.main:
-        final = fixed or supernet.space.max()
-        supernet.apply(final)
-        metrics = {
-            "mode": mode,
-            "epochs": t.epochs,
-            "steps_per_epoch": steps,
-            "final": rows[-1] if rows else {},
-            "processes": dist.world,
-            **summary,
-        }
-        extra = {"mode": mode, "image_size": info.image_size, "channels": info.channels}
-        if fixed is not None:
-            extra["config"] = fixed.to_dict()
-        jsonl = "".join(json.dumps(r) + "\n" for r in rows)
-        artifact = save_supernet(supernet, opts.out, spec, metrics=metrics, extra=extra,
-                                 files={SupernetArtifact.TRAINING_LOG: jsonl},
-                                 parents=[{"kind": "pretrained", "path": spec.model.pretrained}] if spec.model.pretrained else ())
+        artifact = _write_supernet(supernet, spec, opts, fixed, steps, rows, summary, dist.world)
         shutil.rmtree(work, ignore_errors=True)
     dist.barrier()
     return artifact
+
+
+def _open_checkpoint(spec: Spec, opts: TrainOptions, dist: _Dist, work: Path) -> dict[str, Any] | None:
+    """The checkpoint to resume from (``--resume``), after refusing to clobber one silently."""
+    ckpt_path = work / CHECKPOINT
+    if ckpt_path.exists() and not (opts.resume or opts.restart):
+        raise EqtoolsError(
+            f"an unfinished training run is checkpointed at {ckpt_path}; pass --resume to continue it or "
+            "--restart to discard it and start again"
+        )
+    if opts.restart and dist.main:
+        shutil.rmtree(work, ignore_errors=True)
+    dist.barrier()
+    if not opts.resume:
+        return None
+    if not ckpt_path.exists():
+        opts.log(f"no checkpoint at {ckpt_path}; starting a new run")
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if checkpoint.get("spec") != spec.to_dict():
+        raise EqtoolsError(
+            f"the checkpoint at {ckpt_path} was made with a different spec; resume with the same spec and "
+            "flags, or pass --restart"
+        )
+    opts.log(f"resuming from {ckpt_path} (epoch {checkpoint['epoch']}, step {checkpoint['step_in_epoch']})")
+    return checkpoint
+
+
+def _starting_supernet(spec: Spec, splits: Splits, device: str, opts: TrainOptions, dist: _Dist,
+                       checkpoint: dict[str, Any] | None, summary: dict[str, Any]) -> Supernet:
+    """The supernet the first step sees: float warm-up (if asked), conversion, and quantizers
+    initialised from class-balanced training images, or everything restored from the checkpoint."""
+    t = spec.train
+    model = build_float_model(spec)
+    if checkpoint is None and t.fp_epochs and not spec.model.pretrained:
+        summary.update(_pretrain_float(model, spec, splits, device, opts, dist))
+    supernet = build_supernet(spec, model).to(device)
+    if checkpoint is None:
+        per = min(t.batch_size, t.init_images)
+        images = quantizer_init_images(splits.train, t.init_images, spec.seed)
+        batches = (x.to(device) for x, _ in images.batches(per, shuffle=True, seed=spec.seed))
+        supernet.init_from_data(batches, p=t.init_p)
+    else:
+        supernet.load_state_dict(checkpoint["model"], strict=True)
+    return supernet
+
+
+def _write_supernet(supernet: Supernet, spec: Spec, opts: TrainOptions, fixed: SubnetConfig | None, steps: int,
+                    rows: list[dict[str, Any]], summary: dict[str, Any], processes: int) -> Artifact:
+    """The ``supernet`` artifact, with the largest subnet (or the static config) active."""
+    info = spec_info(spec)
+    mode = spec.train.mode
+    supernet.apply(fixed or supernet.space.max())
+    metrics = {
+        "mode": mode,
+        "epochs": spec.train.epochs,
+        "steps_per_epoch": steps,
+        "final": rows[-1] if rows else {},
+        "processes": processes,
+        **summary,
+    }
+    extra: dict[str, Any] = {"mode": mode, "image_size": info.image_size, "channels": info.channels}
+    if fixed is not None:
+        extra["config"] = fixed.to_dict()
+    jsonl = "".join(json.dumps(r) + "\n" for r in rows)
+    parents = [{"kind": "pretrained", "path": spec.model.pretrained}] if spec.model.pretrained else ()
+    return save_supernet(supernet, opts.out, spec, metrics=metrics, extra=extra,
+                         files={SupernetArtifact.TRAINING_LOG: jsonl}, parents=parents)
 
 
 @torch.no_grad()
