@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bits", default="2,4,8", help="uniform bit-widths (default 2,4,8)")
     parser.add_argument("--mixed", type=int, default=1,
                         help="random mixed-precision subnets to add (seeded; default 1; no search artifact needed)")
-    parser.add_argument("--condition", default="per-channel/sym", help="granularity/symmetry (default per-channel/sym)")
+    parser.add_argument("--condition", default="per-channel/sym/asym",
+                        help="form granularity/w_symmetry/a_symmetry, or granularity/symmetry for both "
+                             "(default per-channel/sym/asym, the int8 runtimes' form)")
     parser.add_argument("--check-images", type=int, default=2000, help="held-out (val) images (default 2000)")
     parser.add_argument("--calibration-images", type=int, default=512,
                         help="training images for onnxruntime's calibration and eqtools' 8-bit ranges (default 512)")
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     calib_bn = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
     calibration = [x for x, _ in BatchSource(splits.train, 64, images=args.calibration_images,
                                              shuffle_seed=spec.seed)]
-    granularity, symmetry = args.condition.split("/")
+    parts = args.condition.split("/")
+    form = (parts[0], parts[1], parts[-1])
     sizes = [int(b) for b in args.batch.split(",")]
     example = xs[0]
 
@@ -179,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                          "ops": optimized_ops(out.read_bytes(), args.threads)})
 
         rng = random.Random(spec.seed)
-        subnets = [(f"W{b}A{b}", supernet.space.uniform(b, b, granularity, symmetry)) for b in
+        subnets = [(f"W{b}A{b}", supernet.space.uniform(b, b, *form)) for b in
                    [int(b) for b in args.bits.split(",")]]
         for i in range(args.mixed):
-            config = supernet.space.random(rng, granularity, symmetry)
+            config = supernet.space.random(rng, *form)
             w, a = supernet.space.avg_bits(config)
             subnets.append((f"mixed #{i + 1} (avg W {w:.2f} A {a:.2f})", config))
         for tag, config in subnets:

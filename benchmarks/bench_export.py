@@ -61,9 +61,9 @@ def _latency(model_bytes: bytes, x: Any, threads: int, min_runs: int, min_time_s
 def _configs(space: Any, bits: list[int], conditions: list[str]) -> list[tuple[str, Any]]:
     out = []
     for condition in conditions:
-        granularity, symmetry = condition.split("/")
+        parts = condition.split("/")  # granularity/w_symmetry/a_symmetry, or granularity/symmetry for both
         for b in bits:
-            out.append((f"W{b}A{b} {condition}", space.uniform(b, b, granularity, symmetry)))
+            out.append((f"W{b}A{b} {condition}", space.uniform(b, b, parts[0], parts[1], parts[-1])))
     return out
 
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path, help="a 'supernet' or 'calibrated' artifact directory")
     parser.add_argument("--bits", default="2,4,8", help="uniform bit-widths to export from a supernet (default 2,4,8)")
     parser.add_argument("--conditions", default="per-channel/sym,per-tensor/asym",
-                        help="granularity/symmetry pairs (default per-channel/sym,per-tensor/asym)")
+                        help="forms granularity/w_symmetry/a_symmetry or granularity/symmetry (both); default per-channel/sym,per-tensor/asym")
     parser.add_argument("--check-images", type=int, default=2000, help="held-out images for parity (default 2000)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
     parser.add_argument("--batch", default="1,64", help="batch sizes for latency (default 1,64)")
