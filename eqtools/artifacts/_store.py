@@ -288,15 +288,16 @@ def write_artifact(
 def _io_cause(exc: BaseException) -> str | None:
     """The operating system's reason when ``exc`` is a failed write, else None (a bug keeps its traceback).
 
-    safetensors reports I/O failures as its own error type whose text carries the OS error (e.g.
-    ``IoError(Os { code: 28, kind: StorageFull, ... })``), so both spellings are recognised.
+    safetensors reports I/O failures as its own error type whose text carries the OS error (seen
+    here on a full tmpfs: ``Error while serializing: I/O error: No space left on device (os error
+    28)``; older releases wrote ``IoError(Os { code: 28, ... })``), so both spellings are recognised.
     """
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     text = str(exc)
-    if type(exc).__name__ == "SafetensorError" and "IoError" in text:
-        code = re.search(r"code: (\d+)", text)
-        return os.strerror(int(code.group(1))) if code else text
+    if type(exc).__name__ == "SafetensorError" and ("I/O error" in text or "IoError" in text):
+        code = re.search(r"os error (\d+)|code: (\d+)", text)
+        return os.strerror(int(code.group(1) or code.group(2))) if code else text
     return None
 
 
