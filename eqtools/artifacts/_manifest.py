@@ -9,6 +9,7 @@ more without a format change, but never one of these under another type.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -41,8 +42,11 @@ class ArtifactKind:
     made_by: ClassVar[str]
 
 
+@functools.cache
 def manifest_model(owner: type[ArtifactKind]) -> type[BaseModel]:
-    """The manifest model of one kind: the common fields, ``kind`` fixed, its metrics and extra."""
+    """The manifest model of one kind: the common fields, ``kind`` fixed, its metrics and extra.
+
+    Built once per kind (every write validates against it)."""
     return create_model(
         f"{owner.kind.capitalize()}Manifest",
         __config__=ConfigDict(extra="forbid"),

@@ -153,13 +153,6 @@ class Artifact:
     def as_parent(self) -> dict[str, str]:
         return {"kind": self.kind, "path": str(self.path), "sha256": self.manifest_sha256}
 
-    def parent(self, kind: str) -> Artifact | None:
-        """The first recorded parent of ``kind``, verified; None when none is recorded or it is gone."""
-        for entry in self.manifest.get("parents", []):
-            if entry.get("kind") == kind and Path(entry.get("path", "")).is_dir():
-                return read_artifact(entry["path"], kind)
-        return None
-
     def ancestor(self, kind: str) -> Artifact | None:
         """The nearest artifact of ``kind`` up the recorded lineage (parents first, then theirs).
 
