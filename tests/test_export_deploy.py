@@ -159,9 +159,62 @@ def test_deploy_gate_refuses_and_writes_nothing(tiny, tmp_path, monkeypatch):
     supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym"))
     real = stage.run_onnx
     monkeypatch.setattr(stage, "run_onnx", lambda data, xs, threads=2: real(data, xs, threads).flip(1))
-    with pytest.raises(ExportError, match=r"below the required 99\.50%.*int32 biases alone.*--onnx-form exact"):
+    with pytest.raises(ExportError, match=r"deployed arithmetic.*below the required 99\.50%.*--onnx-form exact"):
         export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_deploy_gate_catches_a_graph_that_differs_from_the_deployed_arithmetic(tiny, tmp_path, monkeypatch):
+    """The agreement gate compares onnxruntime with an independent PyTorch simulation: a graph whose int32
+    biases are built at another unit than the simulation's (m = 1 in the graph only) is refused."""
+    import eqtools.export._deploy as deploy
+
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(2, 2, "per-channel", "sym"))
+    real = deploy.code_multiplier
+    # the builder hands numpy codes, the simulation torch tensors: break only the graph
+    monkeypatch.setattr(deploy, "code_multiplier", lambda codes: 1 if isinstance(codes, np.ndarray) else real(codes))
+    with pytest.raises(ExportError, match=r"agrees with the deployed arithmetic.*bug in eqtools"):
+        export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def _lose(logits, labels, k):
+    """``logits`` with the first ``k`` correctly predicted images made wrong (top-1 moved to another class)."""
+    out = logits.clone()
+    right = (out.argmax(1) == labels).nonzero().flatten()[:k]
+    out[right, labels[right]] = out[right].min(1).values - 1.0
+    return out
+
+
+@pytest.mark.parametrize("lost,refused", [(0, False), (4, False), (45, True)])
+def test_deploy_accuracy_gate_refuses_a_costly_arithmetic(tiny, tmp_path, monkeypatch, lost, refused):
+    """What the deployed arithmetic costs is gated on accuracy against the fake-quant subnet, beyond noise:
+    a drop counts only where it exceeds the allowed 0.3 points by twice its paired standard error
+    (4 of 300 images lost: 1.33 points, se 0.67, kept; 45 lost: 15 points, se 2.2, refused)."""
+    import eqtools.export._stage as stage
+
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym"))
+    labels = torch.cat([y for _, y in batches])
+    real_run, real_sim = stage.run_onnx, stage.simulate_deploy
+    # file and simulation agree with each other, and both lose `lost` right predictions of the fake-quant subnet
+    monkeypatch.setattr(stage, "run_onnx", lambda data, xs, threads=2: _lose(real_run(data, xs, threads), labels, lost))
+    monkeypatch.setattr(stage, "simulate_deploy",
+                        lambda *a, **k: _lose(real_sim(*a, **k), labels, lost) if len(k) == 0 else real_sim(*a, **k))
+    if refused:
+        with pytest.raises(ExportError, match=r"points below the fake-quant subnet's.*standard error"
+                                              r".*--max-deploy-accuracy-drop"):
+            export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration)
+        assert not (tmp_path / "model.onnx").exists()
+        metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration,
+                                deploy_accuracy_drop_max=1.0)
+        assert metrics["onnx"]["accuracy_drop_max"] == 1.0
+    else:
+        metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration)
+        assert metrics["onnx"]["accuracy_drop_max"] == 0.003
+    assert (tmp_path / "model.onnx").exists()
+    assert metrics["onnx"]["parity"]["top1_agreement"] == 1.0  # against the (equally changed) deployed arithmetic
 
 
 def test_cli_deploy_is_the_default_and_exact_stays_available(tiny_supernet_artifact, tmp_path):

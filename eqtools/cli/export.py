@@ -67,8 +67,16 @@ def command(
     min_deploy_agreement: Annotated[
         float | None,
         typer.Option("--min-deploy-agreement", min=0.0, max=1.0,
-                     help="Top-1 agreement the integer ONNX form must reach. Default: 0.995, or 0.99 when a "
-                          "quantized layer has fewer than 4 bits."),
+                     help="Top-1 agreement the integer ONNX form must reach with the deployed arithmetic it "
+                          "describes (the calibrated subnet with int32 biases and 8-bit requantizations, simulated "
+                          "in PyTorch). Default: 0.995, or 0.99 when a quantized layer has fewer than 4 bits."),
+    ] = None,
+    max_deploy_accuracy_drop: Annotated[
+        float | None,
+        typer.Option("--max-deploy-accuracy-drop", min=0.0, max=1.0,
+                     help="Largest top-1 accuracy drop (a fraction: 0.003 = 0.3 points) the integer ONNX form may "
+                          "have against the fake-quant subnet on the check images. Default: 0.003, or 0.01 when a "
+                          "quantized layer has 2 bits."),
     ] = None,
     out: Annotated[
         Path | None,
@@ -100,7 +108,8 @@ def command(
     source = resolve_input(from_, ("calibrated", "search"), echo=echo)
     result = export_artifact(source, formats=(fmt,), opset=opset, bn_fold=bn_fold, out=out,
                              check_images=check_images, agreement_min=min_agreement, onnx_form=onnx_form,
-                             deploy_agreement_min=min_deploy_agreement, log=echo)
+                             deploy_agreement_min=min_deploy_agreement,
+                             deploy_accuracy_drop_max=max_deploy_accuracy_drop, log=echo)
     m = result.metrics
     if as_json:
         emit_artifact(result, files=result.extra.get("files", {}), config=result.extra.get("config"))
@@ -116,9 +125,12 @@ def command(
         print(_parity_line("int", m["int"]["parity"], against) + f"; file {human_bytes(m['int']['file_bytes'])}")
     if "onnx" in m:
         o = m["onnx"]
-        print(_parity_line("onnx", o["parity"], against) + f"; file {human_bytes(o['file_bytes'])} "
-              f"(FP32 ONNX {human_bytes(sizes['fp32_onnx_file_bytes'])}), opset {o['opset']}, {o['form']} form")
-        if o["form"] == "deploy":
+        deployed = o["form"] == "deploy"
+        print(_parity_line("onnx", o["parity"], "the deployed arithmetic" if deployed else against)
+              + f"; file {human_bytes(o['file_bytes'])} (FP32 ONNX {human_bytes(sizes['fp32_onnx_file_bytes'])}), "
+              f"opset {o['opset']}, {o['form']} form")
+        if deployed:
+            print(_parity_line("onnx", o["parity_vs_fake_quant"], against))
             d = o["deploy"]
             print(f"onnx  integer kernels: {d['integer_convs']} QLinearConv, {d['integer_gemms']} QGemm; "
                   f"{d['requantized_values']} values requantized to 8 bits, {d['exact_values']} rounded as in "

@@ -257,6 +257,8 @@ class _Builder:
         self.counter = 0
         self.stats: Counter[str] = Counter()
         self.dequantized: dict[str, str] = {}
+        # requantized residual sums (and ReLU/clamp of them): how to rebuild them in another encoding
+        self.recipes: dict[str, tuple[str, Any, dict[str, Any]]] = {}
 
     def node(self, op: str, inputs: list[str], output: str | None = None, domain: str | None = None, **attrs: Any) -> str:
         from onnx import helper
@@ -299,6 +301,11 @@ class _Builder:
     def quantize(self, value: str, target: Encoding, name: str) -> tuple[str, Encoding]:
         """``value`` (float or uint8 in any encoding) in ``target``'s encoding, codes within its range."""
         enc = self.enc[value]
+        if enc is not None and not enc.same_grid(target):
+            recomputed = self.recompute(value, target, name)
+            if recomputed is not None:
+                self.stats["recomputed_in_layer_encoding"] += 1
+                return recomputed
         if enc is None or not enc.same_grid(target):
             if enc is not None:
                 self.stats["requantize_8bit_to_layer"] += 1
@@ -306,6 +313,42 @@ class _Builder:
             value = self.node("QuantizeLinear", [self.dequantize(value), s, z], f"{name}.q")
             enc = Encoding(target.scale, target.zero, 0, 255, target.exact)
         return self.clip(value, enc, target.lo, target.hi, f"{name}.clip")
+
+    def recompute(self, value: str, target: Encoding, name: str) -> tuple[str, Encoding] | None:
+        """``value`` rebuilt straight in ``target``'s encoding, if it is a residual sum (through ReLU/clamp).
+
+        A sum read by the next block's first conv and by the next shortcut is kept at 8 bits for the
+        shortcut; the conv needs it on its own grid. A second ``QLinearAdd`` of the same two inputs with
+        the conv's encoding as output does that in one node instead of ``DequantizeLinear ->
+        QuantizeLinear``, and rounds the sum once, straight to the conv's grid, as the fake-quant model
+        does (:func:`simulate_deploy` feeds quantized layers the unrequantized sum for the same reason).
+        """
+        recipe = self.recipes.get(value)
+        if recipe is None:
+            return None
+        op, source, attrs = recipe
+        if op == "add":
+            (a, b), out = source, Encoding(target.scale, target.zero, 0, 255, target.exact)
+            sa, za = self.scale_zero(f"{name}.a", self.enc[a])
+            sb, zb = self.scale_zero(f"{name}.b", self.enc[b])
+            sc, zc = self.scale_zero(f"{name}.sum", out)
+            y = self.node("QLinearAdd", [a, sa, za, b, sb, zb, sc, zc], f"{name}.sum", domain=_MS)
+            return self.clip(y, out, target.lo, target.hi, f"{name}.sum.clip")
+        inner = self.recompute(source, target, name)
+        if inner is None:
+            return None
+        y, enc = inner
+        lo, hi = self.clamp_codes(op, attrs, enc)
+        return self.clip(y, enc, lo, hi, f"{name}.{op}")
+
+    @staticmethod
+    def clamp_codes(op: str, attrs: dict[str, Any], e: Encoding) -> tuple[int, int]:
+        """The code interval a ReLU or clamp keeps in encoding ``e``."""
+        if op == "relu":
+            return e.zero, 255
+        lo = 0 if attrs.get("min") is None else int(min(255, max(0, round(attrs["min"] / e.scale) + e.zero)))
+        hi = 255 if attrs.get("max") is None else int(min(255, max(0, round(attrs["max"] / e.scale) + e.zero)))
+        return lo, hi
 
     def emit_float(self, ir: dict[str, Any]) -> None:
         """A node without an integer form: run the exact form's lowering on dequantized inputs."""
@@ -332,13 +375,10 @@ class _Builder:
             self.layer(ir)
         elif all(e is None for e in encs) or op not in _PASS_THROUGH | {"add", "adaptive_avg_pool2d", "avg_pool2d"}:
             self.emit_float(ir)
-        elif op == "relu":
-            self.passthrough(name, *self.clip(inputs[0], encs[0], encs[0].zero, 255, name))
-        elif op == "clamp":
-            e = encs[0]
-            lo = 0 if attrs.get("min") is None else int(min(255, max(0, round(attrs["min"] / e.scale) + e.zero)))
-            hi = 255 if attrs.get("max") is None else int(min(255, max(0, round(attrs["max"] / e.scale) + e.zero)))
-            self.passthrough(name, *self.clip(inputs[0], e, lo, hi, name))
+        elif op in ("relu", "clamp"):
+            self.passthrough(name, *self.clip(inputs[0], encs[0], *self.clamp_codes(op, attrs, encs[0]), name))
+            if inputs[0] in self.recipes:
+                self.recipes[name] = (op, inputs[0], attrs)
         elif op == "pad" and attrs.get("value", 0.0) != 0.0:
             self.emit_float(ir)
         elif op in ("identity", "flatten", "reshape", "slice", "max_pool2d", "pad"):
@@ -349,6 +389,8 @@ class _Builder:
             sb, zb = self.scale_zero(f"{name}.b", encs[1])
             sc, zc = self.scale_zero(f"{name}.out", out)
             y = self.node("QLinearAdd", [inputs[0], sa, za, inputs[1], sb, zb, sc, zc], f"{name}.raw", domain=_MS)
+            if not out.exact:
+                self.recipes[name] = ("add", (inputs[0], inputs[1]), {})
             self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
                                               f"{name}.clip"))
         elif op in ("adaptive_avg_pool2d", "avg_pool2d") and encs[0] is not None and self.plan.get(name):
@@ -487,6 +529,7 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor], *, opset: i
         "float_nodes": b.stats["float_nodes"],
         "weight_code_multiplier_max": b.stats["code_multiplier_max"],
         "layer_input_requantizations": b.stats["requantize_8bit_to_layer"],
+        "layer_input_recomputations": b.stats["recomputed_in_layer_encoding"],
     }
     return model, info, plan
 
@@ -531,18 +574,31 @@ def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batche
             bias = tensors[f"{name}.bias"]
             unit = unit.expand_as(bias) if unit.numel() == 1 else unit
             tensors[f"{name}.bias"] = torch.round(bias / unit) * unit
-    model = build_model(graph.graph, tensors)
+    # in float64: the integer graph accumulates exactly in int32, so a float32 simulation would put its own
+    # summation error (not the deployment's) next to every rounding boundary
+    model = build_model(graph.graph, tensors).double()
     points = {n: e for n, e in plan.items() if e is not None and not e.exact
               and (requantize is True or (isinstance(requantize, set) and n in requantize))}
+    integer_layers = {n["name"] for n in graph.layers() if _quantized_layer(n) and n["weight"]["dtype"] == "int"}
     out = []
     for x in batches:
-        env: dict[str, Tensor] = {model.input_name: x}
+        env: dict[str, Tensor] = {model.input_name: x.double()}
+        # a requantized residual sum as it was before the 8-bit rounding, and ReLU/clamp of it: the integer
+        # graph hands a quantized layer the sum rounded once, to the layer's own grid (_Builder.recompute)
+        unrounded: dict[str, Tensor] = {}
         for name, op, inputs, attrs, key in model._steps:
-            args = [env[i] for i in inputs]
+            if key is not None and name in integer_layers and inputs[0] in unrounded:
+                args = [unrounded[inputs[0]], *(env[i] for i in inputs[1:])]
+            else:
+                args = [env[i] for i in inputs]
             y = model.layers[key](*args) if key is not None else _FUNCTIONS[op](*args, **attrs)
             enc = points.get(name)
+            if op in ("relu", "clamp") and inputs[0] in unrounded:
+                unrounded[name] = _FUNCTIONS[op](unrounded[inputs[0]], **attrs)
             if enc is not None:
+                if op == "add":
+                    unrounded[name] = y
                 y = (torch.clamp(torch.round(y / enc.scale) + enc.zero, 0, 255) - enc.zero) * enc.scale
             env[name] = y
-        out.append(env[model.output_name])
+        out.append(env[model.output_name].float())
     return torch.cat(out)
