@@ -131,22 +131,29 @@ class RoutedMultiheadAttention(nn.MultiheadAttention):
     ) -> tuple[Tensor, Tensor | None]:
         batched = query.dim() == 3
         same = query is key and key is value
+        # a batch-first module computes batch-first, (batch, n, embed), so its projections see the
+        # tensors an export's batch-first graph feeds them; otherwise (n, batch, embed), as torch's own
+        # implementation. An unbatched input becomes a batch of one in the module's layout.
+        batch_first = self.batch_first
         if not batched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            at = 0 if batch_first else 1
+            query, key, value = query.unsqueeze(at), key.unsqueeze(at), value.unsqueeze(at)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        # from here on (length, batch, embed), as torch's own implementation
-        length, batch, embed = query.shape
+        if batch_first:
+            batch, length, embed = query.shape
+        else:
+            length, batch, embed = query.shape
         heads, head_dim = self.num_heads, self.head_dim
         if same:
             q, k, v = self.in_proj(query).chunk(3, dim=-1)
         else:
             q, k, v = self.in_proj(query, 0), self.in_proj(key, 1), self.in_proj(value, 2)
-        source = k.shape[0]
+        source = k.shape[1] if batch_first else k.shape[0]
 
-        def split(t: Tensor, n: int) -> Tensor:  # (n, batch, embed) -> (batch, heads, n, head_dim)
+        def split(t: Tensor, n: int) -> Tensor:  # -> (batch, heads, n, head_dim)
+            if batch_first:
+                return t.reshape(batch, n, heads, head_dim).permute(0, 2, 1, 3)
             return t.reshape(n, batch, heads, head_dim).permute(1, 2, 0, 3)
 
         q, k, v = split(q, length), split(k, source), split(v, source)
@@ -174,12 +181,13 @@ class RoutedMultiheadAttention(nn.MultiheadAttention):
                 weights = weights.squeeze(0)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        out = out.permute(2, 0, 1, 3).reshape(length, batch, embed)
+        if batch_first:
+            out = out.permute(0, 2, 1, 3).reshape(batch, length, embed)
+        else:
+            out = out.permute(2, 0, 1, 3).reshape(length, batch, embed)
         out = self.out_proj(out)
         if not batched:
-            out = out.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
+            out = out.squeeze(0 if batch_first else 1)
         return out, weights
 
 
