@@ -168,19 +168,22 @@ class RoutedMultiheadAttention(nn.MultiheadAttention):
             padding = padding.view(batch, 1, 1, source)
             mask = padding if mask is None else mask + padding
         dropout = self.dropout if self.training else 0.0
-        weights = None
+        # always the explicit Q·Kᵀ -> softmax -> ·V, never scaled_dot_product_attention: these are the
+        # ops an export writes (eqtools.export._graph), so the exported files compute what this computes
+        # in the same float order (with SDPA's fused kernel an 8-bit tiny ViT's integer file disagreed
+        # with it on 1 image in 256; with this path on none)
+        scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores + mask
+        weights = scores.softmax(dim=-1)
+        out = F.dropout(weights, dropout, self.training) @ v if dropout > 0 else weights @ v
         if need_weights:
-            scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-2, -1)
-            if mask is not None:
-                scores = scores + mask
-            weights = scores.softmax(dim=-1)
-            out = F.dropout(weights, dropout, self.training) @ v if dropout > 0 else weights @ v
             if average_attn_weights:
                 weights = weights.mean(dim=1)
             if not batched:
                 weights = weights.squeeze(0)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            weights = None
         if batch_first:
             out = out.permute(0, 2, 1, 3).reshape(batch, length, embed)
         else:
