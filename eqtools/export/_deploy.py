@@ -430,8 +430,19 @@ class _Builder:
         unit = (np.float32(x_enc.scale) * np.broadcast_to(w_scale, (out_channels,))).astype(np.float32)
         bias_q = np.zeros(out_channels, np.int32) if bias is None else np.round(
             bias.float().numpy() / unit).astype(np.int64).clip(-(2**31), 2**31 - 1).astype(np.int32)
-        b = self.const(f"{name}.bias.q", bias_q)
         out = self.plan.get(name)
+        # a quantized output needs the bias in the int32 accumulator (at the unit s_x * s_w / m); a float
+        # output (read only by float ops) gets the float32 bias added after scaling, as the fake-quant
+        # model adds it: no bias rounding at all
+        b = self.const(f"{name}.bias.q", bias_q) if out is not None else ""
+
+        def float_bias(y: str, shape: tuple[int, ...]) -> None:
+            if bias is None:
+                self.node("Identity", [y], name)
+            else:
+                self.node("Add", [y, self.const(f"{name}.bias", bias.float().numpy().reshape(shape))], name)
+            self.enc[name] = None
+
         if ir["op"] == "conv2d":
             kh, kw = spec["shape"][2:]
             ph, pw = attrs["padding"]
@@ -441,12 +452,11 @@ class _Builder:
             if out is None:
                 # read only in float (a ViT's patch embedding, a conv before SiLU): QLinearConv's output
                 # would be an 8-bit requantization the fake-quant model does not have, so the int32
-                # accumulator (ConvInteger, + the int32 bias) is scaled to float instead
-                acc = self.node("ConvInteger", [x, w, xz], f"{name}.acc", **conv)
-                acc = self.node("Add", [acc, self.const(f"{name}.bias.q3", bias_q.reshape(-1, 1, 1))], f"{name}.accb")
-                real = self.node("Cast", [acc], f"{name}.acc.f", to=1)  # FLOAT
-                self.node("Mul", [real, self.const(f"{name}.unit", unit.reshape(-1, 1, 1))], name)
-                self.enc[name] = None
+                # accumulator of ConvInteger is scaled to float instead
+                acc = self.node("Cast", [self.node("ConvInteger", [x, w, xz], f"{name}.acc", **conv)], f"{name}.acc.f",
+                                to=1)  # FLOAT
+                float_bias(self.node("Mul", [acc, self.const(f"{name}.unit", unit.reshape(-1, 1, 1))],
+                                     f"{name}.nobias"), (-1, 1, 1))
                 return
             ys, yz = self.scale_zero(f"{name}.out", out)
             y = self.node("QLinearConv", [x, xs, xz, w, ws, wz, ys, yz, b], f"{name}.raw", **conv)
@@ -460,14 +470,13 @@ class _Builder:
             inputs = [x, xs, xz, w, ws, wz, b]
             if out is not None:
                 inputs += list(self.scale_zero(f"{name}.out", out))
-            flat = name if out is None and rank == 2 else f"{name}.raw"
-            y = self.node("QGemm", inputs, flat, domain=_MS, transB=1)
+            y = self.node("QGemm", inputs, f"{name}.raw", domain=_MS, transB=1)
             if rank != 2:
                 y = self.node("Reshape", [y, self.const(f"{name}.tokens", np.array([-1, *ir["shape"][1:]], np.int64))],
-                              name if out is None else f"{name}.unrows")
+                              f"{name}.unrows")
             self.stats["integer_gemms"] += 1
             if out is None:
-                self.enc[name] = None
+                float_bias(y, (-1,))
                 return
         if not out.exact:
             self.stats["requantized_outputs"] += 1
@@ -547,16 +556,17 @@ def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batche
     """Logits of the deployed arithmetic simulated in PyTorch, one rounding at a time if asked.
 
     ``requantize`` (all, none, or the names of the values to round) applies the deployment's own
-    8-bit requantizations; ``int32_bias`` rounds each quantized layer's bias to int32 at the
-    deployed accumulator's unit ``s_x * s_w / m`` (:func:`code_multiplier`). With both on this is what the integer ONNX graph computes (up to float
+    8-bit requantizations; ``int32_bias`` rounds the bias of each quantized layer with a quantized
+    output to int32 at the deployed accumulator's unit ``s_x * s_w / m`` (:func:`code_multiplier`;
+    a layer with a float output adds its float bias). With both on this is what the integer ONNX graph computes (up to float
     rounding), so the cost of each rounding is measured separately, on the same images.
     """
     tensors = dict(graph.tensors)
     if int32_bias:
         for node in graph.layers():
             name = node["name"]
-            if node.get("input_quant") is None or not node.get("bias"):
-                continue
+            if node.get("input_quant") is None or not node.get("bias") or plan.get(name) is None:
+                continue  # a layer with a float output adds its float bias (see _Builder.layer)
             m = code_multiplier(tensors[f"{name}.weight.codes"])
             unit = (tensors[f"{name}.input.scale"] * tensors[f"{name}.weight.scale"] / m).abs()
             bias = tensors[f"{name}.bias"]

@@ -461,8 +461,8 @@ class _Builder:
         target, args = node.target, node.args
         x = args[0] if args else None
         tensor_arg = isinstance(x, fx.Node) and x in self.values and x not in self.sizes
-        if node.op == "call_function" and target is getattr and tensor_arg and args[1] == "shape" or \
-                node.op == "call_method" and target == "size" and tensor_arg:
+        shape_of = node.op == "call_function" and target is getattr and tensor_arg and args[1] == "shape"
+        if shape_of or (node.op == "call_method" and target == "size" and tensor_arg):
             shape = torch.Size(_shape(x) or [])
             dim = _argument(node, 1, "dim") if node.op == "call_method" else None
             if dim is None:
