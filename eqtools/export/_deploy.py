@@ -23,7 +23,14 @@ so nothing depends on its pattern matcher:
   grid equals rounding straight to the layer's grid (no double-rounding error on the conv's input;
   only the other readers, e.g. the shortcut, see the 8-bit rounding).
 - layers pinned as float stay float (``Conv`` / ``Gemm``) between ``DequantizeLinear`` and
-  ``QuantizeLinear``; so do ops without an integer form (sigmoid, SiLU, hard-swish, mul, ...).
+  ``QuantizeLinear``; so do ops without an integer form (sigmoid, SiLU, hard-swish, mul, LayerNorm,
+  GELU, softmax, activation-activation matmuls, ...).
+- a quantized linear on a ``[B, tokens, in]`` input (a transformer) is ``QGemm`` on its uint8 codes
+  reshaped to ``[B * tokens, in]`` and back. A quantized layer whose output only float ops read
+  returns float: ``QGemm`` without an output scale, or for a conv ``ConvInteger`` scaled to float
+  (``QLinearConv`` would requantize its output to 8 bits), and its float32 bias is added after the
+  scaling, unrounded. An add or pooling with a float operand runs in float, and its other operand is
+  then not requantized for it.
 
 What is only possible with symmetric weights (zero point 0, the kernels' prepacked path) is checked
 by :func:`deploy_blocker`; the export then falls back to the exact form and says why.
