@@ -334,20 +334,20 @@ def test_onnx_graph_form(tiny_trained):
 
 
 def test_unsupported_op_is_named(digits_splits):
-    class WithGelu(torch.nn.Module):
+    class WithSoftplus(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = torch.nn.Conv2d(1, 4, 3)
-            self.act = torch.nn.GELU()
+            self.act = torch.nn.Softplus()
             self.fc = torch.nn.Linear(4, 10)
 
         def forward(self, x):
             return self.fc(self.act(self.conv(x)).mean((2, 3)))
 
     x = digits_splits.val.images[:4].float()
-    supernet = quantize_model(WithGelu(), {"w_bits": (4,), "a_bits": (4,)}, x[:1])
+    supernet = quantize_model(WithSoftplus(), {"w_bits": (4,), "a_bits": (4,)}, x[:1])
     supernet.init_from_data([x])
-    with pytest.raises(ModelError, match="GELU"):
+    with pytest.raises(ModelError, match="Softplus"):
         extract_graph(supernet, x[:2])
 
 

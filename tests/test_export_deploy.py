@@ -277,8 +277,8 @@ def test_quantizers_hand_out_their_integer_view(tiny, granularity, symmetry):
     assert a.symmetry == symmetry and (symmetry == "asym" or int(a.zero_point) == 0)
 
 
-def test_linear_on_a_sequence_falls_back_to_exact(digits_splits, tmp_path):
-    """A linear layer on a rank-4 input has no QGemm form: the export says so and writes the exact form."""
+def test_linear_on_a_sequence_runs_on_qgemm(digits_splits, tmp_path):
+    """A linear layer on a rank-4 input runs as QGemm on its codes viewed as rows, not as a float MatMul."""
     from eqtools.quant import quantize_model
 
     class Tokens(torch.nn.Module):
@@ -296,8 +296,11 @@ def test_linear_on_a_sequence_falls_back_to_exact(digits_splits, tmp_path):
     supernet = quantize_model(Tokens(), {"w_bits": (4, 8), "a_bits": (4, 8)}, x[:1])
     supernet.init_from_data([x])
     supernet.eval().apply(supernet.space.uniform(4, 4, "per-channel", "sym"))
-    graph = extract_graph(supernet, x[:2])
-    why = deploy_blocker(graph)
-    assert why is not None and "rank-4" in why and "'mix'" in why
+    assert deploy_blocker(extract_graph(supernet, x[:2])) is None
     metrics = export_subnet(supernet, [(x, None)], tmp_path, formats=("onnx",))
-    assert metrics["onnx"]["form"] == "exact" and metrics["onnx"]["deploy_fallback"] == why
+    onnx_metrics = metrics["onnx"]
+    assert onnx_metrics["form"] == "deploy" and onnx_metrics["deploy_fallback"] is None
+    deploy = onnx_metrics["deploy"]
+    assert deploy["integer_gemms"] == 2 and deploy["integer_convs"] == 1
+    ops = deploy["optimized_ops"]
+    assert ops.get("QGemm") == 2 and not any(ops.get(op) for op in FLOAT_MATMUL_OPS), ops

@@ -382,3 +382,225 @@ def test_torch_transformer_encoder_is_quantized_in_evaluation_too():
         with supernet.apply(supernet.space.min()):
             low = supernet(x)
     assert not torch.allclose(high, low)
+
+
+# ------------------------------------------------------------------ unbatched attention (both layouts)
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_routed_attention_unbatched_input(batch_first):
+    torch.manual_seed(0)
+    ref = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    routed = copy.deepcopy(ref)
+    route_attention(routed)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        a, wa = ref(x, x, x)
+        b, wb = routed(x, x, x)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(wb, wa, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ export of the transformer recipe
+VIT_CONDITIONS = {
+    "w2a2": (2, ("per-channel", "sym", "sym")),
+    "w4a4": (4, ("per-channel", "sym", "asym")),
+    "w8a8": (8, ("per-tensor", "asym", "asym")),
+    "mixed-pt": ("mixed", ("per-tensor", "sym", "asym")),
+    "mixed-pc": ("mixed", ("per-channel", "asym", "sym")),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_vit(digits_splits):
+    """tiny_vit on 8x8 digits (patch 4: 4 patches + the class token), trained briefly in float and then
+    as a supernet (largest, smallest and a random subnet per step): ~10 s, ~95-98 % val top-1."""
+    import random
+
+    torch.manual_seed(0)
+    model = get_model("tiny_vit", num_classes=10, in_channels=1, image_size=8)
+    nn.init.normal_(model.heads.head.weight, std=0.02)
+
+    def train(module, steps, lr, configs):
+        opt = torch.optim.Adam(module.parameters(), lr=lr)
+        module.train()
+        step = 0
+        while step < steps:
+            for x, y in digits_splits.train.batches(64, shuffle=True, epoch=step):
+                opt.zero_grad()
+                for apply in configs():
+                    apply()
+                    F.cross_entropy(module(x), y).backward()
+                opt.step()
+                step += 1
+                if step >= steps:
+                    return
+
+    train(model, 150, 3e-3, lambda: [lambda: None])
+    x0 = next(iter(digits_splits.train.batches(256)))[0]
+    supernet = quantize_model(model, {"w_bits": (2, 3, 4, 8), "a_bits": (2, 3, 4, 8)}, x0[:1])
+    supernet.init_from_data([x0])
+    rng = random.Random(0)
+    space = supernet.space
+    train(supernet, 40, 1e-3, lambda: [lambda c=c: supernet.apply(c) for c in (space.max(), space.min(), space.random(rng))])
+    return supernet.eval(), list(digits_splits.val.batches(150))
+
+
+def _vit_config(space, bits, form):
+    import random
+
+    return space.random(random.Random(1), *form) if bits == "mixed" else space.uniform(bits, bits, *form)
+
+
+@pytest.mark.parametrize("case", list(VIT_CONDITIONS))
+def test_tiny_vit_exports_exactly(trained_vit, tmp_path, case):
+    """Integer file and exact ONNX of the ViT: every quantized layer within 1e-4 fed the reference's own
+    input, top-1 agreement >= 99.9 %, the integer file bit-identical to the fake-quant subnet."""
+    from eqtools.export import export_subnet, load_int
+
+    supernet, batches = trained_vit
+    bits, form = VIT_CONDITIONS[case]
+    supernet.apply(_vit_config(supernet.space, bits, form))
+    opset = 17 if bits == 2 else 21  # 17: int8 containers, LayerNorm op, GELU decomposed; 21: INT4 and Gelu
+    metrics = export_subnet(supernet, batches, tmp_path, opset=opset, onnx_form="exact")
+    assert metrics["check"]["reference_classes"] == 10
+    for fmt in ("int", "onnx"):
+        forced = metrics[fmt]["teacher_forced"]
+        assert forced["layers"] == 18 and forced["max_layer_error"] <= 1e-4 and forced["logit_error"] <= 1e-4, forced
+        assert metrics[fmt]["parity"]["top1_agreement"] >= 0.999, (fmt, metrics[fmt]["parity"])
+    assert metrics["int"]["parity"]["bit_identical"]  # the same ops in the same order as the fake-quant model
+    graph = load_int(tmp_path).graph
+    ops = [n["op"] for n in graph["nodes"]]
+    assert ops.count("linear") == 17 and ops.count("conv2d") == 1
+    # float by design: 9 LayerNorms, 4 GELUs, 4 softmaxes, Q·Kᵀ and attention·V in each of 4 blocks
+    assert (ops.count("layer_norm"), ops.count("gelu"), ops.count("softmax"), ops.count("matmul")) == (9, 4, 4, 8)
+    assert {"expand_batch", "concat", "select", "permute"} <= set(ops)
+
+
+@pytest.mark.parametrize("case", ["w4a4", "w8a8-sym", "mixed-sym"])
+def test_tiny_vit_deploy_form_runs_every_weight_matmul_on_integer_kernels(trained_vit, tmp_path, case):
+    """Default ONNX form: 17 QGemm (token inputs viewed as rows) and the patch embedding's ConvInteger;
+    the only float matmuls onnxruntime runs are the 8 activation-activation ones."""
+    from eqtools.export import export_subnet
+    from eqtools.export._deploy import FLOAT_MATMUL_OPS
+
+    supernet, batches = trained_vit
+    bits = {"w4a4": 4, "w8a8-sym": 8, "mixed-sym": "mixed"}[case]
+    supernet.apply(_vit_config(supernet.space, bits, ("per-channel", "sym", "asym" if bits == 4 else "sym")))
+    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",))
+    onnx_metrics = metrics["onnx"]
+    assert onnx_metrics["form"] == "deploy" and onnx_metrics["deploy_fallback"] is None
+    deploy = onnx_metrics["deploy"]
+    assert deploy["integer_gemms"] == 17 and deploy["integer_convs"] == 1
+    ops = deploy["optimized_ops"]
+    assert ops.get("QGemm") == 17 and ops.get("ConvInteger") == 1, ops
+    float_matmuls = sum(ops.get(op, 0) for op in FLOAT_MATMUL_OPS)
+    assert float_matmuls == 8 and not any(ops.get(op) for op in ("Gemm", "FusedGemm", "Conv", "FusedConv")), ops
+    assert onnx_metrics["parity"]["top1_agreement"] >= onnx_metrics["agreement_min"] >= 0.99
+
+
+def test_tiny_vit_int_file_loads_without_training_code(trained_vit, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from eqtools.export import export_subnet
+
+    supernet, batches = trained_vit
+    supernet.apply(_vit_config(supernet.space, "mixed", ("per-channel", "sym", "asym")))
+    export_subnet(supernet, batches, tmp_path, formats=("int",))
+    x = batches[0][0][:16]
+    with torch.no_grad():
+        torch.save({"x": x, "y": supernet(x)}, tmp_path / "io.pt")
+    runtime = Path(__file__).resolve().parents[1] / "eqtools" / "export" / "runtime.py"
+    shutil.copy(runtime, tmp_path / "eqtools_int_runtime.py")
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "eqtools" or name.startswith("eqtools."):
+                    raise ImportError(f"blocked: {{name}}")
+        sys.meta_path.insert(0, Block())
+        import torch
+        torch.set_num_threads(1)  # as in the tests' process, so that every kernel sums in the same order
+        import eqtools_int_runtime
+        model = eqtools_int_runtime.load_int({str(tmp_path / 'model.int.safetensors')!r})
+        io = torch.load({str(tmp_path / 'io.pt')!r}, weights_only=True)
+        with torch.no_grad():
+            out = model(io["x"])
+        assert torch.equal(out, io["y"]), (out - io["y"]).abs().max()
+        assert not any(m == "eqtools" or m.startswith("eqtools.") for m in sys.modules)
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(runtime.parents[2])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+class _Tokens(nn.Module):
+    """A patch embedding, one attention block and a head; ``variant`` picks what export must refuse."""
+
+    def __init__(self, variant: str) -> None:
+        super().__init__()
+        self.variant = variant
+        self.embed = nn.Conv2d(1, 16, 4, 4)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=variant != "sequence-first")
+        self.memory = nn.Parameter(torch.randn(1, 3, 16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 4, 16)
+        v = self.variant
+        if v == "sequence-first":
+            t = self.attn(t, t, t, need_weights=False)[0]
+        elif v == "cross-attention":
+            memory = self.memory.expand(x.shape[0], -1, -1)
+            t = self.attn(t, memory, memory, need_weights=False)[0]
+        elif v == "mask":
+            t = self.attn(t, t, t, attn_mask=torch.zeros(4, 4, dtype=torch.bool), need_weights=False)[0]
+        elif v == "batch-permute":
+            t = t.permute(1, 0, 2).mean(0)[:, None, :]
+        elif v == "expand-tokens":
+            t = t[:, :1].expand(-1, 4, -1)
+        elif v == "batch-arithmetic":
+            t = t * x.shape[0]
+        else:
+            t = self.attn(t, t, t, need_weights=False)[0]
+        return self.head(t.mean(1))
+
+
+@pytest.mark.parametrize(("variant", "message"), [
+    ("sequence-first", "batch_first=False"),
+    ("cross-attention", "cross-attention"),
+    ("mask", "mask"),
+    ("batch-permute", "moves the batch dimension"),
+    ("expand-tokens", "expand whose first size is not the batch size"),
+    ("batch-arithmetic", "computed from the batch size"),
+])
+def test_export_names_what_it_cannot_write(variant, message):
+    from eqtools.errors import ModelError
+    from eqtools.export import extract_graph
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 8, 8)
+    supernet = quantize_model(_Tokens(variant), {"w_bits": (4,), "a_bits": (4,)}, x[:1])
+    supernet.init_from_data([x])
+    with pytest.raises(ModelError, match=message):
+        extract_graph(supernet.eval(), x[:2])
+
+
+def test_export_of_the_supported_variant_matches(tmp_path):
+    """The same block without what is refused exports, and its integer file equals the fake-quant model."""
+    from eqtools.export import extract_graph
+    from eqtools.export.runtime import build_model
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 8, 8)
+    supernet = quantize_model(_Tokens("plain"), {"w_bits": (4,), "a_bits": (4,)}, x[:1])
+    supernet.init_from_data([x])
+    supernet.eval()
+    graph = extract_graph(supernet, x[:2])
+    with torch.no_grad():
+        assert torch.equal(build_model(graph.graph, graph.tensors)(x), supernet(x))

@@ -23,7 +23,14 @@ so nothing depends on its pattern matcher:
   grid equals rounding straight to the layer's grid (no double-rounding error on the conv's input;
   only the other readers, e.g. the shortcut, see the 8-bit rounding).
 - layers pinned as float stay float (``Conv`` / ``Gemm``) between ``DequantizeLinear`` and
-  ``QuantizeLinear``; so do ops without an integer form (sigmoid, SiLU, hard-swish, mul, ...).
+  ``QuantizeLinear``; so do ops without an integer form (sigmoid, SiLU, hard-swish, mul, LayerNorm,
+  GELU, softmax, activation-activation matmuls, ...).
+- a quantized linear on a ``[B, tokens, in]`` input (a transformer) is ``QGemm`` on its uint8 codes
+  reshaped to ``[B * tokens, in]`` and back. A quantized layer whose output only float ops read
+  returns float: ``QGemm`` without an output scale, or for a conv ``ConvInteger`` scaled to float
+  (``QLinearConv`` would requantize its output to 8 bits), and its float32 bias is added after the
+  scaling, unrounded. An add or pooling with a float operand runs in float, and its other operand is
+  then not requantized for it.
 
 What is only possible with symmetric weights (zero point 0, the kernels' prepacked path) is checked
 by :func:`deploy_blocker`; the export then falls back to the exact form and says why.
@@ -48,7 +55,7 @@ __all__ = ["DEPLOY_OPSET", "Encoding", "build_deploy_onnx", "code_multiplier", "
 
 DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists since 10, per-axis Q/DQ since 13
 _MS = "com.microsoft"
-_PASS_THROUGH = {"relu", "clamp", "identity", "flatten", "reshape", "slice", "max_pool2d", "pad"}
+_PASS_THROUGH = {"relu", "clamp", "identity", "flatten", "reshape", "slice", "max_pool2d", "pad", "permute", "select"}
 FLOAT_MATMUL_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "NhwcFusedConv")
 
 
@@ -92,9 +99,8 @@ def deploy_blocker(graph: DeployGraph) -> str | None:
         if node["weight"]["dtype"] != "int":
             continue
         name = node["name"]
-        rank = len(shapes.get(node["inputs"][0]) or [])
-        if node["op"] == "linear" and rank != 2:
-            return f"layer {name!r} is a linear layer on a rank-{rank} input; onnxruntime's QGemm takes matrices"
+        if node["op"] == "linear" and not shapes.get(node["inputs"][0]):
+            return f"layer {name!r}: the shape of its input is not known"
         if bool(t[f"{name}.weight.zero_point"].any()):
             return (f"layer {name!r} has asymmetric weights (non-zero weight zero points); onnxruntime's integer "
                     "conv/gemm kernels need symmetric weights")
@@ -178,6 +184,22 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, 
     consumers = _consumers(graph)
     output = graph.graph["output"]
     plan: dict[str, Encoding | None] = {}
+    # values that can travel as codes: quantized layer outputs, and what pass-through and integer ops make
+    # of them. An add or pooling with a float operand (a transformer's residual stream after a float add
+    # of the position embedding) runs in float, so what feeds it is not requantized for nothing.
+    codes: set[str] = set()
+    for node in graph.nodes:
+        ins = node["inputs"]
+        if _quantized_layer(node) and node["weight"]["dtype"] == "int":
+            codes.add(node["name"])
+        elif ins and ins[0] in codes and node["op"] in _PASS_THROUGH and \
+                (node["op"] != "pad" or node["attrs"].get("value", 0.0) == 0.0):
+            codes.add(node["name"])
+        elif ins and _integer_op(node) and all(i in codes for i in ins):
+            codes.add(node["name"])
+
+    def runs_integer(node: dict[str, Any]) -> bool:
+        return _integer_op(node) and all(i in codes for i in node["inputs"])
 
     def readers(value: str, seen: set[str]) -> tuple[list[Encoding], bool, bool, tuple[float, float] | None]:
         """(input encodings of quantized readers, read by an integer op, read in float, clip bounds).
@@ -206,7 +228,7 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, 
                 reqs += r
                 integer |= i
                 floating |= f
-            elif _integer_op(user):
+            elif runs_integer(user):
                 integer = True
             else:
                 floating = True
@@ -214,7 +236,7 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, 
 
     for node in graph.nodes:
         name = node["name"]
-        if not (node["op"] in ("conv2d", "linear") or _integer_op(node)):
+        if not (node["op"] in ("conv2d", "linear") or runs_integer(node)):
             continue
         if node["op"] in ("conv2d", "linear") and node["weight"]["dtype"] != "int":
             continue
@@ -222,7 +244,7 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, 
         distinct = {(np.float32(r.scale), r.zero, r.lo, r.hi) for r in reqs}
         if len(distinct) == 1 and not integer and not floating:
             plan[name] = reqs[0]
-        elif reqs or integer or node["op"] == "conv2d":
+        elif reqs or integer:
             values = samples[name] if bounds is None else samples[name].clamp(*bounds)
             scales = {np.float32(r.scale) for r in reqs}
             plan[name] = _calibrated(values, float(scales.pop()) if len(scales) == 1 else None)
@@ -381,7 +403,7 @@ class _Builder:
                 self.recipes[name] = (op, inputs[0], attrs)
         elif op == "pad" and attrs.get("value", 0.0) != 0.0:
             self.emit_float(ir)
-        elif op in ("identity", "flatten", "reshape", "slice", "max_pool2d", "pad"):
+        elif op in ("identity", "flatten", "reshape", "slice", "max_pool2d", "pad", "permute", "select"):
             self.shape_op(ir, encs[0])
         elif op == "add" and len(inputs) == 2 and all(e is not None for e in encs) and self.plan.get(name):
             out = self.plan[name]
@@ -457,29 +479,54 @@ class _Builder:
         unit = (np.float32(x_enc.scale) * np.broadcast_to(w_scale, (out_channels,))).astype(np.float32)
         bias_q = np.zeros(out_channels, np.int32) if bias is None else np.round(
             bias.float().numpy() / unit).astype(np.int64).clip(-(2**31), 2**31 - 1).astype(np.int32)
-        b = self.const(f"{name}.bias.q", bias_q)
         out = self.plan.get(name)
+        # a quantized output needs the bias in the int32 accumulator (at the unit s_x * s_w / m); a float
+        # output (read only by float ops) gets the float32 bias added after scaling, as the fake-quant
+        # model adds it: no bias rounding at all
+        b = self.const(f"{name}.bias.q", bias_q) if out is not None else ""
+
+        def float_bias(y: str, shape: tuple[int, ...]) -> None:
+            if bias is None:
+                self.node("Identity", [y], name)
+            else:
+                self.node("Add", [y, self.const(f"{name}.bias", bias.float().numpy().reshape(shape))], name)
+            self.enc[name] = None
+
         if ir["op"] == "conv2d":
             kh, kw = spec["shape"][2:]
             ph, pw = attrs["padding"]
-            assert out is not None  # QLinearConv's output is always quantized (plan_encodings)
-            ys, yz = self.scale_zero(f"{name}.out", out)
-            y = self.node("QLinearConv", [x, xs, xz, w, ws, wz, ys, yz, b], f"{name}.raw", kernel_shape=[kh, kw],
-                          strides=attrs["stride"], pads=[ph, pw, ph, pw], dilations=attrs["dilation"],
-                          group=attrs["groups"])
+            conv = {"kernel_shape": [kh, kw], "strides": attrs["stride"], "pads": [ph, pw, ph, pw],
+                    "dilations": attrs["dilation"], "group": attrs["groups"]}
             self.stats["integer_convs"] += 1
-        elif self.shapes.get(ir["inputs"][0]) is not None and len(self.shapes[ir["inputs"][0]]) == 2:
+            if out is None:
+                # read only in float (a ViT's patch embedding, a conv before SiLU): QLinearConv's output
+                # would be an 8-bit requantization the fake-quant model does not have, so the int32
+                # accumulator of ConvInteger is scaled to float instead
+                acc = self.node("Cast", [self.node("ConvInteger", [x, w, xz], f"{name}.acc", **conv)], f"{name}.acc.f",
+                                to=1)  # FLOAT
+                float_bias(self.node("Mul", [acc, self.const(f"{name}.unit", unit.reshape(-1, 1, 1))],
+                                     f"{name}.nobias"), (-1, 1, 1))
+                return
+            ys, yz = self.scale_zero(f"{name}.out", out)
+            y = self.node("QLinearConv", [x, xs, xz, w, ws, wz, ys, yz, b], f"{name}.raw", **conv)
+        else:
+            # QGemm takes matrices: a [B, ..., in] input (a transformer's tokens) is viewed as
+            # [B * ..., in] codes (a reshape of uint8 codes, exact) and the result viewed back
+            rank = len(self.shapes[ir["inputs"][0]])
+            if rank != 2:
+                x = self.node("Reshape", [x, self.const(f"{name}.rows", np.array([-1, int(spec["shape"][1])], np.int64))],
+                              f"{name}.input.rows")
             inputs = [x, xs, xz, w, ws, wz, b]
             if out is not None:
                 inputs += list(self.scale_zero(f"{name}.out", out))
-            y = self.node("QGemm", inputs, f"{name}.raw" if out is not None else name, domain=_MS, transB=1)
+            y = self.node("QGemm", inputs, f"{name}.raw", domain=_MS, transB=1)
+            if rank != 2:
+                y = self.node("Reshape", [y, self.const(f"{name}.tokens", np.array([-1, *ir["shape"][1:]], np.int64))],
+                              f"{name}.unrows")
             self.stats["integer_gemms"] += 1
             if out is None:
-                self.enc[name] = None
+                float_bias(y, (-1,))
                 return
-        else:
-            raise self.error(f"layer {name!r}: a linear layer on a rank-{len(self.shapes.get(ir['inputs'][0]) or [])} "
-                             "input has no integer form in this export; use --onnx-form exact")
         if not out.exact:
             self.stats["requantized_outputs"] += 1
         self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
@@ -559,16 +606,17 @@ def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batche
     """Logits of the deployed arithmetic simulated in PyTorch, one rounding at a time if asked.
 
     ``requantize`` (all, none, or the names of the values to round) applies the deployment's own
-    8-bit requantizations; ``int32_bias`` rounds each quantized layer's bias to int32 at the
-    deployed accumulator's unit ``s_x * s_w / m`` (:func:`code_multiplier`). With both on this is what the integer ONNX graph computes (up to float
+    8-bit requantizations; ``int32_bias`` rounds the bias of each quantized layer with a quantized
+    output to int32 at the deployed accumulator's unit ``s_x * s_w / m`` (:func:`code_multiplier`;
+    a layer with a float output adds its float bias). With both on this is what the integer ONNX graph computes (up to float
     rounding), so the cost of each rounding is measured separately, on the same images.
     """
     tensors = dict(graph.tensors)
     if int32_bias:
         for node in graph.layers():
             name = node["name"]
-            if node.get("input_quant") is None or not node.get("bias"):
-                continue
+            if node.get("input_quant") is None or not node.get("bias") or plan.get(name) is None:
+                continue  # a layer with a float output adds its float bias (see _Builder.layer)
             m = code_multiplier(tensors[f"{name}.weight.codes"])
             unit = (tensors[f"{name}.input.scale"] * tensors[f"{name}.weight.scale"] / m).abs()
             bias = tensors[f"{name}.bias"]

@@ -26,6 +26,7 @@ deployment runtime expects. The factor ``k = gamma / sqrt(var + eps)`` is per ou
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from eqtools.errors import ModelError
 from eqtools.export.runtime import FORMAT, VERSION
 from eqtools.quant import QuantLayer, Supernet, lp_search
+from eqtools.quant.attention import PackedInProjection, RoutedMultiheadAttention
 from eqtools.vocab import BN_FOLD_MODES
 
 __all__ = ["BN_FOLD_MODES", "DeployGraph", "extract_graph"]
@@ -66,12 +68,67 @@ class DeployGraph:
 
 
 class _Tracer(fx.Tracer):
-    """Quantized layers and torch.nn layers stay whole; torchvision's StochasticDepth too."""
+    """Quantized layers and torch.nn layers stay whole; torchvision's StochasticDepth too.
+
+    A rewritten ``nn.MultiheadAttention`` is traced through :func:`_attention_for_export` instead
+    of its forward, whose branches on the input's rank and layout cannot be traced symbolically.
+    """
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, QuantLayer) or type(m).__name__ == "StochasticDepth":
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if isinstance(m, RoutedMultiheadAttention):
+            forward = functools.partial(_attention_for_export, m, self.path_of_module(m))
+        return super().call_module(m, forward, args, kwargs)
+
+
+def _attention_for_export(
+    mha: RoutedMultiheadAttention,
+    name: str,
+    query: Any,
+    key: Any,
+    value: Any,
+    key_padding_mask: Any = None,
+    need_weights: bool = True,
+    attn_mask: Any = None,
+    average_attn_weights: bool = True,
+    is_causal: bool = False,
+) -> tuple[Any, Any]:
+    """What :class:`RoutedMultiheadAttention` computes for batch-first self-attention without masks,
+    written without branches on tensor shapes so that ``torch.fx`` can trace it.
+
+    The ops are the routed forward's explicit path (q scaled by 1/sqrt(head_dim), Q·Kᵀ, softmax,
+    attention·V), kept batch-first throughout: (B, L, E) -> (B, H, L, D) -> (B, L, E). The routed
+    forward runs ``scaled_dot_product_attention`` when no weights are asked for; the two differ by
+    float rounding only (the export's layer-by-layer check measures it). Anything else is refused
+    with what it was, so an export never computes another attention than the model's.
+    """
+    what = None
+    if not mha.batch_first:
+        what = "batch_first=False (sequence-first inputs; export keeps the batch as the first dimension)"
+    elif not (query is key and key is value):
+        what = "cross-attention (query, key and value differ); export supports self-attention"
+    elif key_padding_mask is not None or attn_mask is not None or is_causal:
+        what = "an attention or key-padding mask (or is_causal)"
+    if what is not None:
+        raise ModelError(f"cannot export attention {name!r}: {what}; see docs/transformers.md")
+    embed, heads, head_dim = mha.embed_dim, mha.num_heads, mha.head_dim
+    qkv = mha.in_proj(query)  # (B, L, 3E)
+
+    def split(part: int) -> Any:  # (B, L, E) -> (B, H, L, D)
+        return qkv[:, :, part * embed:(part + 1) * embed].unflatten(2, (heads, head_dim)).permute(0, 2, 1, 3)
+
+    q, k, v = split(0), split(1), split(2)
+    scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-2, -1)
+    weights = scores.softmax(dim=-1)
+    out = (weights @ v).permute(0, 2, 1, 3).flatten(2)
+    out = mha.out_proj(out)
+    if not need_weights:
+        return out, None
+    return out, weights.mean(dim=1) if average_attn_weights else weights
 
 
 # ------------------------------------------------------------------------------- vocabulary maps
@@ -96,6 +153,10 @@ _UNARY_FUNCTIONS = {
     F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", torch.tanh: "tanh", F.tanh: "tanh",
 }
 _UNARY_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
+_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm}
+_SOFTMAX_FUNCTIONS = {F.softmax, torch.softmax}
+_SIZE_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.floordiv, operator.truediv, operator.mod,
+                   operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.neg}
 _IDENTITY_FUNCTIONS = {F.dropout, F.dropout2d, F.alpha_dropout}
 _IDENTITY_METHODS = {"contiguous", "clone", "detach"}
 
@@ -119,6 +180,21 @@ def _shape(node: fx.Node) -> list[int] | None:
     return None if meta is None or not hasattr(meta, "shape") else [int(s) for s in meta.shape]
 
 
+def _is_tensor(node: fx.Node) -> bool:
+    kind = node.meta.get("type")
+    return isinstance(kind, type) and issubclass(kind, Tensor)
+
+
+@dataclass(frozen=True)
+class _Size:
+    """A Python value the model computed from tensor shapes (an int, a torch.Size, a bool), and
+    whether it depends on the batch size: export fixes every dimension but the batch."""
+
+    value: Any
+    batch_dependent: bool
+    is_batch: bool = False  # exactly the batch size (a tensor's first dimension)
+
+
 class _Builder:
     """Walks the traced graph once and emits runtime nodes."""
 
@@ -133,6 +209,7 @@ class _Builder:
         self.values: dict[fx.Node, str] = {}
         self.by_name: dict[str, dict[str, Any]] = {}
         self.layer_of: dict[fx.Node, dict[str, Any]] = {}  # fx node -> its conv/linear runtime node
+        self.sizes: dict[fx.Node, _Size] = {}  # shape arithmetic, resolved on the example batch
         self.input_name: str | None = None
         self.input_shape: list[int] | None = None
         self.output: str | None = None
@@ -141,9 +218,11 @@ class _Builder:
     def fail(self, node: fx.Node, what: str) -> ModelError:
         return ModelError(
             f"cannot export node {node.name!r} ({node.op} {getattr(node.target, '__name__', node.target)}): {what}; "
-            "export supports conv/linear/batch-norm layers, ReLU/ReLU6/hardtanh/clamp, SiLU, sigmoid, hard-swish/"
-            "sigmoid, tanh, add/sub/mul/div, avg/max/adaptive-avg pooling, flatten/view/reshape, cat, mean, constant "
-            "pad, slicing and dropout/identity (see docs/export.md)"
+            "export supports conv/linear/batch-norm/layer-norm layers, ReLU/ReLU6/hardtanh/clamp, SiLU, GELU, "
+            "sigmoid, hard-swish/sigmoid, tanh, softmax, add/sub/mul/div, matmul, avg/max/adaptive-avg pooling, "
+            "flatten/view/reshape/unflatten, permute/transpose (batch kept first), cat, mean, constant pad, "
+            "slicing and integer indexing, expanding a [1, ...] tensor over the batch, batch-first self-attention "
+            "and dropout/identity (see docs/export.md)"
         )
 
     def ref(self, node: fx.Node, arg: Any) -> str:
@@ -159,8 +238,8 @@ class _Builder:
         return name
 
     def emit(self, node: fx.Node, op: str, inputs: list[str], attrs: dict[str, Any] | None = None,
-             name: str | None = None, **extra: Any) -> dict[str, Any]:
-        shape = _shape(node)
+             name: str | None = None, shape: list[int] | None = None, **extra: Any) -> dict[str, Any]:
+        shape = _shape(node) if shape is None else shape
         ir = {"name": self.unique(name or node.name), "op": op, "inputs": inputs, "attrs": attrs or {},
               "shape": None if shape is None else [None, *shape[1:]], **extra}
         self.nodes.append(ir)
@@ -194,9 +273,12 @@ class _Builder:
                 if not isinstance(value, Tensor):
                     raise self.fail(node, "the attribute is not a tensor")
                 ir = self.emit(node, "constant", [], name=str(node.target))
+                ir["shape"] = [int(d) for d in value.shape]  # a constant has no batch dimension
                 self.tensors[f"{ir['name']}.value"] = value.detach().float().clone()
             elif node.op == "call_module":
                 self.module(node, self.gm.get_submodule(str(node.target)))
+            elif node.op in ("call_function", "call_method") and not _is_tensor(node):
+                self.size(node)
             elif node.op == "call_function":
                 self.function(node)
             elif node.op == "call_method":
@@ -208,7 +290,7 @@ class _Builder:
         name = str(node.target)
         if isinstance(m, QuantLayer) and self.quantized:
             self.layer(node, m, name, quantize=True)
-        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+        elif isinstance(m, (nn.Conv2d, nn.Linear, PackedInProjection)):
             self.layer(node, m, name, quantize=False)
         elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             self.batch_norm(node, m, name)
@@ -228,6 +310,12 @@ class _Builder:
             self.max_pool(node, node.args[0], m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, name)
         elif isinstance(m, nn.Flatten):
             self.flatten(node, node.args[0], m.start_dim, m.end_dim, name)
+        elif isinstance(m, nn.LayerNorm):
+            self.layer_norm(node, node.args[0], m.normalized_shape, m.weight, m.bias, m.eps, name)
+        elif isinstance(m, nn.GELU):
+            self.emit(node, "gelu", [self.ref(node, node.args[0])], {"approximate": m.approximate}, name=name)
+        elif isinstance(m, nn.Softmax):
+            self.softmax(node, node.args[0], m.dim, name)
         else:
             for cls, op in _ELEMENTWISE_MODULES:
                 if isinstance(m, cls):
@@ -285,6 +373,28 @@ class _Builder:
                       {"pad": [int(p) for p in _argument(node, 1, "pad")], "value": float(value or 0.0)})
         elif fn is operator.getitem:
             self.getitem(node)
+        elif fn is F.gelu:
+            self.emit(node, "gelu", [self.ref(node, node.args[0])], {"approximate": _argument(node, 1, "approximate", "none")})
+        elif fn in _SOFTMAX_FUNCTIONS:
+            if _argument(node, 3 if fn is F.softmax else 2, "dtype") is not None:
+                raise self.fail(node, "softmax with a dtype")
+            self.softmax(node, node.args[0], _argument(node, 1, "dim"))
+        elif fn in _MATMUL_FUNCTIONS:
+            self.matmul(node, node.args[0], node.args[1])
+        elif fn is F.layer_norm:
+            weight, bias = _argument(node, 2, "weight"), _argument(node, 3, "bias")
+            for t in (weight, bias):
+                if t is not None and (not isinstance(t, fx.Node) or t.op != "get_attr"):
+                    raise self.fail(node, "layer_norm whose weight or bias is computed, not a parameter")
+            self.layer_norm(node, node.args[0], _argument(node, 1, "normalized_shape"),
+                            None if weight is None else self.attribute(weight),
+                            None if bias is None else self.attribute(bias), _argument(node, 4, "eps", 1e-5))
+        elif fn is torch.permute:
+            self.permute(node, node.args[0], _argument(node, 1, "dims"))
+        elif fn is torch.transpose:
+            self.transpose(node, node.args[0], node.args[1], node.args[2])
+        elif fn is torch.unflatten:
+            self.reshape(node, node.args[0])
         else:
             raise self.fail(node, "this function is not supported")
 
@@ -307,15 +417,82 @@ class _Builder:
             self.reshape(node, self_arg)
         elif name == "mean":
             self.mean(node, self_arg, _argument(node, 1, "dim"), _argument(node, 2, "keepdim", False))
-        elif name == "size":
-            if not all((u.op == "call_method" and u.target in ("view", "reshape")) or
-                       (u.op == "call_function" and u.target is torch.reshape) for u in node.users):
-                raise self.fail(node, "tensor sizes are only supported as arguments of view/reshape")
+        elif name == "unflatten":
+            self.reshape(node, self_arg)
+        elif name == "permute":
+            dims = node.args[1:] if len(node.args) > 2 or not isinstance(_argument(node, 1, "dims"), (tuple, list)) \
+                else _argument(node, 1, "dims")
+            self.permute(node, self_arg, dims)
+        elif name == "transpose":
+            self.transpose(node, self_arg, node.args[1], node.args[2])
+        elif name == "softmax":
+            if _argument(node, 2, "dtype") is not None:
+                raise self.fail(node, "softmax with a dtype")
+            self.softmax(node, self_arg, _argument(node, 1, "dim"))
+        elif name == "matmul":
+            self.matmul(node, self_arg, node.args[1])
+        elif name == "expand":
+            self.expand(node, self_arg, node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (tuple, list))
+                        else node.args[1])
         else:
             raise self.fail(node, "this tensor method is not supported")
 
+    # ---------------------------------------------------------------------------- shape arithmetic
+    def resolve(self, node: fx.Node, value: Any) -> Any:
+        """``value`` with every shape-arithmetic node replaced by its (static) value."""
+        if isinstance(value, fx.Node):
+            if value not in self.sizes:
+                raise self.fail(node, f"expected a number or a size, got the tensor {value.name!r}")
+            size = self.sizes[value]
+            if size.batch_dependent:
+                raise self.fail(node, f"a value computed from the batch size ({value.name!r}) used in arithmetic or "
+                                "an op other than reshape/view/expand (export fixes every dimension but the batch)")
+            return size.value
+        if isinstance(value, (tuple, list)):
+            return type(value)(self.resolve(node, v) for v in value)
+        return value
+
+    def size(self, node: fx.Node) -> None:
+        """A node whose result is not a tensor: sizes and the arithmetic and asserts on them.
+
+        Nothing is emitted: every dimension but the batch is fixed by the example input, so these
+        are constants of the graph (a reshape/view takes its target shape from shape propagation).
+        """
+        target, args = node.target, node.args
+        x = args[0] if args else None
+        tensor_arg = isinstance(x, fx.Node) and x in self.values and x not in self.sizes
+        shape_of = node.op == "call_function" and target is getattr and tensor_arg and args[1] == "shape"
+        if shape_of or (node.op == "call_method" and target == "size" and tensor_arg):
+            shape = torch.Size(_shape(x) or [])
+            dim = _argument(node, 1, "dim") if node.op == "call_method" else None
+            if dim is None:
+                self.sizes[node] = _Size(shape, batch_dependent=True)
+            else:
+                dim = int(dim) % len(shape)
+                self.sizes[node] = _Size(shape[dim], batch_dependent=dim == 0, is_batch=dim == 0)
+        elif node.op == "call_method" and target in ("dim", "ndimension") and tensor_arg:
+            self.sizes[node] = _Size(len(_shape(x) or []), batch_dependent=False)
+        elif node.op == "call_function" and target is operator.getitem and isinstance(x, fx.Node) and x in self.sizes:
+            whole, index = self.sizes[x], args[1]
+            value = whole.value[index]
+            first = index == 0 or (isinstance(index, slice) and (index.start or 0) == 0 and index.stop != 0)
+            self.sizes[node] = _Size(value, whole.batch_dependent and first,
+                                     is_batch=whole.batch_dependent and index == 0)
+        elif node.op == "call_function" and target in _SIZE_FUNCTIONS:
+            values = [self.sizes[a].value if isinstance(a, fx.Node) and a in self.sizes else a for a in args]
+            if any(isinstance(a, fx.Node) and a not in self.sizes for a in args):
+                raise self.fail(node, "arithmetic that mixes a tensor and a size")
+            depends = any(isinstance(a, fx.Node) and self.sizes[a].batch_dependent for a in args)
+            self.sizes[node] = _Size(target(*values), depends)
+        elif node.op == "call_function" and target is torch._assert:
+            self.sizes[node] = _Size(None, False)  # the model's own check; it held on the example input
+        else:
+            raise self.fail(node, "this op returns no tensor and is not shape arithmetic export understands")
+
     # ---------------------------------------------------------------------------- ops
     def binary(self, node: fx.Node, op: str, a: Any, b: Any) -> None:
+        a = self.resolve(node, a) if isinstance(a, fx.Node) and a in self.sizes else a
+        b = self.resolve(node, b) if isinstance(b, fx.Node) and b in self.sizes else b
         if isinstance(a, fx.Node) and isinstance(b, fx.Node):
             self.emit(node, op, [self.ref(node, a), self.ref(node, b)])
         elif isinstance(a, fx.Node) and isinstance(b, (int, float)):
@@ -378,27 +555,120 @@ class _Builder:
         self.emit(node, "mean", [self.ref(node, x)], {"dims": dims, "keepdim": bool(keepdim)})
 
     def getitem(self, node: fx.Node) -> None:
+        """Basic indexing: slices (``x[:, a:b:c]``) and integer indices (``x[:, 0]``), batch untouched."""
         x, index = node.args
-        rank = len(_shape(x) or []) if isinstance(x, fx.Node) else 0
-        items = index if isinstance(index, tuple) else (index,)
-        if not isinstance(x, fx.Node) or not all(isinstance(i, slice) for i in items) or len(items) > rank:
-            raise self.fail(node, "only basic slicing (x[:, :, a:b:c]) of a tensor is supported")
-        slices = []
+        shape = _shape(x) if isinstance(x, fx.Node) else None
+        if shape is None or x not in self.values:
+            raise self.fail(node, "indexing something other than a tensor")
+        items = list(index) if isinstance(index, tuple) else [index]
+        if items.count(Ellipsis) > 1:
+            raise self.fail(node, "indexing with more than one Ellipsis")
+        if Ellipsis in items:
+            at = items.index(Ellipsis)
+            items[at:at + 1] = [slice(None)] * (len(shape) - len(items) + 1)
+        items = [self.resolve(node, i) if isinstance(i, fx.Node) else i for i in items]
+        if len(items) > len(shape) or not all(isinstance(i, (slice, int)) and not isinstance(i, bool) for i in items):
+            raise self.fail(node, "only basic indexing (slices and integers, e.g. x[:, 0] or x[:, :, a:b:c]) of a "
+                            "tensor is supported")
+        slices, selects = [], []
         for dim, s in enumerate(items):
             if s == slice(None):
+                continue
+            if dim == 0:
+                raise self.fail(node, "indexing the batch dimension")
+            if isinstance(s, int):
+                selects.append((dim, s))
                 continue
             for v in (s.start, s.stop, s.step):
                 if v is not None and not isinstance(v, int):
                     raise self.fail(node, "slice bounds must be integers")
-            if dim == 0:
-                raise self.fail(node, "slicing the batch dimension")
             if s.step is not None and s.step <= 0:
                 raise self.fail(node, "slices with a non-positive step")
             slices.append([dim, s.start, s.stop, s.step])
-        self.emit(node, "slice", [self.ref(node, x)], {"slices": slices})
+        source = self.ref(node, x)
+        if not selects:
+            self.emit(node, "slice", [source], {"slices": slices})
+            return
+        meta = torch.empty(shape, device="meta")
+        if slices:
+            meta = meta[tuple(slice(None) if s == slice(None) or isinstance(s, int) else s for s in items)]
+            source = self.emit(node, "slice", [source], {"slices": slices}, name=f"{node.name}.slice",
+                               shape=list(meta.shape))["name"]
+        for i, (dim, value) in enumerate(sorted(selects, reverse=True)):  # highest dimension first: no renumbering
+            meta = meta.select(dim, value)
+            last = i == len(selects) - 1
+            source = self.emit(node, "select", [source], {"dim": dim, "index": value},
+                               name=None if last else f"{node.name}.select{dim}", shape=list(meta.shape))["name"]
+
+    def attribute(self, node: fx.Node) -> Tensor:
+        value: Any = self.gm
+        for part in str(node.target).split("."):
+            value = getattr(value, part)
+        return value
+
+    def layer_norm(self, node: fx.Node, x: Any, normalized_shape: Any, weight: Tensor | None, bias: Tensor | None,
+                   eps: float, name: str | None = None) -> None:
+        dims = [int(d) for d in ((normalized_shape,) if isinstance(normalized_shape, int) else normalized_shape)]
+        ir = self.emit(node, "layer_norm", [self.ref(node, x)], {"normalized_shape": dims, "eps": float(eps)},
+                       name=name)
+        if weight is not None:
+            self.tensors[f"{ir['name']}.weight"] = weight.detach().float().clone()
+        if bias is not None:
+            self.tensors[f"{ir['name']}.bias"] = bias.detach().float().clone()
+
+    def softmax(self, node: fx.Node, x: Any, dim: Any, name: str | None = None) -> None:
+        if dim is None:
+            raise self.fail(node, "softmax without an explicit dim")
+        rank = len(_shape(x) or [])
+        dim = int(self.resolve(node, dim)) % rank
+        if dim == 0:
+            raise self.fail(node, "softmax over the batch dimension")
+        self.emit(node, "softmax", [self.ref(node, x)], {"dim": dim}, name=name)
+
+    def matmul(self, node: fx.Node, a: Any, b: Any) -> None:
+        # an activation-activation matmul (Q·Kᵀ, attention·V) or a product with a float constant: both
+        # stay float; weight matmuls are conv/linear layers
+        ranks = [len(_shape(v) or []) if isinstance(v, fx.Node) else 0 for v in (a, b)]
+        if min(ranks) < 2:
+            raise self.fail(node, "a matmul with a vector operand")
+        self.emit(node, "matmul", [self.ref(node, a), self.ref(node, b)])
+
+    def permute(self, node: fx.Node, x: Any, dims: Any) -> None:
+        rank = len(_shape(x) or [])
+        dims = [int(d) % rank for d in self.resolve(node, list(dims))]
+        if sorted(dims) != list(range(rank)):
+            raise self.fail(node, f"permute dims {dims} are not a permutation of {rank} dimensions")
+        if dims[0] != 0:
+            raise self.fail(node, "a permute/transpose that moves the batch dimension")
+        self.emit(node, "permute", [self.ref(node, x)], {"dims": dims})
+
+    def transpose(self, node: fx.Node, x: Any, a: Any, b: Any) -> None:
+        rank = len(_shape(x) or [])
+        dims = list(range(rank))
+        a, b = int(self.resolve(node, a)) % rank, int(self.resolve(node, b)) % rank
+        dims[a], dims[b] = dims[b], dims[a]
+        self.permute(node, x, dims)
+
+    def expand(self, node: fx.Node, x: Any, sizes: Any) -> None:
+        """``t.expand(batch, -1, ...)`` of a tensor with a leading 1 (a class token): the only expand export
+        needs, and the only one whose result has the batch as its first dimension."""
+        in_shape, out_shape = _shape(x) or [], _shape(node) or []
+        sizes = list(sizes)
+        first = sizes[0] if sizes else None
+        if not (isinstance(first, fx.Node) and first in self.sizes and self.sizes[first].is_batch):
+            raise self.fail(node, "an expand whose first size is not the batch size (x.shape[0])")
+        rest = [self.resolve(node, v) for v in sizes[1:]]
+        if len(in_shape) != len(out_shape) or in_shape[0] != 1 or \
+                any(int(v) not in (-1, d) for v, d in zip(rest, in_shape[1:])):
+            raise self.fail(node, "an expand other than of a [1, ...] tensor over the batch (dims other than the "
+                            "first kept)")
+        self.emit(node, "expand_batch", [self.ref(node, x), "input"])
 
     # ---------------------------------------------------------------------------- layers
     def layer(self, node: fx.Node, m: nn.Module, name: str, quantize: bool) -> None:
+        if len(node.args) + len(node.kwargs) != 1:
+            raise self.fail(node, "a layer called with more than its input (e.g. one part of a packed q/k/v "
+                            "projection)")
         x = self.ref(node, node.args[0])
         if isinstance(m, nn.Conv2d):
             if m.padding_mode != "zeros":
@@ -526,14 +796,28 @@ def extract_graph(
     supernet.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+            try:
+                ShapeProp(gm).propagate(example_input)
+            except Exception as exc:
+                raise ModelError(
+                    f"cannot export {type(model).__name__}: running its traced forward on an example batch "
+                    f"{list(example_input.shape)} failed ({type(exc).__name__}: {str(exc)[:300]})"
+                ) from None
             builder = _Builder(gm, supernet, bn_fold, quantized, int(example_input.shape[0]))
             builder.run()
     finally:
         supernet.train(was_training)
     assert builder.output is not None and builder.input_shape is not None
-    used = {i for n in builder.nodes for i in n["inputs"]} | {builder.output}
-    nodes = [n for n in builder.nodes if n["name"] in used or n["name"] == builder.output]
+    # keep what the output depends on (e.g. attention weights the model discards are dropped)
+    producers = {n["name"]: n for n in builder.nodes}
+    needed, todo = set(), [builder.output]
+    while todo:
+        name = todo.pop()
+        if name in needed or name not in producers:
+            continue
+        needed.add(name)
+        todo += producers[name]["inputs"]
+    nodes = [n for n in builder.nodes if n["name"] in needed]
     graph = {
         "format": FORMAT,
         "version": VERSION,

@@ -305,9 +305,68 @@ class _Builder:
             self.node("Slice", [inputs[0], *(self.const(f"{name}.{k}", np.array(v, np.int64))
                                              for k, v in (("starts", starts), ("ends", ends), ("axes", axes),
                                                           ("steps", steps)))], out)
+        elif op == "select":
+            from onnx import numpy_helper
+
+            index = f"{name}.index"  # 0-d (const() would make it 1-d): Gather then drops the axis
+            self.initializers.append(numpy_helper.from_array(np.array(attrs["index"], np.int64), index))
+            self.node("Gather", [inputs[0], index], out, axis=int(attrs["dim"]))
+        elif op == "permute":
+            self.node("Transpose", inputs, out, perm=[int(d) for d in attrs["dims"]])
+        elif op == "expand_batch":
+            # the model input's batch, then ones: Expand broadcasts the [1, ...] tensor over it
+            rank = self.rank(inputs[0])
+            batch = self.node("Slice", [self.node("Shape", [inputs[1]]), self.const(f"{name}.start", np.array([0], np.int64)),
+                                        self.const(f"{name}.end", np.array([1], np.int64))])
+            shape = self.node("Concat", [batch, self.const(f"{name}.ones", np.ones(rank - 1, np.int64))], axis=0)
+            self.node("Expand", [inputs[0], shape], out)
+        elif op == "softmax":
+            self.node("Softmax", inputs, out, axis=int(attrs["dim"]))
+        elif op == "matmul":
+            self.node("MatMul", inputs, out)
+        elif op == "gelu":
+            self.gelu(inputs[0], attrs.get("approximate", "none"), out)
+        elif op == "layer_norm":
+            self.layer_norm(ir, inputs[0], out)
         else:
             raise self.error(f"node {name!r}: op {op!r} has no ONNX lowering")
         self.shapes[out] = ir.get("shape")
+
+    def gelu(self, x: str, approximate: str, out: str) -> None:
+        if approximate not in ("none", "tanh"):
+            raise self.error(f"node {out!r}: GELU approximation {approximate!r} is not known")
+        if self.opset >= 20:
+            self.node("Gelu", [x], out, approximate=approximate)
+            return
+        half = self.const(f"{out}.half", np.array(0.5, np.float32))
+        one = self.const(f"{out}.one", np.array(1.0, np.float32))
+        if approximate == "none":  # x/2 * (1 + erf(x / sqrt 2))
+            inner = self.node("Erf", [self.node("Mul", [x, self.const(f"{out}.c", np.array(1 / np.sqrt(2), np.float32))])])
+        else:  # x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+            cube = self.node("Mul", [self.node("Mul", [x, x]), x])
+            poly = self.node("Add", [x, self.node("Mul", [cube, self.const(f"{out}.k", np.array(0.044715, np.float32))])])
+            inner = self.node("Tanh", [self.node("Mul", [poly, self.const(f"{out}.c", np.array(np.sqrt(2 / np.pi),
+                                                                                                np.float32))])])
+        self.node("Mul", [self.node("Mul", [x, half]), self.node("Add", [inner, one])], out)
+
+    def layer_norm(self, ir: dict[str, Any], x: str, out: str) -> None:
+        name, attrs = ir["name"], ir["attrs"]
+        t = self.dg.tensors
+        dims = [int(d) for d in attrs["normalized_shape"]]
+        eps = float(attrs["eps"])
+        gamma = t[f"{name}.weight"].float().numpy() if f"{name}.weight" in t else np.ones(dims, np.float32)
+        beta = t[f"{name}.bias"].float().numpy() if f"{name}.bias" in t else np.zeros(dims, np.float32)
+        if self.opset >= 17:
+            self.node("LayerNormalization", [x, self.const(f"{name}.gamma", gamma), self.const(f"{name}.beta", beta)],
+                      out, axis=-len(dims), epsilon=eps)
+            return
+        axes = list(range(-len(dims), 0))
+        mean = self.node("ReduceMean", [x], axes=axes, keepdims=1)
+        centred = self.node("Sub", [x, mean])
+        var = self.node("ReduceMean", [self.node("Mul", [centred, centred])], axes=axes, keepdims=1)
+        std = self.node("Sqrt", [self.node("Add", [var, self.const(f"{name}.eps", np.array(eps, np.float32))])])
+        scaled = self.node("Mul", [self.node("Div", [centred, std]), self.const(f"{name}.gamma", gamma)])
+        self.node("Add", [scaled, self.const(f"{name}.beta", beta)], out)
 
 
 def build_onnx(dg: DeployGraph, opset: int = 21, *, narrow_types: bool = True,

@@ -307,7 +307,9 @@ def _deploy_onnx(graph: DeployGraph, supernet: Supernet, batches: Any, calibrati
     threshold = DEPLOY_AGREEMENT_MIN[min(bits, 4)] if agreement_min is None else agreement_min
     drop_max = DEPLOY_ACCURACY_DROP_MAX[min(bits, 3)] if accuracy_drop_max is None else accuracy_drop_max
     ops = optimized_ops(data, threads)
+    # float layers and activation-activation matmuls (Q·Kᵀ, attention·V) run in float by design
     float_layers = sum(1 for n in graph.layers() if n["weight"]["dtype"] == "float")
+    float_layers += sum(1 for n in graph.nodes if n["op"] == "matmul")
     float_matmuls = sum(ops.get(op, 0) for op in FLOAT_MATMUL_OPS)
     if float_matmuls > float_layers:  # a quantized conv/gemm onnxruntime would run in float: a bug here
         raise ExportError(

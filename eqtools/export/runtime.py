@@ -21,7 +21,12 @@ each ``{"name", "op", "inputs", "attrs"}`` plus, for conv/linear layers, ``"weig
   (int32 ``[1]``); the layer sees ``scale * (clip(round(x / scale) + zero_point, qmin, qmax) - zero_point)``.
 - float weight (layers kept in floating point): ``<node>.weight`` (float32).
 - ``<node>.bias`` (float32), batch norm kept unfolded: ``<node>.mean/.var/.weight/.bias``,
+  layer norm: ``<node>.weight/.bias`` (float32, absent without an affine part),
   constants: ``<node>.value``.
+
+Transformer ops (``layer_norm``, ``gelu``, ``softmax``, ``matmul`` of two activations,
+``permute``, ``select``, ``expand_batch``) are float in the file, as in the fake-quant model; every
+dimension but the first (the batch) is fixed by the graph.
 
 Packing: the integer codes of a weight (``qmin <= code <= qmax``, row-major over the weight's
 shape) are offset to ``u = code - qmin`` (``0 <= u < 2**bits``) and written as one little-endian
@@ -157,6 +162,20 @@ class BatchNorm(nn.Module):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
+class LayerNorm(nn.Module):
+    """Layer norm over the trailing ``normalized_shape`` dimensions (float, as in the fake-quant model)."""
+
+    def __init__(self, normalized_shape: list[int], weight: Tensor | None, bias: Tensor | None, eps: float) -> None:
+        super().__init__()
+        self.normalized_shape = tuple(int(d) for d in normalized_shape)
+        self.weight = None if weight is None else nn.Parameter(weight.float().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.float().clone())
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
 class Constant(nn.Module):
     def __init__(self, value: Tensor) -> None:
         super().__init__()
@@ -186,6 +205,11 @@ def _reshape(x: Tensor, shape: list[int]) -> Tensor:
     return x.reshape(shape)
 
 
+def _expand_batch(x: Tensor, like: Tensor) -> Tensor:
+    """A ``[1, ...]`` tensor (a class token) repeated over the batch of ``like`` (the model input)."""
+    return x.expand(like.shape[0], *x.shape[1:])
+
+
 _FUNCTIONS: dict[str, Any] = {
     "identity": lambda x: x,
     "relu": F.relu,
@@ -212,9 +236,15 @@ _FUNCTIONS: dict[str, Any] = {
     "mean": lambda x, dims, keepdim=False: x.mean(dims, keepdim=keepdim),
     "pad": lambda x, pad, value=0.0: F.pad(x, pad, "constant", value),
     "slice": _slice,
+    "select": lambda x, dim, index: x.select(dim, index),
+    "permute": lambda x, dims: x.permute(dims),
+    "expand_batch": _expand_batch,
+    "gelu": lambda x, approximate="none": F.gelu(x, approximate=approximate),
+    "softmax": lambda x, dim: torch.softmax(x, dim),
+    "matmul": torch.matmul,
 }
 
-OPS = ("input", "conv2d", "linear", "batch_norm", "constant", *sorted(_FUNCTIONS))
+OPS = ("input", "conv2d", "linear", "batch_norm", "layer_norm", "constant", *sorted(_FUNCTIONS))
 
 
 def _tensor(tensors: Mapping[str, Tensor], key: str, where: str) -> Tensor:
@@ -307,7 +337,7 @@ class DeployedModel(nn.Module):
                     raise IntFormatError(f"node {name!r} reads {i!r}, which no earlier node produces")
             attrs = dict(node.get("attrs", {}))
             key = None
-            if op in ("conv2d", "linear", "batch_norm", "constant"):
+            if op in ("conv2d", "linear", "batch_norm", "layer_norm", "constant"):
                 key = _module_key(name)
                 while key in self.layers:
                     key += "_"
@@ -316,6 +346,9 @@ class DeployedModel(nn.Module):
                         _tensor(tensors, f"{name}.mean", name), _tensor(tensors, f"{name}.var", name),
                         tensors.get(f"{name}.weight"), tensors.get(f"{name}.bias"), float(attrs["eps"]),
                     )
+                elif op == "layer_norm":
+                    self.layers[key] = LayerNorm(attrs["normalized_shape"], tensors.get(f"{name}.weight"),
+                                                 tensors.get(f"{name}.bias"), float(attrs["eps"]))
                 elif op == "constant":
                     self.layers[key] = Constant(_tensor(tensors, f"{name}.value", name))
                 else:
@@ -339,7 +372,7 @@ class DeployedModel(nn.Module):
         ]
 
     def layer(self, name: str) -> nn.Module:
-        """The module of graph node ``name`` (a conv/linear layer, batch norm or constant)."""
+        """The module of graph node ``name`` (a conv/linear layer, batch or layer norm, or constant)."""
         if name not in self._keys:
             raise KeyError(f"graph node {name!r} has no module; nodes with modules: {sorted(self._keys)[:8]}")
         return self.layers[self._keys[name]]

@@ -131,22 +131,29 @@ class RoutedMultiheadAttention(nn.MultiheadAttention):
     ) -> tuple[Tensor, Tensor | None]:
         batched = query.dim() == 3
         same = query is key and key is value
+        # a batch-first module computes batch-first, (batch, n, embed), so its projections see the
+        # tensors an export's batch-first graph feeds them; otherwise (n, batch, embed), as torch's own
+        # implementation. An unbatched input becomes a batch of one in the module's layout.
+        batch_first = self.batch_first
         if not batched:
-            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            at = 0 if batch_first else 1
+            query, key, value = query.unsqueeze(at), key.unsqueeze(at), value.unsqueeze(at)
             if key_padding_mask is not None:
                 key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        # from here on (length, batch, embed), as torch's own implementation
-        length, batch, embed = query.shape
+        if batch_first:
+            batch, length, embed = query.shape
+        else:
+            length, batch, embed = query.shape
         heads, head_dim = self.num_heads, self.head_dim
         if same:
             q, k, v = self.in_proj(query).chunk(3, dim=-1)
         else:
             q, k, v = self.in_proj(query, 0), self.in_proj(key, 1), self.in_proj(value, 2)
-        source = k.shape[0]
+        source = k.shape[1] if batch_first else k.shape[0]
 
-        def split(t: Tensor, n: int) -> Tensor:  # (n, batch, embed) -> (batch, heads, n, head_dim)
+        def split(t: Tensor, n: int) -> Tensor:  # -> (batch, heads, n, head_dim)
+            if batch_first:
+                return t.reshape(batch, n, heads, head_dim).permute(0, 2, 1, 3)
             return t.reshape(n, batch, heads, head_dim).permute(1, 2, 0, 3)
 
         q, k, v = split(q, length), split(k, source), split(v, source)
@@ -161,25 +168,29 @@ class RoutedMultiheadAttention(nn.MultiheadAttention):
             padding = padding.view(batch, 1, 1, source)
             mask = padding if mask is None else mask + padding
         dropout = self.dropout if self.training else 0.0
-        weights = None
+        # always the explicit Q·Kᵀ -> softmax -> ·V, never scaled_dot_product_attention: these are the
+        # ops an export writes (eqtools.export._graph), so the exported files compute what this computes
+        # in the same float order (with SDPA's fused kernel an 8-bit tiny ViT's integer file disagreed
+        # with it on 1 image in 256; with this path on none)
+        scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores + mask
+        weights = scores.softmax(dim=-1)
+        out = F.dropout(weights, dropout, self.training) @ v if dropout > 0 else weights @ v
         if need_weights:
-            scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-2, -1)
-            if mask is not None:
-                scores = scores + mask
-            weights = scores.softmax(dim=-1)
-            out = F.dropout(weights, dropout, self.training) @ v if dropout > 0 else weights @ v
             if average_attn_weights:
                 weights = weights.mean(dim=1)
             if not batched:
                 weights = weights.squeeze(0)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        out = out.permute(2, 0, 1, 3).reshape(length, batch, embed)
+            weights = None
+        if batch_first:
+            out = out.permute(0, 2, 1, 3).reshape(batch, length, embed)
+        else:
+            out = out.permute(2, 0, 1, 3).reshape(length, batch, embed)
         out = self.out_proj(out)
         if not batched:
-            out = out.squeeze(1)
-        elif self.batch_first:
-            out = out.transpose(0, 1)
+            out = out.squeeze(0 if batch_first else 1)
         return out, weights
 
 

@@ -104,7 +104,7 @@ def _trace(model: nn.Module, example_input: Tensor) -> _Trace:
                 return
             done.add(part)
             e = module.in_features
-            info = _facts(name, kind, module.weight[part * e:(part + 1) * e], inputs[0], output, 1)
+            info = _facts(name, kind, module.weight[part * e:(part + 1) * e], inputs[0], output, _batch_dim(stack))
             if name in seen:
                 prev = seen[name]
                 info = LayerInfo(name, kind, module.weight.numel(), module.out_features,
@@ -115,7 +115,7 @@ def _trace(model: nn.Module, example_input: Tensor) -> _Trace:
             return
         if name in seen:
             return  # a module reused in one forward keeps the facts of its first call
-        batch_dim = 1 if _inside_attention(stack) else 0
+        batch_dim = _batch_dim(stack)
         seen[name] = _facts(name, kind, module.weight, inputs[0], output, batch_dim)
 
     def functional(kind: str, x: Tensor, weight: Any, out: Tensor) -> None:
@@ -150,10 +150,11 @@ def _trace(model: nn.Module, example_input: Tensor) -> _Trace:
     return _Trace(layers, callers)
 
 
-def _inside_attention(stack: list[nn.Module]) -> bool:
-    """True when the enclosing module is a rewritten attention: it hands its projections
-    (length, batch, embed) tensors, so the batch is dim 1 there."""
-    return bool(stack) and isinstance(stack[-1], RoutedMultiheadAttention)
+def _batch_dim(stack: list[nn.Module]) -> int:
+    """Where the batch is in the input of a layer called by the enclosing module: a rewritten
+    attention hands its projections (length, batch, embed) tensors unless it is batch-first."""
+    parent = stack[-1] if stack else None
+    return 1 if isinstance(parent, RoutedMultiheadAttention) and not parent.batch_first else 0
 
 
 def trace_layers(model: nn.Module, example_input: Tensor) -> list[LayerInfo]:
