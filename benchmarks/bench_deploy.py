@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--condition", default="per-channel/sym/asym",
                         help="form granularity/w_symmetry/a_symmetry, or granularity/symmetry for both "
                              "(default per-channel/sym/asym, the int8 runtimes' form)")
-    parser.add_argument("--check-images", type=int, default=2000, help="held-out (val) images (default 2000)")
+    parser.add_argument("--check-images", type=int, default=2000,
+                        help="class-balanced held-out val images (default 2000); ignored with --split test")
+    parser.add_argument("--split", choices=("val", "test"), default="val",
+                        help="check on --check-images val images, or on the whole test split (default val)")
     parser.add_argument("--calibration-images", type=int, default=512,
                         help="training images for onnxruntime's calibration and eqtools' 8-bit ranges (default 512)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
@@ -137,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = artifact_spec(source)
     supernet = load_supernet(source).eval()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
-    check = BatchSource(splits.val.balanced(args.check_images, spec.seed, "val"), 250)
+    check = BatchSource(splits.test if args.split == "test" else splits.val.balanced(args.check_images, spec.seed, "val"),
+                        250)
     xs = [x for x, _ in check]
     labels = torch.cat([y for _, y in check])
     calib_bn = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
@@ -264,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     graphs = [f"- {row['name']}: " + ", ".join(f"{k} {v}" for k, v in sorted(row["ops"].items()))
               for row in rows if "ops" in row]
     body = "\n".join([
-        f"Source: `{args.source}` (spec `{spec.name}`, model {spec.model.name}); {args.check_images} class-balanced "
-        f"held-out (val) images; onnxruntime {ort.__version__}, CPU execution provider, ORT_ENABLE_ALL, "
+        f"Source: `{args.source}` (spec `{spec.name}`, model {spec.model.name}); "
+        + (f"the whole test split ({len(labels)} images)" if args.split == "test" else
+           f"{args.check_images} class-balanced held-out (val) images")
+        + f"; onnxruntime {ort.__version__}, CPU execution provider, ORT_ENABLE_ALL, "
         f"{args.threads} intra-op threads; latency = median ms per batch, best of {args.rounds} interleaved rounds "
         f"(load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}). The float network is the supernet's "
         "weights in float with BN calibrated on its largest subnet; onnxruntime's rows quantize it "

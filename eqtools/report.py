@@ -156,6 +156,12 @@ def build_report(
             if fmt in m:
                 row[f"{fmt}_agreement"] = m[fmt]["parity"]["top1_agreement"]
                 row[f"{fmt}_bytes"] = m[fmt]["file_bytes"]
+                row[f"{fmt}_accuracy"] = m[fmt]["parity"].get("accuracy")
+        onnx = m.get("onnx") or {}
+        if onnx.get("form") == "deploy":  # agreement with what ships, and with the fake-quant subnet
+            row["onnx_form"] = "deploy"
+            row["onnx_fake_quant_agreement"] = onnx["parity_vs_fake_quant"]["top1_agreement"]
+        row["fake_quant_accuracy"] = (m.get("check") or {}).get("reference_accuracy")
         sizes = m.get("sizes") or {}
         row["fp32_weight_bytes"] = sizes.get("fp32_weight_bytes")
         row["packed_weight_bytes"] = sizes.get("packed_weight_bytes")
@@ -202,12 +208,18 @@ def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
     if "export" in report:
         e = report["export"]
         rows = []
+        rows.append(["fake-quant subnet", "-", "-", pct(e.get("fake_quant_accuracy")), "-"])
         for fmt in ("int", "onnx"):
             if f"{fmt}_agreement" in e:
-                rows.append([fmt, pct(e[f"{fmt}_agreement"]), f"{e[f'{fmt}_bytes']:,}"])
+                deployed = fmt == "onnx" and e.get("onnx_form") == "deploy"
+                rows.append([f"{fmt} (integer kernels)" if deployed else fmt,
+                             pct(e[f"{fmt}_agreement"]) + (" with the deployed arithmetic" if deployed else ""),
+                             pct(e.get("onnx_fake_quant_agreement") if deployed else e[f"{fmt}_agreement"]),
+                             pct(e.get(f"{fmt}_accuracy")), f"{e[f'{fmt}_bytes']:,}"])
         if e.get("fp32_weight_bytes"):
-            rows.append(["fp32 weights", "-", f"{e['fp32_weight_bytes']:,}"])
-        tables.append(("Export parity with the fake-quant subnet", ["format", "top-1 agreement", "bytes"], rows))
+            rows.append(["fp32 weights", "-", "-", "-", f"{e['fp32_weight_bytes']:,}"])
+        tables.append(("Export parity (check images)", ["file", "top-1 agreement", "agreement with fake-quant",
+                                                        "top-1", "bytes"], rows))
     if report.get("damaged"):
         tables.append(("Artifacts that failed verification (left out of the tables above)", ["artifact", "problem"],
                        [[d["path"], d["error"]] for d in report["damaged"]]))

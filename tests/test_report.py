@@ -32,3 +32,15 @@ def test_unverified_mixed_pick_is_compared_with_uniform() -> None:
     assert [r[0] for r in rows] == ["search's pick by predicted accuracy: mixed precision (2.90 W / 3.00 A)",
                                     "uniform 3-bit"]
     assert rows[1][2] == "79.00%"
+
+
+def test_export_row_shows_both_references_of_the_integer_onnx_form() -> None:
+    export = {"path": "x", "int_agreement": 1.0, "int_bytes": 10, "int_accuracy": 0.9, "onnx_agreement": 0.999,
+              "onnx_bytes": 20, "onnx_accuracy": 0.895, "onnx_form": "deploy", "onnx_fake_quant_agreement": 0.98,
+              "fake_quant_accuracy": 0.9, "fp32_weight_bytes": 80, "packed_weight_bytes": 10}
+    tables = {title: rows for title, _, rows in
+              format_report({"spec": "quick", "test_images": 5000, "uniform": [], "export": export})}
+    rows = {row[0]: row for row in tables["Export parity (check images)"]}
+    assert rows["onnx (integer kernels)"][1:4] == ["99.90% with the deployed arithmetic", "98.00%", "89.50%"]
+    assert rows["int"][1:4] == ["100.00%", "100.00%", "90.00%"]
+    assert rows["fake-quant subnet"][3] == "90.00%"
