@@ -20,13 +20,14 @@ from eqtools.artifacts import Artifact, write_artifact
 from eqtools.artifacts import Predictor as PredictorArtifact
 from eqtools.errors import ArtifactError, ConfigError, SpecError
 from eqtools.predictor.encoding import ENCODINGS, Encoding
+from eqtools.predictor.ensemble import ENSEMBLE_FILE, Ensemble, save_ensemble_mlps
 from eqtools.predictor.metrics import regression_metrics, scatter_plot
 from eqtools.predictor.mlp import OPTIMIZERS, WEIGHTS_FILE, save_mlp, train_mlp
 from eqtools.predictor.model import MODELS, PREDICTOR_FILE, Predictor
 from eqtools.predictor.samples import load_samples, split_indices
 from eqtools.predictor.xgb import DEFAULT_PARAMS, MODEL_FILE, train_xgb
 
-__all__ = ["HELDOUT_FILE", "SCATTER_FILE", "FitOptions", "fit_predictor"]
+__all__ = ["HELDOUT_FILE", "SCATTER_FILE", "FitOptions", "fit_predictor", "fit_regressor"]
 
 HELDOUT_FILE = PredictorArtifact.HELDOUT
 SCATTER_FILE = PredictorArtifact.SCATTER
@@ -47,6 +48,8 @@ class FitOptions:
     optimizer: str = "adam"
     batch_size: int = 32
     test_fraction: float = 0.2
+    rank_weight: float = 0.0  # MLP: weight of the pairwise ranking term added to SmoothL1
+    members: int = 3  # ensemble: MLP members (seeds seed, seed+1, ...), plus one xgboost member
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -57,6 +60,10 @@ class FitOptions:
             raise ConfigError(f"optimizer {self.optimizer!r} is unknown; allowed: {list(OPTIMIZERS)}")
         if self.epochs < 1:
             raise ConfigError(f"epochs is {self.epochs}; it must be at least 1")
+        if self.rank_weight < 0:
+            raise ConfigError(f"rank_weight is {self.rank_weight}; it must be >= 0")
+        if self.members < 1:
+            raise ConfigError(f"members is {self.members}; an ensemble needs at least 1 MLP member")
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], **overrides: Any) -> FitOptions:
@@ -71,6 +78,32 @@ class FitOptions:
         base = cls(model=p.model, encoding=p.encoding, epochs=p.epochs, seed=parsed.seed, hidden=p.hidden,
                    layers=p.layers, lr=p.lr, weight_decay=p.weight_decay, test_fraction=p.test_fraction)
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def fit_regressor(
+    options: FitOptions, x: np.ndarray, y: np.ndarray, on_epoch: Callable[[int, float], None] | None = None
+) -> Any:
+    """Train the model ``options`` names on features ``x`` [N, F] and accuracies ``y`` [N].
+
+    Returns an object with ``predict(x) -> [N]``: :class:`MLPWeights`, :class:`XGBModel` or
+    :class:`Ensemble` (``members`` MLPs with seeds ``seed, seed + 1, ...`` and one xgboost).
+    Deterministic for a seed.
+    """
+    mlp_args = dict(hidden=options.hidden, layers=options.layers, epochs=options.epochs, lr=options.lr,
+                    weight_decay=options.weight_decay, optimizer=options.optimizer, batch_size=options.batch_size,
+                    rank_weight=options.rank_weight)
+    if options.model == "mlp":
+        return train_mlp(x, y, seed=options.seed, on_epoch=on_epoch, **mlp_args)
+    if options.model == "xgb":
+        regressor = train_xgb(x, y, seed=options.seed)
+        if on_epoch is not None:
+            on_epoch(options.epochs - 1, float("nan"))
+        return regressor
+    members: list[Any] = [train_mlp(x, y, seed=options.seed + k, **mlp_args) for k in range(options.members)]
+    members.append(train_xgb(x, y, seed=options.seed))
+    if on_epoch is not None:
+        on_epoch(options.epochs - 1, float("nan"))
+    return Ensemble(members)
 
 
 def fit_predictor(
@@ -90,19 +123,18 @@ def fit_predictor(
 
     start = time.perf_counter()
     info: dict[str, Any] = {"model": options.model, "encoding": encoding.to_dict(), "options": asdict(options)}
+    regressor = fit_regressor(options, x[train], y[train], on_epoch)
+    mlp_info = {"hidden": options.hidden, "layers": options.layers, "activation": "relu",
+                "loss": "smooth_l1" + (f"+{options.rank_weight:g}*pairwise" if options.rank_weight else "")}
     if options.model == "mlp":
-        regressor: Any = train_mlp(
-            x[train], y[train], hidden=options.hidden, layers=options.layers, epochs=options.epochs, lr=options.lr,
-            weight_decay=options.weight_decay, optimizer=options.optimizer, batch_size=options.batch_size,
-            seed=options.seed, on_epoch=on_epoch,
-        )
         info["target"] = {"mean": regressor.target_mean, "std": regressor.target_std}
-        info["mlp"] = {"hidden": options.hidden, "layers": options.layers, "activation": "relu", "loss": "smooth_l1"}
-    else:
-        regressor = train_xgb(x[train], y[train], seed=options.seed)
+        info["mlp"] = mlp_info
+    elif options.model == "xgb":
         info["xgb"] = dict(DEFAULT_PARAMS)
-        if on_epoch is not None:
-            on_epoch(options.epochs - 1, float("nan"))
+    else:
+        info["mlp"] = mlp_info
+        info["xgb"] = dict(DEFAULT_PARAMS)
+        info["members"] = [{"mean": m.target_mean, "std": m.target_std} for m in regressor.mlps]
     fit_time = time.perf_counter() - start
     predictor = Predictor(options.model, encoding, regressor, space)
 
@@ -142,8 +174,11 @@ def fit_predictor(
         (tmp / HELDOUT_FILE).write_text(json.dumps(heldout) + "\n")
         if options.model == "mlp":
             save_mlp(tmp / WEIGHTS_FILE, regressor)
-        else:
+        elif options.model == "xgb":
             regressor.save(tmp / MODEL_FILE)
+        else:
+            save_ensemble_mlps(tmp / ENSEMBLE_FILE, regressor.mlps)
+            regressor.members[-1].save(tmp / MODEL_FILE)
         scatter_plot(tmp / SCATTER_FILE, y[test], pred_test, conditions[test].tolist(), title)
 
     return write_artifact(out, "predictor", write, spec=samples.spec, space=space, parents=[samples],

@@ -24,7 +24,7 @@ from eqtools.space import ElasticSpace, SubnetConfig
 
 __all__ = ["MODELS", "PREDICTOR_FILE", "Predictor", "load_predictor"]
 
-MODELS: tuple[str, ...] = ("mlp", "xgb")
+MODELS: tuple[str, ...] = ("mlp", "xgb", "ensemble")
 PREDICTOR_FILE = PredictorArtifact.INFO
 
 
@@ -80,6 +80,22 @@ class Predictor:
             self.space.validate(config)
         return self.regressor.predict(self.encoding.encode(configs))
 
+    @property
+    def has_spread(self) -> bool:
+        """Whether the model estimates its own uncertainty (an ensemble: the spread of its members)."""
+        return hasattr(self.regressor, "predict_with_spread")
+
+    def predict_with_spread(self, configs: Sequence[SubnetConfig]) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted accuracies [N] and their uncertainty [N] (std across ensemble members; zeros
+        for a single model, which has no estimate of its own)."""
+        for config in configs:
+            self.space.validate(config)
+        x = self.encoding.encode(configs)
+        if self.has_spread:
+            return self.regressor.predict_with_spread(x)
+        mean = self.regressor.predict(x)
+        return mean, np.zeros_like(mean)
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
@@ -126,8 +142,19 @@ def load_predictor(source: Artifact | Path | str) -> Predictor:
                 f"{artifact.path}: the MLP takes {regressor.weights[0].shape[1]} inputs but the encoding "
                 f"makes {encoding.n_features}; the artifact was assembled from mismatched parts"
             )
-    else:
+    elif model == "xgb":
         from eqtools.predictor.xgb import MODEL_FILE, load_xgb
 
         regressor = load_xgb(artifact.file(MODEL_FILE))
+    else:
+        from eqtools.predictor.ensemble import ENSEMBLE_FILE, Ensemble, load_ensemble_mlps
+        from eqtools.predictor.xgb import MODEL_FILE, load_xgb
+
+        targets = info.get("members")
+        if not isinstance(targets, list) or not targets:
+            raise ArtifactError(f"{info_path}: an ensemble predictor needs a non-empty 'members' list")
+        mlps = load_ensemble_mlps(artifact.file(ENSEMBLE_FILE), targets)
+        if any(m.weights[0].shape[1] != encoding.n_features for m in mlps):
+            raise ArtifactError(f"{artifact.path}: an MLP member's input width differs from the encoding's features")
+        regressor = Ensemble([*mlps, load_xgb(artifact.file(MODEL_FILE))])
     return Predictor(model, encoding, regressor, space, artifact)
