@@ -76,7 +76,8 @@ class FitOptions:
             raise ArtifactError(f"the samples artifact's spec is not valid for this eqtools: {exc}") from None
         p = parsed.predictor
         base = cls(model=p.model, encoding=p.encoding, epochs=p.epochs, seed=parsed.seed, hidden=p.hidden,
-                   layers=p.layers, lr=p.lr, weight_decay=p.weight_decay, test_fraction=p.test_fraction)
+                   layers=p.layers, lr=p.lr, weight_decay=p.weight_decay, test_fraction=p.test_fraction,
+                   rank_weight=p.rank_weight, members=p.members)
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 

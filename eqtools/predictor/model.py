@@ -75,6 +75,16 @@ class Predictor:
         """Accuracies [N] for index arrays [N, n_elastic] at one condition: one batched call."""
         return self.regressor.predict(self.encoding.encode_indices(w_idx, a_idx, granularity, w_symmetry, a_symmetry))
 
+    def predict_indices_with_spread(
+        self, w_idx: np.ndarray, a_idx: np.ndarray, granularity: str, w_symmetry: str, a_symmetry: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_indices` and the ensemble's spread [N] (zeros for a single model)."""
+        x = self.encoding.encode_indices(w_idx, a_idx, granularity, w_symmetry, a_symmetry)
+        if self.has_spread:
+            return self.regressor.predict_with_spread(x)
+        mean = self.regressor.predict(x)
+        return mean, np.zeros_like(mean)
+
     def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
         for config in configs:
             self.space.validate(config)
