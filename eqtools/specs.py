@@ -200,6 +200,7 @@ class PredictorSpec(_Strict):
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     rank_weight: Annotated[float, Field(ge=0.0)] = 0.0
     members: Annotated[int, Field(ge=1)] = 3
+    target: Literal["accuracy", "loss"] = "accuracy"
 
 
 class SearchSpec(_Strict):

@@ -293,3 +293,18 @@ def test_cost_columns_are_the_spaces_average_bits_and_bops() -> None:
         assert row[-2] == pytest.approx((avg_a - lo) / (hi - lo), abs=1e-6)
     # more bits everywhere never lowers the BOPs column
     assert Encoding.from_dict(json.loads(json.dumps(enc.to_dict()))) == enc
+
+
+def test_loss_target_is_read_out_as_accuracy_and_reloads_identically(samples, tmp_path: Path) -> None:
+    art = fit_predictor(samples, tmp_path / "l", FitOptions(model="ensemble", target="loss", epochs=3, hidden=16,
+                                                            layers=2, members=2))
+    info = json.loads((art.path / "predictor.json").read_text())
+    assert info["target_map"]["slope"] < 0  # more loss, less accuracy
+    held = json.loads((art.path / "heldout.json").read_text())
+    predictor = load_predictor(art.path)
+    data = load_samples(samples)
+    configs = [data.configs[i] for i in held["test_indices"]]
+    mean, spread = predictor.predict_with_spread(configs)
+    assert np.allclose(mean, held["predicted"], atol=1e-9) and (spread > 0).all()
+    # on the accuracy scale: predictions land near the measured accuracies, not near the losses
+    assert abs(float(np.mean(mean)) - float(np.mean(held["measured"]))) < 0.05

@@ -23,6 +23,11 @@ class EncodingKind(str, Enum):
     onehot_costs = "onehot-costs"
 
 
+class Target(str, Enum):
+    accuracy = "accuracy"
+    loss = "loss"
+
+
 class Optimizer(str, Enum):
     adam = "adam"
     sgd = "sgd"
@@ -42,6 +47,8 @@ def command(
         "--encoding", help="Bit-width encoding: onehot, ordinal, or onehot-costs (onehot + average bits and BOPs columns); docs/fit-predictor.md compares them. Default: the spec's predictor.encoding.")] = None,
     rank_weight: Annotated[float | None, typer.Option(
         "--rank-weight", min=0.0, help="MLP: weight of a pairwise ranking loss added to SmoothL1 (0: none). Default: the spec's predictor.rank_weight.")] = None,
+    target: Annotated[Target | None, typer.Option(
+        "--target", help="What the model learns: accuracy (top-1), or loss (the rows' mean cross-entropy, less noisy; read out as accuracy by a line fitted on the training rows). Default: the spec's predictor.target.")] = None,
     members: Annotated[int | None, typer.Option(
         "--members", min=1, help="ensemble: number of MLP members (seeds). Default: the spec's predictor.members.")] = None,
     epochs: Annotated[int | None, typer.Option(
@@ -71,6 +78,7 @@ def command(
         optimizer=optimizer.value,
         rank_weight=rank_weight,
         members=members,
+        target=target.value if target else None,
     )
     spec_name = samples.spec.get("name") or "default"
     out = out if out is not None else default_out(spec_name, "predictor", options.model)

@@ -19,6 +19,7 @@ import numpy as np
 
 from eqtools.predictor.encoding import Encoding
 from eqtools.predictor.fit import FitOptions, fit_regressor
+from eqtools.predictor.model import LossToAccuracy
 from eqtools.space import ElasticSpace, SubnetConfig
 
 __all__ = ["VARIANTS", "FittedVariant", "fit_variant"]
@@ -32,6 +33,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "xgb-costs": ({"model": "xgb", "encoding": "onehot-costs"}, "accuracy"),
     "ensemble": ({"model": "ensemble"}, "accuracy"),
     "ensemble-costs-rank": ({"model": "ensemble", "encoding": "onehot-costs", "rank_weight": 1.0}, "accuracy"),
+    "mlp-costs-rank-loss": ({"model": "mlp", "encoding": "onehot-costs", "rank_weight": 1.0}, "loss"),
+    "ensemble-loss": ({"model": "ensemble"}, "loss"),
+    "ensemble-costs-rank-loss": ({"model": "ensemble", "encoding": "onehot-costs", "rank_weight": 1.0}, "loss"),
 }
 
 
@@ -42,11 +46,9 @@ class FittedVariant:
     name: str
     encoding: Encoding
     regressor: Any
-    slope: float = 1.0
-    intercept: float = 0.0
 
     def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
-        return self.intercept + self.slope * self.regressor.predict(self.encoding.encode(configs))
+        return self.regressor.predict(self.encoding.encode(configs))
 
 
 def fit_variant(
@@ -67,4 +69,4 @@ def fit_variant(
         raise ValueError(f"variant {name!r} learns the loss; pass the rows' losses")
     lo = np.asarray(loss, dtype=np.float64)
     slope, intercept = np.polyfit(lo, acc, 1)
-    return FittedVariant(name, encoding, fit_regressor(options, x, lo), float(slope), float(intercept))
+    return FittedVariant(name, encoding, LossToAccuracy(fit_regressor(options, x, lo), slope, intercept))

@@ -23,12 +23,13 @@ from eqtools.predictor.encoding import ENCODINGS, Encoding
 from eqtools.predictor.ensemble import ENSEMBLE_FILE, Ensemble, save_ensemble_mlps
 from eqtools.predictor.metrics import regression_metrics, scatter_plot
 from eqtools.predictor.mlp import OPTIMIZERS, WEIGHTS_FILE, save_mlp, train_mlp
-from eqtools.predictor.model import MODELS, PREDICTOR_FILE, Predictor
+from eqtools.predictor.model import MODELS, PREDICTOR_FILE, LossToAccuracy, Predictor
 from eqtools.predictor.samples import load_samples, split_indices
 from eqtools.predictor.xgb import DEFAULT_PARAMS, MODEL_FILE, train_xgb
 
 __all__ = ["HELDOUT_FILE", "SCATTER_FILE", "FitOptions", "fit_predictor", "fit_regressor"]
 
+TARGETS: tuple[str, ...] = ("accuracy", "loss")
 HELDOUT_FILE = PredictorArtifact.HELDOUT
 SCATTER_FILE = PredictorArtifact.SCATTER
 
@@ -50,6 +51,7 @@ class FitOptions:
     test_fraction: float = 0.2
     rank_weight: float = 0.0  # MLP: weight of the pairwise ranking term added to SmoothL1
     members: int = 3  # ensemble: MLP members (seeds seed, seed+1, ...), plus one xgboost member
+    target: str = "accuracy"  # or "loss": learn the rows' mean loss, read out as accuracy (LossToAccuracy)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -62,6 +64,8 @@ class FitOptions:
             raise ConfigError(f"epochs is {self.epochs}; it must be at least 1")
         if self.rank_weight < 0:
             raise ConfigError(f"rank_weight is {self.rank_weight}; it must be >= 0")
+        if self.target not in TARGETS:
+            raise ConfigError(f"target {self.target!r} is unknown; allowed: {list(TARGETS)}")
         if self.members < 1:
             raise ConfigError(f"members is {self.members}; an ensemble needs at least 1 MLP member")
 
@@ -77,7 +81,7 @@ class FitOptions:
         p = parsed.predictor
         base = cls(model=p.model, encoding=p.encoding, epochs=p.epochs, seed=parsed.seed, hidden=p.hidden,
                    layers=p.layers, lr=p.lr, weight_decay=p.weight_decay, test_fraction=p.test_fraction,
-                   rank_weight=p.rank_weight, members=p.members)
+                   rank_weight=p.rank_weight, members=p.members, target=p.target)
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -124,18 +128,28 @@ def fit_predictor(
 
     start = time.perf_counter()
     info: dict[str, Any] = {"model": options.model, "encoding": encoding.to_dict(), "options": asdict(options)}
-    regressor = fit_regressor(options, x[train], y[train], on_epoch)
+    if options.target == "loss":
+        loss = data.loss
+        if loss is None:
+            raise ArtifactError(f"{samples.path}: --target loss needs a numeric 'loss' in every row (the sampler writes it)")
+        slope, intercept = np.polyfit(loss[train], y[train], 1)
+        regressor = LossToAccuracy(fit_regressor(options, x[train], loss[train], on_epoch), slope, intercept)
+        info["target_map"] = {"slope": float(slope), "intercept": float(intercept),
+                              "fitted_on": "least squares of accuracy on loss over the training rows"}
+    else:
+        regressor = fit_regressor(options, x[train], y[train], on_epoch)
+    inner = regressor.regressor if isinstance(regressor, LossToAccuracy) else regressor
     mlp_info = {"hidden": options.hidden, "layers": options.layers, "activation": "relu",
                 "loss": "smooth_l1" + (f"+{options.rank_weight:g}*pairwise" if options.rank_weight else "")}
     if options.model == "mlp":
-        info["target"] = {"mean": regressor.target_mean, "std": regressor.target_std}
+        info["target"] = {"mean": inner.target_mean, "std": inner.target_std}
         info["mlp"] = mlp_info
     elif options.model == "xgb":
         info["xgb"] = dict(DEFAULT_PARAMS)
     else:
         info["mlp"] = mlp_info
         info["xgb"] = dict(DEFAULT_PARAMS)
-        info["members"] = [{"mean": m.target_mean, "std": m.target_std} for m in regressor.mlps]
+        info["members"] = [{"mean": m.target_mean, "std": m.target_std} for m in inner.mlps]
     fit_time = time.perf_counter() - start
     predictor = Predictor(options.model, encoding, regressor, space)
 
@@ -174,12 +188,12 @@ def fit_predictor(
         (tmp / PREDICTOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
         (tmp / HELDOUT_FILE).write_text(json.dumps(heldout) + "\n")
         if options.model == "mlp":
-            save_mlp(tmp / WEIGHTS_FILE, regressor)
+            save_mlp(tmp / WEIGHTS_FILE, inner)
         elif options.model == "xgb":
-            regressor.save(tmp / MODEL_FILE)
+            inner.save(tmp / MODEL_FILE)
         else:
-            save_ensemble_mlps(tmp / ENSEMBLE_FILE, regressor.mlps)
-            regressor.members[-1].save(tmp / MODEL_FILE)
+            save_ensemble_mlps(tmp / ENSEMBLE_FILE, inner.mlps)
+            inner.members[-1].save(tmp / MODEL_FILE)
         scatter_plot(tmp / SCATTER_FILE, y[test], pred_test, conditions[test].tolist(), title)
 
     return write_artifact(out, "predictor", write, spec=samples.spec, space=space, parents=[samples],

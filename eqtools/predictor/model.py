@@ -22,7 +22,7 @@ from eqtools.errors import ArtifactError
 from eqtools.predictor.encoding import Encoding
 from eqtools.space import ElasticSpace, SubnetConfig
 
-__all__ = ["MODELS", "PREDICTOR_FILE", "Predictor", "load_predictor"]
+__all__ = ["MODELS", "PREDICTOR_FILE", "LossToAccuracy", "Predictor", "load_predictor"]
 
 MODELS: tuple[str, ...] = ("mlp", "xgb", "ensemble")
 PREDICTOR_FILE = PredictorArtifact.INFO
@@ -30,6 +30,31 @@ PREDICTOR_FILE = PredictorArtifact.INFO
 
 class _Regressor(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class LossToAccuracy:
+    """A regressor fitted on the mean loss, read out as accuracy: ``intercept + slope × loss``.
+
+    The line is the least-squares fit of accuracy on loss over the training rows (slope < 0), so
+    the order of predictions is the loss model's order reversed, and values are on the accuracy
+    scale the search and the reports use. An ensemble's spread scales by ``|slope|``.
+    """
+
+    def __init__(self, regressor: _Regressor, slope: float, intercept: float) -> None:
+        self.regressor = regressor
+        self.slope = float(slope)
+        self.intercept = float(intercept)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.intercept + self.slope * self.regressor.predict(x)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "predict_with_spread" and hasattr(self.regressor, "predict_with_spread"):
+            def predict_with_spread(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                mean, spread = self.regressor.predict_with_spread(x)
+                return self.intercept + self.slope * mean, abs(self.slope) * spread
+            return predict_with_spread
+        raise AttributeError(name)
 
 
 class Predictor:
@@ -167,4 +192,10 @@ def load_predictor(source: Artifact | Path | str) -> Predictor:
         if any(m.weights[0].shape[1] != encoding.n_features for m in mlps):
             raise ArtifactError(f"{artifact.path}: an MLP member's input width differs from the encoding's features")
         regressor = Ensemble([*mlps, load_xgb(artifact.file(MODEL_FILE))])
+    target_map = info.get("target_map")
+    if target_map is not None:
+        try:
+            regressor = LossToAccuracy(regressor, float(target_map["slope"]), float(target_map["intercept"]))
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"{info_path}: target_map needs a numeric slope and intercept") from None
     return Predictor(model, encoding, regressor, space, artifact)
