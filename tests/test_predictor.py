@@ -173,7 +173,7 @@ def test_mlp_file_loads_strictly_into_torch_and_agrees(samples, tmp_path: Path) 
     import torch
     from safetensors.torch import load_file
 
-    art = fit_predictor(samples, tmp_path / "p", FitOptions(epochs=2, hidden=16, layers=3))
+    art = fit_predictor(samples, tmp_path / "p", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2, hidden=16, layers=3))
     predictor = load_predictor(art.path)
     net = torch.nn.Sequential(torch.nn.Linear(predictor.encoding.n_features, 16), torch.nn.ReLU(),
                               torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
@@ -188,7 +188,7 @@ def test_mlp_file_loads_strictly_into_torch_and_agrees(samples, tmp_path: Path) 
 
 def test_mlp_learns_the_synthetic_law(tmp_path: Path) -> None:
     samples = write_synthetic_samples(tmp_path / "s", make_space(), 400, seed=1, spec=spec_dict())
-    art = fit_predictor(samples, tmp_path / "p", FitOptions(epochs=40, hidden=64, layers=3))
+    art = fit_predictor(samples, tmp_path / "p", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=40, hidden=64, layers=3))
     assert art.metrics["pearson"] > 0.9 and art.metrics["kendall_tau"] > 0.7, art.metrics
 
 

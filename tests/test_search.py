@@ -328,7 +328,7 @@ def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ws")
     spec = parse_spec(SPEC).to_dict()
     samples = write_synthetic_samples(root / "artifacts/synthetic/samples", make_space(6), 120, seed=0, spec=spec)
-    fit_predictor(samples, root / "artifacts/synthetic/predictor-mlp", FitOptions(epochs=3, hidden=32, layers=2))
+    fit_predictor(samples, root / "artifacts/synthetic/predictor-mlp", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=3, hidden=32, layers=2))
     return root
 
 
@@ -443,7 +443,7 @@ def test_speed_100_x_500_with_the_mlp_predictor(tmp_path: Path) -> None:
     spec = resolve_spec(load_spec(Path(__file__).parents[1] / "specs/quick.json"))
     space = build_supernet(spec, pretrained=False).space
     samples = write_synthetic_samples(tmp_path / "samples", space, 200, seed=0, spec=spec.to_dict())
-    art = fit_predictor(samples, tmp_path / "predictor", FitOptions(epochs=2))
+    art = fit_predictor(samples, tmp_path / "predictor", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2))
     predictor = load_predictor(art.path)
     start = time.perf_counter()
     outcome = run_search(predictor, SearchOptions(w_bits=3, granularity="per-tensor", symmetry="asym"))
@@ -458,7 +458,7 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     monkeypatch.chdir(tmp_path)
     samples = write_synthetic_samples(tmp_path / "artifacts/digits-test/samples", supernet.space, 40, seed=0,
                                       spec=supernet.spec, parents=[supernet])
-    fit_predictor(samples, tmp_path / "artifacts/digits-test/predictor-mlp", FitOptions(epochs=2, hidden=16, layers=2))
+    fit_predictor(samples, tmp_path / "artifacts/digits-test/predictor-mlp", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2, hidden=16, layers=2))
     result = runner.invoke(app, ["search", "--w-bits", "4", "--preset", "tensorrt", "--generations", "3",
                                  "--population", "8", "--top-k", "2", "--verify", "--eval-images", "100", "--json"])
     assert result.exit_code == 0, result.output

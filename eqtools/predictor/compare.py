@@ -59,7 +59,9 @@ def fit_variant(
     if name not in VARIANTS:
         raise KeyError(f"unknown variant {name!r}; known: {list(VARIANTS)}")
     settings, target = VARIANTS[name]
-    options = replace(FitOptions(seed=seed), **{**settings, **overrides})
+    # every variant starts from the plain MLP, so a variant's name lists all it changes
+    base = FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", seed=seed)
+    options = replace(base, **{**settings, **overrides})
     encoding = Encoding.for_space(space, options.encoding)
     x = encoding.encode(configs)
     acc = np.asarray(accuracy, dtype=np.float64)

@@ -36,10 +36,12 @@ SCATTER_FILE = PredictorArtifact.SCATTER
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Everything that decides a fit; defaults are the spec's ``predictor`` section's defaults."""
+    """Everything that decides a fit; defaults are the spec's ``predictor`` section's defaults
+    (the winner of docs/fit-predictor.md's comparison: an ensemble of 3 MLPs + xgboost on the
+    onehot-costs encoding, learning the loss, with the pairwise ranking term)."""
 
-    model: str = "mlp"
-    encoding: str = "onehot"
+    model: str = "ensemble"
+    encoding: str = "onehot-costs"
     epochs: int = 100
     seed: int = 0
     hidden: int = 200
@@ -49,9 +51,9 @@ class FitOptions:
     optimizer: str = "adam"
     batch_size: int = 32
     test_fraction: float = 0.2
-    rank_weight: float = 0.0  # MLP: weight of the pairwise ranking term added to SmoothL1
+    rank_weight: float = 1.0  # MLP: weight of the pairwise ranking term added to SmoothL1
     members: int = 3  # ensemble: MLP members (seeds seed, seed+1, ...), plus one xgboost member
-    target: str = "accuracy"  # or "loss": learn the rows' mean loss, read out as accuracy (LossToAccuracy)
+    target: str = "loss"  # or "accuracy": learn the rows' mean loss, read out as accuracy (LossToAccuracy)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
