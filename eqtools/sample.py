@@ -471,7 +471,7 @@ def sample_artifact(
     known, ``on_row(row)`` after each newly evaluated subnet.
 
     ``compile`` runs the evaluation through ``torch.compile`` (:class:`eqtools.evaluation.SubnetMeter`;
-    about 40 s of compiling once, then ~1.35x the eager subnets/min on ResNet-20, see
+    about 40 s of compiling once, then ~1.3x the eager subnets/min on ResNet-20, see
     BENCHMARKS.md); None (the default) compiles when the run draws at least
     :data:`COMPILE_FROM` subnets and a C++ compiler is there. The choice depends on ``n``, not on
     how many rows are left, so a resumed run measures the same way as the run it resumes.
