@@ -468,7 +468,8 @@ class SubnetMeter:
         """Activate ``config``, re-estimate BN, evaluate: ``{"top1", "loss", "images", "calib_images"}``.
 
         With ``per_image`` also ``correct`` (bool [images]) and ``image_loss`` (float32 [images]),
-        in the evaluation source's order. The supernet keeps ``config`` active afterwards.
+        in the evaluation source's order. The supernet keeps ``config`` active and is left in eval
+        mode afterwards (its recalibrated BN statistics in place).
         """
         self.supernet.apply(config)
         batch = getattr(self.calib, "batch_size", 0)
