@@ -51,6 +51,64 @@ def _profile(supernet, config, calib, evaluation, top: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
+def _compare(args, art, spec, supernet, calib, evaluation, command: str, threads: int) -> str:
+    """Eager ``calibrate_and_evaluate`` (what ``eqtools sample`` ran until 2026-12-01) against the
+    compiled :class:`SubnetMeter`, alternating subnet by subnet on the same loaded supernet and
+    images, so both see the same machine load; the first subnet of each (warm-up, compilation)
+    is timed apart."""
+    import numpy as np
+
+    from eqtools.evaluation import SubnetMeter, calibrate_and_evaluate
+    from eqtools.sample import draw_configs
+
+    supernet.use_channels_last()
+    configs = draw_configs(supernet.space, args.n + 1, seed=args.seed)
+    t = time.perf_counter()
+    calibrate_and_evaluate(supernet, configs[0], calib, evaluation)
+    eager_first = time.perf_counter() - t
+    meter = SubnetMeter(supernet, calib, evaluation, compile=True)
+    t = time.perf_counter()
+    meter.measure(configs[0])
+    compiled_first = time.perf_counter() - t
+    eager_s, compiled_s, d_top1, d_loss = [], [], [], []
+    for config in configs[1:]:
+        t = time.perf_counter()
+        old = calibrate_and_evaluate(supernet, config, calib, evaluation)
+        eager_s.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        new = meter.measure(config)
+        compiled_s.append(time.perf_counter() - t)
+        d_top1.append(100 * (new["top1"] - old["top1"]))
+        d_loss.append(new["loss"] - old["loss"])
+    n = len(eager_s)
+    e, c = float(np.mean(eager_s)), float(np.mean(compiled_s))
+    ratio = e / c
+    d = np.asarray(d_top1)
+    lines = [
+        f"### sampling speed, today's eager path vs compiled SubnetMeter: spec '{spec.name}', "
+        f"{_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {_machine(threads)}; shared with other jobs (both paths alternate subnet by subnet, so they "
+        "see the same load)",
+        f"- supernet: `{art.path}`; per subnet: BN calibration on {calib.images} train images, top-1 on "
+        f"{evaluation.images} val images, batch {spec.sample.batch_size} (the same images for both paths)",
+        "",
+        "| path | first subnet (warm-up / compilation) | per subnet after it (mean of "
+        f"{n}) | subnets/min |",
+        "|---|---|---|---|",
+        f"| eager `calibrate_and_evaluate` (before) | {eager_first:.1f} s | {1000 * e:.0f} ms | {60 / e:.1f} |",
+        f"| compiled `SubnetMeter` (now) | {compiled_first:.1f} s | {1000 * c:.0f} ms | {60 / c:.1f} |",
+        "",
+        f"- speed-up at equal images per subnet: **{ratio:.2f}x** (target 2x: {'met' if ratio >= 2 else 'not met'})",
+        f"- graphs compiled after the first subnet (recompiles): {meter.recompiles}",
+        f"- compiled minus eager top-1 over the {n} subnets: mean {d.mean():+.3f} points, mean |Δ| "
+        f"{np.abs(d).mean():.3f}, max |Δ| {np.abs(d).max():.3f} points; mean loss Δ {np.mean(d_loss):+.5f} "
+        "(inductor's fused arithmetic moves a few values across a rounding boundary of the fake quantizers)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--profile", type=int, default=0, metavar="K",
                         help="also print the K most expensive torch ops of one subnet")
+    parser.add_argument("--compare", action="store_true",
+                        help="time today's eager path and the compiled SubnetMeter side by side on the same subnets")
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
     args = parser.parse_args(argv)
 
@@ -93,6 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     calib = calibration_source(splits, s.calib_images, s.batch_size, spec.seed)
     evaluation = BatchSource(splits.val.balanced(s.subset, spec.seed + EVAL_SEED_OFFSET), s.batch_size)
     setup_s = time.perf_counter() - t0
+
+    if args.compare:
+        text = _compare(args, art, spec, supernet, calib, evaluation, command, threads)
+        print(text)
+        if args.record:
+            append(text)
+        return 0
 
     configs = draw_configs(supernet.space, max(args.n, 1) + 1, seed=args.seed)
     supernet.apply(configs[0])  # warm-up: first-call allocations, thread pools

@@ -51,9 +51,11 @@ __all__ = [
     "CALIB_SEED_OFFSET",
     "SPLITS",
     "BatchSource",
+    "SubnetMeter",
     "bn_modules",
     "calibrate_and_evaluate",
     "calibration_source",
+    "compile_available",
     "config_from_search",
     "config_tag",
     "evaluate",
@@ -302,6 +304,199 @@ def calibrate_and_evaluate(
         result.update(evaluate(supernet, eval_batches))
     result["calib_images"] = calib_images
     return result
+
+
+# ---------------------------------------------------------------------------------- many subnets, fast
+def compile_available() -> bool:
+    """Whether ``torch.compile`` can build CPU kernels here (inductor needs a C++ compiler)."""
+    import shutil
+
+    return any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+
+
+def _graph_count() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+class SubnetMeter:
+    """Calibrate and evaluate many subnets of one loaded supernet on fixed images: the sampler's engine.
+
+    Measures exactly what :func:`calibrate_and_evaluate` measures (BN statistics pooled exactly
+    over the calibration batches, then top-1 and mean cross-entropy on the evaluation images), with
+    three differences that only change speed:
+
+    - ``compile``: the supernet's forward runs through ``torch.compile`` (inductor fuses each
+      quantizer's divide/clamp/round/multiply with the BN, ReLU and residual add around it). The
+      bit-widths, forms and BN statistics are tensors, so switching subnets reuses the same two
+      graphs (BN in train mode for calibration, eval mode for evaluation) and never recompiles;
+      :attr:`recompiles` counts graphs built after the first subnet (0 is the contract, checked
+      by ``benchmarks/bench_sample.py --compare``). Numbers differ from eager by float summation
+      order only.
+    - BN statistics are read from the BN buffers after each whole forward (momentum 1: the
+      buffers then hold that batch's mean and unbiased variance) instead of from a forward hook,
+      so the compiled graph has no Python callbacks inside. That needs every BN to run at most
+      once per forward, which :meth:`__init__` checks with one eager forward.
+    - ``per_image``: :meth:`measure` can also return each evaluation image's correctness and
+      loss, so a caller can split the images (noise ceilings, learning curves) without
+      evaluating twice.
+
+    The calibration and evaluation sources are decoded once (:class:`BatchSource`) and reused.
+    """
+
+    def __init__(self, supernet: Supernet, calib: BatchSource, evaluation: BatchSource, *, compile: bool = False) -> None:
+        import torch
+
+        self.supernet = supernet
+        self.calib = calib
+        self.evaluation = evaluation
+        self.bns = bn_modules(supernet)
+        self._check_bn_once(next(iter(calib)))
+        self.compiled = bool(compile)
+        self._forward: Any = torch.compile(supernet, dynamic=False) if compile else supernet
+        self._graphs_after_first: int | None = None
+        self.subnets = 0
+
+    def _check_bn_once(self, batch: Any) -> None:
+        """One eager forward: which BNs run, how many elements per image each normalises per channel."""
+        import torch
+
+        calls: dict[nn.Module, int] = {}
+        elems: dict[nn.Module, int] = {}
+
+        def count(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            calls[module] = calls.get(module, 0) + 1
+            x = inputs[0]
+            elems[module] = x.numel() // x.shape[1] // x.shape[0]
+
+        handles = [m.register_forward_hook(count) for m in self.bns]
+        try:
+            with torch.inference_mode():
+                self.supernet.eval()
+                self.supernet(_images(batch)[:2].to(_device(self.supernet)))
+        finally:
+            for h in handles:
+                h.remove()
+        twice = [m for m, c in calls.items() if c > 1]
+        if twice:
+            raise ConfigError(
+                f"{len(twice)} batch-norm layer(s) run more than once per forward; SubnetMeter reads BN statistics "
+                "per forward, use calibrate_and_evaluate for this model"
+            )
+        self.bns = [m for m in self.bns if m in calls]  # a BN the forward never runs keeps its statistics
+        self._elems_per_image = [elems[m] for m in self.bns]
+
+    @property
+    def recompiles(self) -> int | None:
+        """Graphs compiled after the first subnet finished (None before that, 0 when not compiled)."""
+        if not self.compiled:
+            return 0
+        if self._graphs_after_first is None:
+            return None
+        return _graph_count() - self._graphs_after_first
+
+    def _calibrate(self) -> int:
+        import torch
+
+        device = _device(self.supernet)
+        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in self.bns]
+        old = [(m.running_mean.clone(), m.running_var.clone()) for m in self.bns]
+        stats: list[list[Any] | None] = [None] * len(self.bns)
+        seen = 0
+        try:
+            self.supernet.eval()
+            for m in self.bns:
+                m.train()
+                m.momentum = 1.0
+            with torch.inference_mode():
+                for batch in self.calib:
+                    x = _images(batch).to(device, non_blocking=True)
+                    self._forward(x)
+                    seen += x.shape[0]
+                    for k, m in enumerate(self.bns):
+                        stats[k] = _pooled(stats[k], x.shape[0] * self._elems_per_image[k], m)
+        except BaseException:
+            with torch.no_grad():
+                for m, (mean, var) in zip(self.bns, old):
+                    m.running_mean.copy_(mean)
+                    m.running_var.copy_(var)
+            raise
+        finally:
+            for m, (momentum, tracked) in zip(self.bns, saved):
+                m.momentum = momentum
+                if tracked is not None:
+                    m.num_batches_tracked.copy_(tracked)
+            self.supernet.eval()
+        if seen == 0:
+            raise DataError("BN calibration got no images; give it at least one batch")
+        with torch.no_grad():
+            for m, state in zip(self.bns, stats):
+                if state is None:
+                    continue
+                count, mean, m2 = state
+                m.running_mean.copy_(mean.to(m.running_mean.dtype))
+                m.running_var.copy_((m2 / max(count - 1, 1)).to(m.running_var.dtype))
+        return seen
+
+    def _evaluate(self, per_image: bool) -> dict[str, Any]:
+        import torch
+        import torch.nn.functional as F
+
+        device = _device(self.supernet)
+        correct: list[Tensor] = []
+        losses: list[Tensor] = []
+        self.supernet.eval()
+        with torch.inference_mode():
+            for x, y in self.evaluation:
+                logits = self._forward(x.to(device, non_blocking=True)).float()
+                y = y.to(device, non_blocking=True)
+                losses.append(F.cross_entropy(logits, y, reduction="none").cpu())
+                correct.append((logits.argmax(dim=1) == y).cpu())
+        hits = torch.cat(correct)
+        loss = torch.cat(losses)
+        if hits.numel() == 0:
+            raise DataError("evaluation got no images; the split is empty")
+        out: dict[str, Any] = {"top1": float(hits.double().mean()), "loss": float(loss.double().mean()),
+                               "images": int(hits.numel())}
+        if per_image:
+            out["correct"] = hits.numpy()
+            out["image_loss"] = loss.numpy()
+        return out
+
+    def measure(self, config: SubnetConfig, *, per_image: bool = False) -> dict[str, Any]:
+        """Activate ``config``, re-estimate BN, evaluate: ``{"top1", "loss", "images", "calib_images"}``.
+
+        With ``per_image`` also ``correct`` (bool [images]) and ``image_loss`` (float32 [images]),
+        in the evaluation source's order. The supernet keeps ``config`` active and is left in eval
+        mode afterwards (its recalibrated BN statistics in place).
+        """
+        self.supernet.apply(config)
+        batch = getattr(self.calib, "batch_size", 0)
+        with out_of_memory_advice("calibrating and evaluating a subnet", "sample.batch_size", int(batch)):
+            calib_images = self._calibrate()
+            result = self._evaluate(per_image)
+        result["calib_images"] = calib_images
+        self.subnets += 1
+        if self.compiled and self._graphs_after_first is None:
+            self._graphs_after_first = _graph_count()
+        return result
+
+
+def _pooled(state: list[Any] | None, n: int, module: nn.Module) -> list[Any]:
+    """Chan's parallel update of ``(count, mean, M2)`` (float64) with the batch a BN's buffers now hold.
+
+    With momentum 1 a train-mode BN's ``running_mean``/``running_var`` are the last batch's mean and
+    unbiased variance over ``n`` elements per channel; the same pooling as :func:`recalibrate_bn`.
+    """
+    mean = module.running_mean.detach().double()
+    m2 = module.running_var.detach().double() * (n - 1)
+    if state is None:
+        return [n, mean, m2]
+    count, old_mean, old_m2 = state
+    total = count + n
+    delta = mean - old_mean
+    return [total, old_mean + delta * (n / total), old_m2 + m2 + delta * delta * (count * n / total)]
 
 
 # ---------------------------------------------------------------------------------- configs

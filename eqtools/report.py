@@ -18,6 +18,7 @@ from typing import Any
 from eqtools.artifacts import MANIFEST, WORKSPACE, Artifact, Search, candidates, find_latest, read_artifact
 from eqtools.errors import ArtifactError
 from eqtools.space import SubnetConfig
+from eqtools.stats import paired_bootstrap
 
 __all__ = ["build_report", "format_report"]
 
@@ -91,6 +92,18 @@ def build_report(
         _, metrics = measure_subnet(art, config, supernet=model, splits=splits)
         return metrics["top1"]
 
+    per_image_meter: list[Any] = []
+
+    def measure_per_image(config: SubnetConfig) -> tuple[float, Any]:
+        """Top-1 on the test split and each image's correctness, calibrated as measure_subnet does."""
+        from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source
+
+        if not per_image_meter:
+            calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
+            per_image_meter.append(SubnetMeter(supernet, calib, BatchSource(splits.test, spec.calibrate.batch_size)))
+        result = per_image_meter[0].measure(config, per_image=True)
+        return result["top1"], result["correct"]
+
     damaged: list[dict[str, str]] = []
     report: dict[str, Any] = {"spec": spec.name, "supernet": str(supernet_art.path), "split": "test",
                               "test_images": len(splits.test), "uniform": [], "damaged": damaged}
@@ -123,8 +136,9 @@ def build_report(
         best = Search.best_config(search)
         avg_w, avg_a = space.avg_bits(best)
         log(f"calibrating the searched subnet ({avg_w:.2f}/{avg_a:.2f} average bits)")
+        searched_top1, searched_correct = measure_per_image(best)
         row = {"path": str(search.path), "condition": best.condition, "label": best.label, "avg_w_bits": avg_w, "avg_a_bits": avg_a,
-               "predicted_top1": search.metrics.get("predicted_accuracy"), "searched_top1": measure(supernet_art, best, supernet)}
+               "predicted_top1": search.metrics.get("predicted_accuracy"), "searched_top1": searched_top1}
         budget = (search.metrics.get("constraints") or {}).get("w_bits")
         uniform_bits = int(budget) if budget is not None and float(budget).is_integer() else None
         row["pick_is_uniform"] = False
@@ -134,9 +148,12 @@ def build_report(
             row["pick_is_uniform"] = best == uniform
             if row["pick_is_uniform"]:
                 row["uniform_top1"] = row["searched_top1"]
+                uniform_correct = searched_correct
             else:
                 log(f"calibrating the uniform {uniform_bits}-bit subnet at the same conditions")
-                row["uniform_top1"] = measure(supernet_art, uniform, supernet)
+                row["uniform_top1"], uniform_correct = measure_per_image(uniform)
+            # the same test images score both: a paired difference, with its bootstrap interval
+            row["vs_uniform"] = paired_bootstrap(searched_correct, uniform_correct, seed=spec.seed)
         row["verified"] = bool(search.metrics.get("verified"))
         top = _ga_top_pick(search)
         if top is not None and top[0] != best:
@@ -199,6 +216,12 @@ def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
                      pct(s["searched_top1"]), pct(s.get("predicted_top1"))])
         if "uniform_top1" in s and not s.get("pick_is_uniform"):
             rows.append([f"uniform {s['uniform_bits']}-bit", s.get("label", s["condition"]), pct(s["uniform_top1"]), "-"])
+        v = s.get("vs_uniform")
+        if v is not None:
+            rows.append([f"pick minus uniform, paired on {v['images']} test images (bootstrap {100 * v['level']:.0f}% CI, "
+                         f"{v['resamples']} resamples)", s.get("label", s["condition"]),
+                         f"{100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, {100 * v['ci_high']:+.2f}] points",
+                         "-"])
         tables.append(("Mixed-precision search vs uniform at the same budget", ["subnet", "form", "measured top-1",
                                                                                   "predicted top-1"], rows))
     if "predictor" in report:

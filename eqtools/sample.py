@@ -77,6 +77,7 @@ SAMPLER = "stratified-tilted/2"  # 2: 8 forms, shards by rounds of forms  # reco
 CANDIDATES = 8  # per-layer draws per target; the closest average wins
 REDRAWS = 16  # attempts at a config not drawn before
 EVAL_SEED_OFFSET = 104729  # fixes the class-balanced evaluation subset per spec
+COMPILE_FROM = 64  # compiling costs ~40 s on 2 cores, what ~25 eager ResNet-20 subnets cost
 
 
 # ---------------------------------------------------------------------------------- parsing
@@ -451,6 +452,7 @@ def sample_artifact(
     calib_images: int | None = None,
     batch_size: int | None = None,
     restart: bool = False,
+    compile: bool | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -467,6 +469,12 @@ def sample_artifact(
     interrupted run; ``restart`` discards its rows instead. A finished run with the same
     parameters at ``out`` is returned as is. ``on_start(done, total)`` is called once rows are
     known, ``on_row(row)`` after each newly evaluated subnet.
+
+    ``compile`` runs the evaluation through ``torch.compile`` (:class:`eqtools.evaluation.SubnetMeter`;
+    about 40 s of compiling once, then ~1.3x the eager subnets/min on ResNet-20, see
+    BENCHMARKS.md); None (the default) compiles when the run draws at least
+    :data:`COMPILE_FROM` subnets and a C++ compiler is there. The choice depends on ``n``, not on
+    how many rows are left, so a resumed run measures the same way as the run it resumes.
     """
     from eqtools.build import artifact_spec
 
@@ -492,7 +500,8 @@ def sample_artifact(
     try:
         rows = _resume_rows(work, params, {i: configs[i] for i in indices}, restart, say)
         todo = [i for i in indices if i not in rows]
-        evaluate = _row_evaluator(supernet_artifact, spec, space, params, say) if todo else None
+        use_compile = _use_compile(compile, params.n)
+        evaluate = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile) if todo else None
         if on_start is not None:
             on_start(len(rows), len(indices))
         if evaluate is not None:
@@ -505,7 +514,8 @@ def sample_artifact(
                         on_row(row)
         ordered = [rows[i] for i in indices]
         eval_time = sum(float(r.get("time_s", 0.0)) for r in ordered)
-        artifact = _write_samples(out, spec, space, ordered, eval_time, [supernet_artifact], extra)
+        artifact = _write_samples(out, spec, space, ordered, eval_time, [supernet_artifact], extra,
+                                  compiled=use_compile if todo else None)
     except BaseException:
         work.unlock()
         raise
@@ -592,13 +602,22 @@ def _resume_rows(work: _WorkDir, params: SampleParams, wanted: dict[int, SubnetC
     return rows
 
 
+def _use_compile(compile: bool | None, n: int) -> bool:
+    from eqtools.evaluation import compile_available
+
+    if compile is None:
+        return n >= COMPILE_FROM and compile_available()
+    return compile
+
+
 def _row_evaluator(
-    supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None]
+    supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None],
+    compile: bool = False,
 ) -> Callable[[int, SubnetConfig], dict[str, Any]]:
     """Load the supernet and decode both image sets once; return what measures one row."""
     from eqtools.build import load_supernet
     from eqtools.data import load_splits
-    from eqtools.evaluation import BatchSource, calibrate_and_evaluate, calibration_source, subnet_costs
+    from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source, subnet_costs
 
     say(f"loading supernet {supernet_artifact.path} and {spec.data.name}")
     supernet = load_supernet(supernet_artifact).use_channels_last()
@@ -606,11 +625,12 @@ def _row_evaluator(
     calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
     evaluation = BatchSource(splits.val.balanced(params.subset, spec.seed + EVAL_SEED_OFFSET), params.batch_size)
     say(f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
-        "class-balanced val images")
+        f"class-balanced val images{' (compiled: the first subnet also builds the graphs)' if compile else ''}")
+    meter = SubnetMeter(supernet, calib, evaluation, compile=compile)
 
     def evaluate(index: int, config: SubnetConfig) -> dict[str, Any]:
         start = time.perf_counter()
-        result = calibrate_and_evaluate(supernet, config, calib, evaluation, batch_setting="sample.batch_size")
+        result = meter.measure(config)
         return {
             "index": index,
             "config": config.to_dict(),
@@ -632,6 +652,7 @@ def _write_samples(
     eval_time_s: float,
     parents: Sequence[Artifact | dict[str, str]],
     extra: dict[str, Any],
+    compiled: bool | None = None,
 ) -> Artifact:
     clean = [{k: row[k] for k in _ROW_KEYS} for row in rows]
 
@@ -639,7 +660,7 @@ def _write_samples(
         Samples.write_rows(tmp, clean)
 
     return write_artifact(out, "samples", write, spec=spec.to_dict(), space=space, parents=parents,
-                          metrics=_summary(clean, eval_time_s), extra=extra)
+                          metrics={**_summary(clean, eval_time_s), "compiled": compiled}, extra=extra)
 
 
 def merge_samples(paths: Sequence[Path | str], out: Path | str | None = None) -> Artifact:

@@ -190,14 +190,18 @@ class SampleSpec(_Strict):
 
 
 class PredictorSpec(_Strict):
-    model: Literal["mlp", "xgb"] = "mlp"
-    encoding: Literal["onehot", "ordinal"] = "onehot"
+    # defaults: the winner of the comparison in docs/fit-predictor.md (r20-fmnist, 2026-12-01)
+    model: Literal["mlp", "xgb", "ensemble"] = "ensemble"
+    encoding: Literal["onehot", "ordinal", "onehot-costs"] = "onehot-costs"
     epochs: Annotated[int, Field(ge=1)] = 100
     hidden: Annotated[int, Field(ge=1)] = 200
     layers: Annotated[int, Field(ge=1)] = 7
     lr: Annotated[float, Field(gt=0.0)] = 4e-4
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-5
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    rank_weight: Annotated[float, Field(ge=0.0)] = 1.0
+    members: Annotated[int, Field(ge=1)] = 3
+    target: Literal["accuracy", "loss"] = "loss"
 
 
 class SearchSpec(_Strict):

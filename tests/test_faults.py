@@ -82,7 +82,7 @@ def workspace(tmp_path_factory, tiny_supernet_artifact):
     shutil.copytree(tiny_supernet_artifact, root / "supernet")
     supernet = read_artifact(root / "supernet", "supernet")
     samples = write_synthetic_samples(root / "samples", supernet.space, 30, spec=supernet.spec, parents=[supernet])
-    fit_predictor(samples, root / "predictor", FitOptions(epochs=2, hidden=8, layers=2))
+    fit_predictor(samples, root / "predictor", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2, hidden=8, layers=2))
     calibrate_artifact(supernet, supernet.space.uniform(4), images=64, out=root / "calibrated")
     return root
 

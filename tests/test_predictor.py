@@ -143,10 +143,13 @@ def test_constant_predictions_have_no_correlation() -> None:
 
 
 # ---------------------------------------------------------------------------------- fit, save, load
-@pytest.mark.parametrize("model", ["mlp", "xgb"])
+MODEL_FILES = {"mlp": ["mlp.safetensors"], "xgb": ["xgb_model.json"], "ensemble": ["ensemble.safetensors", "xgb_model.json"]}
+
+
+@pytest.mark.parametrize("model", ["mlp", "xgb", "ensemble"])
 def test_fit_save_load_round_trip(samples, tmp_path: Path, model: str) -> None:
     art = fit_predictor(samples, tmp_path / model, FitOptions(model=model, epochs=3, hidden=32, layers=2, seed=5))
-    for name in ("predictor.json", "heldout.json", "scatter.png", "mlp.safetensors" if model == "mlp" else "xgb_model.json"):
+    for name in ("predictor.json", "heldout.json", "scatter.png", *MODEL_FILES[model]):
         assert (art.path / name).is_file()
     assert (art.path / "scatter.png").read_bytes()[:4] == b"\x89PNG"
     held = json.loads((art.path / "heldout.json").read_text())
@@ -170,7 +173,7 @@ def test_mlp_file_loads_strictly_into_torch_and_agrees(samples, tmp_path: Path) 
     import torch
     from safetensors.torch import load_file
 
-    art = fit_predictor(samples, tmp_path / "p", FitOptions(epochs=2, hidden=16, layers=3))
+    art = fit_predictor(samples, tmp_path / "p", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2, hidden=16, layers=3))
     predictor = load_predictor(art.path)
     net = torch.nn.Sequential(torch.nn.Linear(predictor.encoding.n_features, 16), torch.nn.ReLU(),
                               torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.ReLU(),
@@ -185,7 +188,7 @@ def test_mlp_file_loads_strictly_into_torch_and_agrees(samples, tmp_path: Path) 
 
 def test_mlp_learns_the_synthetic_law(tmp_path: Path) -> None:
     samples = write_synthetic_samples(tmp_path / "s", make_space(), 400, seed=1, spec=spec_dict())
-    art = fit_predictor(samples, tmp_path / "p", FitOptions(epochs=40, hidden=64, layers=3))
+    art = fit_predictor(samples, tmp_path / "p", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=40, hidden=64, layers=3))
     assert art.metrics["pearson"] > 0.9 and art.metrics["kendall_tau"] > 0.7, art.metrics
 
 
@@ -212,3 +215,96 @@ def test_cli_fit_predictor_errors_exit_2(samples, tmp_path: Path, monkeypatch) -
     assert "is a 'search' artifact, but this command needs 'samples'" in " ".join(result.output.split())
     result = runner.invoke(app, ["fit-predictor", "--from", str(samples.path), "--model", "forest"])
     assert result.exit_code == 2 and "forest" in result.output
+
+
+# ---------------------------------------------------------------------------------- ranking, ensembles, costs
+def test_pairwise_rank_loss_rewards_the_right_order_only() -> None:
+    import torch
+
+    from eqtools.predictor.mlp import pairwise_rank_loss
+
+    target = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    right = pairwise_rank_loss(target * 10, target)
+    reversed_ = pairwise_rank_loss(-target * 10, target)
+    flat = pairwise_rank_loss(torch.zeros(4), target)
+    assert right < 1e-3 < flat < reversed_
+    # ties in the target give no pairs: nothing to learn, zero loss
+    assert float(pairwise_rank_loss(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.5]))) == 0.0
+    # a shift of all predictions changes nothing: only differences count
+    assert torch.isclose(pairwise_rank_loss(target + 7, target), pairwise_rank_loss(target, target))
+
+
+def test_ranking_loss_alone_learns_to_order_a_synthetic_law() -> None:
+    """With a tiny regression weight the order must come from the pairwise term: a net trained on a
+    monotone law under a label transform that regression cannot fit linearly still ranks it."""
+    from scipy import stats
+
+    from eqtools.predictor.mlp import train_mlp
+
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 6)).astype(np.float32)
+    law = x @ np.array([3.0, 2.0, 1.0, 0.5, 0.2, 0.0])
+    y = np.exp(3 * law)  # monotone in the law, far from linear
+    model = train_mlp(x[:200], y[:200], hidden=32, layers=2, epochs=60, seed=0, rank_weight=5.0)
+    tau = stats.kendalltau(model.predict(x[200:]), law[200:]).statistic
+    assert tau > 0.8, tau
+
+
+def test_ensemble_spread_is_zero_for_identical_members_and_grows_off_the_data(samples, tmp_path: Path) -> None:
+    from eqtools.predictor.ensemble import Ensemble
+    from eqtools.predictor.mlp import train_mlp
+
+    data = load_samples(samples)
+    enc = Encoding.for_space(data.space)
+    x = enc.encode(data.configs)
+    one = train_mlp(x, data.accuracy, hidden=16, layers=2, epochs=2, seed=3)
+    same = Ensemble([one, one])
+    assert np.allclose(same.spread(x), 0.0) and np.allclose(same.predict(x), one.predict(x))
+    two = Ensemble([one, train_mlp(x, data.accuracy, hidden=16, layers=2, epochs=2, seed=4)])
+    mean, spread = two.predict_with_spread(x)
+    assert (spread > 0).all() and np.allclose(mean, (two.members[0].predict(x) + two.members[1].predict(x)) / 2)
+
+
+def test_ensemble_artifact_reports_spread_and_is_deterministic(samples, tmp_path: Path) -> None:
+    options = FitOptions(model="ensemble", epochs=2, hidden=16, layers=2, members=2, seed=1)
+    art = fit_predictor(samples, tmp_path / "e", options)
+    predictor = load_predictor(art.path)
+    configs = load_samples(samples).configs[:30]
+    mean, spread = predictor.predict_with_spread(configs)
+    assert predictor.has_spread and (spread > 0).all()
+    assert np.allclose(mean, predictor.predict(configs))
+    again = load_predictor(fit_predictor(samples, tmp_path / "e2", options).path)
+    assert np.array_equal(again.predict_with_spread(configs)[1], spread)
+
+
+def test_cost_columns_are_the_spaces_average_bits_and_bops() -> None:
+    space = make_space()
+    rows = synthetic_rows(space, 40, seed=2)
+    from eqtools.space import SubnetConfig
+
+    configs = [SubnetConfig.from_dict(r["config"]) for r in rows]
+    enc = Encoding.for_space(space, "onehot-costs")
+    x = enc.encode(configs)
+    assert x.shape[1] == Encoding.for_space(space, "onehot").n_features + 3
+    lo, hi = min(space.w_bits), max(space.w_bits)
+    for row, config in zip(x, configs):
+        avg_w, avg_a = space.avg_bits(config)
+        assert row[-3] == pytest.approx((avg_w - lo) / (hi - lo), abs=1e-6)
+        assert row[-2] == pytest.approx((avg_a - lo) / (hi - lo), abs=1e-6)
+    # more bits everywhere never lowers the BOPs column
+    assert Encoding.from_dict(json.loads(json.dumps(enc.to_dict()))) == enc
+
+
+def test_loss_target_is_read_out_as_accuracy_and_reloads_identically(samples, tmp_path: Path) -> None:
+    art = fit_predictor(samples, tmp_path / "l", FitOptions(model="ensemble", target="loss", epochs=3, hidden=16,
+                                                            layers=2, members=2))
+    info = json.loads((art.path / "predictor.json").read_text())
+    assert info["target_map"]["slope"] < 0  # more loss, less accuracy
+    held = json.loads((art.path / "heldout.json").read_text())
+    predictor = load_predictor(art.path)
+    data = load_samples(samples)
+    configs = [data.configs[i] for i in held["test_indices"]]
+    mean, spread = predictor.predict_with_spread(configs)
+    assert np.allclose(mean, held["predicted"], atol=1e-9) and (spread > 0).all()
+    # on the accuracy scale: predictions land near the measured accuracies, not near the losses
+    assert abs(float(np.mean(mean)) - float(np.mean(held["measured"]))) < 0.05

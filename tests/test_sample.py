@@ -200,6 +200,37 @@ def test_sample_row_accuracy_is_the_calibrated_accuracy(unsharded, tiny_supernet
     assert result["top1"] == row["accuracy"]
 
 
+def test_subnet_meter_equals_calibrate_and_evaluate_and_its_per_image_results_add_up(
+        tiny_supernet_artifact, digits_spec, digits_splits):
+    """The sampler's engine measures what calibrate_and_evaluate measures (BN statistics included),
+    for several subnets in a row on one supernet, and per-image results agree with the totals."""
+    import torch
+
+    from eqtools.build import load_supernet
+    from eqtools.evaluation import BatchSource, SubnetMeter, calibrate_and_evaluate, calibration_source
+
+    art = read_artifact(tiny_supernet_artifact)
+    reference = load_supernet(art)
+    measured = load_supernet(art)
+    calib = calibration_source(digits_splits, 96, 40, digits_spec.seed)  # uneven batches: 32 each
+    evaluation = BatchSource(digits_splits.val, 64)
+    meter = SubnetMeter(measured, calib, evaluation)
+    for config in draw_configs(art_space(art), 4, seed=3):
+        old = calibrate_and_evaluate(reference, config, calib, evaluation)
+        new = meter.measure(config, per_image=True)
+        assert new["top1"] == old["top1"] and new["calib_images"] == old["calib_images"] == 96
+        assert new["loss"] == pytest.approx(old["loss"], rel=1e-6)
+        assert new["correct"].mean() == new["top1"] and len(new["correct"]) == evaluation.images
+        assert new["image_loss"].mean() == pytest.approx(new["loss"], rel=1e-5)
+        for key, value in reference.state_dict().items():  # BN statistics and counters, exactly
+            assert torch.equal(value, measured.state_dict()[key]), key
+    assert meter.recompiles == 0  # not compiled: nothing to recompile
+
+
+def art_space(art):
+    return art.space
+
+
 class _Stop(Exception):
     pass
 

@@ -328,7 +328,7 @@ def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ws")
     spec = parse_spec(SPEC).to_dict()
     samples = write_synthetic_samples(root / "artifacts/synthetic/samples", make_space(6), 120, seed=0, spec=spec)
-    fit_predictor(samples, root / "artifacts/synthetic/predictor-mlp", FitOptions(epochs=3, hidden=32, layers=2))
+    fit_predictor(samples, root / "artifacts/synthetic/predictor-mlp", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=3, hidden=32, layers=2))
     return root
 
 
@@ -443,7 +443,7 @@ def test_speed_100_x_500_with_the_mlp_predictor(tmp_path: Path) -> None:
     spec = resolve_spec(load_spec(Path(__file__).parents[1] / "specs/quick.json"))
     space = build_supernet(spec, pretrained=False).space
     samples = write_synthetic_samples(tmp_path / "samples", space, 200, seed=0, spec=spec.to_dict())
-    art = fit_predictor(samples, tmp_path / "predictor", FitOptions(epochs=2))
+    art = fit_predictor(samples, tmp_path / "predictor", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2))
     predictor = load_predictor(art.path)
     start = time.perf_counter()
     outcome = run_search(predictor, SearchOptions(w_bits=3, granularity="per-tensor", symmetry="asym"))
@@ -458,7 +458,7 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     monkeypatch.chdir(tmp_path)
     samples = write_synthetic_samples(tmp_path / "artifacts/digits-test/samples", supernet.space, 40, seed=0,
                                       spec=supernet.spec, parents=[supernet])
-    fit_predictor(samples, tmp_path / "artifacts/digits-test/predictor-mlp", FitOptions(epochs=2, hidden=16, layers=2))
+    fit_predictor(samples, tmp_path / "artifacts/digits-test/predictor-mlp", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2, hidden=16, layers=2))
     result = runner.invoke(app, ["search", "--w-bits", "4", "--preset", "tensorrt", "--generations", "3",
                                  "--population", "8", "--top-k", "2", "--verify", "--eval-images", "100", "--json"])
     assert result.exit_code == 0, result.output
@@ -479,6 +479,12 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     for row in rows:  # measured on held-out val images, and nothing but the search artifact written
         assert row["split"] == "val" and row["eval_images"] == 100
     assert not list((tmp_path / "artifacts" / "digits-test").glob("calibrated*"))
+    # the pick against uniform, paired on the test split, with its bootstrap interval
+    v = art.metrics["vs_uniform"]
+    assert v["split"] == "test" and v["images"] > 0 and v["resamples"] == 2000
+    assert v["difference"] == pytest.approx(v["pick_top1"] - v["uniform_top1"])
+    assert v["ci_low"] <= v["difference"] <= v["ci_high"]
+    assert v["pick_is_uniform"] == (best.to_dict() == uniform)
 
 
 def test_large_models_use_coarse_sums_and_stay_exact(monkeypatch) -> None:
@@ -497,3 +503,19 @@ def test_large_models_use_coarse_sums_and_stay_exact(monkeypatch) -> None:
         assert avg_ok(space, config, budget)
     with pytest.raises(InfeasibleError, match="--w-bits 1 is infeasible"):
         check_budget(costs, Budget(w_bits=1, a_bits=4))
+
+
+def test_ensemble_spread_steers_the_top_k_and_zero_explore_ranks_by_mean(tmp_path: Path) -> None:
+    space = make_space(6)
+    samples = write_synthetic_samples(tmp_path / "s", space, 120, seed=0, spec=SPEC)
+    predictor = load_predictor(fit_predictor(samples, tmp_path / "p", FitOptions(
+        model="ensemble", epochs=3, hidden=16, layers=2, members=2)).path)
+    by_mean = run_search(predictor, SearchOptions(w_bits=4, granularity="per-channel", symmetry="sym", generations=5,
+                                                  population=16, top_k=4, explore=0.0))
+    acc = [p["predicted_accuracy"] for p in by_mean.top]
+    assert acc == sorted(acc, reverse=True)
+    assert all(p["predicted_spread"] >= 0 for p in by_mean.top)
+    bold = run_search(predictor, SearchOptions(w_bits=4, granularity="per-channel", symmetry="sym", generations=5,
+                                               population=16, top_k=4, explore=1e6))
+    spreads = [p["predicted_spread"] for p in bold.top]
+    assert spreads == sorted(spreads, reverse=True)  # an enormous explore ranks by spread alone

@@ -15,10 +15,12 @@ class Predictor(ArtifactKind):
     INFO = "predictor.json"
     MLP_WEIGHTS = "mlp.safetensors"
     XGB_MODEL = "xgb_model.json"
+    ENSEMBLE_WEIGHTS = "ensemble.safetensors"
     HELDOUT = "heldout.json"
     SCATTER = "scatter.png"
     files: ClassVar[dict[str, str]] = {INFO: "model kind, encoding (elastic layers, candidate bits, condition columns), options",
-             MLP_WEIGHTS: "the MLP's tensors (model mlp)", XGB_MODEL: "the xgboost booster (model xgb)",
+             MLP_WEIGHTS: "the MLP's tensors (model mlp)", XGB_MODEL: "the xgboost booster (model xgb, or the ensemble's xgboost member)",
+             ENSEMBLE_WEIGHTS: "the ensemble's MLP members, keys m<k>.<tensor> (model ensemble)",
              HELDOUT: "held-out row indices, measured and predicted accuracies, conditions",
              SCATTER: "predicted vs measured plot of the held-out rows"}
 

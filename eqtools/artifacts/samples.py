@@ -31,6 +31,7 @@ class Samples(ArtifactKind):
         eval_time_s: float | None = None
         subnets_per_min: float | None = None
         synthetic: bool | None = None
+        compiled: bool | None = None
 
     class Extra(Open):
         n: int | None = None

@@ -36,6 +36,7 @@ class Search(ArtifactKind):
         measured_top1: float | None = None
         verified: list[dict[str, Any]] | None = None
         uniform_predicted_accuracy: float | None = None
+        vs_uniform: dict[str, Any] | None = None
 
     class Extra(Open):
         best_config: dict[str, Any] | None = None

@@ -14,11 +14,18 @@ from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
 class Model(str, Enum):
     mlp = "mlp"
     xgb = "xgb"
+    ensemble = "ensemble"
 
 
 class EncodingKind(str, Enum):
     onehot = "onehot"
     ordinal = "ordinal"
+    onehot_costs = "onehot-costs"
+
+
+class Target(str, Enum):
+    accuracy = "accuracy"
+    loss = "loss"
 
 
 class Optimizer(str, Enum):
@@ -35,9 +42,15 @@ def command(
     source: Annotated[Path | None, typer.Option(
         "--from", help="samples artifact directory (default: the newest under artifacts/).")] = None,
     model: Annotated[Model | None, typer.Option(
-        "--model", help="mlp (7x200 MLP, SmoothL1) or xgb (gradient-boosted trees). Default: the spec's predictor.model.")] = None,
+        "--model", help="mlp (7x200 MLP, SmoothL1), xgb (gradient-boosted trees) or ensemble (--members MLPs + one xgb, averaged; their spread is the uncertainty the search uses). Default: the spec's predictor.model.")] = None,
     encoding: Annotated[EncodingKind | None, typer.Option(
-        "--encoding", help="Bit-width encoding: onehot (default, predicts better; see docs/fit-predictor.md) or ordinal.")] = None,
+        "--encoding", help="Bit-width encoding: onehot, ordinal, or onehot-costs (onehot + average bits and BOPs columns); docs/fit-predictor.md compares them. Default: the spec's predictor.encoding.")] = None,
+    rank_weight: Annotated[float | None, typer.Option(
+        "--rank-weight", min=0.0, help="MLP: weight of a pairwise ranking loss added to SmoothL1 (0: none). Default: the spec's predictor.rank_weight.")] = None,
+    target: Annotated[Target | None, typer.Option(
+        "--target", help="What the model learns: accuracy (top-1), or loss (the rows' mean cross-entropy, less noisy; read out as accuracy by a line fitted on the training rows). Default: the spec's predictor.target.")] = None,
+    members: Annotated[int | None, typer.Option(
+        "--members", min=1, help="ensemble: number of MLP members (seeds). Default: the spec's predictor.members.")] = None,
     epochs: Annotated[int | None, typer.Option(
         "--epochs", min=1, help="MLP training epochs (default: the spec's predictor.epochs, 100). Ignored by xgb.")] = None,
     optimizer: Annotated[Optimizer, typer.Option(
@@ -63,11 +76,14 @@ def command(
         epochs=epochs,
         seed=seed,
         optimizer=optimizer.value,
+        rank_weight=rank_weight,
+        members=members,
+        target=target.value if target else None,
     )
     spec_name = samples.spec.get("name") or "default"
     out = out if out is not None else default_out(spec_name, "predictor", options.model)
     echo(f"fitting {options.model} ({options.encoding} encoding) on {samples.path}")
-    total = options.epochs if options.model == "mlp" else 1
+    total = options.epochs if options.model == "mlp" else 1  # an ensemble reports once, when it is done
     with progress(f"fit-predictor {options.model}", total, enabled=not as_json) as advance:
         artifact = fit_predictor(samples, out, options, on_epoch=lambda epoch, loss: advance(loss=loss))
     m = artifact.metrics

@@ -63,6 +63,8 @@ def command(
         "--cost", help="Cost axis of --pareto: bits (mean of W and A average bits), size or bops.")] = Cost.bits,
     top_k: Annotated[int, typer.Option(
         "--top-k", min=1, help="How many of the best configs to list (and to measure with --verify).")] = 5,
+    explore: Annotated[float, typer.Option(
+        "--explore", min=0.0, help="With an ensemble predictor: pick the top-K by predicted + EXPLORE x ensemble spread, so --verify also measures the candidates the predictor is unsure about (0: by prediction alone).")] = 1.0,
     verify: Annotated[bool, typer.Option(
         "--verify", help="Calibrate and evaluate the top-K and the uniform config at the budget on the supernet (val split); keep the best measured one.")] = False,
     supernet_path: Annotated[Path | None, typer.Option(
@@ -108,7 +110,7 @@ def command(
         generations=generations if generations is not None else defaults.generations,
         mutation_prob=defaults.mutation_prob, parent_fraction=defaults.parent_fraction,
         seed=seed if seed is not None else int(spec.get("seed", 0)),
-        uniform=uniform, pareto=pareto, cost=cost.value, top_k=top_k,
+        uniform=uniform, pareto=pareto, cost=cost.value, top_k=top_k, explore=explore,
     )
     supernet = None
     if verify or supernet_path is not None:
@@ -142,6 +144,10 @@ def command(
         for row in outcome.verified:
             echo(f"  predicted #{row['predicted_rank']}: predicted {100 * row['predicted_accuracy']:.2f}%, "
                  f"measured {100 * row['measured_top1']:.2f}% on {row['eval_images']} {row['split']} images")
+    if outcome.vs_uniform is not None:
+        v = outcome.vs_uniform
+        echo(f"pick minus uniform on {v['images']} test images (paired): {100 * v['difference']:+.2f} points, "
+             f"95% CI [{100 * v['ci_low']:+.2f}, {100 * v['ci_high']:+.2f}]")
     if outcome.mode != "uniform":
         echo(f"{outcome.evaluations} configs scored in {outcome.time_s:.1f}s; front of {len(outcome.front)} points")
     echo(f"wrote search artifact {artifact.path} (best config: {artifact.path / SearchArtifact.BEST_CONFIG})")

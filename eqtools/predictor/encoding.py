@@ -10,6 +10,11 @@ Two encodings of a bit-width are offered:
   model can learn any per-bit response (e.g. 2 → 3 bits matters far more than 7 → 8).
 - ``ordinal``: one column per layer, the bit-width scaled to [0, 1] over the space's candidates.
   Compact, and it tells the model that 4 bits lies between 3 and 5.
+- ``onehot-costs``: ``onehot`` plus three cost columns: average weight bits (by parameters),
+  average activation bits (by input elements) and the elastic layers' bit operations
+  (MACs × w_bits × a_bits), each scaled to [0, 1] over the space. These are what the search
+  constrains, and accuracy falls roughly with them, so the model gets that trend for free
+  instead of learning it from one-hot columns (measured in docs/fit-predictor.md).
 
 ``docs/fit-predictor.md`` records which one predicted better on which data and why the default is
 what it is. The encoding is stored in the predictor artifact with the space's fingerprint, so a
@@ -32,7 +37,8 @@ from eqtools.space import ElasticSpace, SubnetConfig
 
 __all__ = ["ENCODINGS", "Encoding"]
 
-ENCODINGS: tuple[str, ...] = ("onehot", "ordinal")
+ENCODINGS: tuple[str, ...] = ("onehot", "ordinal", "onehot-costs")
+_COST_COLUMNS = ("avg_w_bits", "avg_a_bits", "bops")
 # 1.0 when the config has this condition, else 0.0: per-tensor weights, asymmetric weights,
 # asymmetric activations (format 1 had one "asym" column for both symmetries)
 _CONDITION_COLUMNS = ("per-tensor", "w-asym", "a-asym")
@@ -51,10 +57,18 @@ class Encoding:
     w_bits: tuple[int, ...]
     a_bits: tuple[int, ...]
     space_fingerprint: str
+    # per elastic layer: parameters, input elements, MACs per sample (the cost columns' weights)
+    weight_params: tuple[int, ...] = ()
+    act_elems: tuple[int, ...] = ()
+    macs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ENCODINGS:
             raise ConfigError(f"encoding {self.kind!r} is unknown; allowed: {list(ENCODINGS)}")
+        if self.kind == "onehot-costs" and not (
+            len(self.weight_params) == len(self.act_elems) == len(self.macs) == len(self.layers)
+        ):
+            raise ConfigError("the onehot-costs encoding needs weight_params, act_elems and macs for every elastic layer")
 
     @classmethod
     def for_space(cls, space: ElasticSpace, kind: str = "onehot") -> Encoding:
@@ -64,7 +78,14 @@ class Encoding:
             w_bits=tuple(space.w_bits),
             a_bits=tuple(space.a_bits),
             space_fingerprint=space.fingerprint,
+            weight_params=tuple(layer.weight_params for layer in space.elastic_layers),
+            act_elems=tuple(layer.act_elems for layer in space.elastic_layers),
+            macs=tuple(layer.macs for layer in space.elastic_layers),
         )
+
+    @property
+    def has_costs(self) -> bool:
+        return self.kind == "onehot-costs"
 
     # ------------------------------------------------------------------ shape
     @property
@@ -73,15 +94,18 @@ class Encoding:
 
     @property
     def n_features(self) -> int:
-        if self.kind == "onehot":
-            return len(_CONDITION_COLUMNS) + self.n_layers * (len(self.w_bits) + len(self.a_bits))
+        if self.kind in ("onehot", "onehot-costs"):
+            costs = len(_COST_COLUMNS) if self.has_costs else 0
+            return len(_CONDITION_COLUMNS) + self.n_layers * (len(self.w_bits) + len(self.a_bits)) + costs
         return len(_CONDITION_COLUMNS) + 2 * self.n_layers
 
     def feature_names(self) -> list[str]:
         names = [f"cond:{c}" for c in _CONDITION_COLUMNS]
-        if self.kind == "onehot":
+        if self.kind in ("onehot", "onehot-costs"):
             names += [f"w:{n}:{b}" for n in self.layers for b in self.w_bits]
             names += [f"a:{n}:{b}" for n in self.layers for b in self.a_bits]
+            if self.has_costs:
+                names += [f"cost:{c}" for c in _COST_COLUMNS]
         else:
             names += [f"w:{n}" for n in self.layers] + [f"a:{n}" for n in self.layers]
         return names
@@ -115,16 +139,33 @@ class Encoding:
         if self.n_layers == 0:
             return x
         offset = len(_CONDITION_COLUMNS)
-        if self.kind == "onehot":
+        if self.kind in ("onehot", "onehot-costs"):
             kw, ka = len(self.w_bits), len(self.a_bits)
             rows = np.arange(n)[:, None]
             layer = np.arange(self.n_layers)[None, :]
             x[rows, offset + layer * kw + w_idx] = 1.0
             x[rows, offset + self.n_layers * kw + layer * ka + a_idx] = 1.0
+            if self.has_costs:
+                x[:, -len(_COST_COLUMNS):] = self._costs(w_idx, a_idx)
         else:
             x[:, offset : offset + self.n_layers] = _ordinal_table(self.w_bits)[w_idx]
             x[:, offset + self.n_layers :] = _ordinal_table(self.a_bits)[a_idx]
         return x
+
+    def _costs(self, w_idx: np.ndarray, a_idx: np.ndarray) -> np.ndarray:
+        """[N, 3]: average weight bits, average activation bits, elastic BOPs, each scaled to [0, 1]."""
+        w_bits = np.asarray(self.w_bits, dtype=np.float64)[w_idx]
+        a_bits = np.asarray(self.a_bits, dtype=np.float64)[a_idx]
+        wp = np.asarray(self.weight_params, dtype=np.float64)
+        ae = np.asarray(self.act_elems, dtype=np.float64)
+        macs = np.asarray(self.macs, dtype=np.float64)
+        w_lo, w_hi = min(self.w_bits), max(self.w_bits)
+        a_lo, a_hi = min(self.a_bits), max(self.a_bits)
+        avg_w = (w_bits @ wp / wp.sum() - w_lo) / max(w_hi - w_lo, 1)
+        avg_a = (a_bits @ ae / ae.sum() - a_lo) / max(a_hi - a_lo, 1)
+        lo, hi = w_lo * a_lo, w_hi * a_hi
+        bops = ((w_bits * a_bits) @ macs / max(macs.sum(), 1.0) - lo) / max(hi - lo, 1)
+        return np.stack([avg_w, avg_a, bops], axis=1).astype(np.float32)
 
     def indices(self, configs: Sequence[SubnetConfig]) -> tuple[np.ndarray, np.ndarray]:
         """Index arrays [N, n_layers] of the elastic layers' bit-widths of ``configs``."""
@@ -169,6 +210,9 @@ class Encoding:
             "conditions": list(_CONDITION_COLUMNS),
             "n_features": self.n_features,
             "space_fingerprint": self.space_fingerprint,
+            "weight_params": list(self.weight_params),
+            "act_elems": list(self.act_elems),
+            "macs": list(self.macs),
         }
 
     @classmethod
@@ -180,6 +224,9 @@ class Encoding:
                 w_bits=tuple(int(b) for b in data["w_bits"]),
                 a_bits=tuple(int(b) for b in data["a_bits"]),
                 space_fingerprint=str(data["space_fingerprint"]),
+                weight_params=tuple(int(v) for v in data.get("weight_params", ())),
+                act_elems=tuple(int(v) for v in data.get("act_elems", ())),
+                macs=tuple(int(v) for v in data.get("macs", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{where}: the stored encoding is malformed ({type(exc).__name__}: {exc})") from None

@@ -20,24 +20,28 @@ from eqtools.artifacts import Artifact, write_artifact
 from eqtools.artifacts import Predictor as PredictorArtifact
 from eqtools.errors import ArtifactError, ConfigError, SpecError
 from eqtools.predictor.encoding import ENCODINGS, Encoding
+from eqtools.predictor.ensemble import ENSEMBLE_FILE, Ensemble, save_ensemble_mlps
 from eqtools.predictor.metrics import regression_metrics, scatter_plot
 from eqtools.predictor.mlp import OPTIMIZERS, WEIGHTS_FILE, save_mlp, train_mlp
-from eqtools.predictor.model import MODELS, PREDICTOR_FILE, Predictor
+from eqtools.predictor.model import MODELS, PREDICTOR_FILE, LossToAccuracy, Predictor
 from eqtools.predictor.samples import load_samples, split_indices
 from eqtools.predictor.xgb import DEFAULT_PARAMS, MODEL_FILE, train_xgb
 
-__all__ = ["HELDOUT_FILE", "SCATTER_FILE", "FitOptions", "fit_predictor"]
+__all__ = ["HELDOUT_FILE", "SCATTER_FILE", "FitOptions", "fit_predictor", "fit_regressor"]
 
+TARGETS: tuple[str, ...] = ("accuracy", "loss")
 HELDOUT_FILE = PredictorArtifact.HELDOUT
 SCATTER_FILE = PredictorArtifact.SCATTER
 
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Everything that decides a fit; defaults are the spec's ``predictor`` section's defaults."""
+    """Everything that decides a fit; defaults are the spec's ``predictor`` section's defaults
+    (the winner of docs/fit-predictor.md's comparison: an ensemble of 3 MLPs + xgboost on the
+    onehot-costs encoding, learning the loss, with the pairwise ranking term)."""
 
-    model: str = "mlp"
-    encoding: str = "onehot"
+    model: str = "ensemble"
+    encoding: str = "onehot-costs"
     epochs: int = 100
     seed: int = 0
     hidden: int = 200
@@ -47,6 +51,9 @@ class FitOptions:
     optimizer: str = "adam"
     batch_size: int = 32
     test_fraction: float = 0.2
+    rank_weight: float = 1.0  # MLP: weight of the pairwise ranking term added to SmoothL1
+    members: int = 3  # ensemble: MLP members (seeds seed, seed+1, ...), plus one xgboost member
+    target: str = "loss"  # or "accuracy": learn the rows' mean loss, read out as accuracy (LossToAccuracy)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -57,6 +64,12 @@ class FitOptions:
             raise ConfigError(f"optimizer {self.optimizer!r} is unknown; allowed: {list(OPTIMIZERS)}")
         if self.epochs < 1:
             raise ConfigError(f"epochs is {self.epochs}; it must be at least 1")
+        if self.rank_weight < 0:
+            raise ConfigError(f"rank_weight is {self.rank_weight}; it must be >= 0")
+        if self.target not in TARGETS:
+            raise ConfigError(f"target {self.target!r} is unknown; allowed: {list(TARGETS)}")
+        if self.members < 1:
+            raise ConfigError(f"members is {self.members}; an ensemble needs at least 1 MLP member")
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], **overrides: Any) -> FitOptions:
@@ -69,8 +82,35 @@ class FitOptions:
             raise ArtifactError(f"the samples artifact's spec is not valid for this eqtools: {exc}") from None
         p = parsed.predictor
         base = cls(model=p.model, encoding=p.encoding, epochs=p.epochs, seed=parsed.seed, hidden=p.hidden,
-                   layers=p.layers, lr=p.lr, weight_decay=p.weight_decay, test_fraction=p.test_fraction)
+                   layers=p.layers, lr=p.lr, weight_decay=p.weight_decay, test_fraction=p.test_fraction,
+                   rank_weight=p.rank_weight, members=p.members, target=p.target)
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def fit_regressor(
+    options: FitOptions, x: np.ndarray, y: np.ndarray, on_epoch: Callable[[int, float], None] | None = None
+) -> Any:
+    """Train the model ``options`` names on features ``x`` [N, F] and accuracies ``y`` [N].
+
+    Returns an object with ``predict(x) -> [N]``: :class:`MLPWeights`, :class:`XGBModel` or
+    :class:`Ensemble` (``members`` MLPs with seeds ``seed, seed + 1, ...`` and one xgboost).
+    Deterministic for a seed.
+    """
+    mlp_args = dict(hidden=options.hidden, layers=options.layers, epochs=options.epochs, lr=options.lr,
+                    weight_decay=options.weight_decay, optimizer=options.optimizer, batch_size=options.batch_size,
+                    rank_weight=options.rank_weight)
+    if options.model == "mlp":
+        return train_mlp(x, y, seed=options.seed, on_epoch=on_epoch, **mlp_args)
+    if options.model == "xgb":
+        regressor = train_xgb(x, y, seed=options.seed)
+        if on_epoch is not None:
+            on_epoch(options.epochs - 1, float("nan"))
+        return regressor
+    members: list[Any] = [train_mlp(x, y, seed=options.seed + k, **mlp_args) for k in range(options.members)]
+    members.append(train_xgb(x, y, seed=options.seed))
+    if on_epoch is not None:
+        on_epoch(options.epochs - 1, float("nan"))
+    return Ensemble(members)
 
 
 def fit_predictor(
@@ -90,19 +130,28 @@ def fit_predictor(
 
     start = time.perf_counter()
     info: dict[str, Any] = {"model": options.model, "encoding": encoding.to_dict(), "options": asdict(options)}
-    if options.model == "mlp":
-        regressor: Any = train_mlp(
-            x[train], y[train], hidden=options.hidden, layers=options.layers, epochs=options.epochs, lr=options.lr,
-            weight_decay=options.weight_decay, optimizer=options.optimizer, batch_size=options.batch_size,
-            seed=options.seed, on_epoch=on_epoch,
-        )
-        info["target"] = {"mean": regressor.target_mean, "std": regressor.target_std}
-        info["mlp"] = {"hidden": options.hidden, "layers": options.layers, "activation": "relu", "loss": "smooth_l1"}
+    if options.target == "loss":
+        loss = data.loss
+        if loss is None:
+            raise ArtifactError(f"{samples.path}: --target loss needs a numeric 'loss' in every row (the sampler writes it)")
+        slope, intercept = np.polyfit(loss[train], y[train], 1)
+        regressor = LossToAccuracy(fit_regressor(options, x[train], loss[train], on_epoch), slope, intercept)
+        info["target_map"] = {"slope": float(slope), "intercept": float(intercept),
+                              "fitted_on": "least squares of accuracy on loss over the training rows"}
     else:
-        regressor = train_xgb(x[train], y[train], seed=options.seed)
+        regressor = fit_regressor(options, x[train], y[train], on_epoch)
+    inner = regressor.regressor if isinstance(regressor, LossToAccuracy) else regressor
+    mlp_info = {"hidden": options.hidden, "layers": options.layers, "activation": "relu",
+                "loss": "smooth_l1" + (f"+{options.rank_weight:g}*pairwise" if options.rank_weight else "")}
+    if options.model == "mlp":
+        info["target"] = {"mean": inner.target_mean, "std": inner.target_std}
+        info["mlp"] = mlp_info
+    elif options.model == "xgb":
         info["xgb"] = dict(DEFAULT_PARAMS)
-        if on_epoch is not None:
-            on_epoch(options.epochs - 1, float("nan"))
+    else:
+        info["mlp"] = mlp_info
+        info["xgb"] = dict(DEFAULT_PARAMS)
+        info["members"] = [{"mean": m.target_mean, "std": m.target_std} for m in inner.mlps]
     fit_time = time.perf_counter() - start
     predictor = Predictor(options.model, encoding, regressor, space)
 
@@ -141,9 +190,12 @@ def fit_predictor(
         (tmp / PREDICTOR_FILE).write_text(json.dumps(info, indent=2) + "\n")
         (tmp / HELDOUT_FILE).write_text(json.dumps(heldout) + "\n")
         if options.model == "mlp":
-            save_mlp(tmp / WEIGHTS_FILE, regressor)
+            save_mlp(tmp / WEIGHTS_FILE, inner)
+        elif options.model == "xgb":
+            inner.save(tmp / MODEL_FILE)
         else:
-            regressor.save(tmp / MODEL_FILE)
+            save_ensemble_mlps(tmp / ENSEMBLE_FILE, inner.mlps)
+            inner.members[-1].save(tmp / MODEL_FILE)
         scatter_plot(tmp / SCATTER_FILE, y[test], pred_test, conditions[test].tolist(), title)
 
     return write_artifact(out, "predictor", write, spec=samples.spec, space=space, parents=[samples],

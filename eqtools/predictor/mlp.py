@@ -31,7 +31,7 @@ import numpy as np
 from eqtools.artifacts import Predictor as PredictorArtifact
 from eqtools.errors import ArtifactError
 
-__all__ = ["OPTIMIZERS", "MLPWeights", "load_mlp", "one_thread", "save_mlp", "train_mlp"]
+__all__ = ["OPTIMIZERS", "MLPWeights", "load_mlp", "mlp_from_state", "one_thread", "pairwise_rank_loss", "save_mlp", "train_mlp"]
 
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
 WEIGHTS_FILE = PredictorArtifact.MLP_WEIGHTS
@@ -113,11 +113,15 @@ def train_mlp(
     optimizer: str = "adam",
     batch_size: int = 32,
     seed: int = 0,
+    rank_weight: float = 0.0,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> MLPWeights:
     """Fit the MLP on features ``x`` [N, F] and accuracies ``y`` [N]; deterministic for a seed.
 
-    ``on_epoch(epoch, mean_loss)`` is called after every epoch (for progress display).
+    ``rank_weight`` adds that multiple of :func:`pairwise_rank_loss` (over every pair in a
+    mini-batch) to the SmoothL1 regression loss: the search only needs the *order* of subnets,
+    and a pairwise term spends the network's capacity on pairs it orders wrongly instead of on
+    absolute accuracy. ``on_epoch(epoch, mean_loss)`` is called after every epoch.
     """
     import torch
 
@@ -135,7 +139,14 @@ def train_mlp(
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     else:
         opt = torch.optim.SGD(net.parameters(), lr=lr, weight_decay=weight_decay, momentum=0.9)
-    loss_fn = torch.nn.SmoothL1Loss()
+    regression = torch.nn.SmoothL1Loss()
+
+    def loss_fn(pred, target):
+        loss = regression(pred, target)
+        if rank_weight > 0:
+            loss = loss + rank_weight * pairwise_rank_loss(pred, target)
+        return loss
+
     net.train()
     # a 200-wide MLP gains nothing from intra-op threads, and on a busy machine they cost 10x
     with one_thread():
@@ -148,6 +159,24 @@ def train_mlp(
         target_mean=mean,
         target_std=std,
     )
+
+
+def pairwise_rank_loss(pred: Any, target: Any, temperature: float = 0.1) -> Any:
+    """Mean logistic loss ``log(1 + exp(-(p_i - p_j) / T))`` over pairs with ``target_i > target_j``.
+
+    ``pred`` and ``target`` are 1-D tensors on the same (standardised) scale. Zero when every
+    ordered pair is predicted in the right order by a wide margin; ties in ``target`` count for
+    nothing. RankNet's loss (Burges et al. 2005), which the paper's predictor lineage
+    (AlphaNet/NAS predictors) uses for ranking.
+    """
+    import torch.nn.functional as F
+
+    diff_t = target[:, None] - target[None, :]
+    diff_p = (pred[:, None] - pred[None, :]) / temperature
+    mask = diff_t > 0
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    return F.softplus(-diff_p[mask]).mean()
 
 
 def _epochs(net, opt, loss_fn, xt, yt, epochs: int, batch_size: int, gen, on_epoch) -> None:
@@ -182,20 +211,25 @@ def load_mlp(path: Path, target_mean: float, target_std: float) -> MLPWeights:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for malformed headers/data
         raise ArtifactError(f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    return mlp_from_state(state, target_mean, target_std, str(path))
+
+
+def mlp_from_state(state: dict[str, np.ndarray], target_mean: float, target_std: float, where: str) -> MLPWeights:
+    """Check and assemble ``N.weight``/``N.bias`` tensors into an :class:`MLPWeights`."""
     layers: dict[int, dict[str, np.ndarray]] = {}
     for key, value in state.items():
         m = _KEY.match(key)
         if m is None:
-            raise ArtifactError(f"{path}: unexpected tensor {key!r}; an MLP predictor holds only N.weight/N.bias")
+            raise ArtifactError(f"{where}: unexpected tensor {key!r}; an MLP predictor holds only N.weight/N.bias")
         layers.setdefault(int(m.group(1)), {})[m.group(2)] = value
     order = sorted(layers)
     if not order or any(set(layers[i]) != {"weight", "bias"} for i in order):
-        raise ArtifactError(f"{path}: every layer needs both a weight and a bias tensor")
+        raise ArtifactError(f"{where}: every layer needs both a weight and a bias tensor")
     weights = tuple(layers[i]["weight"].astype(np.float32) for i in order)
     biases = tuple(layers[i]["bias"].astype(np.float32) for i in order)
     for prev, nxt in itertools.pairwise(weights):
         if prev.shape[0] != nxt.shape[1]:
-            raise ArtifactError(f"{path}: layer shapes do not chain ({prev.shape} then {nxt.shape})")
+            raise ArtifactError(f"{where}: layer shapes do not chain ({prev.shape} then {nxt.shape})")
     if weights[-1].shape[0] != 1:
-        raise ArtifactError(f"{path}: the last layer must have one output, it has {weights[-1].shape[0]}")
+        raise ArtifactError(f"{where}: the last layer must have one output, it has {weights[-1].shape[0]}")
     return MLPWeights(weights, biases, float(target_mean), float(target_std))

@@ -22,14 +22,39 @@ from eqtools.errors import ArtifactError
 from eqtools.predictor.encoding import Encoding
 from eqtools.space import ElasticSpace, SubnetConfig
 
-__all__ = ["MODELS", "PREDICTOR_FILE", "Predictor", "load_predictor"]
+__all__ = ["MODELS", "PREDICTOR_FILE", "LossToAccuracy", "Predictor", "load_predictor"]
 
-MODELS: tuple[str, ...] = ("mlp", "xgb")
+MODELS: tuple[str, ...] = ("mlp", "xgb", "ensemble")
 PREDICTOR_FILE = PredictorArtifact.INFO
 
 
 class _Regressor(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray: ...
+
+
+class LossToAccuracy:
+    """A regressor fitted on the mean loss, read out as accuracy: ``intercept + slope × loss``.
+
+    The line is the least-squares fit of accuracy on loss over the training rows (slope < 0), so
+    the order of predictions is the loss model's order reversed, and values are on the accuracy
+    scale the search and the reports use. An ensemble's spread scales by ``|slope|``.
+    """
+
+    def __init__(self, regressor: _Regressor, slope: float, intercept: float) -> None:
+        self.regressor = regressor
+        self.slope = float(slope)
+        self.intercept = float(intercept)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.intercept + self.slope * self.regressor.predict(x)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "predict_with_spread" and hasattr(self.regressor, "predict_with_spread"):
+            def predict_with_spread(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                mean, spread = self.regressor.predict_with_spread(x)
+                return self.intercept + self.slope * mean, abs(self.slope) * spread
+            return predict_with_spread
+        raise AttributeError(name)
 
 
 class Predictor:
@@ -75,10 +100,36 @@ class Predictor:
         """Accuracies [N] for index arrays [N, n_elastic] at one condition: one batched call."""
         return self.regressor.predict(self.encoding.encode_indices(w_idx, a_idx, granularity, w_symmetry, a_symmetry))
 
+    def predict_indices_with_spread(
+        self, w_idx: np.ndarray, a_idx: np.ndarray, granularity: str, w_symmetry: str, a_symmetry: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_indices` and the ensemble's spread [N] (zeros for a single model)."""
+        x = self.encoding.encode_indices(w_idx, a_idx, granularity, w_symmetry, a_symmetry)
+        if self.has_spread:
+            return self.regressor.predict_with_spread(x)
+        mean = self.regressor.predict(x)
+        return mean, np.zeros_like(mean)
+
     def predict(self, configs: Sequence[SubnetConfig]) -> np.ndarray:
         for config in configs:
             self.space.validate(config)
         return self.regressor.predict(self.encoding.encode(configs))
+
+    @property
+    def has_spread(self) -> bool:
+        """Whether the model estimates its own uncertainty (an ensemble: the spread of its members)."""
+        return hasattr(self.regressor, "predict_with_spread")
+
+    def predict_with_spread(self, configs: Sequence[SubnetConfig]) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted accuracies [N] and their uncertainty [N] (std across ensemble members; zeros
+        for a single model, which has no estimate of its own)."""
+        for config in configs:
+            self.space.validate(config)
+        x = self.encoding.encode(configs)
+        if self.has_spread:
+            return self.regressor.predict_with_spread(x)
+        mean = self.regressor.predict(x)
+        return mean, np.zeros_like(mean)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -126,8 +177,25 @@ def load_predictor(source: Artifact | Path | str) -> Predictor:
                 f"{artifact.path}: the MLP takes {regressor.weights[0].shape[1]} inputs but the encoding "
                 f"makes {encoding.n_features}; the artifact was assembled from mismatched parts"
             )
-    else:
+    elif model == "xgb":
         from eqtools.predictor.xgb import MODEL_FILE, load_xgb
 
         regressor = load_xgb(artifact.file(MODEL_FILE))
+    else:
+        from eqtools.predictor.ensemble import ENSEMBLE_FILE, Ensemble, load_ensemble_mlps
+        from eqtools.predictor.xgb import MODEL_FILE, load_xgb
+
+        targets = info.get("members")
+        if not isinstance(targets, list) or not targets:
+            raise ArtifactError(f"{info_path}: an ensemble predictor needs a non-empty 'members' list")
+        mlps = load_ensemble_mlps(artifact.file(ENSEMBLE_FILE), targets)
+        if any(m.weights[0].shape[1] != encoding.n_features for m in mlps):
+            raise ArtifactError(f"{artifact.path}: an MLP member's input width differs from the encoding's features")
+        regressor = Ensemble([*mlps, load_xgb(artifact.file(MODEL_FILE))])
+    target_map = info.get("target_map")
+    if target_map is not None:
+        try:
+            regressor = LossToAccuracy(regressor, float(target_map["slope"]), float(target_map["intercept"]))
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"{info_path}: target_map needs a numeric slope and intercept") from None
     return Predictor(model, encoding, regressor, space, artifact)

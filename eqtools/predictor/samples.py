@@ -34,6 +34,14 @@ class SampleSet:
     accuracy: np.ndarray  # float64 [N]
     rows: tuple[dict[str, Any], ...]
 
+    @property
+    def loss(self) -> np.ndarray | None:
+        """Mean cross-entropy per row on the same images (float64 [N]); None if a row lacks it."""
+        values = [row.get("loss") for row in self.rows]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            return None
+        return np.asarray(values, dtype=np.float64)
+
     def __len__(self) -> int:
         return len(self.configs)
 

@@ -60,6 +60,7 @@ class SearchOptions:
     pareto: bool = False
     cost: str = "bits"
     top_k: int = 5
+    explore: float = 1.0  # with an ensemble predictor: top-K by predicted + explore × spread
 
     def __post_init__(self) -> None:
         if self.population < 4:
@@ -72,6 +73,8 @@ class SearchOptions:
             raise ConfigError(f"--cost {self.cost!r} is unknown; allowed: {', '.join(COSTS)}")
         if self.uniform and self.pareto:
             raise ConfigError("--uniform and --pareto exclude each other: --uniform returns one fixed config")
+        if self.explore < 0:
+            raise ConfigError(f"--explore is {self.explore}; it must be >= 0")
         if not 0.0 <= self.mutation_prob <= 1.0:
             raise ConfigError(f"mutation probability is {self.mutation_prob}; it must lie in [0, 1]")
 
@@ -96,6 +99,7 @@ class SearchOutcome:
     options: SearchOptions
     uniform_baseline: dict[str, Any] | None = None
     verified: list[dict[str, Any]] | None = None
+    vs_uniform: dict[str, Any] | None = None  # --verify: pick minus uniform, paired on test images
     search_best_predicted: float | None = None  # the GA's own best, kept when --verify picks another
     cloud: tuple[np.ndarray, np.ndarray] = field(default_factory=lambda: (np.zeros(0), np.zeros(0)))
 
@@ -114,10 +118,15 @@ def search_tag(options: SearchOptions, condition: str) -> str:
     return f"{prefix}w{num(options.w_bits)}a{num(a)}-{cond}"
 
 
-def _point(costs: CostModel, w: np.ndarray, a: np.ndarray, acc: float, form: Form) -> dict[str, Any]:
+def _point(costs: CostModel, w: np.ndarray, a: np.ndarray, acc: float, form: Form,
+           predictor: Predictor | None = None) -> dict[str, Any]:
     c = costs.describe(w, a)
-    return {"predicted_accuracy": float(acc), **c, "avg_bits": (c["avg_w_bits"] + c["avg_a_bits"]) / 2,
-            "config": costs.config(w, a, *form).to_dict()}
+    config = costs.config(w, a, *form)
+    point = {"predicted_accuracy": float(acc), **c, "avg_bits": (c["avg_w_bits"] + c["avg_a_bits"]) / 2,
+             "config": config.to_dict()}
+    if predictor is not None and predictor.has_spread:
+        point["predicted_spread"] = float(predictor.predict_with_spread([config])[1][0])
+    return point
 
 
 def _cost_fn(costs: CostModel, feas: Feasibility, cost: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -197,7 +206,7 @@ def _search(predictor: Predictor, options: SearchOptions, costs: CostModel, feas
         best_genes, best_acc = res_ga.best, res_ga.best_fitness
         archive = res_ga.archive
         all_genes, all_acc = archive.genes(2 * n), archive.fitness()
-        order = np.argsort(-all_acc, kind="stable")[: options.top_k]
+        order = _top_order(predictor, form, all_genes, all_acc, n, feas, options)
         top_genes, top_acc = all_genes[order], all_acc[order]
         idx = pareto_front(all_acc, bits_cost(all_genes[:, :n], all_genes[:, n:]))
         front_genes, front_acc = all_genes[idx], all_acc[idx]
@@ -222,7 +231,7 @@ def _search(predictor: Predictor, options: SearchOptions, costs: CostModel, feas
         best_costs=costs.describe(best_w, best_a),
         front_x=front_x,
         front=[_point(costs, *bits_of(row), acc, form) for row, acc in zip(front_genes, front_acc)],
-        top=[_point(costs, *bits_of(row), acc, form) for row, acc in zip(top_genes, top_acc)],
+        top=[_point(costs, *bits_of(row), acc, form, predictor) for row, acc in zip(top_genes, top_acc)],
         history=history,
         evaluations=evaluations,
         time_s=time_s,
@@ -230,6 +239,29 @@ def _search(predictor: Predictor, options: SearchOptions, costs: CostModel, feas
         uniform_baseline=baseline,
         cloud=(np.asarray(cloud_cost), archive.fitness()[pick] if len(pick) else np.zeros(0)),
     )
+
+
+SPREAD_POOL = 200  # archive points (best predicted first) whose spread is computed for the top-K
+
+
+def _top_order(predictor: Predictor, form: Form, genes: np.ndarray, acc: np.ndarray, n: int, feas: Feasibility,
+               options: SearchOptions) -> np.ndarray:
+    """Indices of the top-K archive points: by predicted accuracy, or for an ensemble by
+    ``predicted + explore × spread`` among the best :data:`SPREAD_POOL` predictions.
+
+    An ensemble's members disagree where the samples say little; a candidate slightly below the
+    best mean but with a wide spread may well measure better, and ``--verify`` measures the top-K,
+    so spending some of its K on such candidates is where the uncertainty pays (an upper
+    confidence bound, as in bandit and Bayesian-optimisation searches).
+    """
+    by_mean = np.argsort(-acc, kind="stable")
+    if not predictor.has_spread or options.explore == 0:
+        return by_mean[: options.top_k]
+    pool = by_mean[:SPREAD_POOL]
+    w_idx, a_idx = genes[pool, :n], genes[pool, n:]
+    _, spread = predictor.predict_indices_with_spread(w_idx, a_idx, *form)
+    score = acc[pool] + options.explore * spread
+    return pool[np.argsort(-score, kind="stable")[: options.top_k]]
 
 
 def _uniform_seeds(costs: CostModel) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -254,7 +286,7 @@ def _uniform_baseline(predictor: Predictor, costs: CostModel, feas: Feasibility,
     wb, ab = costs.bits_of(config)
     if not feas.mask(wb[None], ab[None])[0]:
         return None
-    return _point(costs, wb, ab, float(predictor.predict([config])[0]), form)
+    return _point(costs, wb, ab, float(predictor.predict([config])[0]), form, predictor)
 
 
 def _uniform(predictor: Predictor, costs: CostModel, budget: Budget, options: SearchOptions, form: Form,
@@ -315,6 +347,8 @@ def write_search(
     if o.verified is not None:
         metrics["verified"] = [{k: v for k, v in row.items() if k != "config"} for row in o.verified]
         metrics["measured_top1"] = o.verified[0]["measured_top1"] if o.verified else None
+    if o.vs_uniform is not None:
+        metrics["vs_uniform"] = o.vs_uniform
     label = form_label(*o.condition.split("/"))
     if o.verified:
         # the final pick was chosen by measurement, so the title says both numbers for what they are,

@@ -22,7 +22,7 @@ from eqtools.space import SubnetConfig
 if TYPE_CHECKING:
     from eqtools.search.run import SearchOutcome
 
-__all__ = ["find_supernet", "verify_candidates", "verify_configs", "verify_outcome"]
+__all__ = ["compare_with_uniform", "find_supernet", "verify_candidates", "verify_configs", "verify_outcome"]
 
 
 def find_supernet(predictor: Predictor, path: Path | str | None = None,
@@ -119,4 +119,40 @@ def verify_outcome(
     outcome.best_predicted = best_row["predicted_accuracy"]
     match = next(p for p in candidates if p["config"] == best_row["config"])
     outcome.best_costs = {k: match[k] for k in ("avg_w_bits", "avg_a_bits", "size_bytes", "bops")}
+    return compare_with_uniform(outcome, supernet_artifact, on_stage=on_stage)
+
+
+def compare_with_uniform(
+    outcome: SearchOutcome, supernet_artifact: Artifact, *, resamples: int = 2000,
+    on_stage: Callable[[str], None] | None = None,
+) -> SearchOutcome:
+    """Measure the final pick and the uniform config at the budget on the *test* split, image by image,
+    and store their paired difference with a bootstrap 95 % interval in ``outcome.vs_uniform``.
+
+    The pick was chosen on val, so test images are untouched by the choice and the interval says
+    how sure the gain over uniform is. Both subnets get the ``calibrate`` stage's BN calibration
+    (``calibrate.images`` training images), so the numbers equal what ``eqtools calibrate``
+    reports. No uniform config at the budget (fractional budget, not in the space): nothing to do.
+    """
+    from eqtools.build import artifact_spec, load_supernet
+    from eqtools.data import load_splits
+    from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source
+    from eqtools.stats import paired_bootstrap
+
+    baseline = outcome.uniform_baseline
+    if baseline is None:
+        return outcome
+    uniform = SubnetConfig.from_dict(baseline["config"])
+    spec = artifact_spec(supernet_artifact)
+    if on_stage is not None:
+        on_stage("measuring the pick and the uniform config on the test split (paired, per image)")
+    supernet = load_supernet(supernet_artifact).use_channels_last()
+    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+    calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
+    meter = SubnetMeter(supernet, calib, BatchSource(splits.test, spec.calibrate.batch_size))
+    pick = meter.measure(outcome.best, per_image=True)
+    base = pick if outcome.best == uniform else meter.measure(uniform, per_image=True)
+    result = paired_bootstrap(pick["correct"], base["correct"], resamples=resamples, seed=spec.seed)
+    outcome.vs_uniform = {**result, "split": "test", "pick_top1": pick["top1"], "uniform_top1": base["top1"],
+                          "pick_is_uniform": outcome.best == uniform}
     return outcome

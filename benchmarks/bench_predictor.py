@@ -1,0 +1,392 @@
+"""How well does the accuracy predictor rank subnets? Measured against low-noise held-out labels.
+
+Two cached sets of measured subnets, both from one supernet artifact:
+
+- ``heldout``: every form's uniform subnets (W=A at --uniform-bits) plus a stratified draw with
+  its own seed (--heldout-n, spread evenly over the forms), each calibrated like the sampler
+  does (the same 512-image BN calibration) and evaluated on the full *test* split (10k images
+  on Fashion-MNIST), with each image's correctness kept. The sampler labels its rows on the
+  *val* split, so no held-out label comes from an image a training label used.
+- ``pool``: what ``eqtools sample -n N`` measures (the same draw, calibration, val subset and
+  batch size), with each image's correctness and loss kept, so labels from fewer images per
+  subnet come from the same runs.
+
+Both live under ``artifacts/bench-predictor/<supernet manifest sha256[:12]>/<set>/`` as one small
+``.npz`` per subnet (a benchmark cache, not an eqtools artifact): a rerun skips what is there,
+and a killed build resumes.
+
+``evaluate`` then reports
+  1. the noise ceiling: Kendall τ (and Pearson r) between the held-out subnets' top-1 on two
+     disjoint random halves of the test images, pooled, within each form and within each
+     budget window (average weight bits in 1-bit windows);
+  2. each predictor variant fitted on the pool and scored on the held-out set: pooled τ and r,
+     mean τ within a form, mean τ within a budget window, per form;
+  3. learning curves of the default predictor: τ against the number of training subnets and
+     against the images each training label was measured on.
+
+Usage
+  python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set heldout
+  python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set pool -n 800
+  python benchmarks/bench_predictor.py evaluate artifacts/repro/eqnet [--record]
+
+The script re-executes itself with the glibc malloc settings of reference/NOTES.md and runs torch
+on --threads threads (default 1: the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import MALLOC_ENV, ROOT, machine_line, record
+
+HELDOUT_SEED = 20261201  # the held-out draw's seed: not the spec's seed, so no config is shared by accident
+HALF_SEED = 7  # the random split of the test images into two halves
+IMAGE_ORDER_SEED = 11  # the random order of a training label's images (for labels from fewer images)
+MIN_CELL = 4  # subnets a (form, window) cell needs for its τ to count
+WINDOWS = ((2.0, 3.0), (3.0, 4.0), (4.0, 5.0), (5.0, 6.0), (6.0, 8.01))
+
+
+def _cache_dir(supernet_path: Path, which: str) -> Path:
+    from eqtools.artifacts import read_artifact
+
+    art = read_artifact(supernet_path, "supernet")
+    return ROOT / "artifacts" / "bench-predictor" / art.manifest_sha256[:12] / which
+
+
+# ---------------------------------------------------------------------------------- building the sets
+def _configs(space: Any, which: str, n: int, seed: int, uniform_bits: list[int]) -> list[Any]:
+    from eqtools.sample import draw_configs
+
+    if which == "pool":
+        return draw_configs(space, n, seed=seed)
+    uniform = [space.uniform(b, b, g, ws, as_) for b in uniform_bits for g, ws, as_ in _forms(space)]
+    return uniform + draw_configs(space, n, seed=HELDOUT_SEED)
+
+
+def _forms(space: Any) -> list[tuple[str, str, str]]:
+    from eqtools.vocab import form_key
+
+    return [tuple(form_key(*c).split("/")) for c in space.conditions]  # type: ignore[misc]
+
+
+def build(args: argparse.Namespace) -> int:
+    import torch
+
+    from eqtools.artifacts import read_artifact
+    from eqtools.build import artifact_spec, load_supernet
+    from eqtools.data import load_splits
+    from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source
+    from eqtools.sample import EVAL_SEED_OFFSET
+
+    torch.set_num_threads(args.threads)
+    art = read_artifact(args.supernet, "supernet")
+    spec = artifact_spec(art)
+    s = spec.sample
+    space = art.space
+    out = _cache_dir(args.supernet, args.set)
+    out.mkdir(parents=True, exist_ok=True)
+    uniform_bits = [int(b) for b in args.uniform_bits.split(",")]
+    n = args.n if args.n is not None else (s.n if args.set == "pool" else args.heldout_n)
+    configs = _configs(space, args.set, n, spec.seed, uniform_bits)
+    (out / "configs.json").write_text(json.dumps([c.to_dict() for c in configs]) + "\n")
+    todo = [i for i in range(len(configs)) if not (out / f"{i:05d}.npz").is_file()]
+    print(f"{args.set}: {len(configs)} subnets, {len(configs) - len(todo)} cached in {out}", flush=True)
+    if not todo:
+        return 0
+    supernet = load_supernet(art).use_channels_last()
+    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+    calib = calibration_source(splits, s.calib_images, s.batch_size, spec.seed)
+    if args.set == "pool":
+        target = splits.val.balanced(s.subset, spec.seed + EVAL_SEED_OFFSET)
+    else:
+        target = splits.test
+    evaluation = BatchSource(target, s.batch_size)
+    meter = SubnetMeter(supernet, calib, evaluation, compile=args.compile)
+    (out / "meta.json").write_text(json.dumps({
+        "split": "val" if args.set == "pool" else "test", "images": evaluation.images, "calib_images": calib.images,
+        "batch_size": s.batch_size, "compiled": args.compile, "supernet": str(art.path)}) + "\n")
+    start = time.perf_counter()
+    for done, i in enumerate(todo, start=1):
+        t = time.perf_counter()
+        r = meter.measure(configs[i], per_image=True)
+        np.savez(out / f".{i:05d}.tmp.npz", correct=r["correct"], loss=r["image_loss"].astype(np.float32),
+                 time_s=np.float64(time.perf_counter() - t))
+        os.replace(out / f".{i:05d}.tmp.npz", out / f"{i:05d}.npz")
+        if done % 10 == 0 or done == len(todo):
+            rate = 60 * done / (time.perf_counter() - start)
+            print(f"{done}/{len(todo)} ({rate:.1f} subnets/min, recompiles {meter.recompiles})", flush=True)
+    return 0
+
+
+def _load(supernet: Path, which: str) -> tuple[list[Any], np.ndarray, np.ndarray, dict[str, Any]]:
+    from eqtools.space import SubnetConfig
+
+    d = _cache_dir(supernet, which)
+    configs = [SubnetConfig.from_dict(c) for c in json.loads((d / "configs.json").read_text())]
+    have = [i for i in range(len(configs)) if (d / f"{i:05d}.npz").is_file()]
+    correct = []
+    loss = []
+    for i in have:
+        with np.load(d / f"{i:05d}.npz") as z:
+            correct.append(z["correct"])
+            loss.append(z["loss"])
+    meta = json.loads((d / "meta.json").read_text())
+    return [configs[i] for i in have], np.stack(correct), np.stack(loss), meta
+
+
+# ---------------------------------------------------------------------------------- scoring
+def _tau(a: np.ndarray, b: np.ndarray) -> float | None:
+    from scipy import stats
+
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(stats.kendalltau(a, b).statistic)
+
+
+def _r(a: np.ndarray, b: np.ndarray) -> float | None:
+    from scipy import stats
+
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(stats.pearsonr(a, b).statistic)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def ranking_scores(measured: np.ndarray, predicted: np.ndarray, forms: np.ndarray, avg_w: np.ndarray) -> dict[str, Any]:
+    """Pooled τ and r, τ within each form and each average-weight-bit window (and their means)."""
+    per_form = {f: _tau(measured[forms == f], predicted[forms == f]) for f in sorted(set(forms.tolist()))}
+    per_window = {}
+    for lo, hi in WINDOWS:
+        mask = (avg_w >= lo) & (avg_w < hi)
+        per_window[f"{lo:g}-{min(hi, 8):g}"] = _tau(measured[mask], predicted[mask]) if mask.sum() >= 3 else None
+    cells = []  # within one form and one window: what one search compares
+    for f in per_form:
+        for lo, hi in WINDOWS:
+            mask = (forms == f) & (avg_w >= lo) & (avg_w < hi)
+            if mask.sum() >= MIN_CELL:
+                cells.append(_tau(measured[mask], predicted[mask]))
+    return {"tau": _tau(measured, predicted), "r": _r(measured, predicted), "per_form": per_form,
+            "tau_form_mean": _mean(list(per_form.values())), "per_window": per_window,
+            "tau_window_mean": _mean(list(per_window.values())), "tau_cell_mean": _mean(cells),
+            "cells": len([c for c in cells if c is not None])}
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from eqtools.artifacts import read_artifact
+    from eqtools.predictor.compare import VARIANTS, fit_variant
+
+    torch.set_num_threads(args.threads)
+    art = read_artifact(args.supernet, "supernet")
+    space = art.space
+    h_cfg, h_correct, _, h_meta = _load(args.supernet, "heldout")
+    p_cfg, p_correct, p_loss, p_meta = _load(args.supernet, "pool")
+    h_acc = h_correct.mean(axis=1)
+    h_forms = np.asarray([c.condition for c in h_cfg])
+    h_avg_w = np.asarray([space.avg_bits(c)[0] for c in h_cfg])
+    held_keys = {c.to_json(indent=None) for c in h_cfg}
+    keep = np.asarray([c.to_json(indent=None) not in held_keys for c in p_cfg])
+    overlap = int((~keep).sum())
+    p_cfg = [c for c, k in zip(p_cfg, keep) if k]
+    p_correct, p_loss = p_correct[keep], p_loss[keep]
+    lines = [
+        f"held-out: {len(h_cfg)} subnets ({sum(1 for c in h_cfg if _is_uniform(space, c))} uniform) × "
+        f"{h_meta['images']} {h_meta['split']} images each; training pool: {len(p_cfg)} subnets × "
+        f"{p_meta['images']} {p_meta['split']} images (sampler protocol; {overlap} config(s) also in the held-out set "
+        "dropped)",
+        "",
+    ]
+
+    # 1. noise ceiling: two disjoint halves of the test images
+    rng = np.random.default_rng(HALF_SEED)
+    order = rng.permutation(h_correct.shape[1])
+    half_a = h_correct[:, order[: len(order) // 2]].mean(axis=1)
+    half_b = h_correct[:, order[len(order) // 2:]].mean(axis=1)
+    ceiling = ranking_scores(half_a, half_b, h_forms, h_avg_w)
+    lines += [
+        "Noise ceiling (top-1 on one random half of the test images against the other half, same subnets):",
+        "",
+        "| pooled τ | pooled r | mean τ within a form | mean τ within a budget window | mean τ within form × window |",
+        "|---|---|---|---|---|",
+        f"| {_fmt(ceiling['tau'])} | {_fmt(ceiling['r'])} | {_fmt(ceiling['tau_form_mean'])} | "
+        f"{_fmt(ceiling['tau_window_mean'])} | {_fmt(ceiling['tau_cell_mean'])} ({ceiling['cells']} cells) |",
+        "",
+        "Within each form: " + ", ".join(f"{f} {_fmt(t)}" for f, t in ceiling["per_form"].items()),
+        "",
+        "Within each window of average weight bits (all forms): "
+        + ", ".join(f"{w} {_fmt(t)}" for w, t in ceiling["per_window"].items()),
+        "",
+    ]
+
+    # 2. predictor variants, all on the same pool and held-out set
+    p_acc = p_correct.mean(axis=1)
+    p_mean_loss = p_loss.mean(axis=1)
+    variants = args.variants.split(",") if args.variants else list(VARIANTS)
+    lines += [
+        f"Predictors fitted on {len(p_cfg)} pool subnets, scored on the {len(h_cfg)} held-out subnets' full-test labels:",
+        "",
+        "| variant | pooled τ | pooled r | mean τ in a form | mean τ in a window | mean τ in form × window | "
+        f"pooled τ against a 5k-image half (ceiling {_fmt(ceiling['tau'])}) | fit time |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    results: dict[str, Any] = {}
+    for name in variants:
+        t = time.perf_counter()
+        pred = fit_variant(name, space, p_cfg, p_acc, p_mean_loss, seed=0).predict(h_cfg)
+        fit_s = time.perf_counter() - t
+        sc = ranking_scores(h_acc, pred, h_forms, h_avg_w)
+        results[name] = sc
+        vs_half = _mean([_tau(half_a, pred), _tau(half_b, pred)])  # the same label noise as the ceiling's
+        lines.append(f"| {name} | {_fmt(sc['tau'])} | {_fmt(sc['r'])} | {_fmt(sc['tau_form_mean'])} | "
+                     f"{_fmt(sc['tau_window_mean'])} | {_fmt(sc['tau_cell_mean'])} | {_fmt(vs_half)} | {fit_s:.1f} s |")
+        print(lines[-1], flush=True)
+    lines += ["", "τ within each form, per variant:", "",
+              "| variant | " + " | ".join(sorted(set(h_forms.tolist()))) + " |",
+              "|---|" + "---|" * len(set(h_forms.tolist()))]
+    for name, sc in results.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in sc["per_form"].values()) + " |")
+    lines += ["", "τ within each window of average weight bits, per variant:", "",
+              "| variant | " + " | ".join(results[variants[0]]["per_window"]) + " |",
+              "|---|" + "---|" * len(WINDOWS)]
+    for name, sc in results.items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in sc["per_window"].values()) + " |")
+
+    # 3. learning curves of one variant
+    curve = args.curve_variant
+    rng = np.random.default_rng(IMAGE_ORDER_SEED)
+    img_order = rng.permutation(p_correct.shape[1])
+    lines += ["", f"Learning curve of `{curve}` (pooled τ / mean τ within a form on the held-out set):", "",
+              "| training subnets \\ images per label | " + " | ".join(str(k) for k in args.curve_images) + " |",
+              "|---|" + "---|" * len(args.curve_images)]
+    for n in args.curve_n:
+        if n > len(p_cfg):
+            continue
+        cells = []
+        for k in args.curve_images:
+            cols = img_order[:k]
+            acc = p_correct[:n][:, cols].mean(axis=1)
+            loss = p_loss[:n][:, cols].mean(axis=1)
+            pred = fit_variant(curve, space, p_cfg[:n], acc, loss, seed=0).predict(h_cfg)
+            sc = ranking_scores(h_acc, pred, h_forms, h_avg_w)
+            cells.append(f"{_fmt(sc['tau'])} / {_fmt(sc['tau_form_mean'])}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+
+    body = "\n".join(lines) + "\n"
+    print(body)
+    if args.record:
+        command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+        record(f"predictor ranking against low-noise held-out labels: `{art.path}`", command,
+               machine_line(args.threads, "; shared with other jobs"), body)
+    return 0
+
+
+def search(args: argparse.Namespace) -> int:
+    """Search at each budget and form with a predictor fitted on the pool, --verify, and the paired
+    test-split difference of the pick against uniform (bootstrap 95 % CI)."""
+    import torch
+
+    from eqtools.artifacts import read_artifact
+    from eqtools.predictor.compare import VARIANTS, fit_variant
+    from eqtools.predictor.model import Predictor
+    from eqtools.search import SearchOptions, run_search
+    from eqtools.search.verify import verify_outcome
+
+    torch.set_num_threads(args.threads)
+    art = read_artifact(args.supernet, "supernet")
+    space = art.space
+    p_cfg, p_correct, p_loss, _ = _load(args.supernet, "pool")
+    fitted = fit_variant(args.variant, space, p_cfg, p_correct.mean(axis=1), p_loss.mean(axis=1), seed=0)
+    settings, _ = VARIANTS[args.variant]
+    predictor = Predictor(settings["model"], fitted.encoding, fitted.regressor, space)
+    lines = [f"Search with `{args.variant}` fitted on {len(p_cfg)} pool subnets; GA population {args.population} × "
+             f"{args.generations} generations, top-{args.top_k} + uniform verified on the val split, then pick and "
+             "uniform measured on the full test split (paired bootstrap, 2000 resamples):", "",
+             "| form | budget W/A | pick | pick top-1 (test) | uniform top-1 (test) | pick − uniform [95 % CI] (points) |",
+             "|---|---|---|---|---|---|"]
+    for form in args.forms.split(","):
+        g, ws, as_ = form.split("/")
+        for bits in args.bits:
+            t = time.perf_counter()
+            outcome = run_search(predictor, SearchOptions(w_bits=bits, granularity=g, w_symmetry=ws, a_symmetry=as_,
+                                                          population=args.population, generations=args.generations,
+                                                          top_k=args.top_k))
+            verify_outcome(outcome, art)
+            v = outcome.vs_uniform
+            what = "uniform" if v["pick_is_uniform"] else f"mixed {outcome.best_costs['avg_w_bits']:.2f}/" \
+                f"{outcome.best_costs['avg_a_bits']:.2f}"
+            lines.append(f"| {form} | {bits:g}/{bits:g} | {what} | {100 * v['pick_top1']:.2f}% | "
+                         f"{100 * v['uniform_top1']:.2f}% | {100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, "
+                         f"{100 * v['ci_high']:+.2f}] |")
+            print(lines[-1], f"({time.perf_counter() - t:.0f} s)", flush=True)
+    body = "\n".join(lines) + "\n"
+    print(body)
+    if args.record:
+        command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+        record(f"search vs uniform, paired on test images: `{art.path}`", command,
+               machine_line(args.threads, "; shared with other jobs"), body)
+    return 0
+
+
+def _is_uniform(space: Any, config: Any) -> bool:
+    elastic = [i for i, layer in enumerate(space.quantized_layers) if not layer.fixed]
+    return len({config.w_bits[i] for i in elastic}) == 1 and len({config.a_bits[i] for i in elastic}) == 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="measure (and cache) the held-out set or the training pool")
+    b.add_argument("supernet", type=Path)
+    b.add_argument("--set", choices=["heldout", "pool"], required=True)
+    b.add_argument("-n", type=int, default=None, help="pool: subnets (default the spec's sample.n); heldout: drawn subnets")
+    b.add_argument("--heldout-n", type=int, default=80, help="held-out stratified draws besides the uniform ones (default 80)")
+    b.add_argument("--uniform-bits", default="2,3,4,6,8", help="held-out uniform W=A bit-widths, every form (default 2,3,4,6,8)")
+    b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="compiled evaluation (default on)")
+    b.add_argument("--threads", type=int, default=1)
+    e = sub.add_parser("evaluate", help="noise ceiling, predictor variants, learning curves")
+    e.add_argument("supernet", type=Path)
+    e.add_argument("--variants", default=None, help="comma-separated variants (default: all)")
+    e.add_argument("--curve-variant", default="mlp")
+    e.add_argument("--curve-n", type=lambda s: [int(v) for v in s.split(",")], default=[100, 200, 400, 800])
+    e.add_argument("--curve-images", type=lambda s: [int(v) for v in s.split(",")], default=[250, 500, 1000, 2000])
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    s = sub.add_parser("search", help="searched vs uniform at a budget, paired on test images")
+    s.add_argument("supernet", type=Path)
+    s.add_argument("--variant", default="ensemble")
+    s.add_argument("--forms", default="per-channel/sym/sym")
+    s.add_argument("--bits", type=lambda v: [float(b) for b in v.split(",")], default=[3.0, 4.0])
+    s.add_argument("--population", type=int, default=100)
+    s.add_argument("--generations", type=int, default=500)
+    s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--record", action="store_true")
+    args = parser.parse_args(argv)
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    return {"build": build, "evaluate": evaluate, "search": search}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
