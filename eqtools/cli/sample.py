@@ -99,7 +99,7 @@ def command(
     ] = None,
     compile_: Annotated[
         bool | None,
-        typer.Option("--compile/--no-compile", help="Evaluate through torch.compile (~40 s once, then faster per subnet). Default: compile when n >= 64 and a C++ compiler is found."),
+        typer.Option("--compile/--no-compile", help="Evaluate through torch.compile (~40 s once, then faster per subnet). Default: compile when n >= 400 and a C++ compiler is found."),
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, metrics, parameters) on stdout.")] = False,
