@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def machine_line(threads: int | None = None, extra: str = "") -> str:
     used = f" with {threads} threads" if threads else ""
     return (f"{cpu_name()}, {os.cpu_count()} logical cores, torch {torch.__version__}{used}, "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}{extra}")
+
+
+def command_line() -> str:
+    """How this benchmark was started, as a line to paste: the script relative to the repository root."""
+    script = os.path.relpath(Path(sys.argv[0]).resolve(), ROOT)
+    return "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
 
 
 def record(title: str, command: str, machine: str, body: str) -> Path:

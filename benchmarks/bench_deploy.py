@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shlex
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import MALLOC_ENV, ROOT, machine_line, record
+from _record import MALLOC_ENV, command_line, machine_line, record
 
 
 def _session(model: bytes | str, threads: int) -> Any:
@@ -293,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(body)
     if args.record:
-        command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).resolve().relative_to(ROOT)),
-                                                              *sys.argv[1:]])
+        command = command_line()
         record("deploy: integer ONNX vs FP32 vs onnxruntime quantize_static", command,
                machine_line(args.threads, f", onnxruntime {ort.__version__}"), body)
     return 0

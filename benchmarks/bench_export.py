@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import MALLOC_ENV, ROOT, machine_line, record
+from _record import MALLOC_ENV, command_line, machine_line, record
 
 
 def _latency(model_bytes: bytes, x: Any, threads: int, min_runs: int, min_time_s: float) -> float:
@@ -188,8 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(body)
     if args.record:
-        command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).resolve().relative_to(ROOT)),
-                                                              *sys.argv[1:]])
+        command = command_line()
         record("export: parity, size, BN folding, onnxruntime latency", command,
                machine_line(args.threads, f", onnxruntime {__import__('onnxruntime').__version__}"), body)
     return 0

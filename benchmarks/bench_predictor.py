@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -47,7 +46,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import MALLOC_ENV, ROOT, machine_line, record
+from _record import MALLOC_ENV, ROOT, command_line, machine_line, record
 
 HELDOUT_SEED = 20261201  # the held-out draw's seed: not the spec's seed, so no config is shared by accident
 HALF_SEED = 7  # the random split of the test images into two halves
@@ -294,7 +293,7 @@ def evaluate(args: argparse.Namespace) -> int:
     body = "\n".join(lines) + "\n"
     print(body)
     if args.record:
-        command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+        command = command_line()
         record(f"predictor ranking against low-noise held-out labels: `{art.path}`", command,
                machine_line(args.threads, "; shared with other jobs"), body)
     return 0
@@ -341,7 +340,7 @@ def search(args: argparse.Namespace) -> int:
     body = "\n".join(lines) + "\n"
     print(body)
     if args.record:
-        command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+        command = command_line()
         record(f"search vs uniform, paired on test images: `{art.path}`", command,
                machine_line(args.threads, "; shared with other jobs"), body)
     return 0

@@ -23,13 +23,12 @@ import argparse
 import datetime as _dt
 import os
 import platform
-import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import MALLOC_ENV, ROOT, append, cpu_name
+from _record import MALLOC_ENV, append, command_line, cpu_name
 
 
 def _machine(threads: int) -> str:
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
+    command = command_line()
     art = read_artifact(args.supernet, "supernet")
     spec = artifact_spec(art)
     s = spec.sample
