@@ -55,11 +55,12 @@ MIN_CELL = 4  # subnets a (form, window) cell needs for its τ to count
 WINDOWS = ((2.0, 3.0), (3.0, 4.0), (4.0, 5.0), (5.0, 6.0), (6.0, 8.01))
 
 
-def _cache_dir(supernet_path: Path, which: str) -> Path:
+def _cache_dir(supernet_path: Path, which: str, images: int | None = None) -> Path:
+    """``heldout``, ``pool`` (the sampler's val subset per subnet) or ``pool-<images>`` (more val images)."""
     from eqtools.artifacts import read_artifact
 
     art = read_artifact(supernet_path, "supernet")
-    return ROOT / "artifacts" / "bench-predictor" / art.manifest_sha256[:12] / which
+    return ROOT / "artifacts" / "bench-predictor" / art.manifest_sha256[:12] / (f"{which}-{images}" if images else which)
 
 
 # ---------------------------------------------------------------------------------- building the sets
@@ -92,13 +93,17 @@ def build(args: argparse.Namespace) -> int:
     spec = artifact_spec(art)
     s = spec.sample
     space = art.space
-    out = _cache_dir(args.supernet, args.set)
+    images = args.images if args.set == "pool" and args.images not in (None, s.subset) else None
+    out = _cache_dir(args.supernet, args.set, images)
     out.mkdir(parents=True, exist_ok=True)
     uniform_bits = [int(b) for b in args.uniform_bits.split(",")]
     n = args.n if args.n is not None else (s.n if args.set == "pool" else args.heldout_n)
     configs = _configs(space, args.set, n, spec.seed, uniform_bits)
     (out / "configs.json").write_text(json.dumps([c.to_dict() for c in configs]) + "\n")
     todo = [i for i in range(len(configs)) if not (out / f"{i:05d}.npz").is_file()]
+    if args.shard:  # K/N: this process measures every N-th missing subnet (run N processes side by side)
+        k, n_shards = (int(v) for v in args.shard.split("/"))
+        todo = [i for i in todo if i % n_shards == k - 1]
     print(f"{args.set}: {len(configs)} subnets, {len(configs) - len(todo)} cached in {out}", flush=True)
     if not todo:
         return 0
@@ -106,7 +111,7 @@ def build(args: argparse.Namespace) -> int:
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     calib = calibration_source(splits, s.calib_images, s.batch_size, spec.seed)
     if args.set == "pool":
-        target = splits.val.balanced(s.subset, spec.seed + EVAL_SEED_OFFSET)
+        target = splits.val.balanced(images or s.subset, spec.seed + EVAL_SEED_OFFSET)
     else:
         target = splits.test
     evaluation = BatchSource(target, s.batch_size)
@@ -127,10 +132,10 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(supernet: Path, which: str) -> tuple[list[Any], np.ndarray, np.ndarray, dict[str, Any]]:
+def _load(supernet: Path, which: str, images: int | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[str, Any]]:
     from eqtools.space import SubnetConfig
 
-    d = _cache_dir(supernet, which)
+    d = _cache_dir(supernet, which, images)
     configs = [SubnetConfig.from_dict(c) for c in json.loads((d / "configs.json").read_text())]
     have = [i for i in range(len(configs)) if (d / f"{i:05d}.npz").is_file()]
     correct = []
@@ -198,7 +203,7 @@ def evaluate(args: argparse.Namespace) -> int:
     art = read_artifact(args.supernet, "supernet")
     space = art.space
     h_cfg, h_correct, _, h_meta = _load(args.supernet, "heldout")
-    p_cfg, p_correct, p_loss, p_meta = _load(args.supernet, "pool")
+    p_cfg, p_correct, p_loss, p_meta = _load(args.supernet, "pool", args.pool_images)
     h_acc = h_correct.mean(axis=1)
     h_forms = np.asarray([c.condition for c in h_cfg])
     h_avg_w = np.asarray([space.avg_bits(c)[0] for c in h_cfg])
@@ -313,7 +318,7 @@ def search(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     art = read_artifact(args.supernet, "supernet")
     space = art.space
-    p_cfg, p_correct, p_loss, _ = _load(args.supernet, "pool")
+    p_cfg, p_correct, p_loss, _ = _load(args.supernet, "pool", args.pool_images)
     fitted = fit_variant(args.variant, space, p_cfg, p_correct.mean(axis=1), p_loss.mean(axis=1), seed=0)
     settings, _ = VARIANTS[args.variant]
     predictor = Predictor(settings["model"], fitted.encoding, fitted.regressor, space)
@@ -363,8 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--uniform-bits", default="2,3,4,6,8", help="held-out uniform W=A bit-widths, every form (default 2,3,4,6,8)")
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="compiled evaluation (default on)")
     b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--images", type=int, default=None, help="pool: val images per subnet (default the spec's sample.subset)")
+    b.add_argument("--shard", default=None, help="K/N: measure every N-th missing subnet (N processes side by side)")
     e = sub.add_parser("evaluate", help="noise ceiling, predictor variants, learning curves")
     e.add_argument("supernet", type=Path)
+    e.add_argument("--pool-images", type=int, default=None, help="the pool built with --images N (default: the spec's)")
     e.add_argument("--variants", default=None, help="comma-separated variants (default: all)")
     e.add_argument("--curve-variant", default="mlp")
     e.add_argument("--curve-n", type=lambda s: [int(v) for v in s.split(",")], default=[100, 200, 400, 800])
@@ -373,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
     s = sub.add_parser("search", help="searched vs uniform at a budget, paired on test images")
     s.add_argument("supernet", type=Path)
+    s.add_argument("--pool-images", type=int, default=None, help="the pool built with --images N (default: the spec's)")
     s.add_argument("--variant", default="ensemble")
     s.add_argument("--forms", default="per-channel/sym/sym")
     s.add_argument("--bits", type=lambda v: [float(b) for b in v.split(",")], default=[3.0, 4.0])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from eqtools.artifacts import MANIFEST, WORKSPACE, Artifact, Search, candidates, find_latest, read_artifact
-from eqtools.errors import ArtifactError
+from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import SubnetConfig
 from eqtools.stats import paired_bootstrap
 
@@ -88,20 +88,30 @@ def build_report(
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     supernet = load_supernet(supernet_art).use_channels_last()
 
-    def measure(art: Artifact, config: SubnetConfig, model: Any) -> float:
-        _, metrics = measure_subnet(art, config, supernet=model, splits=splits)
-        return metrics["top1"]
+    # every subnet of the report (the supernet's and the static baselines') is calibrated on the same
+    # images and scored on the same test images, decoded once; calibrated as measure_subnet does, but
+    # without its evaluation before calibration, which the report does not show
+    from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source
 
-    per_image_meter: list[Any] = []
+    calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
+    test = BatchSource(splits.test, spec.calibrate.batch_size)
+    meters: dict[int, SubnetMeter] = {}
+
+    def meter(model: Any) -> SubnetMeter:
+        if id(model) not in meters:
+            meters[id(model)] = SubnetMeter(model, calib, test)
+        return meters[id(model)]
+
+    def measure(art: Artifact, config: SubnetConfig, model: Any) -> float:
+        try:
+            art.space.validate(config)
+        except ConfigError as exc:
+            raise ConfigError(f"the subnet does not fit the supernet {art.path}: {exc}") from None
+        return meter(model).measure(config)["top1"]
 
     def measure_per_image(config: SubnetConfig) -> tuple[float, Any]:
-        """Top-1 on the test split and each image's correctness, calibrated as measure_subnet does."""
-        from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source
-
-        if not per_image_meter:
-            calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
-            per_image_meter.append(SubnetMeter(supernet, calib, BatchSource(splits.test, spec.calibrate.batch_size)))
-        result = per_image_meter[0].measure(config, per_image=True)
+        """Top-1 on the test split and each image's correctness."""
+        result = meter(supernet).measure(config, per_image=True)
         return result["top1"], result["correct"]
 
     damaged: list[dict[str, str]] = []

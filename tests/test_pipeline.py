@@ -84,6 +84,10 @@ def test_shell_pipeline_with_defaults_and_json(tmp_path: Path):
     assert [(r["bits"], r["condition"]) for r in with_static] == [(4, "per-channel/sym/sym")]
     assert report["damaged"] == []
     assert report["search"]["searched_top1"] > 0.1 and "export" in report and "predictor" in report
+    # the report measures a subnet exactly as `eqtools calibrate` does (same calibration and test images)
+    row = next(r for r in report["uniform"] if (r["bits"], r["condition"]) == (4, "per-channel/sym/asym"))
+    assert row["supernet_top1"] == out["calibrate_ort"]["metrics"]["top1"]
+    assert report["search"]["searched_top1"] == out["calibrate"]["metrics"]["top1"]
     # the stages used each other's outputs, found through the workspace
     log = (tmp_path / "out" / "calibrate.log").read_text()
     assert "using search artifact artifacts/pipeline/search-" in log and "using supernet artifact artifacts/pipeline/supernet\n" in log
