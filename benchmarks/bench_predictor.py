@@ -55,12 +55,14 @@ MIN_CELL = 4  # subnets a (form, window) cell needs for its τ to count
 WINDOWS = ((2.0, 3.0), (3.0, 4.0), (4.0, 5.0), (5.0, 6.0), (6.0, 8.01))
 
 
-def _cache_dir(supernet_path: Path, which: str, images: int | None = None) -> Path:
-    """``heldout``, ``pool`` (the sampler's val subset per subnet) or ``pool-<images>`` (more val images)."""
+def _cache_dir(supernet_path: Path, which: str, images: int | None = None, draw_seed: int | None = None) -> Path:
+    """``heldout``, ``pool`` (the sampler's val subset per subnet), ``pool-<images>`` (more val images),
+    each with ``-s<seed>`` for a pool drawn with another seed than the spec's (a second draw to add)."""
     from eqtools.artifacts import read_artifact
 
     art = read_artifact(supernet_path, "supernet")
-    return ROOT / "artifacts" / "bench-predictor" / art.manifest_sha256[:12] / (f"{which}-{images}" if images else which)
+    name = (f"{which}-{images}" if images else which) + (f"-s{draw_seed}" if draw_seed is not None else "")
+    return ROOT / "artifacts" / "bench-predictor" / art.manifest_sha256[:12] / name
 
 
 # ---------------------------------------------------------------------------------- building the sets
@@ -94,17 +96,18 @@ def build(args: argparse.Namespace) -> int:
     s = spec.sample
     space = art.space
     images = args.images if args.set == "pool" and args.images not in (None, s.subset) else None
-    out = _cache_dir(args.supernet, args.set, images)
+    draw_seed = args.draw_seed if args.set == "pool" and args.draw_seed not in (None, spec.seed) else None
+    out = _cache_dir(args.supernet, args.set, images, draw_seed)
     out.mkdir(parents=True, exist_ok=True)
     uniform_bits = [int(b) for b in args.uniform_bits.split(",")]
     n = args.n if args.n is not None else (s.n if args.set == "pool" else args.heldout_n)
-    configs = _configs(space, args.set, n, spec.seed, uniform_bits)
+    configs = _configs(space, args.set, n, spec.seed if draw_seed is None else draw_seed, uniform_bits)
     (out / "configs.json").write_text(json.dumps([c.to_dict() for c in configs]) + "\n")
     todo = [i for i in range(len(configs)) if not (out / f"{i:05d}.npz").is_file()]
+    print(f"{args.set}: {len(configs)} subnets, {len(configs) - len(todo)} cached in {out}", flush=True)
     if args.shard:  # K/N: this process measures every N-th missing subnet (run N processes side by side)
         k, n_shards = (int(v) for v in args.shard.split("/"))
         todo = [i for i in todo if i % n_shards == k - 1]
-    print(f"{args.set}: {len(configs)} subnets, {len(configs) - len(todo)} cached in {out}", flush=True)
     if not todo:
         return 0
     supernet = load_supernet(art).use_channels_last()
@@ -132,10 +135,23 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(supernet: Path, which: str, images: int | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[str, Any]]:
+def _load_pools(supernet: Path, images: int | None, extra_seeds: list[int]) -> tuple[list[Any], np.ndarray, np.ndarray, dict[str, Any]]:
+    """The pool, plus the pools drawn with ``extra_seeds`` (a config measured twice is kept once)."""
+    cfg, correct, loss, meta = _load(supernet, "pool", images)
+    for seed in extra_seeds:
+        c2, k2, l2, _ = _load(supernet, "pool", images, seed)
+        seen = {c.to_json(indent=None) for c in cfg}
+        new = [i for i, c in enumerate(c2) if c.to_json(indent=None) not in seen]
+        cfg += [c2[i] for i in new]
+        correct, loss = np.concatenate([correct, k2[new]]), np.concatenate([loss, l2[new]])
+    return cfg, correct, loss, meta
+
+
+def _load(supernet: Path, which: str, images: int | None = None,
+          draw_seed: int | None = None) -> tuple[list[Any], np.ndarray, np.ndarray, dict[str, Any]]:
     from eqtools.space import SubnetConfig
 
-    d = _cache_dir(supernet, which, images)
+    d = _cache_dir(supernet, which, images, draw_seed)
     configs = [SubnetConfig.from_dict(c) for c in json.loads((d / "configs.json").read_text())]
     have = [i for i in range(len(configs)) if (d / f"{i:05d}.npz").is_file()]
     correct = []
@@ -203,7 +219,7 @@ def evaluate(args: argparse.Namespace) -> int:
     art = read_artifact(args.supernet, "supernet")
     space = art.space
     h_cfg, h_correct, _, h_meta = _load(args.supernet, "heldout")
-    p_cfg, p_correct, p_loss, p_meta = _load(args.supernet, "pool", args.pool_images)
+    p_cfg, p_correct, p_loss, p_meta = _load_pools(args.supernet, args.pool_images, args.extra_pools)
     h_acc = h_correct.mean(axis=1)
     h_forms = np.asarray([c.condition for c in h_cfg])
     h_avg_w = np.asarray([space.avg_bits(c)[0] for c in h_cfg])
@@ -318,7 +334,7 @@ def search(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     art = read_artifact(args.supernet, "supernet")
     space = art.space
-    p_cfg, p_correct, p_loss, _ = _load(args.supernet, "pool", args.pool_images)
+    p_cfg, p_correct, p_loss, _ = _load_pools(args.supernet, args.pool_images, args.extra_pools)
     fitted = fit_variant(args.variant, space, p_cfg, p_correct.mean(axis=1), p_loss.mean(axis=1), seed=0)
     settings, _ = VARIANTS[args.variant]
     predictor = Predictor(settings["model"], fitted.encoding, fitted.regressor, space)
@@ -369,10 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="compiled evaluation (default on)")
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--images", type=int, default=None, help="pool: val images per subnet (default the spec's sample.subset)")
+    b.add_argument("--draw-seed", type=int, default=None, help="pool: draw with this seed (a second pool to add with --extra-pools)")
     b.add_argument("--shard", default=None, help="K/N: measure every N-th missing subnet (N processes side by side)")
     e = sub.add_parser("evaluate", help="noise ceiling, predictor variants, learning curves")
     e.add_argument("supernet", type=Path)
     e.add_argument("--pool-images", type=int, default=None, help="the pool built with --images N (default: the spec's)")
+    e.add_argument("--extra-pools", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                       help="comma-separated --draw-seed values of pools to add to the training pool")
     e.add_argument("--variants", default=None, help="comma-separated variants (default: all)")
     e.add_argument("--curve-variant", default="mlp")
     e.add_argument("--curve-n", type=lambda s: [int(v) for v in s.split(",")], default=[100, 200, 400, 800])
@@ -382,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("search", help="searched vs uniform at a budget, paired on test images")
     s.add_argument("supernet", type=Path)
     s.add_argument("--pool-images", type=int, default=None, help="the pool built with --images N (default: the spec's)")
+    s.add_argument("--extra-pools", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                       help="comma-separated --draw-seed values of pools to add to the training pool")
     s.add_argument("--variant", default="ensemble")
     s.add_argument("--forms", default="per-channel/sym/sym")
     s.add_argument("--bits", type=lambda v: [float(b) for b in v.split(",")], default=[3.0, 4.0])

@@ -74,7 +74,6 @@ def build_report(
     """Measure and collect everything the summary table shows (calibrating subnets as needed)."""
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
-    from eqtools.evaluation import measure_subnet
 
     root = Path(root)
     folder = root / spec_name if spec_name else None
