@@ -88,29 +88,26 @@ def build_report(
     supernet = load_supernet(supernet_art).use_channels_last()
 
     # every subnet of the report (the supernet's and the static baselines') is calibrated on the same
-    # images and scored on the same test images, decoded once; calibrated as measure_subnet does, but
-    # without its evaluation before calibration, which the report does not show
-    from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source
+    # images and scored on the same test images, decoded once: calibrate_and_evaluate as measure_subnet
+    # runs it, without measure_subnet's evaluation before calibration, which the report does not show
+    from eqtools.evaluation import BatchSource, SubnetMeter, calibrate_and_evaluate, calibration_source
 
     calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
     test = BatchSource(splits.test, spec.calibrate.batch_size)
-    meters: dict[int, SubnetMeter] = {}
-
-    def meter(model: Any) -> SubnetMeter:
-        if id(model) not in meters:
-            meters[id(model)] = SubnetMeter(model, calib, test)
-        return meters[id(model)]
+    per_image_meter: list[SubnetMeter] = []
 
     def measure(art: Artifact, config: SubnetConfig, model: Any) -> float:
         try:
             art.space.validate(config)
         except ConfigError as exc:
             raise ConfigError(f"the subnet does not fit the supernet {art.path}: {exc}") from None
-        return meter(model).measure(config)["top1"]
+        return float(calibrate_and_evaluate(model, config, calib, test)["top1"])
 
     def measure_per_image(config: SubnetConfig) -> tuple[float, Any]:
-        """Top-1 on the test split and each image's correctness."""
-        result = meter(supernet).measure(config, per_image=True)
+        """Top-1 on the test split and each image's correctness, calibrated on the same images."""
+        if not per_image_meter:
+            per_image_meter.append(SubnetMeter(supernet, calib, test))
+        result = per_image_meter[0].measure(config, per_image=True)
         return result["top1"], result["correct"]
 
     damaged: list[dict[str, str]] = []
