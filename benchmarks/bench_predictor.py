@@ -311,13 +311,7 @@ def evaluate(args: argparse.Namespace) -> int:
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
 
-    body = "\n".join(lines) + "\n"
-    print(body)
-    if args.record:
-        command = command_line()
-        record(f"predictor ranking against low-noise held-out labels: `{art.path}`", command,
-               machine_line(args.threads, "; shared with other jobs"), body)
-    return 0
+    return _finish(args, f"predictor ranking against low-noise held-out labels: `{art.path}`", lines)
 
 
 def search(args: argparse.Namespace) -> int:
@@ -358,12 +352,15 @@ def search(args: argparse.Namespace) -> int:
                          f"{100 * v['uniform_top1']:.2f}% | {100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, "
                          f"{100 * v['ci_high']:+.2f}] |")
             print(lines[-1], f"({time.perf_counter() - t:.0f} s)", flush=True)
+    return _finish(args, f"search vs uniform, paired on test images: `{art.path}`", lines)
+
+
+def _finish(args: argparse.Namespace, title: str, lines: list[str]) -> int:
+    """Print the result and, with --record, append it to BENCHMARKS.md under ``title``."""
     body = "\n".join(lines) + "\n"
     print(body)
     if args.record:
-        command = command_line()
-        record(f"search vs uniform, paired on test images: `{art.path}`", command,
-               machine_line(args.threads, "; shared with other jobs"), body)
+        record(title, command_line(), machine_line(args.threads, "; shared with other jobs"), body)
     return 0
 
 
