@@ -352,6 +352,9 @@ def search(args: argparse.Namespace) -> int:
                          f"{100 * v['uniform_top1']:.2f}% | {100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, "
                          f"{100 * v['ci_high']:+.2f}] |")
             print(lines[-1], f"({time.perf_counter() - t:.0f} s)", flush=True)
+            if args.save_picks is not None:
+                args.save_picks.mkdir(parents=True, exist_ok=True)
+                (args.save_picks / f"{g}-{ws}-{as_}-{bits:g}.json").write_text(outcome.best.to_json() + "\n")
     return _finish(args, f"search vs uniform, paired on test images: `{art.path}`", lines)
 
 
@@ -407,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--generations", type=int, default=500)
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--save-picks", type=Path, default=None, metavar="DIR",
+                   help="write each pick as DIR/<form>-<bits>.json (a SubnetConfig, e.g. for bench_deploy --config)")
     s.add_argument("--record", action="store_true")
     args = parser.parse_args(argv)
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):

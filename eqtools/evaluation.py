@@ -325,7 +325,7 @@ class SubnetMeter:
 
     Measures exactly what :func:`calibrate_and_evaluate` measures (BN statistics pooled exactly
     over the calibration batches, then top-1 and mean cross-entropy on the evaluation images), with
-    three differences that only change speed:
+    differences that only change speed:
 
     - ``compile``: the supernet's forward runs through ``torch.compile`` (inductor fuses each
       quantizer's divide/clamp/round/multiply with the BN, ReLU and residual add around it). The
@@ -342,11 +342,21 @@ class SubnetMeter:
       loss, so a caller can split the images (noise ceilings, learning curves) without
       evaluating twice.
 
+    - ``integer``: quantized convs run on oneDNN's int8 kernel (:mod:`eqtools.quant.integer`),
+      which sums the integer codes exactly; only the float rounding of the scaling differs. It
+      pays off compiled (the code shifts and corrections fuse into the quantizer's kernel); eager,
+      their extra passes cost more than the conv saves. None (the default) uses it when compiled
+      on a CPU whose int8 kernel passes :func:`~eqtools.quant.integer.int8_conv_support`;
+      :attr:`integer_note` says why not otherwise.
+
     The calibration and evaluation sources are decoded once (:class:`BatchSource`) and reused.
     """
 
-    def __init__(self, supernet: Supernet, calib: BatchSource, evaluation: BatchSource, *, compile: bool = False) -> None:
+    def __init__(self, supernet: Supernet, calib: BatchSource, evaluation: BatchSource, *, compile: bool = False,
+                 integer: bool | None = None) -> None:
         import torch
+
+        from eqtools.quant.integer import int8_conv_support, packable
 
         self.supernet = supernet
         self.calib = calib
@@ -354,6 +364,15 @@ class SubnetMeter:
         self.bns = bn_modules(supernet)
         self._check_bn_once(next(iter(calib)))
         self.compiled = bool(compile)
+        reason = int8_conv_support() if integer is not False else "not asked for"
+        if reason is None and not any(packable(m) for m in supernet.modules()):
+            reason = "no quantized conv here runs on the int8 kernel (CPU, float32, zero padding)"
+        if integer is None and reason is None and not compile:
+            reason = "eager (the int8 path pays off compiled only)"
+        if integer and reason is not None:
+            raise ConfigError(f"integer convolutions are not available: {reason}")
+        self.integer = reason is None
+        self.integer_note = reason
         self._forward: Any = torch.compile(supernet, dynamic=False) if compile else supernet
         self._graphs_after_first: int | None = None
         self.subnets = 0
@@ -471,11 +490,18 @@ class SubnetMeter:
         in the evaluation source's order. The supernet keeps ``config`` active and is left in eval
         mode afterwards (its recalibrated BN statistics in place).
         """
+        from eqtools.quant.integer import pack_int8, unpack_int8
+
         self.supernet.apply(config)
         batch = getattr(self.calib, "batch_size", 0)
-        with out_of_memory_advice("calibrating and evaluating a subnet", "sample.batch_size", int(batch)):
-            calib_images = self._calibrate()
-            result = self._evaluate(per_image)
+        try:
+            if self.integer:
+                pack_int8(self.supernet)  # for this subnet only: unpacked below, whatever happens
+            with out_of_memory_advice("calibrating and evaluating a subnet", "sample.batch_size", int(batch)):
+                calib_images = self._calibrate()
+                result = self._evaluate(per_image)
+        finally:
+            unpack_int8(self.supernet)
         result["calib_images"] = calib_images
         self.subnets += 1
         if self.compiled and self._graphs_after_first is None:

@@ -473,9 +473,10 @@ def sample_artifact(
     known, ``on_row(row)`` after each newly evaluated subnet.
 
     ``compile`` runs the evaluation through ``torch.compile`` (:class:`eqtools.evaluation.SubnetMeter`;
-    about 40 s of compiling once, then ~1.3x the eager subnets/min on ResNet-20, see
-    BENCHMARKS.md); None (the default) compiles when the run draws at least
-    :data:`COMPILE_FROM` subnets and a C++ compiler is there. The choice depends on ``n``, not on
+    a minute or more of compiling once, then about twice the eager subnets/min on ResNet-20 with
+    the quantized convs on oneDNN's int8 kernel where the CPU sums 8-bit products exactly, see
+    BENCHMARKS.md; the artifact's metrics record ``compiled`` and ``integer_convs``); None (the
+    default) compiles when the run draws at least :data:`COMPILE_FROM` subnets and a C++ compiler is there. The choice depends on ``n``, not on
     how many rows are left, so a resumed run measures the same way as the run it resumes.
     """
     from eqtools.build import artifact_spec
@@ -503,7 +504,7 @@ def sample_artifact(
         rows = _resume_rows(work, params, {i: configs[i] for i in indices}, restart, say)
         todo = [i for i in indices if i not in rows]
         use_compile = _use_compile(compile, params.n)
-        evaluate = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile) if todo else None
+        evaluate, meter = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile) if todo else (None, None)
         if on_start is not None:
             on_start(len(rows), len(indices))
         if evaluate is not None:
@@ -517,7 +518,8 @@ def sample_artifact(
         ordered = [rows[i] for i in indices]
         eval_time = sum(float(r.get("time_s", 0.0)) for r in ordered)
         artifact = _write_samples(out, spec, space, ordered, eval_time, [supernet_artifact], extra,
-                                  compiled=use_compile if todo else None)
+                                  compiled=use_compile if todo else None,
+                                  integer_convs=None if meter is None else meter.integer)
     except BaseException:
         work.unlock()
         raise
@@ -615,8 +617,8 @@ def _use_compile(compile: bool | None, n: int) -> bool:
 def _row_evaluator(
     supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None],
     compile: bool = False,
-) -> Callable[[int, SubnetConfig], dict[str, Any]]:
-    """Load the supernet and decode both image sets once; return what measures one row."""
+) -> tuple[Callable[[int, SubnetConfig], dict[str, Any]], Any]:
+    """Load the supernet and decode both image sets once; return what measures one row, and its meter."""
     from eqtools.build import load_supernet
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source, subnet_costs
@@ -629,6 +631,9 @@ def _row_evaluator(
     say(f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
         f"class-balanced val images{' (compiled: the first subnet also builds the graphs)' if compile else ''}")
     meter = SubnetMeter(supernet, calib, evaluation, compile=compile)
+    if compile:
+        say("quantized convs on the int8 kernel (exact integer sums)" if meter.integer
+            else f"quantized convs in float: {meter.integer_note}")
 
     def evaluate(index: int, config: SubnetConfig) -> dict[str, Any]:
         start = time.perf_counter()
@@ -643,7 +648,7 @@ def _row_evaluator(
             "time_s": time.perf_counter() - start,
         }
 
-    return evaluate
+    return evaluate, meter
 
 
 def _write_samples(
@@ -655,6 +660,7 @@ def _write_samples(
     parents: Sequence[Artifact | dict[str, str]],
     extra: dict[str, Any],
     compiled: bool | None = None,
+    integer_convs: bool | None = None,
 ) -> Artifact:
     clean = [{k: row[k] for k in _ROW_KEYS} for row in rows]
 
@@ -662,7 +668,8 @@ def _write_samples(
         Samples.write_rows(tmp, clean)
 
     return write_artifact(out, "samples", write, spec=spec.to_dict(), space=space, parents=parents,
-                          metrics={**_summary(clean, eval_time_s), "compiled": compiled}, extra=extra)
+                          metrics={**_summary(clean, eval_time_s), "compiled": compiled,
+                                                   "integer_convs": integer_convs}, extra=extra)
 
 
 def merge_samples(paths: Sequence[Path | str], out: Path | str | None = None) -> Artifact:

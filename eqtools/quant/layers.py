@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eqtools.quant.integer import int8_forward
 from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
 from eqtools.space import ElasticSpace, LayerInfo
 
@@ -38,7 +39,14 @@ class QuantLayer:
 
 
 class QConv2d(nn.Conv2d, QuantLayer):
-    """Conv2d (grouped and depthwise included) with quantized input and weight."""
+    """Conv2d (grouped and depthwise included) with quantized input and weight.
+
+    ``_int8`` holds the active form's weights packed for oneDNN's int8 kernel while a
+    :class:`~eqtools.evaluation.SubnetMeter` measures one subnet (:mod:`eqtools.quant.integer`);
+    otherwise None and the conv runs in float.
+    """
+
+    _int8: dict[str, Tensor] | None = None
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, info: LayerInfo, space: ElasticSpace) -> QConv2d:
@@ -53,6 +61,8 @@ class QConv2d(nn.Conv2d, QuantLayer):
         return q
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._int8 is not None:
+            return int8_forward(self, x)
         return self._conv_forward(self.act_quant(x), self.weight_quant(self.weight), self.bias)
 
 
