@@ -455,6 +455,7 @@ def sample_artifact(
     batch_size: int | None = None,
     restart: bool = False,
     compile: bool | None = None,
+    integer: bool | None = None,
     on_stage: Callable[[str], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -478,6 +479,8 @@ def sample_artifact(
     BENCHMARKS.md; the artifact's metrics record ``compiled`` and ``integer_convs``); None (the
     default) compiles when the run draws at least :data:`COMPILE_FROM` subnets and a C++ compiler is there. The choice depends on ``n``, not on
     how many rows are left, so a resumed run measures the same way as the run it resumes.
+    ``integer`` is :class:`~eqtools.evaluation.SubnetMeter`'s (None: int8 convs when compiled and
+    exact here; True where they cannot run raises ConfigError).
     """
     from eqtools.build import artifact_spec
 
@@ -504,7 +507,8 @@ def sample_artifact(
         rows = _resume_rows(work, params, {i: configs[i] for i in indices}, restart, say)
         todo = [i for i in indices if i not in rows]
         use_compile = _use_compile(compile, params.n)
-        evaluate, meter = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile) if todo else (None, None)
+        evaluate, meter = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile,
+                                       integer) if todo else (None, None)
         if on_start is not None:
             on_start(len(rows), len(indices))
         if evaluate is not None:
@@ -617,6 +621,7 @@ def _use_compile(compile: bool | None, n: int) -> bool:
 def _row_evaluator(
     supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None],
     compile: bool = False,
+    integer: bool | None = None,
 ) -> tuple[Callable[[int, SubnetConfig], dict[str, Any]], Any]:
     """Load the supernet and decode both image sets once; return what measures one row, and its meter."""
     from eqtools.build import load_supernet
@@ -630,8 +635,8 @@ def _row_evaluator(
     evaluation = BatchSource(splits.val.balanced(params.subset, spec.seed + EVAL_SEED_OFFSET), params.batch_size)
     say(f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
         f"class-balanced val images{' (compiled: the first subnet also builds the graphs)' if compile else ''}")
-    meter = SubnetMeter(supernet, calib, evaluation, compile=compile)
-    if compile:
+    meter = SubnetMeter(supernet, calib, evaluation, compile=compile, integer=integer)
+    if compile or integer:
         say("quantized convs on the int8 kernel (exact integer sums)" if meter.integer
             else f"quantized convs in float: {meter.integer_note}")
 

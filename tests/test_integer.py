@@ -152,3 +152,23 @@ def test_compiled_integer_meter_never_recompiles_across_forms(tiny_supernet_arti
     for config in draw_configs(art.space, 9, seed=1):  # every form and more
         meter.measure(config)
     assert meter.recompiles == 0
+
+
+def test_cli_sample_int8_convs_is_recorded_and_refused_where_it_cannot_run(monkeypatch, tiny_supernet_artifact,
+                                                                           tmp_path):
+    from typer.testing import CliRunner
+
+    from eqtools.cli.app import app
+
+    runner = CliRunner()
+    base = ["sample", "--from", str(tiny_supernet_artifact), "-n", "8", "--subset", "60", "--calib-images", "32",
+            "--no-compile", "--no-progress"]
+    ok = runner.invoke(app, [*base, "--int8-convs", "--out", str(tmp_path / "int8")])
+    assert ok.exit_code == 0, ok.output
+    assert read_artifact(tmp_path / "int8").metrics["integer_convs"] is True
+    plain = runner.invoke(app, [*base, "--out", str(tmp_path / "plain")])
+    assert plain.exit_code == 0 and read_artifact(tmp_path / "plain").metrics["integer_convs"] is False
+    monkeypatch.setattr(integer_mod, "int8_conv_support", lambda: "no VNNI here (test)")
+    refused = runner.invoke(app, [*base, "--int8-convs", "--out", str(tmp_path / "refused")])
+    assert refused.exit_code == 2 and "no VNNI here" in " ".join(refused.output.split())
+    assert not (tmp_path / "refused").exists()

@@ -99,7 +99,11 @@ def command(
     ] = None,
     compile_: Annotated[
         bool | None,
-        typer.Option("--compile/--no-compile", help="Evaluate through torch.compile (~40 s once, then faster per subnet). Default: compile when n >= 400 and a C++ compiler is found."),
+        typer.Option("--compile/--no-compile", help="Evaluate through torch.compile (a minute or so once, then about twice as fast per subnet with --int8-convs). Default: compile when n >= 400 and a C++ compiler is found."),
+    ] = None,
+    int8_convs: Annotated[
+        bool | None,
+        typer.Option("--int8-convs/--no-int8-convs", help="Run the quantized convs on oneDNN's int8 kernel (exact integer sums of the codes; pays off compiled). Default: when compiled on a CPU whose int8 kernel sums 8-bit products exactly. Asking for it where it cannot run is an error."),
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, metrics, parameters) on stdout.")] = False,
@@ -151,7 +155,7 @@ def command(
             result = sample_artifact(
                 supernet, n=n, conditions=conditions, subset=subset, seed=seed, out=out, shard=parse_shard(shard),
                 calib_images=calib_images, batch_size=batch_size, restart=restart,
-                compile=compile_, on_stage=echo, on_start=bar.on_start, on_row=bar.on_row,
+                compile=compile_, integer=int8_convs, on_stage=echo, on_start=bar.on_start, on_row=bar.on_row,
             )
     m = result.metrics
     if as_json:

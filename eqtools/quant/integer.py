@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
+
 __all__ = ["int8_conv_support", "pack_int8", "packable", "unpack_int8"]
 
 
@@ -75,10 +77,14 @@ def int8_conv_support() -> str | None:
 
 
 def packable(layer: nn.Module) -> bool:
-    """A quantized 2-D conv on CPU in float32 with zero padding and both quantizers on."""
-    from eqtools.quant.layers import QConv2d
+    """A quantized 2-D conv on CPU in float32 with zero padding and both quantizers on.
 
-    return (isinstance(layer, QConv2d) and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
+    Quantized means a conv whose forward honours ``_int8`` (``QConv2d``, which imports this module;
+    recognised by the attribute so the import goes one way only).
+    """
+    return (isinstance(layer, nn.Conv2d) and hasattr(type(layer), "_int8")
+            and isinstance(getattr(layer, "act_quant", None), ActQuantizer)
+            and isinstance(getattr(layer, "weight_quant", None), WeightQuantizer) and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
             and layer.weight.device.type == "cpu" and layer.weight.dtype == torch.float32
             and layer.act_quant.enabled and layer.weight_quant.enabled
             and max(layer.weight_quant.bits) <= 8 and max(layer.act_quant.bits) <= 8)
