@@ -9,8 +9,8 @@ without zero points, so the codes are shifted into those ranges and the shifts a
 exactly (zero padding included, which is why the corrections are maps, not constants)::
 
     u   = r_a + z_a - qn_a        in [0, 2^b - 1]: r_a = u - p   (p = z_a - qn_a)
-    c_w = r_w + z_w               in [-128, 127]:  r_w = c_w - z_w
-    conv(r_a, r_w) = conv(u, c_w) - z_w * box(u) - p * conv(1, c_w) + p * z_w * conv(1, 1)
+    c_w = r_w + k                 in [-128, 127]:  r_w = c_w - k (k = 0, or z_w for a channel beyond int8)
+    conv(r_a, r_w) = conv(u, c_w) - k * box(u) - p * conv(1, c_w) + p * k * conv(1, 1)
 
 ``box(u)`` sums ``u`` over each output's receptive field (a channel sum and a k*k box filter, per
 group), and ``conv(1, .)`` convolves an all-ones image, so the borders get what zero padding gives
@@ -102,12 +102,16 @@ def pack_int8(model: nn.Module) -> int:
         view = (-1, 1, 1, 1)
         # the weight quantizer's own formula (fake_quantize), then the codes in the signed 8-bit range
         r = torch.clamp(layer.weight / step.view(view), wq.qn - zero.view(view), wq.qp - zero.view(view)).round()
-        codes = r + zero.view(view)
+        # shift a channel's codes by its zero point only when they leave int8 (an asymmetric channel far
+        # from 0): unshifted channels need no box-sum correction, which keeps large terms from cancelling
+        rows = r.flatten(1)
+        shift = torch.where((rows.amin(1) >= -128) & (rows.amax(1) <= 127), torch.zeros_like(zero), zero)
+        codes = r + shift.view(view)
         layer._int8 = {
             "packed": _prepack(codes, layer),
             "codes": codes.float(),
             "w_scale": step.view(1, -1, 1, 1).float().clone(),
-            "w_zero": zero.view(1, -1, 1, 1).float().clone(),
+            "w_shift": shift.view(1, -1, 1, 1).float().clone(),
             "ones": torch.ones(layer.out_channels),
             "zeros": torch.zeros(layer.out_channels, dtype=torch.long),
         }
@@ -158,9 +162,9 @@ def int8_forward(layer: nn.Conv2d, x: Tensor) -> Tensor:
     border_1 = F.conv2d(mask, ones_k, None, layer.stride, layer.padding, layer.dilation, layer.groups)
     if layer.groups > 1:
         border_1 = border_1.repeat_interleave(layer.out_channels // layer.groups, dim=1)
-    w_zero = pack["w_zero"]
-    sums = (_qconv(u, pack["packed"], layer, pack["ones"], pack["zeros"]) - w_zero * _box_sum(u, layer)
-            - shift * border_w + shift * w_zero * border_1)
+    w_shift = pack["w_shift"]
+    sums = (_qconv(u, pack["packed"], layer, pack["ones"], pack["zeros"]) - w_shift * _box_sum(u, layer)
+            - shift * border_w + shift * w_shift * border_1)
     out = sums * (step.view(1, 1, 1, 1) * pack["w_scale"])
     if layer.bias is not None:
         out = out + layer.bias.view(1, -1, 1, 1)
