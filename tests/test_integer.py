@@ -18,7 +18,7 @@ from eqtools.quant import integer as integer_mod
 from eqtools.quant.integer import int8_conv_support, int8_forward, pack_int8, unpack_int8
 from eqtools.sample import draw_configs
 
-pytestmark = pytest.mark.skipif(int8_conv_support() is not None, reason=f"no exact int8 conv: {int8_conv_support()}")
+needs_kernel = pytest.mark.skipif(int8_conv_support() is not None, reason=f"no exact int8 conv: {int8_conv_support()}")
 
 SETTINGS = {"first_layer": {"w_bits": 8, "a_bits": 8}, "last_layer": {"w_bits": 8, "a_bits": 8}}
 
@@ -36,6 +36,7 @@ def _dwnet():
 _NET = _dwnet()
 
 
+@needs_kernel
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), offset_scale=st.sampled_from([0.0, 3.0, 40.0]))
 def test_every_packed_conv_computes_the_fake_quant_conv(seed, offset_scale):
@@ -72,6 +73,7 @@ def test_every_packed_conv_computes_the_fake_quant_conv(seed, offset_scale):
         supernet.load_state_dict(saved)
 
 
+@needs_kernel
 def test_a_packed_model_gives_the_fake_quant_logits_and_unpacking_restores_the_float_path():
     supernet, x = _NET
     config = supernet.space.uniform(4, 4, "per-tensor", "asym", "asym")
@@ -88,6 +90,8 @@ def test_a_packed_model_gives_the_fake_quant_logits_and_unpacking_restores_the_f
     assert not torch.allclose(other, reference)  # another subnet, computed by the float path again
 
 
+@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")),
+                    reason="no oneDNN int8 conv in this torch build")
 def test_the_probe_refuses_a_kernel_that_saturates(monkeypatch):
     """Without VNNI, u8s8 kernels sum pairs of products in int16 with saturation: the probe must see it."""
     real = integer_mod._qconv
@@ -100,6 +104,7 @@ def test_the_probe_refuses_a_kernel_that_saturates(monkeypatch):
     assert reason is not None and "VNNI" in reason
 
 
+@needs_kernel
 def test_subnet_meter_integer_matches_the_float_meter_and_leaves_nothing_packed(
         tiny_supernet_artifact, digits_spec, digits_splits):
     from eqtools.build import load_supernet
@@ -137,6 +142,7 @@ def test_asking_for_integer_convs_where_they_cannot_run_is_refused(monkeypatch, 
     assert not auto.integer and "no VNNI here" in auto.integer_note
 
 
+@needs_kernel
 @pytest.mark.slow
 def test_compiled_integer_meter_never_recompiles_across_forms(tiny_supernet_artifact, digits_spec, digits_splits):
     from eqtools.build import load_supernet
@@ -148,12 +154,31 @@ def test_compiled_integer_meter_never_recompiles_across_forms(tiny_supernet_arti
     calib = calibration_source(digits_splits, 96, 48, digits_spec.seed)
     evaluation = BatchSource(digits_splits.val, 64)
     meter = SubnetMeter(load_supernet(art).use_channels_last(), calib, evaluation, compile=True)
+    floating = SubnetMeter(load_supernet(art), calib, evaluation)
     assert meter.integer
     for config in draw_configs(art.space, 9, seed=1):  # every form and more
-        meter.measure(config)
+        compiled, eager = meter.measure(config), floating.measure(config)
+        assert compiled["loss"] == pytest.approx(eager["loss"], rel=2e-3), config.condition
+        assert abs(compiled["top1"] - eager["top1"]) <= 2 / evaluation.images, config.condition
     assert meter.recompiles == 0
 
 
+@needs_kernel
+def test_a_nan_input_stays_nan():
+    supernet, x = _NET
+    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym", "asym"))
+    bad = x.clone()
+    bad[3, 0, 5, 5] = float("nan")
+    try:
+        pack_int8(supernet)
+        with torch.no_grad():
+            out = supernet(bad)
+    finally:
+        unpack_int8(supernet)
+    assert torch.isnan(out[3]).all() and not torch.isnan(out[[0, 1, 2, 4]]).any()
+
+
+@needs_kernel
 def test_cli_sample_int8_convs_is_recorded_and_refused_where_it_cannot_run(monkeypatch, tiny_supernet_artifact,
                                                                            tmp_path):
     from typer.testing import CliRunner

@@ -129,12 +129,16 @@ def unpack_int8(model: nn.Module) -> None:
 def _box_sum(u: Tensor, layer: nn.Conv2d) -> Tensor:
     """Sum of ``u`` over each output position's receptive field, per group: [B, C_out, H', W'].
 
+    ``u`` is the float copy of the codes: a NaN input, which has no uint8 code, stays NaN here and
+    reaches every output it feeds (``0 * NaN`` too), as in the float conv, so a diverged subnet
+    cannot be scored as a plausible one.
+
     A channel sum per group, then k*k strided slices of the zero-padded map added up (elementwise
     work the compiler fuses; a one-channel conv would run at a fraction of oneDNN's speed).
     """
     b, c, h, w = u.shape
     groups = layer.groups
-    s = u.float().view(b, groups, c // groups, h, w).sum(2)
+    s = u.view(b, groups, c // groups, h, w).sum(2)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
     s = F.pad(s, (pw, pw, ph, ph))
     ho = (s.shape[2] - dh * (kh - 1) - 1) // sh + 1
@@ -155,7 +159,8 @@ def int8_forward(layer: nn.Conv2d, x: Tensor) -> Tensor:
     # the activation quantizer's own formula (fake_quantize's evaluation path), as unsigned codes
     r = torch.clamp(x / step, aq.qn - zero, aq.qp - zero).round()
     shift = (zero - aq.qn).view(1, 1, 1, 1)
-    u = (r + shift).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    codes = r + shift
+    u = codes.to(torch.uint8).contiguous(memory_format=torch.channels_last)
     mask = torch.ones((1, *x.shape[1:]), dtype=torch.float32, device=x.device)
     border_w = F.conv2d(mask, pack["codes"], None, layer.stride, layer.padding, layer.dilation, layer.groups)
     ones_k = torch.ones((layer.groups, layer.in_channels // layer.groups, *layer.kernel_size))
@@ -163,7 +168,7 @@ def int8_forward(layer: nn.Conv2d, x: Tensor) -> Tensor:
     if layer.groups > 1:
         border_1 = border_1.repeat_interleave(layer.out_channels // layer.groups, dim=1)
     w_shift = pack["w_shift"]
-    sums = (_qconv(u, pack["packed"], layer, pack["ones"], pack["zeros"]) - w_shift * _box_sum(u, layer)
+    sums = (_qconv(u, pack["packed"], layer, pack["ones"], pack["zeros"]) - w_shift * _box_sum(codes, layer)
             - shift * border_w + shift * w_shift * border_1)
     out = sums * (step.view(1, 1, 1, 1) * pack["w_scale"])
     if layer.bias is not None:
