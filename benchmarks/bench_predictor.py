@@ -372,6 +372,13 @@ def _is_uniform(space: Any, config: Any) -> bool:
     return len({config.w_bits[i] for i in elastic}) == 1 and len({config.a_bits[i] for i in elastic}) == 1
 
 
+def _pool_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which training pool evaluate and search fit on."""
+    parser.add_argument("--pool-images", type=int, default=None, help="the pool built with --images N (default: the spec's)")
+    parser.add_argument("--extra-pools", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                        help="comma-separated --draw-seed values of pools to add to the training pool")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -389,9 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--shard", default=None, help="K/N: measure every N-th missing subnet (N processes side by side)")
     e = sub.add_parser("evaluate", help="noise ceiling, predictor variants, learning curves")
     e.add_argument("supernet", type=Path)
-    e.add_argument("--pool-images", type=int, default=None, help="the pool built with --images N (default: the spec's)")
-    e.add_argument("--extra-pools", type=lambda v: [int(x) for x in v.split(",")], default=[],
-                       help="comma-separated --draw-seed values of pools to add to the training pool")
+    _pool_arguments(e)
     e.add_argument("--variants", default=None, help="comma-separated variants (default: all)")
     e.add_argument("--curve-variant", default="mlp")
     e.add_argument("--curve-n", type=lambda s: [int(v) for v in s.split(",")], default=[100, 200, 400, 800])
@@ -400,9 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
     s = sub.add_parser("search", help="searched vs uniform at a budget, paired on test images")
     s.add_argument("supernet", type=Path)
-    s.add_argument("--pool-images", type=int, default=None, help="the pool built with --images N (default: the spec's)")
-    s.add_argument("--extra-pools", type=lambda v: [int(x) for x in v.split(",")], default=[],
-                       help="comma-separated --draw-seed values of pools to add to the training pool")
+    _pool_arguments(s)
     s.add_argument("--variant", default="ensemble")
     s.add_argument("--forms", default="per-channel/sym/sym")
     s.add_argument("--bits", type=lambda v: [float(b) for b in v.split(",")], default=[3.0, 4.0])

@@ -364,11 +364,14 @@ class SubnetMeter:
         self.bns = bn_modules(supernet)
         self._check_bn_once(next(iter(calib)))
         self.compiled = bool(compile)
-        reason = int8_conv_support() if integer is not False else "not asked for"
-        if reason is None and not any(packable(m) for m in supernet.modules()):
-            reason = "no quantized conv here runs on the int8 kernel (CPU, float32, zero padding)"
-        if integer is None and reason is None and not compile:
+        if integer is False:
+            reason: str | None = "not asked for"
+        elif integer is None and not compile:
             reason = "eager (the int8 path pays off compiled only)"
+        elif not any(packable(m) for m in supernet.modules()):
+            reason = "no quantized conv here runs on the int8 kernel (CPU, float32, zero padding)"
+        else:
+            reason = int8_conv_support()
         if integer and reason is not None:
             raise ConfigError(f"integer convolutions are not available: {reason}")
         self.integer = reason is None

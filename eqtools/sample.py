@@ -477,8 +477,9 @@ def sample_artifact(
     a minute or more of compiling once, then about twice the eager subnets/min on ResNet-20 with
     the quantized convs on oneDNN's int8 kernel where the CPU sums 8-bit products exactly, see
     BENCHMARKS.md; the artifact's metrics record ``compiled`` and ``integer_convs``); None (the
-    default) compiles when the run draws at least :data:`COMPILE_FROM` subnets and a C++ compiler is there. The choice depends on ``n``, not on
-    how many rows are left, so a resumed run measures the same way as the run it resumes.
+    default) compiles when the run draws at least :data:`COMPILE_FROM` subnets and a C++ compiler
+    is there. The choice depends on ``n``, not on how many rows are left, so a resumed run
+    measures the same way as the run it resumes.
     ``integer`` is :class:`~eqtools.evaluation.SubnetMeter`'s (None: int8 convs when compiled and
     exact here; True where they cannot run raises ConfigError).
     """
@@ -673,8 +674,8 @@ def _write_samples(
         Samples.write_rows(tmp, clean)
 
     return write_artifact(out, "samples", write, spec=spec.to_dict(), space=space, parents=parents,
-                          metrics={**_summary(clean, eval_time_s), "compiled": compiled,
-                                                   "integer_convs": integer_convs}, extra=extra)
+                          metrics={**_summary(clean, eval_time_s), "compiled": compiled, "integer_convs": integer_convs},
+                          extra=extra)
 
 
 def merge_samples(paths: Sequence[Path | str], out: Path | str | None = None) -> Artifact:

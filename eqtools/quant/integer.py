@@ -84,7 +84,8 @@ def packable(layer: nn.Module) -> bool:
     """
     return (isinstance(layer, nn.Conv2d) and hasattr(type(layer), "_int8")
             and isinstance(getattr(layer, "act_quant", None), ActQuantizer)
-            and isinstance(getattr(layer, "weight_quant", None), WeightQuantizer) and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
+            and isinstance(getattr(layer, "weight_quant", None), WeightQuantizer)
+            and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
             and layer.weight.device.type == "cpu" and layer.weight.dtype == torch.float32
             and layer.act_quant.enabled and layer.weight_quant.enabled
             and max(layer.weight_quant.bits) <= 8 and max(layer.act_quant.bits) <= 8)
@@ -97,11 +98,12 @@ def pack_int8(model: nn.Module) -> int:
     for layer in model.modules():
         if not packable(layer):
             continue
-        wq = layer.weight_quant
-        step, zero = wq.step_and_zero_point()  # [C_out] each, per-tensor forms broadcast
+        # the weight quantizer's own codes (checked there to reproduce the fake-quantized weight)
+        weights = layer.weight_quant.int_view(layer.weight)
+        channels = layer.out_channels
+        step, zero = weights.scale.expand(channels), weights.zero_point.float().expand(channels)
         view = (-1, 1, 1, 1)
-        # the weight quantizer's own formula (fake_quantize), then the codes in the signed 8-bit range
-        r = torch.clamp(layer.weight / step.view(view), wq.qn - zero.view(view), wq.qp - zero.view(view)).round()
+        r = weights.codes.float() - zero.view(view)  # the weight is step * r
         # shift a channel's codes by its zero point only when they leave int8 (an asymmetric channel far
         # from 0): unshifted channels need no box-sum correction, which keeps large terms from cancelling
         rows = r.flatten(1)
@@ -112,8 +114,8 @@ def pack_int8(model: nn.Module) -> int:
             "codes": codes.float(),
             "w_scale": step.view(1, -1, 1, 1).float().clone(),
             "w_shift": shift.view(1, -1, 1, 1).float().clone(),
-            "ones": torch.ones(layer.out_channels),
-            "zeros": torch.zeros(layer.out_channels, dtype=torch.long),
+            "ones": torch.ones(channels),
+            "zeros": torch.zeros(channels, dtype=torch.long),
         }
         count += 1
     return count
