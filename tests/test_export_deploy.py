@@ -304,3 +304,26 @@ def test_linear_on_a_sequence_runs_on_qgemm(digits_splits, tmp_path):
     assert deploy["integer_gemms"] == 2 and deploy["integer_convs"] == 1
     ops = deploy["optimized_ops"]
     assert ops.get("QGemm") == 2 and not any(ops.get(op) for op in FLOAT_MATMUL_OPS), ops
+
+
+def test_roundings_are_charged_against_the_exact_fake_quant_subnet(tiny, tmp_path):
+    """The manifest measures the file and each rounding against the fake-quant subnet computed exactly
+    (float64, no deploy rounding), and reports how far the float32 fake-quant model itself is from it."""
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(2, 2, "per-channel", "sym"))
+    onnx = export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration,
+                         deploy_agreement_min=0.0, deploy_accuracy_drop_max=1.0)["onnx"]
+    graph = extract_graph(supernet, batches[0][0][:2])
+    _, _, plan = build_deploy_onnx(graph, calibration)
+    xs = [x for x, _ in batches]
+    exact = simulate_deploy(graph, plan, xs, requantize=False, int32_bias=False)
+    logits = run_onnx((tmp_path / "model.onnx").read_bytes(), xs)
+    vs_exact = onnx["parity_vs_exact_fake_quant"]
+    assert vs_exact == parity(exact, logits, torch.cat([y for _, y in batches]))
+    roundings = onnx["deploy"]["roundings"]
+    # onnxruntime computes the simulated deployed arithmetic, so both are equally far from the exact subnet
+    assert vs_exact["top1_agreement"] == roundings["both"]["top1_agreement"]
+    labels = torch.cat([y for _, y in batches])
+    assert roundings["both"] == parity(exact, simulate_deploy(graph, plan, xs), labels)
+    reference, _ = _reference(supernet, batches)
+    assert roundings["float32_fake_quant"]["top1_agreement"] == parity(exact, reference)["top1_agreement"]
