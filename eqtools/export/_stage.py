@@ -318,10 +318,9 @@ def _deploy_onnx(graph: DeployGraph, supernet: Supernet, batches: Any, calibrati
             "use --onnx-form exact and report it"
         )
     # what each deploy-time rounding costs on its own, simulated in PyTorch on the same images, against the
-    # fake-quant subnet computed exactly (float64, no deploy rounding): the float32 model is itself only an
-    # approximation of that function, and at low bit-widths its summation error alone moves predictions
-    # across rounding boundaries (reported as "float32_fake_quant": the gate reference in float32 against its
-    # exact arithmetic), which would otherwise be charged to the roundings
+    # fake-quant subnet computed exactly (float64, no deploy rounding). The float32 model is itself only an
+    # approximation of that function; how far it is from it is reported ("float32_fake_quant"), so that a
+    # rounding's cost is never float32 summation noise in disguise
     exact = simulate_deploy(graph, plan, xs, requantize=False, int32_bias=False)
     vs_exact = parity(exact, logits, labels)
     roundings = {
