@@ -311,6 +311,7 @@ def test_roundings_are_charged_against_the_exact_fake_quant_subnet(tiny, tmp_pat
     (float64, no deploy rounding), and reports how far the float32 fake-quant model itself is from it."""
     supernet, batches, calibration = tiny
     supernet.apply(supernet.space.uniform(2, 2, "per-channel", "sym"))
+    reference, labels = _reference(supernet, batches)
     onnx = export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration,
                          deploy_agreement_min=0.0, deploy_accuracy_drop_max=1.0)["onnx"]
     graph = extract_graph(supernet, batches[0][0][:2])
@@ -318,12 +319,10 @@ def test_roundings_are_charged_against_the_exact_fake_quant_subnet(tiny, tmp_pat
     xs = [x for x, _ in batches]
     exact = simulate_deploy(graph, plan, xs, requantize=False, int32_bias=False)
     logits = run_onnx((tmp_path / "model.onnx").read_bytes(), xs)
-    labels = torch.cat([y for _, y in batches])
     vs_exact = onnx["parity_vs_exact_fake_quant"]
     assert vs_exact == parity(exact, logits, labels)
     roundings = onnx["deploy"]["roundings"]
     # onnxruntime computes the simulated deployed arithmetic, so both are equally far from the exact subnet
     assert vs_exact["top1_agreement"] == roundings["both"]["top1_agreement"]
     assert roundings["both"] == parity(exact, simulate_deploy(graph, plan, xs), labels)
-    reference, _ = _reference(supernet, batches)
     assert roundings["float32_fake_quant"]["top1_agreement"] == parity(exact, reference)["top1_agreement"]

@@ -15,7 +15,7 @@ from eqtools.errors import ConfigError
 from eqtools.models import get_model
 from eqtools.quant import QConv2d, quantize_model
 from eqtools.quant import integer as integer_mod
-from eqtools.quant.integer import int8_conv_support, int8_forward, pack_int8, unpack_int8
+from eqtools.quant.integer import int8_conv_support, int8_forward, int8_kernel_missing, pack_int8, unpack_int8
 from eqtools.sample import draw_configs
 
 needs_kernel = pytest.mark.skipif(int8_conv_support() is not None, reason=f"no exact int8 conv: {int8_conv_support()}")
@@ -90,8 +90,7 @@ def test_a_packed_model_gives_the_fake_quant_logits_and_unpacking_restores_the_f
     assert not torch.allclose(other, reference)  # another subnet, computed by the float path again
 
 
-@pytest.mark.skipif(not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qconv2d_pointwise")),
-                    reason="no oneDNN int8 conv in this torch build")
+@pytest.mark.skipif(int8_kernel_missing() is not None, reason=f"{int8_kernel_missing()}")
 def test_the_probe_refuses_a_kernel_that_saturates(monkeypatch):
     """Without VNNI, u8s8 kernels sum pairs of products in int16 with saturation: the probe must see it."""
     real = integer_mod._qconv

@@ -49,6 +49,16 @@ def _prepack(codes: Tensor, layer: nn.Conv2d) -> Tensor:
         list(layer.dilation), layer.groups, None)
 
 
+def int8_kernel_missing() -> str | None:
+    """Why this torch build has no oneDNN int8 conv to call at all, or None (whether it sums exactly is
+    :func:`int8_conv_support`'s question)."""
+    if not hasattr(torch.ops, "onednn") or not hasattr(torch.ops.onednn, "qconv2d_pointwise"):
+        return "this torch build has no onednn::qconv2d_pointwise"
+    if not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN (mkldnn)"
+    return None
+
+
 @functools.cache
 def int8_conv_support() -> str | None:
     """None when the int8 kernel computes exact integer sums here, else why not (one line).
@@ -57,10 +67,9 @@ def int8_conv_support() -> str | None:
     of +-127. CPUs without VNNI sum pairs of such products in int16 with saturation (up to
     ``2 * 255 * 127 = 64770``); the probe sees that and the caller keeps the float conv.
     """
-    if not hasattr(torch.ops, "onednn") or not hasattr(torch.ops.onednn, "qconv2d_pointwise"):
-        return "this torch build has no onednn::qconv2d_pointwise"
-    if not torch.backends.mkldnn.is_available():
-        return "this torch build has no oneDNN (mkldnn)"
+    missing = int8_kernel_missing()
+    if missing is not None:
+        return missing
     try:
         conv = nn.Conv2d(8, 4, 3, padding=1, bias=False)
         codes = torch.tensor([127.0, -127.0, 127.0, 127.0]).view(4, 1, 1, 1).expand(4, 8, 3, 3).contiguous()
