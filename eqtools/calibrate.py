@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eqtools.artifacts import Artifact, Calibrated, default_out
-from eqtools.evaluation import config_tag, measure_subnet
+from eqtools.evaluation import config_tag, evaluation_source, measure_subnet
 from eqtools.space import SubnetConfig
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ def calibrate_artifact(
     supernet: Supernet | None = None,
     splits: Splits | None = None,
     on_stage: Callable[[str], None] | None = None,
+    deployed: bool = True,
 ) -> Artifact:
     """Calibrate one subnet of a supernet artifact, evaluate it before and after, save it.
 
@@ -48,17 +49,33 @@ def calibrate_artifact(
       caller calibrating several configs loads them once; the supernet is left with ``config``
       active and its BN statistics recalibrated.
 
+    - ``deployed``: also measure the subnet as the integer ONNX export runs it, on the same images
+      (:func:`eqtools.export.measure_deployed`; ``metrics.deployed``), and keep that graph's 8-bit
+      ranges in ``deploy_plan.json`` for export to build the same file. Skipped, with the reason
+      recorded, for forms onnxruntime cannot run on integer kernels (asymmetric weights).
+
     The artifact's ``weights.safetensors`` is the whole supernet state_dict after recalibration (so
     :func:`eqtools.build.load_supernet` reads it as it reads a supernet), ``config.json`` the
     config; see docs/calibrate.md.
     """
     from eqtools.build import artifact_spec, save_supernet
+    from eqtools.data import load_splits
 
+    spec = artifact_spec(supernet_artifact)
+    if deployed and splits is None and supernet_artifact.kind == "supernet":
+        splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     supernet, metrics = measure_subnet(
         supernet_artifact, config, images=images, split=split, batch_size=batch_size, eval_images=eval_images,
         supernet=supernet, splits=splits, on_stage=on_stage,
     )
-    spec = artifact_spec(supernet_artifact)
+    plan = None
+    if deployed:
+        from eqtools.export import deploy_calibration, measure_deployed
+
+        evaluation = evaluation_source(splits, split, eval_images,
+                                       spec.calibrate.batch_size if batch_size is None else batch_size, spec.seed)
+        metrics["deployed"], plan = measure_deployed(supernet, evaluation, deploy_calibration(splits, spec.seed),
+                                                     log=on_stage)
     out = Path(out) if out is not None else default_out(spec.name, "calibrated", config_tag(supernet.space, config))
     return save_supernet(
         supernet,
@@ -68,7 +85,7 @@ def calibrate_artifact(
         parents=[supernet_artifact],
         metrics=metrics,
         extra={"config": config.to_dict()},
-        files=Calibrated.payload(config),
+        files=Calibrated.payload(config, plan),
     )
 
 

@@ -59,6 +59,7 @@ __all__ = [
     "config_from_search",
     "config_tag",
     "evaluate",
+    "evaluation_source",
     "measure_subnet",
     "recalibrate_bn",
     "resolve_config",
@@ -614,6 +615,18 @@ def resolve_config(
 
 
 # ---------------------------------------------------------------------------------- one subnet, measured
+def evaluation_source(splits: Splits, split: str, eval_images: int | None, batch_size: int, seed: int) -> BatchSource:
+    """The images :func:`measure_subnet` scores a subnet on: a split, or a fixed class-balanced subset of it.
+
+    One definition, so that a second measurement of the same subnet (the deployed arithmetic, in
+    the calibrate stage) is paired with the first image for image.
+    """
+    target = splits.get(split)
+    if eval_images is not None:
+        target = target.balanced(eval_images, seed + CALIB_SEED_OFFSET + 1)
+    return BatchSource(target, batch_size)
+
+
 def measure_subnet(
     supernet_artifact: Artifact,
     config: SubnetConfig,
@@ -662,10 +675,7 @@ def measure_subnet(
         say(f"loading {spec.data.name}")
         splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     calib = calibration_source(splits, images, batch_size, spec.seed)
-    target = splits.get(split)
-    if eval_images is not None:
-        target = target.balanced(eval_images, spec.seed + CALIB_SEED_OFFSET + 1)
-    evaluation = BatchSource(target, batch_size)
+    evaluation = evaluation_source(splits, split, eval_images, batch_size, spec.seed)
 
     say(f"{config.label} subnet: evaluating on {split} before and after BN calibration on {calib.images} train images")
     start = time.perf_counter()

@@ -15,14 +15,17 @@ from eqtools.artifacts import KIND_OWNERS, schema
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "eqtools"
 
-# a stage is the code behind one subcommand; it may import the library and the artifacts, not another stage
+# a stage is the code behind one subcommand; it may import the library and the artifacts, not another stage.
+# The export stage is eqtools.export._stage (artifacts in, gates, artifact out); the rest of eqtools.export
+# (graph extraction, the ONNX forms, the integer runtime, parity and the deployed measurement) is library,
+# which the calibrate stage shares to record a subnet's accuracy as it ships.
 STAGES = {
     "train": ("eqtools.train",),
     "calibrate": ("eqtools.calibrate",),
     "sample": ("eqtools.sample",),
     "fit-predictor": ("eqtools.predictor.fit",),
     "search": ("eqtools.search",),
-    "export": ("eqtools.export",),
+    "export": ("eqtools.export._stage",),
     "report": ("eqtools.report",),
 }
 
@@ -57,6 +60,11 @@ def _imports(path: Path, module: str, top_level_only: bool) -> set[str]:
 
 
 def _stage_of(module: str) -> str | None:
+    from eqtools.export import _LAZY  # eqtools.export re-exports lazily: a name stands for the module defining it
+
+    package, _, name = module.rpartition(".")
+    if package == "eqtools.export" and name in _LAZY:
+        module = _LAZY[name]
     for stage, prefixes in STAGES.items():
         if any(module == p or module.startswith(p + ".") for p in prefixes):
             return stage

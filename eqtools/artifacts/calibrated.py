@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from eqtools.artifacts._manifest import ArtifactKind, Open
@@ -16,8 +17,13 @@ class Calibrated(ArtifactKind):
     made_by = "eqtools calibrate"
     WEIGHTS = "weights.safetensors"
     CONFIG = "config.json"
-    files: ClassVar[dict[str, str]] = {WEIGHTS: "the supernet's state_dict with this subnet's recalibrated BN statistics",
-             CONFIG: "the SubnetConfig (granularity, w_symmetry, a_symmetry, layers)"}
+    DEPLOY_PLAN = "deploy_plan.json"
+    files: ClassVar[dict[str, str]] = {
+        WEIGHTS: "the supernet's state_dict with this subnet's recalibrated BN statistics",
+        CONFIG: "the SubnetConfig (granularity, w_symmetry, a_symmetry, layers)",
+        DEPLOY_PLAN: "optional: the 8-bit requantization ranges of the integer ONNX graph whose accuracy "
+                     "metrics.deployed records (export builds its file from them)",
+    }
 
     class Metrics(Open):
         top1: float | None = None
@@ -34,6 +40,7 @@ class Calibrated(ArtifactKind):
         size_bytes: int | None = None
         bops: int | None = None
         time_s: float | None = None
+        deployed: dict[str, Any] | None = None
 
     class Extra(Open):
         config: dict[str, Any] | None = None
@@ -49,6 +56,19 @@ class Calibrated(ArtifactKind):
             raise ArtifactError(f"{artifact.path}/{cls.CONFIG}: {exc}") from None
 
     @classmethod
-    def payload(cls, config: SubnetConfig) -> dict[str, str]:
+    def deploy_plan(cls, artifact: Any) -> dict[str, Any] | None:
+        """The kept deploy plan (a JSON document), or None for an artifact calibrated without one."""
+        if cls.DEPLOY_PLAN not in artifact.manifest.get("files", {}):
+            return None
+        try:
+            return json.loads(artifact.file(cls.DEPLOY_PLAN).read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"{artifact.path}/{cls.DEPLOY_PLAN} cannot be read as JSON: {exc}") from None
+
+    @classmethod
+    def payload(cls, config: SubnetConfig, deploy_plan: dict[str, Any] | None = None) -> dict[str, str]:
         """The files beside the weights, as ``save_supernet(files=...)`` takes them."""
-        return {cls.CONFIG: config.to_json() + "\n"}
+        files = {cls.CONFIG: config.to_json() + "\n"}
+        if deploy_plan is not None:
+            files[cls.DEPLOY_PLAN] = json.dumps(deploy_plan, indent=1) + "\n"
+        return files

@@ -47,6 +47,14 @@ def command(
         Path | None,
         typer.Option("--out", help="Output directory. Default: artifacts/<spec>/calibrated-<w3a3-per-tensor-asym|mixed-HASH-...>."),
     ] = None,
+    deployed: Annotated[
+        bool,
+        typer.Option("--deployed/--no-deployed",
+                     help="Also measure the subnet as `eqtools export` ships it: the integer ONNX graph (int32 biases, "
+                          "8-bit requantizations at residual adds) run in onnxruntime on the same images, and keep its "
+                          "8-bit ranges so export builds that same file. Skipped for asymmetric weights, which "
+                          "export writes in the exact form."),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, config, metrics) on stdout.")] = False,
 ) -> None:
     """Calibrate one subnet: re-estimate its BN statistics on training images, evaluate it, save it.
@@ -75,7 +83,7 @@ def command(
         raise ArtifactError(f"{supernet.path} records no elastic space; re-create it with `eqtools train`")
     subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
                             symmetry=symmetry, w_symmetry=w_symmetry, a_symmetry=a_symmetry, search=from_search)
-    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo)
+    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed)
     m = result.metrics
     if as_json:
         emit_artifact(result, config=subnet.to_dict())
@@ -87,4 +95,10 @@ def command(
           f"({gain:+.2f} points) on {m['split']} ({m['images']} images)")
     print(f"top-5     {100 * m['top5_before']:.2f}% -> {100 * m['top5']:.2f}%")
     print(f"loss      {m['loss_before']:.4f} -> {m['loss']:.4f}")
+    d = m.get("deployed")
+    if d and d.get("measured"):
+        print(f"deployed  top-1 {100 * d['top1']:.2f}% ({100 * d['top1_change']:+.2f} points) as the integer ONNX export "
+              f"runs it (onnxruntime); same top-1 as the fake-quant subnet on {100 * d['top1_agreement']:.2f}% of images")
+    elif d:
+        print(f"deployed  not measured: {d['blocker']} (export writes this subnet in the exact ONNX form)")
     print(f"BN statistics from {m['calib_images']} training images; wrote {result.path}")

@@ -26,10 +26,12 @@ __all__ = [
     "build_deploy_onnx",
     "build_onnx",
     "deploy_blocker",
+    "deploy_calibration",
     "export_artifact",
     "export_subnet",
     "extract_graph",
     "load_int",
+    "measure_deployed",
     "optimized_ops",
     "pack_codes",
     "parity",
@@ -61,7 +63,9 @@ _LAZY = {
     "FORMATS": "eqtools.export._stage",
     "export_artifact": "eqtools.export._stage",
     "export_subnet": "eqtools.export._stage",
-    "parity": "eqtools.export._stage",
+    "deploy_calibration": "eqtools.export._measure",
+    "measure_deployed": "eqtools.export._measure",
+    "parity": "eqtools.export._measure",
     "write_int": "eqtools.export._stage",
 }
 

@@ -50,8 +50,8 @@ from torch import Tensor
 from eqtools.export._graph import DeployGraph
 from eqtools.export.runtime import _FUNCTIONS, build_model
 
-__all__ = ["DEPLOY_OPSET", "Encoding", "build_deploy_onnx", "code_multiplier", "deploy_blocker", "optimized_ops",
-           "plan_encodings", "simulate_deploy", "value_samples"]
+__all__ = ["DEPLOY_OPSET", "PLAN_FORMAT", "Encoding", "build_deploy_onnx", "code_multiplier", "deploy_blocker",
+           "optimized_ops", "plan_encodings", "plan_from_dict", "plan_to_dict", "simulate_deploy", "value_samples"]
 
 DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists since 10, per-axis Q/DQ since 13
 _MS = "com.microsoft"
@@ -173,14 +173,22 @@ def _integer_op(node: dict[str, Any]) -> bool:
     return op == "avg_pool2d"
 
 
-def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, Encoding | None]:
+def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor] | None = None, *,
+                   ranges: dict[str, Encoding] | None = None) -> dict[str, Encoding | None]:
     """The encoding of every value a conv, linear, add or pooling node produces (None: it stays float).
 
     A value read (through pass-through ops) only by quantized layers that share one input encoding
     is produced in it, exactly; a value read by integer ops is requantized to 8 bits on its
     calibrated range; a value read only by float ops stays float (a conv's output is quantized
     anyway, since ``QLinearConv`` has a quantized output).
+
+    The 8-bit ranges come from ``samples`` (:func:`value_samples`) or, given ``ranges`` (a plan
+    kept by the calibrate stage, :func:`plan_from_dict`), from there: the decisions are always
+    re-derived from the graph, only the calibrated ranges are taken, so a kept plan that does not
+    fit the graph is refused (``ValueError`` naming the value) rather than half-used.
     """
+    if (samples is None) == (ranges is None):
+        raise TypeError("plan_encodings takes exactly one of samples and ranges")
     consumers = _consumers(graph)
     output = graph.graph["output"]
     plan: dict[str, Encoding | None] = {}
@@ -245,12 +253,53 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor]) -> dict[str, 
         if len(distinct) == 1 and not integer and not floating:
             plan[name] = reqs[0]
         elif reqs or integer:
+            if ranges is not None:
+                if name not in ranges:
+                    raise ValueError(f"the kept deploy plan has no 8-bit range for value {name!r}, which this graph "
+                                     "requantizes")
+                plan[name] = ranges[name]
+                continue
             values = samples[name] if bounds is None else samples[name].clamp(*bounds)
             scales = {np.float32(r.scale) for r in reqs}
             plan[name] = _calibrated(values, float(scales.pop()) if len(scales) == 1 else None)
         else:
             plan[name] = None
+    if ranges is not None:
+        extra = sorted(set(ranges) - {n for n, e in plan.items() if e is not None and not e.exact})
+        if extra:
+            raise ValueError(f"the kept deploy plan has 8-bit ranges for values this graph does not requantize: "
+                             f"{extra[:5]}")
     return plan
+
+
+PLAN_FORMAT = "eqtools.deploy-plan"
+
+
+def plan_to_dict(plan: dict[str, Encoding | None]) -> dict[str, Any]:
+    """The part of a plan that calibration decided (the 8-bit requantizations), JSON-able.
+
+    Scales are float32 values written as Python floats, which JSON round-trips exactly; the exact
+    encodings are not stored, since they are the layers' own quantizers, re-read from the graph.
+    """
+    return {"format": PLAN_FORMAT, "version": 1,
+            "requantizations": {name: {"scale": e.scale, "zero": e.zero, "lo": e.lo, "hi": e.hi}
+                                for name, e in plan.items() if e is not None and not e.exact}}
+
+
+def plan_from_dict(data: Any) -> dict[str, Encoding]:
+    """The 8-bit ranges of a plan written by :func:`plan_to_dict` (``ValueError`` saying what is wrong)."""
+    if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or data.get("version") != 1:
+        raise ValueError(f"not a version-1 {PLAN_FORMAT!r} document")
+    ranges = {}
+    for name, e in (data.get("requantizations") or {}).items():
+        try:
+            scale, zero, lo, hi = float(e["scale"]), int(e["zero"]), int(e["lo"]), int(e["hi"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"value {name!r}: needs scale, zero, lo and hi numbers") from None
+        if not (scale > 0 and math.isfinite(scale) and 0 <= lo <= hi <= 255 and 0 <= zero <= 255):
+            raise ValueError(f"value {name!r}: scale {scale} must be positive and 0 <= lo <= hi <= 255, zero in 0..255")
+        ranges[name] = Encoding(float(np.float32(scale)), zero, lo, hi, exact=False)
+    return ranges
 
 
 # ------------------------------------------------------------------------------------------ ONNX
@@ -533,14 +582,17 @@ class _Builder:
                                           f"{name}.clip"))
 
 
-def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor], *, opset: int = DEPLOY_OPSET,
+def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = None, *,
+                      ranges: dict[str, Encoding] | None = None, opset: int = DEPLOY_OPSET,
                       error: type[Exception] = ValueError) -> tuple[Any, dict[str, Any], dict[str, Encoding | None]]:
     """The deployable integer ONNX model of ``graph`` and what its build decided.
 
     ``calibration`` is a list of input batches whose ranges set the 8-bit requantizations the
-    fake-quant model does not have (see the module docstring). Returns ``(onnx.ModelProto, info,
-    plan)``: ``info`` counts integer layers, exact and requantized values and float nodes left;
-    ``plan`` is every value's encoding (for :func:`simulate_deploy`).
+    fake-quant model does not have (see the module docstring); ``ranges`` instead takes them from a
+    kept plan (:func:`plan_from_dict`), so the file is the one whose accuracy the calibrate stage
+    measured. Returns ``(onnx.ModelProto, info, plan)``: ``info`` counts integer layers, exact and
+    requantized values and float nodes left; ``plan`` is every value's encoding (for
+    :func:`simulate_deploy`, :func:`plan_to_dict`).
     Call :func:`deploy_blocker` first: this assumes symmetric integer weights.
     """
     import onnx
@@ -548,7 +600,15 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor], *, opset: i
 
     from eqtools import __version__
 
-    plan = plan_encodings(graph, value_samples(graph, calibration))
+    if ranges is None:
+        if calibration is None:
+            raise TypeError("build_deploy_onnx needs calibration batches or kept ranges")
+        plan = plan_encodings(graph, value_samples(graph, calibration))
+    else:
+        try:
+            plan = plan_encodings(graph, ranges=ranges)
+        except ValueError as exc:
+            raise error(f"{exc}; the plan was made for another subnet or export setting") from None
     b = _Builder(graph, plan, error, opset)
     for ir in graph.nodes:
         b.emit(ir)

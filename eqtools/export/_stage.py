@@ -47,12 +47,15 @@ from eqtools.errors import ArtifactError, ConfigError
 from eqtools.export import ExportError
 from eqtools.export._deploy import (
     FLOAT_MATMUL_OPS,
+    Encoding,
     build_deploy_onnx,
     deploy_blocker,
     optimized_ops,
+    plan_from_dict,
     simulate_deploy,
 )
 from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, extract_graph, weight_bytes
+from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, _labels, deploy_calibration, parity
 from eqtools.export._onnx import INT4_OPSET, MIN_OPSET, build_onnx, run_onnx, run_onnx_teacher_forced
 from eqtools.export.runtime import FILE_NAME, METADATA_KEY, DeployedModel, build_model, load_int, pack_codes
 from eqtools.quant import QuantLayer, Supernet
@@ -85,7 +88,6 @@ DEPLOY_ACCURACY_DROP_MAX = {2: 0.01, 3: 0.003}
 LAYER_RTOL = 1e-4
 TEACHER_FORCED_IMAGES = 64
 TEACHER_FORCED_BYTES = 256 << 20  # every quantized layer's input is held twice (reference, arrived)
-TIE_RTOL = 1e-6
 
 
 # ------------------------------------------------------------------------------------------ parity
@@ -99,39 +101,6 @@ def _logits(model: nn.Module, batches: Iterable[tuple[Tensor, Any]], channels_la
     finally:
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
-
-
-def _labels(batches: Iterable[tuple[Tensor, Any]]) -> Tensor | None:
-    labels = [y for _, y in batches]
-    return None if any(y is None for y in labels) else torch.cat(labels)
-
-
-def parity(reference: Tensor, logits: Tensor, labels: Tensor | None = None) -> dict[str, Any]:
-    """How closely ``logits`` [N, classes] follow ``reference`` (and both the labels, if given).
-
-    A differing top-1 counts as agreement only where the reference itself is tied between the two
-    classes (within ``1e-6`` relative): float rounding alone decides such an argmax. Ties are counted
-    in ``ties`` so they stay visible.
-    """
-    ref_top, top = reference.argmax(1), logits.argmax(1)
-    scale = 1.0 + reference.abs().amax(1)
-    tied = reference.gather(1, top[:, None])[:, 0] >= reference.amax(1) - TIE_RTOL * scale
-    agree = (top == ref_top) | tied
-    diff = (logits - reference).abs()
-    out: dict[str, Any] = {
-        "images": int(reference.shape[0]),
-        "top1_agreement": float(agree.float().mean()),
-        "ties": int(((top != ref_top) & tied).sum()),
-        "max_abs_logit_diff": float(diff.max()),
-        "mean_abs_logit_diff": float(diff.mean()),
-        "relative_logit_diff": float(diff.mean() / reference.abs().mean().clamp_min(1e-12)),
-        "bit_identical": bool(torch.equal(logits, reference)),
-    }
-    if labels is not None:
-        out["accuracy"] = float((top == labels).float().mean())
-        out["reference_accuracy"] = float((ref_top == labels).float().mean())
-        out["accuracy_change"] = out["accuracy"] - out["reference_accuracy"]
-    return out
 
 
 # ------------------------------------------------------------------------------------------ teacher forcing
@@ -282,9 +251,9 @@ def _narrowest_bits(graph: DeployGraph) -> int:
     return min(bits, default=8)
 
 
-def _deploy_onnx(graph: DeployGraph, supernet: Supernet, batches: Any, calibration: list[Tensor],
-                 gate_reference: Tensor, reference: Tensor, labels: Tensor | None, against: str, opset: int,
-                 agreement_min: float | None, accuracy_drop_max: float | None, threads: int,
+def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | None,
+                 ranges: dict[str, Encoding] | None, gate_reference: Tensor, labels: Tensor | None, against: str,
+                 opset: int, agreement_min: float | None, accuracy_drop_max: float | None, threads: int,
                  log: Callable[[str], None]) -> dict[str, Any]:
     """Build, run and gate the integer ONNX form; the metrics (and the bytes under ``_data``).
 
@@ -296,7 +265,7 @@ def _deploy_onnx(graph: DeployGraph, supernet: Supernet, batches: Any, calibrati
     predictions; agreement with the plain subnet is reported next to it.
     """
     log(f"building the integer ONNX graph (QLinearConv/QGemm, opset {opset}) and running it in onnxruntime")
-    model, info, plan = build_deploy_onnx(graph, calibration, opset=opset, error=ExportError)
+    model, info, plan = build_deploy_onnx(graph, calibration, ranges=ranges, opset=opset, error=ExportError)
     data = model.SerializeToString()
     xs = [x for x, _ in batches]
     logits = run_onnx(data, xs, threads=threads)
@@ -365,6 +334,19 @@ def _deploy_onnx(graph: DeployGraph, supernet: Supernet, batches: Any, calibrati
             "_data": data}
 
 
+# ------------------------------------------------------------------------------------------ kept plan
+def kept_deploy_ranges(source: Artifact) -> dict[str, Encoding] | None:
+    """The 8-bit ranges a ``calibrated`` artifact kept for its integer graph (None if it kept none)."""
+    document = Calibrated.deploy_plan(source) if source.kind == "calibrated" else None
+    if document is None:
+        return None
+    try:
+        return plan_from_dict(document)
+    except ValueError as exc:
+        raise ArtifactError(f"{source.path}/{Calibrated.DEPLOY_PLAN}: {exc}; recalibrate the subnet "
+                            "(`eqtools calibrate`) to write a new one") from None
+
+
 # ------------------------------------------------------------------------------------------ export
 def export_subnet(
     supernet: Supernet,
@@ -379,6 +361,7 @@ def export_subnet(
     deploy_agreement_min: float | None = None,
     deploy_accuracy_drop_max: float | None = None,
     calibration: Sequence[Tensor] | None = None,
+    deploy_ranges: dict[str, Encoding] | None = None,
     threads: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -391,7 +374,9 @@ def export_subnet(
     (:data:`DEPLOY_ACCURACY_DROP_MAX`), and falling back to the exact form, with one logged line, where the
     kernels cannot run the subnet (asymmetric weights); ``"exact"`` writes the QDQ graph that
     reproduces the fake-quant model, gated at ``agreement_min``. ``calibration`` (input batches,
-    default: the check images) sets the ranges of the deployment's own 8-bit requantizations.
+    default: the check images) sets the ranges of the deployment's own 8-bit requantizations;
+    ``deploy_ranges`` (a plan the calibrate stage kept, :func:`eqtools.export._deploy.plan_from_dict`)
+    takes them from there instead, so the file is the one whose accuracy was measured.
 
     ``batches`` is a re-iterable of held-out ``(images [B, C, H, W], labels [B] or None)``: every
     file is checked on it against the fake-quant subnet (see the module docstring) and an
@@ -497,10 +482,10 @@ def export_subnet(
             log(f"onnx: writing the exact QDQ form, not the integer one: {fallback}")
             form = "exact"
         if form == "deploy":
-            calib = [x for x, _ in batches] if calibration is None else list(calibration)
-            metrics["onnx"] = _deploy_onnx(graph, supernet, batches, calib, gate_reference, reference, labels,
-                                           against, opset, deploy_agreement_min, deploy_accuracy_drop_max, threads,
-                                           log)
+            calib = None if deploy_ranges is not None else (
+                [x for x, _ in batches] if calibration is None else list(calibration))
+            metrics["onnx"] = _deploy_onnx(graph, batches, calib, deploy_ranges, gate_reference, labels, against,
+                                           opset, deploy_agreement_min, deploy_accuracy_drop_max, threads, log)
             data = metrics["onnx"].pop("_data")
         else:
             log(f"building the exact ONNX QDQ graph (opset {opset}) and running it in onnxruntime")
@@ -568,7 +553,7 @@ def export_artifact(
     onnx_form: str = "deploy",
     deploy_agreement_min: float | None = None,
     deploy_accuracy_drop_max: float | None = None,
-    deploy_calibration_images: int = 512,
+    deploy_calibration_images: int | None = None,
     batch_size: int = 250,
     threads: int = 2,
     log: Callable[[str], None] | None = None,
@@ -576,9 +561,12 @@ def export_artifact(
     """Export a ``calibrated`` artifact (or a ``search`` one, calibrated in memory first) as an ``export`` artifact.
 
     The check images are ``check_images`` class-balanced images of the spec's held-out ``val``
-    split; the integer ONNX form's 8-bit requantization ranges come from
-    ``deploy_calibration_images`` images of the ``train`` split (never the check images). ``out`` defaults to ``artifacts/<spec>/export-<config tag>``. Nothing is written unless
-    every requested file passed its check.
+    split. The integer ONNX form's 8-bit requantization ranges are the ones a ``calibrated`` artifact
+    kept (``deploy_plan.json``: the graph whose accuracy the calibrate stage measured), with the
+    default batch-norm folding; otherwise, or when ``deploy_calibration_images`` is given, they come
+    from that many images of the ``train`` split (default :data:`DEPLOY_CALIBRATION_IMAGES`; never
+    the check images). ``out`` defaults to ``artifacts/<spec>/export-<config tag>``. Nothing is
+    written unless every requested file passed its check.
     """
     from eqtools.build import artifact_spec
     from eqtools.data import load_splits
@@ -591,8 +579,15 @@ def export_artifact(
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
     batches = BatchSource(held_out, batch_size)
-    calibration = [x for x, _ in BatchSource(splits.train, batch_size, images=deploy_calibration_images,
-                                             shuffle_seed=spec.seed)]
+    kept = kept_deploy_ranges(source) if deploy_calibration_images is None else None
+    if kept is not None and bn_fold != "scale":
+        if log:
+            log(f"onnx: the calibrated artifact's deploy plan is for --bn-fold scale; calibrating the 8-bit ranges for "
+                f"--bn-fold {bn_fold} here")
+        kept = None
+    calibration = None if kept is not None else deploy_calibration(
+        splits, spec.seed, DEPLOY_CALIBRATION_IMAGES if deploy_calibration_images is None else deploy_calibration_images,
+        batch_size)
     out = Path(out) if out is not None else default_out(spec.name, "export", config_tag(supernet.space, config))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
@@ -600,10 +595,12 @@ def export_artifact(
                                 agreement_min=agreement_min, onnx_form=onnx_form,
                                 deploy_agreement_min=deploy_agreement_min,
                                 deploy_accuracy_drop_max=deploy_accuracy_drop_max, calibration=calibration,
-                                threads=threads, log=log)
+                                deploy_ranges=kept, threads=threads, log=log)
         metrics["check"]["split"] = "val"
         if "onnx" in metrics and metrics["onnx"]["form"] == "deploy":
-            metrics["onnx"]["deploy"]["calibration"] = {"split": "train", "images": sum(len(x) for x in calibration)}
+            metrics["onnx"]["deploy"]["calibration"] = (
+                {"source": "calibrated artifact", **Calibrated.deploy_plan(source).get("calibration", {})} if kept is not None
+                else {"source": "export", "split": "train", "images": sum(len(x) for x in calibration)})
         written = sorted(os.listdir(staging))
         sizes = {name: (Path(staging) / name).stat().st_size for name in written}
 
