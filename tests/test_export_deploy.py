@@ -15,9 +15,13 @@ measured on ResNet-20 in BENCHMARKS.md.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from eqtools.artifacts import read_artifact
@@ -326,3 +330,96 @@ def test_roundings_are_charged_against_the_exact_fake_quant_subnet(tiny, tmp_pat
     assert vs_exact["top1_agreement"] == roundings["both"]["top1_agreement"]
     assert roundings["both"] == parity(exact, simulate_deploy(graph, plan, xs), labels)
     assert roundings["float32_fake_quant"]["top1_agreement"] == parity(exact, reference)["top1_agreement"]
+
+
+# ------------------------------------------------------------------------------------------ what ships, measured at calibrate
+def test_calibrate_measures_the_file_export_ships(tiny_supernet_artifact, digits_splits, tmp_path, monkeypatch):
+    """calibrate records the accuracy of the integer graph and keeps its 8-bit ranges; export builds its file
+    from them, so the exported model.onnx scores exactly the recorded top-1 on the calibrate split."""
+    import eqtools.export._measure as measure
+    from eqtools.calibrate import calibrate_artifact
+    from eqtools.export import export_artifact
+
+    real = measure.deploy_calibration
+    # ranges from 128 train images at calibrate, so that export's own default (512) would build another file
+    monkeypatch.setattr(measure, "deploy_calibration", lambda splits, seed: real(splits, seed, images=128))
+    art = read_artifact(tiny_supernet_artifact, "supernet")
+    config = art.space.uniform(3, 3, "per-channel", "sym")
+    cal = calibrate_artifact(art, config, images=200, split="test", out=tmp_path / "cal")
+    monkeypatch.setattr(measure, "deploy_calibration", real)
+    deployed = cal.metrics["deployed"]
+    assert "deploy_plan.json" in cal.manifest["files"]
+    assert deployed["measured"] and deployed["images"] == len(digits_splits.test)
+    assert deployed["calibration"] == {"split": "train", "images": 128}
+    assert deployed["top1_fake_quant"] == cal.metrics["top1"]  # paired: the same images as the fake-quant top-1
+
+    kept = export_artifact(cal, formats=("onnx",), out=tmp_path / "kept", check_images=100)
+    assert kept.metrics["onnx"]["deploy"]["calibration"] == {"source": "calibrated artifact", "split": "train",
+                                                              "images": 128}
+    test = list(digits_splits.test.batches(256))
+    logits = run_onnx((kept.path / "model.onnx").read_bytes(), [x for x, _ in test])
+    assert int((logits.argmax(1) == torch.cat([y for _, y in test])).sum()) / len(digits_splits.test) == deployed["top1"]
+
+    here = export_artifact(cal, formats=("onnx",), out=tmp_path / "here", check_images=100,
+                           deploy_calibration_images=512)
+    assert here.metrics["onnx"]["deploy"]["calibration"]["source"] == "export"
+    assert (here.path / "model.onnx").read_bytes() != (kept.path / "model.onnx").read_bytes()
+
+
+def test_calibrate_skips_the_deployed_measure_for_asymmetric_weights(tiny_supernet_artifact, tmp_path):
+    from eqtools.calibrate import calibrate_artifact
+
+    art = read_artifact(tiny_supernet_artifact, "supernet")
+    cal = calibrate_artifact(art, art.space.uniform(4, 4, "per-channel", "asym"), images=64, split="val",
+                             out=tmp_path / "cal")
+    deployed = cal.metrics["deployed"]
+    assert not deployed["measured"] and "asymmetric weights" in deployed["blocker"]
+    assert "deploy_plan.json" not in cal.manifest["files"]
+
+
+def test_kept_plan_that_does_not_fit_the_graph_is_refused(tiny):
+    from eqtools.export._deploy import plan_from_dict, plan_to_dict
+
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(3, 3, "per-channel", "sym"))
+    graph = extract_graph(supernet, batches[0][0][:2])
+    plan = plan_encodings(graph, value_samples(graph, calibration))
+    ranges = plan_from_dict(json.loads(json.dumps(plan_to_dict(plan))))
+    assert plan_encodings(graph, ranges=ranges) == plan  # JSON keeps float32 scales exactly
+    missing = {k: v for k, v in ranges.items() if k != "add"}
+    with pytest.raises(ValueError, match="'add'"):
+        plan_encodings(graph, ranges=missing)
+    with pytest.raises(ValueError, match="'conv1'"):  # conv1 is rounded exactly, in conv2's own encoding
+        plan_encodings(graph, ranges={**ranges, "conv1": ranges["add"]})
+    with pytest.raises(ExportError, match="another subnet"):
+        build_deploy_onnx(graph, ranges=missing, error=ExportError)
+    for bad, why in [({"format": "other"}, "version-1"),
+                     ({**plan_to_dict(plan), "requantizations": {"add": {"scale": 0.1}}}, "'add'"),
+                     ({**plan_to_dict(plan), "requantizations": {"add": {"scale": -1, "zero": 0, "lo": 0, "hi": 9}}},
+                      "positive")]:
+        with pytest.raises(ValueError, match=why):
+            plan_from_dict(bad)
+
+
+@settings(max_examples=50, deadline=None)
+@given(scale=st.floats(2.0**-27, 1024.0, allow_nan=False, width=32), zero=st.integers(0, 255),
+       bounds=st.tuples(st.integers(0, 255), st.integers(0, 255)).map(sorted))
+def test_plan_document_round_trips_exactly(scale, zero, bounds):
+    from eqtools.export._deploy import Encoding, plan_from_dict, plan_to_dict
+
+    plan = {"v": Encoding(scale, zero, bounds[0], bounds[1], exact=False), "w": None,
+            "x": Encoding(0.5, 3, exact=True)}
+    back = plan_from_dict(json.loads(json.dumps(plan_to_dict(plan))))
+    assert back == {"v": plan["v"]}  # exact encodings are the layers' own quantizers: re-read, not stored
+
+
+def test_cli_calibrate_reports_the_deployed_top1_and_can_skip_it(tiny_supernet_artifact, tmp_path):
+    args = ["calibrate", "--from", str(tiny_supernet_artifact), "--w-bits", "4", "--granularity", "per-channel",
+            "--symmetry", "sym", "--images", "64", "--split", "val"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert "as the integer ONNX export runs it" in result.stdout
+    result = CliRunner().invoke(app, [*args, "--no-deployed", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    skipped = read_artifact(tmp_path / "b", "calibrated")
+    assert "deployed" not in skipped.metrics and "deploy_plan.json" not in skipped.manifest["files"]
