@@ -419,6 +419,10 @@ def test_cli_calibrate_reports_the_deployed_top1_and_can_skip_it(tiny_supernet_a
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
     assert "as the integer ONNX export runs it" in result.stdout
+    exported = CliRunner().invoke(app, ["export", "--from", str(tmp_path / "a"), "--format", "onnx", "--check-images",
+                                        "100", "--out", str(tmp_path / "a-export")])
+    assert exported.exit_code == 0, exported.output
+    assert "8-bit ranges kept by `eqtools calibrate`" in exported.stdout
     result = CliRunner().invoke(app, [*args, "--no-deployed", "--out", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     skipped = read_artifact(tmp_path / "b", "calibrated")

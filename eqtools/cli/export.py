@@ -135,4 +135,8 @@ def command(
             print(f"onnx  integer kernels: {d['integer_convs']} QLinearConv, {d['integer_gemms']} QGemm; "
                   f"{d['requantized_values']} values requantized to 8 bits, {d['exact_values']} rounded as in "
                   "the fake-quant model")
+            calibration = d.get("calibration", {})
+            if calibration.get("source") == "calibrated artifact":
+                print(f"onnx  8-bit ranges kept by `eqtools calibrate` ({calibration.get('images')} train images): the "
+                      "graph whose top-1 the calibrated artifact records as deployed")
     print(f"checked on {m['check']['images']} held-out images; wrote {result.path}")

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -655,6 +656,7 @@ def optimized_ops(model_bytes: bytes, threads: int = 2) -> dict[str, int]:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
         options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        options.log_severity_level = 3  # not the warning that an optimised model is machine-specific: it is read, not kept
         ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
         optimized = onnx.load(options.optimized_model_filepath)
     return dict(Counter(n.op_type for n in optimized.graph.node))
@@ -662,7 +664,8 @@ def optimized_ops(model_bytes: bytes, threads: int = 2) -> dict[str, int]:
 
 @torch.no_grad()
 def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batches: list[Tensor], *,
-                    requantize: bool | set[str] = True, int32_bias: bool = True) -> Tensor:
+                    requantize: bool | set[str] = True, int32_bias: bool = True,
+                    observe: Callable[[str, str, list[Tensor]], None] | None = None) -> Tensor:
     """Logits of the deployed arithmetic simulated in PyTorch, one rounding at a time if asked.
 
     ``requantize`` (all, none, or the names of the values to round) applies the deployment's own
@@ -670,6 +673,8 @@ def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batche
     output to int32 at the deployed accumulator's unit ``s_x * s_w / m`` (:func:`code_multiplier`;
     a layer with a float output adds its float bias). With both on this is what the integer ONNX graph computes (up to float
     rounding), so the cost of each rounding is measured separately, on the same images.
+    ``observe(name, op, inputs)`` sees every node's inputs as the simulation computes them (what a
+    batch-norm node receives under the deployed arithmetic, for instance).
     """
     tensors = dict(graph.tensors)
     if int32_bias:
@@ -699,6 +704,8 @@ def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batche
                 args = [unrounded[inputs[0]], *(env[i] for i in inputs[1:])]
             else:
                 args = [env[i] for i in inputs]
+            if observe is not None:
+                observe(name, op, args)
             y = model.layers[key](*args) if key is not None else _FUNCTIONS[op](*args, **attrs)
             enc = points.get(name)
             if op in ("relu", "clamp") and inputs[0] in unrounded:
