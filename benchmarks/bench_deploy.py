@@ -131,8 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, calibration_source, recalibrate_bn, resolve_config
-    from eqtools.export import build_onnx, export_subnet, extract_graph, optimized_ops
-    from eqtools.export._stage import parity
+    from eqtools.export import build_onnx, export_subnet, extract_graph, optimized_ops, parity
 
     torch.set_num_threads(args.threads)
     source = read_artifact(args.source, "supernet")
