@@ -140,7 +140,11 @@ def command(
     console.print(table)
     if art.metrics:
         metrics = Table("metric", "value", box=None, padding=(0, 2))
+        # one level of nesting is shown as its own rows (metrics.deployed.top1), deeper levels as JSON
+        rows: list[tuple[str, Any]] = []
         for key, value in art.metrics.items():
+            rows += [(f"{key}.{sub}", v) for sub, v in value.items()] if isinstance(value, dict) else [(key, value)]
+        for key, value in rows:
             shown = f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if not isinstance(value, str) else value
             if len(shown) > 100:
                 shown = shown[:97] + "..."

@@ -609,7 +609,8 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
         try:
             plan = plan_encodings(graph, ranges=ranges)
         except ValueError as exc:
-            raise error(f"{exc}; the plan was made for another subnet or export setting") from None
+            raise error(f"{exc}; the plan was made for another subnet or export setting. Recalibrate the subnet "
+                        "(`eqtools calibrate`) to keep a new one") from None
     b = _Builder(graph, plan, error, opset)
     for ir in graph.nodes:
         b.emit(ir)
