@@ -427,3 +427,21 @@ def test_cli_calibrate_reports_the_deployed_top1_and_can_skip_it(tiny_supernet_a
     assert result.exit_code == 0, result.output
     skipped = read_artifact(tmp_path / "b", "calibrated")
     assert "deployed" not in skipped.metrics and "deploy_plan.json" not in skipped.manifest["files"]
+
+
+def test_calibrate_keeps_its_artifact_when_the_integer_graph_cannot_be_built(tiny_supernet_artifact, tmp_path,
+                                                                              monkeypatch):
+    import eqtools.export._measure as measure
+    from eqtools.calibrate import calibrate_artifact
+    from eqtools.errors import ModelError
+
+    def refuse(*args, **kwargs):
+        raise ModelError("op 'roll' has no export lowering")
+
+    monkeypatch.setattr(measure, "extract_graph", refuse)
+    art = read_artifact(tiny_supernet_artifact, "supernet")
+    cal = calibrate_artifact(art, art.space.uniform(4, 4, "per-channel", "sym"), images=64, split="val",
+                             out=tmp_path / "cal")
+    deployed = cal.metrics["deployed"]
+    assert not deployed["measured"] and "'roll'" in deployed["blocker"] and cal.metrics["top1"] > 0
+    assert "deploy_plan.json" not in cal.manifest["files"]

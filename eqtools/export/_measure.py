@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eqtools.errors import EqtoolsError
 from eqtools.export import ExportError
 from eqtools.export._deploy import build_deploy_onnx, deploy_blocker, plan_to_dict
 from eqtools.export._graph import extract_graph
@@ -59,7 +60,6 @@ def parity(reference: Tensor, logits: Tensor, labels: Tensor | None = None) -> d
     return out
 
 
-
 def deploy_calibration(splits: Any, seed: int, images: int = DEPLOY_CALIBRATION_IMAGES,
                        batch_size: int = 250) -> list[Tensor]:
     """The train images whose ranges set the integer graph's 8-bit requantizations: one seeded draw,
@@ -82,17 +82,22 @@ def measure_deployed(supernet: Supernet, batches: Iterable[tuple[Tensor, Tensor 
     for the artifact to keep: export builds its file from it, the very graph measured here.
     ``reference``: the fake-quant logits on the same images, for the paired agreement (computed
     if not given). A subnet whose form onnxruntime cannot run on integer kernels (asymmetric
-    weights) is not measured: the metrics say why and the plan is None.
+    weights), or a model the export cannot write, is not measured: the metrics say why and the
+    plan is None, so the calibration itself is never lost to it.
     """
     say = log or (lambda message: None)
     supernet = supernet.eval()
-    graph = extract_graph(supernet, calibration[0][:2].contiguous(), bn_fold="scale")
-    blocker = deploy_blocker(graph)
+    try:
+        graph = extract_graph(supernet, calibration[0][:2].contiguous(), bn_fold="scale")
+        blocker = deploy_blocker(graph)
+        if blocker is None:
+            say(f"measuring the subnet as the integer ONNX export runs it (8-bit ranges from "
+                f"{sum(len(x) for x in calibration)} train images, onnxruntime)")
+            model, info, plan = build_deploy_onnx(graph, calibration, error=ExportError)
+    except EqtoolsError as exc:  # a model the export cannot write: the measurement is extra, the stage goes on
+        blocker = f"the integer graph cannot be built: {exc}"
     if blocker is not None:
         return {"measured": False, "blocker": blocker}, None
-    say(f"measuring the subnet as the integer ONNX export runs it (8-bit ranges from {sum(len(x) for x in calibration)} "
-        "train images, onnxruntime)")
-    model, info, plan = build_deploy_onnx(graph, calibration, error=ExportError)
     logits = run_onnx(model.SerializeToString(), [x.contiguous() for x, _ in batches], threads=threads)
     if reference is None:
         reference = torch.cat([supernet(x) for x, _ in batches])
