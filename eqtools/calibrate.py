@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eqtools.artifacts import Artifact, Calibrated, default_out
-from eqtools.evaluation import config_tag, evaluation_source, measure_subnet
+from eqtools.evaluation import SPLITS, config_tag, evaluation_source, measure_subnet
 from eqtools.space import SubnetConfig
 
 if TYPE_CHECKING:
@@ -62,7 +62,10 @@ def calibrate_artifact(
     from eqtools.data import load_splits
 
     spec = artifact_spec(supernet_artifact)
-    if deployed and splits is None and supernet_artifact.kind == "supernet":
+    if deployed and splits is None and supernet_artifact.kind == "supernet" and split in SPLITS:
+        # loaded here, not in measure_subnet, because the deployed measurement scores the same images again
+        if on_stage:
+            on_stage(f"loading {spec.data.name}")
         splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     supernet, metrics = measure_subnet(
         supernet_artifact, config, images=images, split=split, batch_size=batch_size, eval_images=eval_images,

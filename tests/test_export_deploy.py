@@ -351,6 +351,7 @@ def test_calibrate_measures_the_file_export_ships(tiny_supernet_artifact, digits
     assert "deploy_plan.json" in cal.manifest["files"]
     assert deployed["measured"] and deployed["images"] == len(digits_splits.test)
     assert deployed["calibration"] == {"split": "train", "images": 128}
+    assert deployed["opset"] == 21 and deployed["export_form"] == "deploy"  # export's default opset
     assert deployed["top1_fake_quant"] == cal.metrics["top1"]  # paired: the same images as the fake-quant top-1
 
     kept = export_artifact(cal, formats=("onnx",), out=tmp_path / "kept", check_images=100)
@@ -374,6 +375,7 @@ def test_calibrate_skips_the_deployed_measure_for_asymmetric_weights(tiny_supern
                              out=tmp_path / "cal")
     deployed = cal.metrics["deployed"]
     assert not deployed["measured"] and "asymmetric weights" in deployed["blocker"]
+    assert deployed["export_form"] == "exact"
     assert "deploy_plan.json" not in cal.manifest["files"]
 
 
@@ -396,7 +398,10 @@ def test_kept_plan_that_does_not_fit_the_graph_is_refused(tiny):
     for bad, why in [({"format": "other"}, "version-1"),
                      ({**plan_to_dict(plan), "requantizations": {"add": {"scale": 0.1}}}, "'add'"),
                      ({**plan_to_dict(plan), "requantizations": {"add": {"scale": -1, "zero": 0, "lo": 0, "hi": 9}}},
-                      "positive")]:
+                      "positive"),
+                     ({**plan_to_dict(plan), "requantizations": ["add"]}, "must map"),
+                     ({**plan_to_dict(plan), "requantizations": {"add": {"scale": 0.1, "zero": float("inf"), "lo": 0,
+                                                                         "hi": 9}}}, "'add'")]:
         with pytest.raises(ValueError, match=why):
             plan_from_dict(bad)
 
@@ -429,19 +434,24 @@ def test_cli_calibrate_reports_the_deployed_top1_and_can_skip_it(tiny_supernet_a
     assert "deployed" not in skipped.metrics and "deploy_plan.json" not in skipped.manifest["files"]
 
 
+@pytest.mark.parametrize("where", ["extract_graph", "run_onnx"])
 def test_calibrate_keeps_its_artifact_when_the_integer_graph_cannot_be_built(tiny_supernet_artifact, tmp_path,
-                                                                              monkeypatch):
+                                                                              monkeypatch, where):
+    """A model the export cannot write, or a graph onnxruntime refuses: the calibration is kept, the reason recorded."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
     import eqtools.export._measure as measure
     from eqtools.calibrate import calibrate_artifact
     from eqtools.errors import ModelError
 
     def refuse(*args, **kwargs):
-        raise ModelError("op 'roll' has no export lowering")
+        raise ModelError("op 'roll' has no export lowering") if where == "extract_graph" else Fail("'roll' kernel")
 
-    monkeypatch.setattr(measure, "extract_graph", refuse)
+    monkeypatch.setattr(measure, where, refuse)
     art = read_artifact(tiny_supernet_artifact, "supernet")
     cal = calibrate_artifact(art, art.space.uniform(4, 4, "per-channel", "sym"), images=64, split="val",
                              out=tmp_path / "cal")
     deployed = cal.metrics["deployed"]
     assert not deployed["measured"] and "'roll'" in deployed["blocker"] and cal.metrics["top1"] > 0
+    assert deployed["export_form"] is None  # export does not fall back for this: it would refuse the model too
     assert "deploy_plan.json" not in cal.manifest["files"]

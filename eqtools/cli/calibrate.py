@@ -100,5 +100,6 @@ def command(
         print(f"deployed  top-1 {100 * d['top1']:.2f}% ({100 * d['top1_change']:+.2f} points) as the integer ONNX export "
               f"runs it (onnxruntime); same top-1 as the fake-quant subnet on {100 * d['top1_agreement']:.2f}% of images")
     elif d:
-        print(f"deployed  not measured: {d['blocker']} (export writes this subnet in the exact ONNX form)")
+        exact = " (export writes this subnet in the exact ONNX form)" if d.get("export_form") == "exact" else ""
+        print(f"deployed  not measured: {d['blocker']}{exact}")
     print(f"BN statistics from {m['calib_images']} training images; wrote {result.path}")

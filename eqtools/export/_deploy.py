@@ -291,11 +291,14 @@ def plan_from_dict(data: Any) -> dict[str, Encoding]:
     """The 8-bit ranges of a plan written by :func:`plan_to_dict` (``ValueError`` saying what is wrong)."""
     if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT or data.get("version") != 1:
         raise ValueError(f"not a version-1 {PLAN_FORMAT!r} document")
+    requantizations = data.get("requantizations") or {}
+    if not isinstance(requantizations, dict):
+        raise ValueError("'requantizations' must map value names to {scale, zero, lo, hi}")
     ranges = {}
-    for name, e in (data.get("requantizations") or {}).items():
+    for name, e in requantizations.items():
         try:
             scale, zero, lo, hi = float(e["scale"]), int(e["zero"]), int(e["lo"]), int(e["hi"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise ValueError(f"value {name!r}: needs scale, zero, lo and hi numbers") from None
         if not (scale > 0 and math.isfinite(scale) and 0 <= lo <= hi <= 255 and 0 <= zero <= 255):
             raise ValueError(f"value {name!r}: scale {scale} must be positive and 0 <= lo <= hi <= 255, zero in 0..255")

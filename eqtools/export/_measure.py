@@ -7,8 +7,9 @@ Nothing here reads or writes an artifact.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -17,17 +18,35 @@ from eqtools.errors import EqtoolsError
 from eqtools.export import ExportError
 from eqtools.export._deploy import build_deploy_onnx, deploy_blocker, plan_to_dict
 from eqtools.export._graph import extract_graph
-from eqtools.export._onnx import run_onnx
+from eqtools.export._onnx import INT4_OPSET, run_onnx
 from eqtools.quant import Supernet
 
-__all__ = ["DEPLOY_CALIBRATION_IMAGES", "TIE_RTOL", "deploy_calibration", "measure_deployed", "parity"]
+if TYPE_CHECKING:
+    from eqtools.data import Splits
+
+__all__ = ["DEPLOY_CALIBRATION_IMAGES", "TIE_RTOL", "batch_labels", "deploy_calibration", "measure_deployed", "parity"]
 
 # train images whose ranges set the deployed graph's own 8-bit requantizations (calibrate and export alike)
 DEPLOY_CALIBRATION_IMAGES = 512
 TIE_RTOL = 1e-6
 
 
-def _labels(batches: Iterable[tuple[Tensor, Any]]) -> Tensor | None:
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """onnxruntime's own exception classes (they derive from Exception, not RuntimeError)."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as state
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        return ()
+    return tuple(getattr(state, name) for name in ("Fail", "InvalidArgument", "InvalidGraph", "InvalidProtobuf",
+                                                    "NoSuchFile", "NotImplemented", "RuntimeException")
+                 if isinstance(getattr(state, name, None), type))
+
+
+_ORT_ERRORS = _ort_errors()
+
+
+def batch_labels(batches: Iterable[tuple[Tensor, Any]]) -> Tensor | None:
+    """The labels of ``(x, y)`` batches in order, or None where any batch has none."""
     labels = [y for _, y in batches]
     return None if any(y is None for y in labels) else torch.cat(labels)
 
@@ -60,7 +79,7 @@ def parity(reference: Tensor, logits: Tensor, labels: Tensor | None = None) -> d
     return out
 
 
-def deploy_calibration(splits: Any, seed: int, images: int = DEPLOY_CALIBRATION_IMAGES,
+def deploy_calibration(splits: Splits, seed: int, images: int = DEPLOY_CALIBRATION_IMAGES,
                        batch_size: int = 250) -> list[Tensor]:
     """The train images whose ranges set the integer graph's 8-bit requantizations: one seeded draw,
     shared by the calibrate stage and export, so both build the same graph from the same subnet."""
@@ -71,7 +90,8 @@ def deploy_calibration(splits: Any, seed: int, images: int = DEPLOY_CALIBRATION_
 
 @torch.no_grad()
 def measure_deployed(supernet: Supernet, batches: Iterable[tuple[Tensor, Tensor | None]],
-                     calibration: list[Tensor], *, reference: Tensor | None = None, threads: int = 2,
+                     calibration: list[Tensor], *, reference: Tensor | None = None, opset: int = INT4_OPSET,
+                     threads: int = 2,
                      log: Callable[[str], None] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The active subnet measured as the integer ONNX export runs it: ``(metrics, plan document)``.
 
@@ -79,35 +99,42 @@ def measure_deployed(supernet: Supernet, batches: Iterable[tuple[Tensor, Tensor 
     8-bit requantizations at residual adds; docs/export.md). Its accuracy is measured here by
     building that graph and running it in onnxruntime on ``batches``, so the calibrated subnet's
     recorded accuracy includes what ships, and the plan (the calibrated 8-bit ranges) is returned
-    for the artifact to keep: export builds its file from it, the very graph measured here.
+    for the artifact to keep: export builds its file from it, the very graph measured here (at
+    ``opset``, export's default; at another ``--opset`` export writes the same integer graph under
+    that opset's version).
     ``reference``: the fake-quant logits on the same images, for the paired agreement (computed
     if not given). A subnet whose form onnxruntime cannot run on integer kernels (asymmetric
-    weights), or a model the export cannot write, is not measured: the metrics say why and the
+    weights; ``export_form`` is then "exact", the form export falls back to), or a model the
+    export cannot write or onnxruntime cannot run, is not measured: the metrics say why and the
     plan is None, so the calibration itself is never lost to it.
     """
     say = log or (lambda message: None)
+    if any(p.device.type != "cpu" for p in supernet.parameters()):  # the graph is extracted and run on the CPU
+        supernet = copy.deepcopy(supernet).cpu()
     supernet = supernet.eval()
     try:
         graph = extract_graph(supernet, calibration[0][:2].contiguous(), bn_fold="scale")
         blocker = deploy_blocker(graph)
-        if blocker is None:
-            say(f"measuring the subnet as the integer ONNX export runs it (8-bit ranges from "
-                f"{sum(len(x) for x in calibration)} train images, onnxruntime)")
-            model, info, plan = build_deploy_onnx(graph, calibration, error=ExportError)
-    except EqtoolsError as exc:  # a model the export cannot write: the measurement is extra, the stage goes on
-        blocker = f"the integer graph cannot be built: {exc}"
-    if blocker is not None:
-        return {"measured": False, "blocker": blocker}, None
-    logits = run_onnx(model.SerializeToString(), [x.contiguous() for x, _ in batches], threads=threads)
+        if blocker is not None:  # export falls back to the exact QDQ form, which computes the fake-quant arithmetic
+            return {"measured": False, "blocker": blocker, "export_form": "exact"}, None
+        say(f"measuring the subnet as the integer ONNX export runs it (8-bit ranges from "
+            f"{sum(len(x) for x in calibration)} train images, onnxruntime)")
+        model, info, plan = build_deploy_onnx(graph, calibration, opset=opset, error=ExportError)
+        logits = run_onnx(model.SerializeToString(), [x.contiguous() for x, _ in batches], threads=threads)
+    except (EqtoolsError, RuntimeError, *_ORT_ERRORS) as exc:
+        # a model the export cannot write, or a graph onnxruntime refuses: the measurement is extra, the stage goes on
+        return {"measured": False, "blocker": f"the integer graph cannot be built or run: {exc}",
+                "export_form": None}, None
     if reference is None:
         reference = torch.cat([supernet(x) for x, _ in batches])
-    labels = _labels(batches)
+    labels = batch_labels(batches)
     result = parity(reference, logits, labels)
-    metrics = {"measured": True, "blocker": None, "runtime": "onnxruntime", "images": result["images"],
-               "top1_agreement": result["top1_agreement"], "requantized_values": info["requantized_values"],
+    metrics = {"measured": True, "blocker": None, "export_form": "deploy", "runtime": "onnxruntime", "opset": opset,
+               "images": result["images"], "top1_agreement": result["top1_agreement"],
+               "requantized_values": info["requantized_values"],
                "calibration": {"split": "train", "images": sum(len(x) for x in calibration)}}
     if labels is not None:  # as counts over images, the way the calibrate stage's own top-1 is computed
         top1 = int((logits.argmax(1) == labels).sum()) / len(labels)
         top1_fake_quant = int((reference.argmax(1) == labels).sum()) / len(labels)
         metrics.update(top1=top1, top1_fake_quant=top1_fake_quant, top1_change=top1 - top1_fake_quant)
-    return metrics, {**plan_to_dict(plan), "bn_fold": "scale", "calibration": metrics["calibration"]}
+    return metrics, {**plan_to_dict(plan), "bn_fold": "scale", "opset": opset, "calibration": metrics["calibration"]}

@@ -55,7 +55,7 @@ from eqtools.export._deploy import (
     simulate_deploy,
 )
 from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, extract_graph, weight_bytes
-from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, _labels, deploy_calibration, parity
+from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, batch_labels, deploy_calibration, parity
 from eqtools.export._onnx import INT4_OPSET, MIN_OPSET, build_onnx, run_onnx, run_onnx_teacher_forced
 from eqtools.export.runtime import FILE_NAME, METADATA_KEY, DeployedModel, build_model, load_int, pack_codes
 from eqtools.quant import QuantLayer, Supernet
@@ -341,10 +341,19 @@ def kept_deploy_ranges(source: Artifact) -> dict[str, Encoding] | None:
     if document is None:
         return None
     try:
-        return plan_from_dict(document)
+        ranges = plan_from_dict(document)  # refuses anything but a plan document first
+        if document.get("bn_fold", "scale") != "scale":
+            raise ValueError(f"it is for --bn-fold {document.get('bn_fold')!r}; export keeps plans for 'scale' only")
+        return ranges
     except ValueError as exc:
         raise ArtifactError(f"{source.path}/{Calibrated.DEPLOY_PLAN}: {exc}; recalibrate the subnet "
                             "(`eqtools calibrate`) to write a new one") from None
+
+
+def _kept_calibration(source: Artifact) -> dict[str, Any]:
+    """Where the kept ranges came from, as the calibrate stage recorded it (for the export's manifest)."""
+    recorded = (Calibrated.deploy_plan(source) or {}).get("calibration")
+    return recorded if isinstance(recorded, dict) else {}
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -416,7 +425,7 @@ def export_subnet(
     example = first[0][:2]
     per_image = 8 * sum(layer.act_elems for layer in supernet.space.quantized_layers)
     forced_x = first[0][: max(1, min(TEACHER_FORCED_IMAGES, TEACHER_FORCED_BYTES // max(1, per_image)))]
-    labels = _labels(batches)
+    labels = batch_labels(batches)
     config = supernet.config
 
     log("running the fake-quant subnet on the check images")
@@ -579,12 +588,14 @@ def export_artifact(
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
     batches = BatchSource(held_out, batch_size)
-    kept = kept_deploy_ranges(source) if deploy_calibration_images is None else None
-    if kept is not None and bn_fold != "scale":
-        if log:
+    deploying = onnx_form == "deploy" and any(f in ("onnx", "all") for f in formats)
+    kept = None
+    if deploying and deploy_calibration_images is None:  # a plan export would not use is not read at all
+        if bn_fold == "scale":
+            kept = kept_deploy_ranges(source)
+        elif Calibrated.DEPLOY_PLAN in source.manifest.get("files", {}) and log:
             log(f"onnx: the calibrated artifact's deploy plan is for --bn-fold scale; calibrating the 8-bit ranges for "
                 f"--bn-fold {bn_fold} here")
-        kept = None
     calibration = None if kept is not None else deploy_calibration(
         splits, spec.seed, DEPLOY_CALIBRATION_IMAGES if deploy_calibration_images is None else deploy_calibration_images,
         batch_size)
@@ -599,7 +610,7 @@ def export_artifact(
         metrics["check"]["split"] = "val"
         if "onnx" in metrics and metrics["onnx"]["form"] == "deploy":
             metrics["onnx"]["deploy"]["calibration"] = (
-                {"source": "calibrated artifact", **Calibrated.deploy_plan(source).get("calibration", {})} if kept is not None
+                {"source": "calibrated artifact", **_kept_calibration(source)} if kept is not None
                 else {"source": "export", "split": "train", "images": sum(len(x) for x in calibration)})
         written = sorted(os.listdir(staging))
         sizes = {name: (Path(staging) / name).stat().st_size for name in written}
