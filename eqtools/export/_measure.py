@@ -72,9 +72,9 @@ def parity(reference: Tensor, logits: Tensor, labels: Tensor | None = None) -> d
         "relative_logit_diff": float(diff.mean() / reference.abs().mean().clamp_min(1e-12)),
         "bit_identical": bool(torch.equal(logits, reference)),
     }
-    if labels is not None:
-        out["accuracy"] = float((top == labels).float().mean())
-        out["reference_accuracy"] = float((ref_top == labels).float().mean())
+    if labels is not None:  # counted, as the stages count top-1 (evaluate), not a float32 mean
+        out["accuracy"] = int((top == labels).sum()) / len(labels)
+        out["reference_accuracy"] = int((ref_top == labels).sum()) / len(labels)
         out["accuracy_change"] = out["accuracy"] - out["reference_accuracy"]
     return out
 
@@ -133,8 +133,7 @@ def measure_deployed(supernet: Supernet, batches: Iterable[tuple[Tensor, Tensor 
                "images": result["images"], "top1_agreement": result["top1_agreement"],
                "requantized_values": info["requantized_values"],
                "calibration": {"split": "train", "images": sum(len(x) for x in calibration)}}
-    if labels is not None:  # as counts over images, the way the calibrate stage's own top-1 is computed
-        top1 = int((logits.argmax(1) == labels).sum()) / len(labels)
-        top1_fake_quant = int((reference.argmax(1) == labels).sum()) / len(labels)
-        metrics.update(top1=top1, top1_fake_quant=top1_fake_quant, top1_change=top1 - top1_fake_quant)
+    if labels is not None:
+        metrics.update(top1=result["accuracy"], top1_fake_quant=result["reference_accuracy"],
+                       top1_change=result["accuracy_change"])
     return metrics, {**plan_to_dict(plan), "bn_fold": "scale", "opset": opset, "calibration": metrics["calibration"]}

@@ -335,8 +335,9 @@ def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | N
 
 
 # ------------------------------------------------------------------------------------------ kept plan
-def kept_deploy_ranges(source: Artifact) -> dict[str, Encoding] | None:
-    """The 8-bit ranges a ``calibrated`` artifact kept for its integer graph (None if it kept none)."""
+def kept_deploy_ranges(source: Artifact) -> tuple[dict[str, Encoding], dict[str, Any]] | None:
+    """The 8-bit ranges a ``calibrated`` artifact kept for its integer graph, with where they came
+    from as the calibrate stage recorded it (for the export's manifest); None if it kept none."""
     document = Calibrated.deploy_plan(source) if source.kind == "calibrated" else None
     if document is None:
         return None
@@ -344,16 +345,11 @@ def kept_deploy_ranges(source: Artifact) -> dict[str, Encoding] | None:
         ranges = plan_from_dict(document)  # refuses anything but a plan document first
         if document.get("bn_fold", "scale") != "scale":
             raise ValueError(f"it is for --bn-fold {document.get('bn_fold')!r}; export keeps plans for 'scale' only")
-        return ranges
     except ValueError as exc:
         raise ArtifactError(f"{source.path}/{Calibrated.DEPLOY_PLAN}: {exc}; recalibrate the subnet "
                             "(`eqtools calibrate`) to write a new one") from None
-
-
-def _kept_calibration(source: Artifact) -> dict[str, Any]:
-    """Where the kept ranges came from, as the calibrate stage recorded it (for the export's manifest)."""
-    recorded = (Calibrated.deploy_plan(source) or {}).get("calibration")
-    return recorded if isinstance(recorded, dict) else {}
+    recorded = document.get("calibration")
+    return ranges, recorded if isinstance(recorded, dict) else {}
 
 
 # ------------------------------------------------------------------------------------------ export
@@ -589,10 +585,10 @@ def export_artifact(
     held_out = splits.val.balanced(check_images, spec.seed, "val")
     batches = BatchSource(held_out, batch_size)
     deploying = onnx_form == "deploy" and any(f in ("onnx", "all") for f in formats)
-    kept = None
+    kept, kept_from = None, {}
     if deploying and deploy_calibration_images is None:  # a plan export would not use is not read at all
         if bn_fold == "scale":
-            kept = kept_deploy_ranges(source)
+            kept, kept_from = kept_deploy_ranges(source) or (None, {})
         elif Calibrated.DEPLOY_PLAN in source.manifest.get("files", {}) and log:
             log(f"onnx: the calibrated artifact's deploy plan is for --bn-fold scale; calibrating the 8-bit ranges for "
                 f"--bn-fold {bn_fold} here")
@@ -610,7 +606,7 @@ def export_artifact(
         metrics["check"]["split"] = "val"
         if "onnx" in metrics and metrics["onnx"]["form"] == "deploy":
             metrics["onnx"]["deploy"]["calibration"] = (
-                {"source": "calibrated artifact", **_kept_calibration(source)} if kept is not None
+                {"source": "calibrated artifact", **kept_from} if kept is not None
                 else {"source": "export", "split": "train", "images": sum(len(x) for x in calibration)})
         written = sorted(os.listdir(staging))
         sizes = {name: (Path(staging) / name).stat().st_size for name in written}
