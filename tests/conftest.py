@@ -81,3 +81,41 @@ def tiny_supernet_artifact(tmp_path_factory, digits_spec, digits_splits) -> Path
     out = tmp_path_factory.mktemp("artifacts") / "digits-test" / "supernet"
     save_supernet(supernet, out, digits_spec, metrics={"note": "test fixture"})
     return out
+
+
+def recalibrate_random_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Exact BN statistics of random data, so an untrained net's predictions vary with the input."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+
+
+def spread_logits(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Standardise each class's logit over the data (last layer), so an untrained net predicts many classes."""
+    fc = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        logits = model(x)
+        mean, std = logits.mean(0), logits.std(0).clamp_min(1e-6)
+        fc.weight.div_(std[:, None])
+        fc.bias.sub_(mean).div_(std)
+
+
+def random_supernet(name: str, channels: int, size: int, n: int = 128, seed: int = 0, space=None, **kwargs):
+    """An untrained ``name`` quantized over 2/3/4/8 bits, its BN statistics and logits spread over random
+    inputs so its predictions vary; returns the supernet and two batches of those inputs."""
+    from eqtools.models import get_model
+    from eqtools.quant import quantize_model
+
+    torch.manual_seed(seed)
+    model = get_model(name, num_classes=10, in_channels=channels, **kwargs)
+    x = torch.randn(n, channels, size, size)
+    recalibrate_random_bn(model, x)
+    spread_logits(model, x)
+    supernet = quantize_model(model, space or {"w_bits": (2, 3, 4, 8), "a_bits": (2, 3, 4, 8)}, x[:1])
+    supernet.init_from_data([x[: n // 2]])
+    return supernet.eval(), [(x[: n // 2], None), (x[n // 2 :], None)]

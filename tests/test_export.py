@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_supernet, recalibrate_random_bn, spread_logits
 from typer.testing import CliRunner
 
 from eqtools.artifacts import read_artifact, write_artifact
@@ -54,28 +55,6 @@ RUNTIME = Path(__file__).resolve().parents[1] / "eqtools" / "export" / "runtime.
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _recalibrate_bn(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Exact BN statistics of random data, so an untrained net's predictions vary with the input."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(x)
-    model.eval()
-
-
-def _spread_logits(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Standardise each class's logit over the data (last layer), so an untrained net predicts many classes."""
-    fc = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        logits = model(x)
-        mean, std = logits.mean(0), logits.std(0).clamp_min(1e-6)
-        fc.weight.div_(std[:, None])
-        fc.bias.sub_(mean).div_(std)
-
-
 def _activate(supernet, config, batches) -> None:
     """Apply ``config`` and centre each class's mean logit via the last bias (float in every format).
 
@@ -86,17 +65,6 @@ def _activate(supernet, config, batches) -> None:
     fc = [m for m in supernet.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         fc.bias.sub_(torch.cat([supernet(x) for x, _ in batches]).mean(0))
-
-
-def _random_supernet(name: str, channels: int, size: int, n: int = 128, seed: int = 0, space=None, **kwargs):
-    torch.manual_seed(seed)
-    model = get_model(name, num_classes=10, in_channels=channels, **kwargs)
-    x = torch.randn(n, channels, size, size)
-    _recalibrate_bn(model, x)
-    _spread_logits(model, x)
-    supernet = quantize_model(model, space or {"w_bits": (2, 3, 4, 8), "a_bits": (2, 3, 4, 8)}, x[:1])
-    supernet.init_from_data([x[: n // 2]])
-    return supernet.eval(), [(x[: n // 2], None), (x[n // 2 :], None)]
 
 
 def _configs(space, conditions=CONDITIONS, bits=(2, 4, 8), mixed=True):
@@ -137,8 +105,8 @@ def tiny_dw(digits_splits):
     torch.manual_seed(0)
     model = get_model("tiny_dwnet", num_classes=10, in_channels=1)
     batches = list(digits_splits.val.batches(150))
-    _recalibrate_bn(model, torch.cat([x for x, _ in batches]))
-    _spread_logits(model, torch.cat([x for x, _ in batches]))
+    recalibrate_random_bn(model, torch.cat([x for x, _ in batches]))
+    spread_logits(model, torch.cat([x for x, _ in batches]))
     supernet = quantize_model(model, {"w_bits": (2, 3, 4, 8), "a_bits": (2, 3, 4, 8)}, batches[0][0][:1])
     supernet.init_from_data([batches[0][0]])
     return supernet.eval(), batches
@@ -213,7 +181,7 @@ def test_depthwise_and_grouped_round_trip(tiny_dw, tmp_path, form):
 
 
 def test_resnet20_mixed_round_trip(tmp_path):
-    supernet, batches = _random_supernet("resnet20", 3, 16, n=64)
+    supernet, batches = random_supernet("resnet20", 3, 16, n=64)
     _activate(supernet, supernet.space.random(random.Random(1), "per-tensor", "asym", "asym"), batches)
     metrics = export_subnet(supernet, batches, tmp_path, agreement_min=0.0, onnx_form="exact")
     _check_parity(metrics, free_running=False)
@@ -224,7 +192,7 @@ def test_resnet20_mixed_round_trip(tmp_path):
 
 
 def test_mobilenet_v2_round_trip(tmp_path):
-    supernet, batches = _random_supernet("mobilenet_v2", 3, 32, n=64, width_mult=0.25)
+    supernet, batches = random_supernet("mobilenet_v2", 3, 32, n=64, width_mult=0.25)
     _activate(supernet, supernet.space.uniform(4, 4, "per-channel", "sym", "sym"), batches)
     metrics = export_subnet(supernet, batches, tmp_path, agreement_min=0.0, onnx_form="exact")
     _check_parity(metrics, free_running=False)
@@ -235,7 +203,7 @@ def test_mobilenet_v2_round_trip(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,kwargs", [("resnet20", {}), ("mobilenet_v2", {"width_mult": 0.5})])
 def test_big_model_sweep(tmp_path, name, kwargs):
-    supernet, batches = _random_supernet(name, 3, 32, n=256, **kwargs)
+    supernet, batches = random_supernet(name, 3, 32, n=256, **kwargs)
     for label, config in _configs(supernet.space):
         _activate(supernet, config, batches)
         for opset in (17, 21):
@@ -297,8 +265,8 @@ def test_layers_pinned_as_float_stay_float(tmp_path, digits_splits):
     torch.manual_seed(0)
     model = get_model("tiny_cnn", num_classes=10, in_channels=1)
     batches = list(digits_splits.val.batches(150))
-    _recalibrate_bn(model, torch.cat([x for x, _ in batches]))
-    _spread_logits(model, torch.cat([x for x, _ in batches]))
+    recalibrate_random_bn(model, torch.cat([x for x, _ in batches]))
+    spread_logits(model, torch.cat([x for x, _ in batches]))
     supernet = quantize_model(model, space, batches[0][0][:1])
     supernet.init_from_data([batches[0][0]])
     _activate(supernet.eval(), supernet.space.uniform(2, 2, "per-channel", "sym", "sym"), batches)

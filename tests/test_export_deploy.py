@@ -60,9 +60,51 @@ def test_every_quantized_layer_runs_on_integer_kernels(tiny, bits, granularity):
     _, data, info, _ = _deploy(supernet, batches, calibration)
     ops = optimized_ops(data)  # what onnxruntime runs, read back via SessionOptions.optimized_model_filepath
     assert not [op for op in FLOAT_MATMUL_OPS if ops.get(op)], ops
-    assert ops.get("QLinearConv") == 3 and ops.get("QGemm") == 1, ops
+    # the layers' convs, and the identity convs that requantize an 8-bit value to a layer's grid
+    assert ops.get("QLinearConv") == 3 + info["identity_convs"] and ops.get("QGemm") == 1, ops
+    assert info["identity_convs"] == info["layer_input_requantizations"]
+    assert "DequantizeLinear" not in ops, ops  # no float tensor between integer ops (QGemm returns the logits)
     assert ops.get("QLinearAdd") == 1 and ops.get("QLinearGlobalAveragePool") == 1, ops
     assert info["integer_convs"] == 3 and info["float_nodes"] == 0
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_resnet_shortcuts_and_requantizations_run_as_identity_convs(bits, monkeypatch):
+    """ResNet-20's option-A shortcuts (a strided slice, then a channel pad) and the 8-bit stem output
+    requantized to the first block's grid run as 1x1 ``QLinearConv`` with an identity weight: no
+    ``Slice``, ``Pad`` or ``DequantizeLinear -> QuantizeLinear`` is left, and the codes are the same
+    as those generic ops compute (the same file built without the rewrites), to the bit."""
+    from conftest import random_supernet
+
+    from eqtools.export._deploy import _Builder
+
+    supernet, batches = random_supernet("resnet20", 1, 16, n=96)
+    supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym", "asym"))
+    xs = [x for x, _ in batches]
+    graph = extract_graph(supernet, xs[0][:2])
+    model, info, plan = build_deploy_onnx(graph, xs[:1])
+    data = model.SerializeToString()
+    ops = optimized_ops(data)
+    assert info["shortcut_convs"] == 2 and info["integer_convs"] == 19, info
+    assert ops.get("QLinearConv") == 19 + info["identity_convs"], ops
+    assert not {"Slice", "Pad", "DequantizeLinear"} & set(ops), ops
+    logits = run_onnx(data, xs)
+    assert parity(simulate_deploy(graph, plan, xs), logits)["top1_agreement"] == 1.0
+
+    monkeypatch.setattr(_Builder, "fusable_subsample", lambda self, ir: False)
+    monkeypatch.setattr(_Builder, "identity_conv", _dequantize_quantize)
+    generic, generic_info, _ = build_deploy_onnx(graph, ranges={n: e for n, e in plan.items() if e and not e.exact})
+    assert generic_info["identity_convs"] == 0 and {"Slice", "Pad"} <= set(optimized_ops(generic.SerializeToString()))
+    assert torch.equal(run_onnx(generic.SerializeToString(), xs), logits)
+
+
+def _dequantize_quantize(self, value, enc, out, channels, out_channels, offset, strides, name):
+    """The requantization as ``DequantizeLinear -> QuantizeLinear`` (what identity_conv replaces)."""
+    assert (channels, offset, strides) == (out_channels, 0, [1, 1])
+    s, z = self.scale_zero(f"{name}.q", out)
+    x_scale, x_zero = self.scale_zero(f"{name}.dq", enc)
+    return self.node("QuantizeLinear", [self.node("DequantizeLinear", [value, x_scale, x_zero], f"{name}.dq"), s, z],
+                     name)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -334,6 +334,9 @@ class _Builder:
         self.dequantized: dict[str, str] = {}
         # requantized residual sums (and ReLU/clamp of them): how to rebuild them in another encoding
         self.recipes: dict[str, tuple[str, Any, dict[str, Any]]] = {}
+        self.consumers = _consumers(graph)
+        # spatial subsamplings left for the channel pad that reads them (see subsample_pad)
+        self.deferred: dict[str, dict[str, Any]] = {}
 
     def node(self, op: str, inputs: list[str], output: str | None = None, domain: str | None = None, **attrs: Any) -> str:
         from onnx import helper
@@ -382,12 +385,79 @@ class _Builder:
                 self.stats["recomputed_in_layer_encoding"] += 1
                 return recomputed
         if enc is None or not enc.same_grid(target):
-            if enc is not None:
+            grid = Encoding(target.scale, target.zero, 0, 255, target.exact)
+            shape = self.shapes.get(value)
+            if enc is not None and shape is not None and len(shape) == 4:
                 self.stats["requantize_8bit_to_layer"] += 1
-            s, z = self.scale_zero(f"{name}.q", target)
-            value = self.node("QuantizeLinear", [self.dequantize(value), s, z], f"{name}.q")
-            enc = Encoding(target.scale, target.zero, 0, 255, target.exact)
+                value = self.identity_conv(value, enc, grid, int(shape[1]), int(shape[1]), 0, [1, 1], f"{name}.q")
+            else:
+                if enc is not None:
+                    self.stats["requantize_8bit_to_layer"] += 1
+                s, z = self.scale_zero(f"{name}.q", target)
+                value = self.node("QuantizeLinear", [self.dequantize(value), s, z], f"{name}.q")
+            enc = grid
         return self.clip(value, enc, target.lo, target.hi, f"{name}.clip")
+
+    def identity_conv(self, value: str, enc: Encoding, out: Encoding, channels: int, out_channels: int, offset: int,
+                      strides: list[int], name: str) -> str:
+        """A 1x1 ``QLinearConv`` whose weight copies input channel ``c`` to output channel ``offset + c``.
+
+        Integer arithmetic with weight 1 at scale 1: the accumulator is ``code - zero`` exactly, so with
+        ``out`` on the input's grid the copy is exact, and on another grid it is one rounding of the
+        exact value (what ``DequantizeLinear -> QuantizeLinear`` computes, in one node instead of two
+        and without a float tensor between them). Output channels no input maps to hold the zero code.
+        """
+        w = np.zeros((out_channels, channels, 1, 1), np.int8)
+        w[np.arange(channels) + offset, np.arange(channels)] = 1
+        self.stats["identity_convs"] += 1
+        xs, xz = self.scale_zero(f"{name}.x", enc)
+        ys, yz = self.scale_zero(f"{name}.y", out)
+        return self.node("QLinearConv", [value, xs, xz, self.const(f"{name}.w", w),
+                                         self.const(f"{name}.w.scale", np.array(1.0, np.float32)),
+                                         self.const(f"{name}.w.zero", np.array(0, np.int8)), ys, yz],
+                         name, kernel_shape=[1, 1], strides=strides, pads=[0, 0, 0, 0])
+
+    def subsample(self, ir: dict[str, Any]) -> list[int] | None:
+        """The strides of a slice that only subsamples a 4-D value's height and width from 0 (``x[:, :, ::2, ::2]``,
+        a ResNet's option-A shortcut), or None."""
+        shape = self.shapes.get(ir["inputs"][0])
+        if shape is None or len(shape) != 4:
+            return None
+        strides = [1, 1]
+        for dim, start, stop, step in ir["attrs"]["slices"]:
+            if dim not in (2, 3) or start not in (None, 0) or (stop is not None and stop < shape[dim]) \
+                    or (step is not None and step < 1):
+                return None
+            strides[dim - 2] = step or 1
+        return strides
+
+    @staticmethod
+    def channel_pad(ir: dict[str, Any]) -> tuple[int, int] | None:
+        """(before, after) of a zero pad of a 4-D value's channels only, or None."""
+        pad = list(ir["attrs"]["pad"])
+        if len(pad) != 6 or any(pad[:4]) or min(pad[4:]) < 0 or ir["attrs"].get("value", 0.0) != 0.0:
+            return None
+        return pad[4], pad[5]
+
+    def subsample_pad(self, ir: dict[str, Any]) -> bool:
+        """A channel zero pad of a spatial subsampling (option-A shortcut) as one strided identity conv.
+
+        ``Slice`` with steps and ``Pad`` are generic copies in onnxruntime; one 1x1 ``QLinearConv``
+        of stride 2 with an identity weight computes the same codes exactly (see :meth:`identity_conv`)
+        on the integer conv kernel, in a fraction of their time. True if ``ir`` (the pad) was emitted so.
+        """
+        source = self.deferred.pop(ir["inputs"][0], None)
+        pads = self.channel_pad(ir)
+        if source is None or pads is None:
+            return False
+        x = source["inputs"][0]
+        enc, channels = self.enc[x], int(self.shapes[x][1])
+        y = self.identity_conv(x, enc, enc, channels, channels + sum(pads), pads[0], self.subsample(source), ir["name"])
+        self.stats["shortcut_convs"] += 1
+        self.enc[ir["name"]] = enc
+        if y != ir["name"]:
+            self.node("Identity", [y], ir["name"])
+        return True
 
     def recompute(self, value: str, target: Encoding, name: str) -> tuple[str, Encoding] | None:
         """``value`` rebuilt straight in ``target``'s encoding, if it is a residual sum (through ReLU/clamp).
@@ -456,6 +526,11 @@ class _Builder:
                 self.recipes[name] = (op, inputs[0], attrs)
         elif op == "pad" and attrs.get("value", 0.0) != 0.0:
             self.emit_float(ir)
+        elif op == "slice" and self.fusable_subsample(ir):
+            self.deferred[name] = ir
+            self.enc[name] = encs[0]
+        elif op == "pad" and self.subsample_pad(ir):
+            pass
         elif op in ("identity", "flatten", "reshape", "slice", "max_pool2d", "pad", "permute", "select"):
             self.shape_op(ir, encs[0])
         elif op == "add" and len(inputs) == 2 and all(e is not None for e in encs) and self.plan.get(name):
@@ -485,6 +560,12 @@ class _Builder:
         else:
             self.emit_float(ir)
         self.shapes[name] = ir.get("shape")
+
+    def fusable_subsample(self, ir: dict[str, Any]) -> bool:
+        """A subsampling whose one reader is a channel zero pad (emitted together by :meth:`subsample_pad`)."""
+        users = self.consumers.get(ir["name"], [])
+        return (self.subsample(ir) is not None and ir["name"] != self.graph.graph["output"] and len(users) == 1
+                and users[0]["op"] == "pad" and self.channel_pad(users[0]) is not None)
 
     def passthrough(self, name: str, value: str, enc: Encoding) -> None:
         if value != name:
@@ -642,6 +723,8 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
         "weight_code_multiplier_max": b.stats["code_multiplier_max"],
         "layer_input_requantizations": b.stats["requantize_8bit_to_layer"],
         "layer_input_recomputations": b.stats["recomputed_in_layer_encoding"],
+        "identity_convs": b.stats["identity_convs"],
+        "shortcut_convs": b.stats["shortcut_convs"],
     }
     return model, info, plan
 
