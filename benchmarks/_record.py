@@ -8,9 +8,27 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+
+
+def timing_arguments(parser: Any, rounds: int, min_runs: int, min_time: float) -> None:
+    """The options the latency benchmarks share (threads, rounds, runs, time, --record), with their own defaults."""
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"interleaved timing rounds (default {rounds})")
+    parser.add_argument("--min-runs", type=int, default=min_runs,
+                        help=f"timed runs per measurement at least (default {min_runs})")
+    parser.add_argument("--min-time", type=float, default=min_time,
+                        help=f"seconds per measurement at least (default {min_time})")
+    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+
+
+def with_malloc_settings() -> None:
+    """Re-execute this script with the glibc malloc settings of reference/NOTES.md, unless it has them."""
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
 
 
 def cpu_name() -> str:

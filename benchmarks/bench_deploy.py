@@ -115,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="training images for onnxruntime's calibration and eqtools' 8-bit ranges (default 512)")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
     parser.add_argument("--batch", default="1,64", help="batch sizes for latency (default 1,64)")
-    parser.add_argument("--min-runs", type=int, default=30, help="timed runs per measurement (default 30)")
-    parser.add_argument("--min-time", type=float, default=2.0, help="seconds per measurement at least (default 2)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; best median kept (default 3)")
+    parser.add_argument("--min-runs", type=int, default=10, help="timed runs per measurement (default 10)")
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement at least (default 0.5)")
+    parser.add_argument("--rounds", type=int, default=12,
+                        help="interleaved timing rounds (default 12): each row is timed once per round, and its "
+                             "speed-ups are the median over rounds of the ratio to the baseline timed in that round")
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
     args = parser.parse_args(argv)
 
@@ -224,22 +226,28 @@ def main(argv: list[str] | None = None) -> int:
                          "ops": d["optimized_ops"], "bias": d["roundings"]["int32_bias"],
                          "requant": d["roundings"]["requantize_8bit"], "requantized": d["requantized_values"]})
 
-        # rows interleaved over rounds, best median per row: other load on the cores then inflates
-        # one round of one row, not the comparison
+        # rows interleaved in short measurements, the order rotated each round; a ratio is taken within a
+        # round (the baseline timed a moment before or after) and its median over rounds reported, so load
+        # that comes and goes on the shared cores shifts both sides of a ratio, not one row's figure
         timed = [row for row in rows if "session" in row]
         for row in timed:
             row["size"] = row["file"].stat().st_size
         for r in range(args.rounds):
             for b in sizes:
-                for row in timed:
+                order = timed[r % len(timed):] + timed[:r % len(timed)]
+                for row in order:
                     t = _latency(row["session"], batch_of(b), args.min_runs, args.min_time)
-                    row[f"ms{b}"] = min(t, row.get(f"ms{b}", t))
+                    row.setdefault(f"ms{b}", []).append(t)
                     print(f"  round {r + 1}: {row['name']} batch {b}: {t:.3f} ms", file=sys.stderr, flush=True)
         load = os.getloadavg()
 
     base = rows[0]
     ort8 = rows[1] if "session" in rows[1] else None
-    head = "| runtime / subnet | " + " | ".join(f"batch {b} ms (vs FP32, vs ORT W8)" for b in sizes) + \
+
+    def ratios(row: dict[str, Any], baseline: dict[str, Any], b: int) -> list[float]:
+        return sorted(x / t for x, t in zip(baseline[f"ms{b}"], row[f"ms{b}"], strict=True))
+
+    head = "| runtime / subnet | " + " | ".join(f"batch {b} ms (vs FP32, vs ORT W8 [IQR])" for b in sizes) + \
         " | agreement % (with) | top-1 % | file bytes |"
     table = [head, "|---|" + "---|" * len(sizes) + "---|---|---|"]
     for row in rows:
@@ -248,9 +256,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cells = []
         for b in sizes:
-            t = row[f"ms{b}"]
-            vs_ort = f", {ort8[f'ms{b}'] / t:.2f}x" if ort8 is not None else ""
-            cells.append(f"{t:.3f} ({base[f'ms{b}'] / t:.2f}x{vs_ort})")
+            t = statistics.median(row[f"ms{b}"])
+            vs_ort = ""
+            if ort8 is not None:
+                q = ratios(row, ort8, b)
+                vs_ort = f", {statistics.median(q):.2f}x [{q[len(q) // 4]:.2f}-{q[(3 * len(q)) // 4]:.2f}]"
+            cells.append(f"{t:.3f} ({statistics.median(ratios(row, base, b)):.2f}x{vs_ort})")
         table.append(f"| {row['name']} | " + " | ".join(cells) +
                      f" | {100 * row['agreement']:.2f} ({row['against']}) | {100 * row['accuracy']:.2f} | {row['size']:,} |")
     costs = ["| subnet | fake-quant top-1 % | deploy top-1 % (Δ) | onnxruntime = deployed arithmetic % | "
@@ -275,8 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         + (f"the whole test split ({len(labels)} images)" if args.split == "test" else
            f"{args.check_images} class-balanced held-out (val) images")
         + f"; onnxruntime {ort.__version__}, CPU execution provider, ORT_ENABLE_ALL, "
-        f"{args.threads} intra-op threads; latency = median ms per batch, best of {args.rounds} interleaved rounds "
-        f"(load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}). The float network is the supernet's "
+        f"{args.threads} intra-op threads; latency = median over {args.rounds} interleaved rounds of the median ms per "
+        f"batch in a round ({args.min_runs}+ runs, {args.min_time} s+); speed-ups = the median over rounds of the ratio "
+        f"within a round, with its interquartile range (load average at the end {load[0]:.1f} / {load[1]:.1f} / "
+        f"{load[2]:.1f}). The float network is the supernet's "
         "weights in float with BN calibrated on its largest subnet; onnxruntime's rows quantize it "
         f"(`quant_pre_process` + `quantize_static`, {args.calibration_images} training images), eqtools' rows "
         "are the BN-calibrated uniform subnets exported with `eqtools export`'s default ONNX form.",

@@ -98,6 +98,21 @@ def test_resnet_shortcuts_and_requantizations_run_as_identity_convs(bits, monkey
     assert torch.equal(run_onnx(generic.SerializeToString(), xs), logits)
 
 
+def test_wide_feature_maps_keep_the_generic_copies(monkeypatch):
+    """A dense identity conv costs C multiply-adds per value: past the channel cap the generic ops stay."""
+    from conftest import random_supernet
+
+    import eqtools.export._deploy as deploy
+
+    supernet, batches = random_supernet("resnet20", 1, 16, n=64)
+    supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym", "asym"))
+    graph = extract_graph(supernet, batches[0][0][:2])
+    monkeypatch.setattr(deploy, "IDENTITY_CONV_MAX_CHANNELS", 8)  # below ResNet-20's 16 channels
+    model, info, _ = build_deploy_onnx(graph, [batches[0][0]])
+    assert info["identity_convs"] == info["shortcut_convs"] == 0
+    assert {"Slice", "Pad"} <= set(optimized_ops(model.SerializeToString()))
+
+
 def _dequantize_quantize(self, value, enc, out, channels, out_channels, offset, strides, name):
     """The requantization as ``DequantizeLinear -> QuantizeLinear`` (what identity_conv replaces)."""
     assert (channels, offset, strides) == (out_channels, 0, [1, 1])

@@ -11,6 +11,11 @@ so nothing depends on its pattern matcher:
   ``com.microsoft.QLinearGlobalAveragePool`` / ``QLinearAveragePool``; ReLU, ReLU6/clamp, max
   pooling, slicing, zero padding, flatten and reshape act on the uint8 codes directly (``Clip``,
   ``MaxPool``, ``Slice``, ``Pad``...), which is exact: each commutes with a monotone quantizer.
+- two copies run on the integer conv kernel instead, as a 1x1 ``QLinearConv`` with an identity
+  weight at scale 1: a spatial subsampling followed by a zero pad of the channels (a ResNet's
+  option-A shortcut; stride 2, output channels shifted by the pad) and an 8-bit value requantized
+  to a layer's grid (what ``DequantizeLinear -> QuantizeLinear`` computes, without a float tensor).
+  onnxruntime runs ``Slice``/``Pad`` and the Q/DQ pair as generic copies, slower than the kernel.
 - values below 8 bits travel in uint8 with an integer ``Clip`` to their range; signed codes with
   zero point ``z`` are stored as uint8 codes ``+128`` with zero point ``z + 128`` (the same values).
 - every value between integer ops is uint8 with one scale and zero point (an "encoding"). Where all
@@ -57,6 +62,9 @@ __all__ = ["DEPLOY_OPSET", "PLAN_FORMAT", "Encoding", "build_deploy_onnx", "code
 DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists since 10, per-axis Q/DQ since 13
 _MS = "com.microsoft"
 _PASS_THROUGH = {"relu", "clamp", "identity", "flatten", "reshape", "slice", "max_pool2d", "pad", "permute", "select"}
+# a dense 1x1 identity conv does C multiply-adds per value copied; it beat onnxruntime's generic copies on
+# ResNet-20 (16 and 32 channels, BENCHMARKS.md) and wider maps keep the generic ops (not measured there)
+IDENTITY_CONV_MAX_CHANNELS = 64
 FLOAT_MATMUL_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "NhwcFusedConv")
 
 
@@ -376,8 +384,12 @@ class _Builder:
             self.dequantized[value] = self.node("DequantizeLinear", [value, s, z], f"{value}.dq")
         return self.dequantized[value]
 
-    def quantize(self, value: str, target: Encoding, name: str) -> tuple[str, Encoding]:
-        """``value`` (float or uint8 in any encoding) in ``target``'s encoding, codes within its range."""
+    def quantize(self, value: str, target: Encoding, name: str, channels_dim1: bool = False) -> tuple[str, Encoding]:
+        """``value`` (float or uint8 in any encoding) in ``target``'s encoding, codes within its range.
+
+        ``channels_dim1``: ``value`` is an NCHW feature map (a conv's input), so a change of grid can
+        run as a 1x1 identity conv; a linear layer's input (features last) takes the Q/DQ pair.
+        """
         enc = self.enc[value]
         if enc is not None and not enc.same_grid(target):
             recomputed = self.recompute(value, target, name)
@@ -387,7 +399,8 @@ class _Builder:
         if enc is None or not enc.same_grid(target):
             grid = Encoding(target.scale, target.zero, 0, 255, target.exact)
             shape = self.shapes.get(value)
-            if enc is not None and shape is not None and len(shape) == 4:
+            if enc is not None and channels_dim1 and shape is not None and len(shape) == 4 \
+                    and shape[1] <= IDENTITY_CONV_MAX_CHANNELS:
                 self.stats["requantize_8bit_to_layer"] += 1
                 value = self.identity_conv(value, enc, grid, int(shape[1]), int(shape[1]), 0, [1, 1], f"{name}.q")
             else:
@@ -565,7 +578,8 @@ class _Builder:
         """A subsampling whose one reader is a channel zero pad (emitted together by :meth:`subsample_pad`)."""
         users = self.consumers.get(ir["name"], [])
         return (self.subsample(ir) is not None and ir["name"] != self.graph.graph["output"] and len(users) == 1
-                and users[0]["op"] == "pad" and self.channel_pad(users[0]) is not None)
+                and users[0]["op"] == "pad" and self.channel_pad(users[0]) is not None
+                and self.shapes[ir["inputs"][0]][1] <= IDENTITY_CONV_MAX_CHANNELS)
 
     def passthrough(self, name: str, value: str, enc: Encoding) -> None:
         if value != name:
@@ -593,7 +607,7 @@ class _Builder:
     def layer(self, ir: dict[str, Any]) -> None:
         name, attrs, spec = ir["name"], ir.get("attrs", {}), ir["weight"]
         t = self.graph.tensors
-        x, x_enc = self.quantize(ir["inputs"][0], _input_encoding(ir, t), f"{name}.input")
+        x, x_enc = self.quantize(ir["inputs"][0], _input_encoding(ir, t), f"{name}.input", ir["op"] == "conv2d")
         codes = t[f"{name}.weight.codes"].numpy().astype(np.int32)
         w_scale = t[f"{name}.weight.scale"].float().numpy().reshape(-1)
         # the int32 bias has the accumulator's unit s_x * s_w, which at low bit-widths is coarse next to
