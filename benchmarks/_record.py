@@ -25,6 +25,16 @@ def timing_arguments(parser: Any, rounds: int, min_runs: int, min_time: float) -
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """First and third quartile (the interquartile range of a paired ratio); one value gives itself twice."""
+    import statistics
+
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4)
+    return q[0], q[2]
+
+
 def with_malloc_settings() -> None:
     """Re-execute this script with the glibc malloc settings of reference/NOTES.md, unless it has them."""
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import command_line, machine_line, record, timing_arguments, with_malloc_settings
+from _record import quartiles as _quartiles
 from bench_deploy import _latency, _session
 
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for b in sizes:
         q = sorted(a / t for a, t in zip(times["A", b], times["B", b], strict=True))
         table.append(f"| {b} | {statistics.median(times['A', b]):.3f} | {statistics.median(times['B', b]):.3f} | "
-                     f"{statistics.median(q):.3f} [{q[len(q) // 4]:.3f}-{q[(3 * len(q)) // 4]:.3f}] |")
+                     f"{statistics.median(q):.3f} [{_quartiles(q)[0]:.3f}-{_quartiles(q)[1]:.3f}] |")
     body = "\n".join([
         (args.label + "\n\n" if args.label else "")
         + f"A = `{args.a}` ({args.a.stat().st_size:,} bytes), B = `{args.b}` ({args.b.stat().st_size:,} bytes); "

@@ -37,6 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import MALLOC_ENV, command_line, machine_line, record
+from _record import quartiles as _quartiles
 
 
 def _session(model: bytes | str, threads: int) -> Any:
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             vs_ort = ""
             if ort8 is not None:
                 q = ratios(row, ort8, b)
-                vs_ort = f", {statistics.median(q):.2f}x [{q[len(q) // 4]:.2f}-{q[(3 * len(q)) // 4]:.2f}]"
+                vs_ort = f", {statistics.median(q):.2f}x [{_quartiles(q)[0]:.2f}-{_quartiles(q)[1]:.2f}]"
             cells.append(f"{t:.3f} ({statistics.median(ratios(row, base, b)):.2f}x{vs_ort})")
         table.append(f"| {row['name']} | " + " | ".join(cells) +
                      f" | {100 * row['agreement']:.2f} ({row['against']}) | {100 * row['accuracy']:.2f} | {row['size']:,} |")

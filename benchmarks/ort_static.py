@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     why = _ort_static(fp32, args.out / "ort-w8.onnx", calibration, "QInt8")
     if why is not None:
         raise SystemExit(f"quantize_static failed: {why}")
+    (args.out / "ort-w8.pre.onnx").unlink(missing_ok=True)  # quant_pre_process's intermediate
     print(f"wrote {fp32} and {args.out / 'ort-w8.onnx'}")
     return 0
 

@@ -78,7 +78,7 @@ def test_resnet_shortcuts_and_requantizations_run_as_identity_convs(bits, monkey
 
     from eqtools.export._deploy import _Builder
 
-    supernet, batches = random_supernet("resnet20", 1, 16, n=96)
+    supernet, batches = random_supernet("resnet20", 1, 15, n=96)  # odd sizes: 15 -> 8 -> 4 at the shortcuts
     supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym", "asym"))
     xs = [x for x, _ in batches]
     graph = extract_graph(supernet, xs[0][:2])
@@ -109,8 +109,77 @@ def test_wide_feature_maps_keep_the_generic_copies(monkeypatch):
     graph = extract_graph(supernet, batches[0][0][:2])
     monkeypatch.setattr(deploy, "IDENTITY_CONV_MAX_CHANNELS", 8)  # below ResNet-20's 16 channels
     model, info, _ = build_deploy_onnx(graph, [batches[0][0]])
-    assert info["identity_convs"] == info["shortcut_convs"] == 0
-    assert {"Slice", "Pad"} <= set(optimized_ops(model.SerializeToString()))
+    assert info["identity_convs"] == info["shortcut_convs"] == 0 and info["layer_input_requantizations"] >= 1
+    assert {"Slice", "Pad", "DequantizeLinear", "QuantizeLinear"} <= set(optimized_ops(model.SerializeToString()))
+
+
+@pytest.mark.parametrize("slices,strides", [
+    ([[2, None, None, 2], [3, None, None, 2]], [2, 2]),
+    ([[3, 0, 15, 3]], [1, 3]),
+    ([[2, 1, None, 2]], None),        # starts at 1: not a subsampling from the first row
+    ([[2, None, 12, 2]], None),       # stops early
+    ([[1, None, None, 2]], None),     # channels
+])
+def test_only_plain_spatial_subsamplings_become_strided_convs(slices, strides):
+    from eqtools.export._deploy import _Builder
+
+    builder = _Builder.__new__(_Builder)
+    builder.shapes = {"x": [2, 16, 15, 15]}
+    assert builder.subsample({"inputs": ["x"], "attrs": {"slices": slices}}) == strides
+
+
+@pytest.mark.parametrize("pad,pads", [
+    ([0, 0, 0, 0, 8, 8], (8, 8)),
+    ([0, 0, 0, 0, 0, 4], (0, 4)),
+    ([1, 1, 0, 0, 8, 8], None),       # pads the width too
+    ([0, 0, 0, 0, -2, 0], None),      # crops channels
+    ([0, 0, 8, 8], None),             # no channel entry
+])
+def test_only_zero_pads_of_the_channels_fold_into_the_shortcut_conv(pad, pads):
+    from eqtools.export._deploy import _Builder
+
+    assert _Builder.channel_pad({"attrs": {"pad": pad, "value": 0.0}}) == pads
+    assert _Builder.channel_pad({"attrs": {"pad": pad, "value": 1.0}}) is None
+
+
+def test_a_zero_pad_after_a_raised_clamp_records_its_zero_code(digits_splits, monkeypatch):
+    """A clamp with a positive minimum narrows a value's codes to above the zero code; a zero pad after
+    it writes the zero code, so the padded value's recorded range must hold it again (a later range
+    ``Clip`` built from that record would otherwise lift the padding). Checked on the builder's record,
+    and the file still computes what the PyTorch simulation of its arithmetic computes."""
+    import torch.nn.functional as F
+
+    from eqtools.export._deploy import _Builder
+    from eqtools.quant import quantize_model
+
+    class RaisedClampPad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.conv2 = torch.nn.Conv2d(8, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            y = F.pad(torch.clamp(self.conv1(x), min=2.0), (0, 0, 0, 0, 2, 2))
+            return self.fc(F.relu(self.conv2(y)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = digits_splits.val.images[:128].float() / 16
+    supernet = quantize_model(RaisedClampPad(), {"w_bits": (2,), "a_bits": (2,)}, x[:1])
+    supernet.init_from_data([x])
+    supernet.apply(supernet.space.uniform(2, 2, "per-tensor", "sym", "asym"))
+    supernet.eval()
+    graph = extract_graph(supernet, x[:2])
+    builders = []
+    init = _Builder.__init__
+    monkeypatch.setattr(_Builder, "__init__", lambda self, *a, **k: (builders.append(self), init(self, *a, **k))[1])
+    model, _, plan = build_deploy_onnx(graph, [x])
+    clamp = next(n["name"] for n in graph.nodes if n["op"] == "clamp")
+    pad = next(n["name"] for n in graph.nodes if n["op"] == "pad")
+    raised, padded = builders[0].enc[clamp], builders[0].enc[pad]
+    assert raised.lo > raised.zero  # the clamp's minimum lies above the zero code on this grid
+    assert padded.lo <= padded.zero <= padded.hi
+    assert torch.allclose(simulate_deploy(graph, plan, [x]), run_onnx(model.SerializeToString(), [x]), atol=1e-4)
 
 
 def _dequantize_quantize(self, value, enc, out, channels, out_channels, offset, strides, name):

@@ -63,8 +63,8 @@ DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists s
 _MS = "com.microsoft"
 _PASS_THROUGH = {"relu", "clamp", "identity", "flatten", "reshape", "slice", "max_pool2d", "pad", "permute", "select"}
 # a dense 1x1 identity conv does C multiply-adds per value copied; it beat onnxruntime's generic copies on
-# ResNet-20 (16 and 32 channels, BENCHMARKS.md) and wider maps keep the generic ops (not measured there)
-IDENTITY_CONV_MAX_CHANNELS = 64
+# ResNet-20's 16- and 32-channel maps (BENCHMARKS.md); wider maps keep the generic ops, not measured
+IDENTITY_CONV_MAX_CHANNELS = 32
 FLOAT_MATMUL_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "NhwcFusedConv")
 
 
@@ -159,6 +159,12 @@ def _calibrated(values: Tensor, align: float | None) -> Encoding:
             scale = align / (k if k % 2 else k - 1 or 1)
     zero = int(min(255, max(0, round(-lo / scale))))
     return Encoding(float(np.float32(scale)), zero, exact=False)
+
+
+def _with_zero(enc: Encoding) -> Encoding:
+    """``enc`` with its code range widened to hold the zero code, which a zero pad writes (after a clamp
+    with a positive minimum the range excludes it, and a later ``Clip`` would lift the padding)."""
+    return Encoding(enc.scale, enc.zero, min(enc.lo, enc.zero), max(enc.hi, enc.zero), enc.exact)
 
 
 def _consumers(graph: DeployGraph) -> dict[str, list[dict[str, Any]]]:
@@ -416,9 +422,11 @@ class _Builder:
         """A 1x1 ``QLinearConv`` whose weight copies input channel ``c`` to output channel ``offset + c``.
 
         Integer arithmetic with weight 1 at scale 1: the accumulator is ``code - zero`` exactly, so with
-        ``out`` on the input's grid the copy is exact, and on another grid it is one rounding of the
-        exact value (what ``DequantizeLinear -> QuantizeLinear`` computes, in one node instead of two
-        and without a float tensor between them). Output channels no input maps to hold the zero code.
+        ``out`` on the input's grid the copy is exact. On another grid it is one rounding of
+        ``(code - zero) * s_in / s_out`` (``DequantizeLinear -> QuantizeLinear`` in one node, without a
+        float tensor between them): the same codes as that pair where the 8-bit step is the layer's
+        step over an odd k (no value is near a tie, see :func:`_calibrated`), and otherwise up to the
+        float32 rounding of the multiplier at exact ties. Output channels no input maps hold the zero code.
         """
         w = np.zeros((out_channels, channels, 1, 1), np.int8)
         w[np.arange(channels) + offset, np.arange(channels)] = 1
@@ -467,7 +475,7 @@ class _Builder:
         enc, channels = self.enc[x], int(self.shapes[x][1])
         y = self.identity_conv(x, enc, enc, channels, channels + sum(pads), pads[0], self.subsample(source), ir["name"])
         self.stats["shortcut_convs"] += 1
-        self.enc[ir["name"]] = enc
+        self.enc[ir["name"]] = _with_zero(enc)
         if y != ir["name"]:
             self.node("Identity", [y], ir["name"])
         return True
@@ -602,7 +610,7 @@ class _Builder:
                 init = numpy_helper.from_array(np.array(enc.zero, np.uint8), init.name)
             self.initializers.append(init)
         self.nodes += exact.nodes
-        self.enc[ir["name"]] = enc
+        self.enc[ir["name"]] = _with_zero(enc) if ir["op"] == "pad" else enc
 
     def layer(self, ir: dict[str, Any]) -> None:
         name, attrs, spec = ir["name"], ir.get("attrs", {}), ir["weight"]
