@@ -349,8 +349,8 @@ class _Builder:
         # requantized residual sums (and ReLU/clamp of them): how to rebuild them in another encoding
         self.recipes: dict[str, tuple[str, Any, dict[str, Any]]] = {}
         self.consumers = _consumers(graph)
-        # spatial subsamplings left for the channel pad that reads them (see subsample_pad)
-        self.deferred: dict[str, dict[str, Any]] = {}
+        # spatial subsamplings left for the channel pad that reads them: (their input, strides); see subsample_pad
+        self.deferred: dict[str, tuple[str, list[int]]] = {}
 
     def node(self, op: str, inputs: list[str], output: str | None = None, domain: str | None = None, **attrs: Any) -> str:
         from onnx import helper
@@ -403,15 +403,14 @@ class _Builder:
                 self.stats["recomputed_in_layer_encoding"] += 1
                 return recomputed
         if enc is None or not enc.same_grid(target):
+            if enc is not None:
+                self.stats["requantize_8bit_to_layer"] += 1
             grid = Encoding(target.scale, target.zero, 0, 255, target.exact)
             shape = self.shapes.get(value)
             if enc is not None and channels_dim1 and shape is not None and len(shape) == 4 \
                     and shape[1] <= IDENTITY_CONV_MAX_CHANNELS:
-                self.stats["requantize_8bit_to_layer"] += 1
                 value = self.identity_conv(value, enc, grid, int(shape[1]), int(shape[1]), 0, [1, 1], f"{name}.q")
             else:
-                if enc is not None:
-                    self.stats["requantize_8bit_to_layer"] += 1
                 s, z = self.scale_zero(f"{name}.q", target)
                 value = self.node("QuantizeLinear", [self.dequantize(value), s, z], f"{name}.q")
             enc = grid
@@ -460,25 +459,19 @@ class _Builder:
             return None
         return pad[4], pad[5]
 
-    def subsample_pad(self, ir: dict[str, Any]) -> bool:
-        """A channel zero pad of a spatial subsampling (option-A shortcut) as one strided identity conv.
+    def subsample_pad(self, ir: dict[str, Any]) -> None:
+        """A channel zero pad of a deferred spatial subsampling (option-A shortcut) as one strided identity conv.
 
         ``Slice`` with steps and ``Pad`` are generic copies in onnxruntime; one 1x1 ``QLinearConv``
         of stride 2 with an identity weight computes the same codes exactly (see :meth:`identity_conv`)
-        on the integer conv kernel, in a fraction of their time. True if ``ir`` (the pad) was emitted so.
+        on the integer conv kernel, in a fraction of their time.
         """
-        source = self.deferred.pop(ir["inputs"][0], None)
-        pads = self.channel_pad(ir)
-        if source is None or pads is None:
-            return False
-        x = source["inputs"][0]
+        x, strides = self.deferred.pop(ir["inputs"][0])
+        before, after = self.channel_pad(ir)  # checked when the subsampling was deferred for this pad
         enc, channels = self.enc[x], int(self.shapes[x][1])
-        y = self.identity_conv(x, enc, enc, channels, channels + sum(pads), pads[0], self.subsample(source), ir["name"])
+        self.identity_conv(x, enc, enc, channels, channels + before + after, before, strides, ir["name"])
         self.stats["shortcut_convs"] += 1
         self.enc[ir["name"]] = _with_zero(enc)
-        if y != ir["name"]:
-            self.node("Identity", [y], ir["name"])
-        return True
 
     def recompute(self, value: str, target: Encoding, name: str) -> tuple[str, Encoding] | None:
         """``value`` rebuilt straight in ``target``'s encoding, if it is a residual sum (through ReLU/clamp).
@@ -547,11 +540,11 @@ class _Builder:
                 self.recipes[name] = (op, inputs[0], attrs)
         elif op == "pad" and attrs.get("value", 0.0) != 0.0:
             self.emit_float(ir)
-        elif op == "slice" and self.fusable_subsample(ir):
-            self.deferred[name] = ir
+        elif op == "slice" and (strides := self.fusable_subsample(ir)) is not None:
+            self.deferred[name] = (inputs[0], strides)
             self.enc[name] = encs[0]
-        elif op == "pad" and self.subsample_pad(ir):
-            pass
+        elif op == "pad" and inputs[0] in self.deferred:
+            self.subsample_pad(ir)
         elif op in ("identity", "flatten", "reshape", "slice", "max_pool2d", "pad", "permute", "select"):
             self.shape_op(ir, encs[0])
         elif op == "add" and len(inputs) == 2 and all(e is not None for e in encs) and self.plan.get(name):
@@ -582,12 +575,16 @@ class _Builder:
             self.emit_float(ir)
         self.shapes[name] = ir.get("shape")
 
-    def fusable_subsample(self, ir: dict[str, Any]) -> bool:
-        """A subsampling whose one reader is a channel zero pad (emitted together by :meth:`subsample_pad`)."""
+    def fusable_subsample(self, ir: dict[str, Any]) -> list[int] | None:
+        """The strides of a subsampling whose one reader is a channel zero pad (emitted together by
+        :meth:`subsample_pad`), or None."""
         users = self.consumers.get(ir["name"], [])
-        return (self.subsample(ir) is not None and ir["name"] != self.graph.graph["output"] and len(users) == 1
-                and users[0]["op"] == "pad" and self.channel_pad(users[0]) is not None
-                and self.shapes[ir["inputs"][0]][1] <= IDENTITY_CONV_MAX_CHANNELS)
+        strides = self.subsample(ir)
+        if strides is None or ir["name"] == self.graph.graph["output"] or len(users) != 1 \
+                or users[0]["op"] != "pad" or self.channel_pad(users[0]) is None \
+                or self.shapes[ir["inputs"][0]][1] > IDENTITY_CONV_MAX_CHANNELS:
+            return None
+        return strides
 
     def passthrough(self, name: str, value: str, enc: Encoding) -> None:
         if value != name:
