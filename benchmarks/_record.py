@@ -35,6 +35,22 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def median_ms(call: Any, min_runs: int, min_time_s: float) -> float:
+    """Median milliseconds of ``call()`` after 5 warm-up calls, over ``min_runs`` calls and ``min_time_s`` at least."""
+    import statistics
+    import time
+
+    for _ in range(5):
+        call()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_time_s:
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(times)
+
+
 def with_malloc_settings() -> None:
     """Re-execute this script with the glibc malloc settings of reference/NOTES.md, unless it has them."""
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):

@@ -31,12 +31,11 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import MALLOC_ENV, command_line, machine_line, record
+from _record import MALLOC_ENV, command_line, machine_line, median_ms, record
 from _record import quartiles as _quartiles
 
 
@@ -54,15 +53,24 @@ def _session(model: bytes | str, threads: int) -> Any:
 def _latency(session: Any, x: Any, min_runs: int, min_time_s: float) -> float:
     """Median milliseconds per batch ``x``."""
     feed = {session.get_inputs()[0].name: x.numpy()}
-    for _ in range(5):
-        session.run(None, feed)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_time_s:
-        t = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(times)
+    return median_ms(lambda: session.run(None, feed), min_runs, min_time_s)
+
+
+def float_network(supernet: Any, splits: Any, spec: Any) -> None:
+    """Make ``supernet`` the float network the baselines quantize: its weights in float (the largest,
+    8-bit subnet active, quantizers unused by ``extract_graph(quantized=False)``), BN calibrated on it."""
+    from eqtools.evaluation import calibration_source, recalibrate_bn
+
+    supernet.apply(supernet.space.max())
+    recalibrate_bn(supernet, calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed))
+    supernet.eval()
+
+
+def float_onnx(supernet: Any, example: Any, opset: int) -> bytes:
+    """The float network (see :func:`float_network`) as an ONNX file, batch norm folded."""
+    from eqtools.export import build_onnx, extract_graph
+
+    return build_onnx(extract_graph(supernet, example[:2], quantized=False), opset).SerializeToString()
 
 
 def _logits(session: Any, batches: list[Any]) -> Any:
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, calibration_source, recalibrate_bn, resolve_config
-    from eqtools.export import build_onnx, export_subnet, extract_graph, optimized_ops, parity
+    from eqtools.export import deploy_calibration, export_subnet, optimized_ops, parity
 
     torch.set_num_threads(args.threads)
     source = read_artifact(args.source, "supernet")
@@ -146,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     xs = [x for x, _ in check]
     labels = torch.cat([y for _, y in check])
     calib_bn = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
-    calibration = [x for x, _ in BatchSource(splits.train, 64, images=args.calibration_images,
-                                             shuffle_seed=spec.seed)]
+    calibration = deploy_calibration(splits, spec.seed, args.calibration_images, 64)
     parts = args.condition.split("/")
     form = (parts[0], parts[1], parts[-1])
     sizes = [int(b) for b in args.batch.split(",")]
@@ -159,13 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        # the float network: the supernet's weights in float, BN calibrated on its largest (8-bit) subnet
-        supernet.apply(supernet.space.max())
-        recalibrate_bn(supernet, calib_bn)
-        supernet.eval()
+        float_network(supernet, splits, spec)
         for opset in (17, 21):
-            model = build_onnx(extract_graph(supernet, example[:2], quantized=False), opset)
-            (tmp / f"fp32-{opset}.onnx").write_bytes(model.SerializeToString())
+            (tmp / f"fp32-{opset}.onnx").write_bytes(float_onnx(supernet, example, opset))
         fp32 = _session(str(tmp / "fp32-17.onnx"), args.threads)
         fp32_logits = _logits(fp32, xs)
         rows.append({"name": "FP32 ONNX", "session": fp32, "file": tmp / "fp32-17.onnx",

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_deploy import _ort_static
+from bench_deploy import _ort_static, float_network, float_onnx
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,20 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     from eqtools.artifacts import read_artifact
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
-    from eqtools.evaluation import BatchSource, calibration_source, recalibrate_bn
-    from eqtools.export import build_onnx, extract_graph
+    from eqtools.export import deploy_calibration
 
     source = read_artifact(args.source, "supernet")
     spec = artifact_spec(source)
     supernet = load_supernet(source).eval()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
-    calibration = [x for x, _ in BatchSource(splits.train, 64, images=args.calibration_images, shuffle_seed=spec.seed)]
-    supernet.apply(supernet.space.max())
-    recalibrate_bn(supernet, calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed))
-    supernet.eval()
+    calibration = deploy_calibration(splits, spec.seed, args.calibration_images, 64)
+    float_network(supernet, splits, spec)
     args.out.mkdir(parents=True, exist_ok=True)
     fp32 = args.out / "fp32.onnx"
-    fp32.write_bytes(build_onnx(extract_graph(supernet, calibration[0][:2], quantized=False), 17).SerializeToString())
+    fp32.write_bytes(float_onnx(supernet, calibration[0], 17))
     why = _ort_static(fp32, args.out / "ort-w8.onnx", calibration, "QInt8")
     if why is not None:
         raise SystemExit(f"quantize_static failed: {why}")

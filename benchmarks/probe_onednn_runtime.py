@@ -21,16 +21,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import command_line, machine_line, record, timing_arguments, with_malloc_settings
-from bench_deploy import _latency, _ort_static, _session
+from _record import command_line, machine_line, median_ms, record, timing_arguments, with_malloc_settings
+from bench_deploy import _latency, _ort_static, _session, float_network, float_onnx
 
 
 def _onednn_resnet20(in_channels: int, num_classes: int) -> Any:
@@ -81,18 +79,6 @@ def _onednn_resnet20(in_channels: int, num_classes: int) -> Any:
     return forward
 
 
-def _torch_latency(fn: Any, x: Any, min_runs: int, min_time_s: float) -> float:
-    for _ in range(5):
-        fn(x)
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_time_s:
-        t = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from eqtools.artifacts import read_artifact
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
-    from eqtools.evaluation import BatchSource
-    from eqtools.export import build_onnx, extract_graph
+    from eqtools.export import deploy_calibration
     from eqtools.quant.integer import int8_kernel_missing
 
     missing = int8_kernel_missing()
@@ -119,13 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     spec = artifact_spec(source)
     supernet = load_supernet(source).eval()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
-    calibration = [x for x, _ in BatchSource(splits.train, 64, images=512, shuffle_seed=spec.seed)]
+    calibration = deploy_calibration(splits, spec.seed, 512, 64)
     example = calibration[0]
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        supernet.apply(supernet.space.max())
-        (tmp / "fp32.onnx").write_bytes(
-            build_onnx(extract_graph(supernet, example[:2], quantized=False), 17).SerializeToString())
+        float_network(supernet, splits, spec)
+        (tmp / "fp32.onnx").write_bytes(float_onnx(supernet, example, 17))
         why = _ort_static(tmp / "fp32.onnx", tmp / "w8.onnx", calibration, "QInt8")
         if why:
             raise SystemExit(f"quantize_static failed: {why}")
@@ -134,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         compiled = torch.compile(forward)
         rows = {"FP32 ONNX": lambda x: _latency(fp32, x, args.min_runs, args.min_time),
                 "onnxruntime quantize_static W8": lambda x: _latency(w8, x, args.min_runs, args.min_time),
-                "oneDNN fused int8 convs, eager": lambda x: _torch_latency(forward, x, args.min_runs, args.min_time),
-                "oneDNN fused int8 convs, torch.compile": lambda x: _torch_latency(compiled, x, args.min_runs,
-                                                                                   args.min_time)}
+                "oneDNN fused int8 convs, eager": lambda x: median_ms(lambda: forward(x), args.min_runs, args.min_time),
+                "oneDNN fused int8 convs, torch.compile": lambda x: median_ms(lambda: compiled(x), args.min_runs,
+                                                                              args.min_time)}
         best: dict[tuple[str, int], float] = {}
         with torch.no_grad():
             for _ in range(args.rounds):
