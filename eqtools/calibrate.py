@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eqtools.artifacts import Artifact, Calibrated, default_out
-from eqtools.evaluation import SPLITS, config_tag, evaluation_source, measure_subnet
+from eqtools.evaluation import config_tag, evaluation_source, measure_subnet
 from eqtools.space import SubnetConfig
+from eqtools.vocab import SPLITS
 
 if TYPE_CHECKING:
     from eqtools.data import Splits

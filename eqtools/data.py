@@ -12,6 +12,11 @@ Splits
   sampler measures subnet accuracy on it (the paper uses a training-set subset for this) and it
   keeps ``test`` clean for reported numbers.
 - ``test``: the official test/validation split (optionally a class-balanced ``test_subset``).
+- ``unseen``: every training image the supernet never trained on: ``val`` first, then the images a
+  ``train_subset`` leaves out (just ``val`` without one). ``search --verify`` chooses its pick on
+  it: a CPU-scaled spec trains on a fraction of the training set, and choosing between subnets
+  that differ by tenths of a point needs the tens of thousands of images left over, not val's
+  few thousand.
 
 The small datasets live in memory as uint8 tensors and are batched by index with augmentation done
 per batch, which is several times faster on two CPU cores than a per-sample DataLoader and makes
@@ -36,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eqtools.errors import DataError
+from eqtools.vocab import SPLITS
 
 __all__ = [
     "DatasetInfo",
@@ -365,10 +371,11 @@ class Splits:
     train: Split
     val: Split
     test: Split
+    unseen: Split  # val first, then the training images a train_subset leaves out (val itself without one)
 
     def get(self, name: str) -> Split:
-        if name not in ("train", "val", "test"):
-            raise DataError(f"unknown split {name!r}; splits are train, val, test")
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; splits are {', '.join(SPLITS)}")
         return getattr(self, name)
 
 
@@ -398,9 +405,16 @@ def load_splits(data: Any, seed: int, num_classes: int | None = None) -> Splits:
     keep = torch.ones(n, dtype=torch.bool)
     keep[val_idx] = False
     val = train_all.subset(val_idx, "val")
-    train = train_all.subset(torch.nonzero(keep).flatten(), "train")
-    if data.train_subset is not None:
-        train = train.balanced(data.train_subset, _mix(seed, 2), "train")
+    kept = torch.nonzero(keep).flatten()
+    train = train_all.subset(kept, "train")
+    unseen = val
+    if data.train_subset is not None and data.train_subset < len(train):
+        # the same draw as Split.balanced, kept as indices so the images left out stay reachable
+        chosen = balanced_indices(train.targets, data.train_subset, torch.Generator().manual_seed(_mix(seed, 2)))
+        left = torch.ones(len(kept), dtype=torch.bool)
+        left[chosen] = False
+        train = train.subset(chosen, "train")
+        unseen = train_all.subset(torch.cat([val_idx, kept[left]]), "unseen")
     if data.test_subset is not None:
         test = test.balanced(data.test_subset, _mix(seed, 3), "test")
-    return Splits(train, val, test)
+    return Splits(train, val, test, unseen)

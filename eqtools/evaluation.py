@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from eqtools.artifacts import Artifact, Search, check_space, read_artifact
 from eqtools.errors import ArtifactError, ConfigError, DataError, out_of_memory_advice
 from eqtools.space import ElasticSpace, SubnetConfig
-from eqtools.vocab import resolve_symmetry_flags
+from eqtools.vocab import SPLITS, resolve_symmetry_flags
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALIB_SEED_OFFSET",
-    "SPLITS",
     "BatchSource",
     "SubnetMeter",
     "bn_modules",
@@ -66,7 +65,6 @@ __all__ = [
     "subnet_costs",
 ]
 
-SPLITS = ("train", "val", "test")
 # offsets mixed into the spec seed so the calibration images are fixed per spec but independent of
 # every other seeded draw (validation split, training order, sampler)
 CALIB_SEED_OFFSET = 7919

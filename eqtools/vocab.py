@@ -1,4 +1,4 @@
-"""The words every stage shares: bit-widths, granularities, symmetries, export formats, BN-fold modes.
+"""The words every stage shares: bit-widths, granularities, symmetries, splits, export formats, BN-fold modes.
 
 Defined once here and nowhere else: the spec schema's literals, the CLI's choices, the space's
 validation and the export stage all derive from these tuples, so adding a value is one edit.
@@ -23,7 +23,9 @@ __all__ = [
     "FLOAT_BITS",
     "GRANULARITIES",
     "ONNX_FORMS",
+    "SPLITS",
     "SYMMETRIES",
+    "VERIFY_SPLITS",
     "Granularity",
     "Symmetry",
     "form_key",
@@ -35,6 +37,10 @@ __all__ = [
 BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
 GRANULARITIES: tuple[str, ...] = ("per-channel", "per-tensor")
 SYMMETRIES: tuple[str, ...] = ("sym", "asym")
+# train: the images the supernet fits; val: held-out training images; test: the dataset's test set;
+# unseen: val, then every training image the training subset left out (eqtools.data.Splits)
+SPLITS: tuple[str, ...] = ("train", "val", "test", "unseen")
+VERIFY_SPLITS: tuple[str, ...] = ("unseen", "val")  # search --verify chooses on held-out images, never test
 EXPORT_FORMATS: tuple[str, ...] = ("int", "onnx", "all")
 ONNX_FORMS: tuple[str, ...] = ("deploy", "exact")  # integer kernels (default) | bit-exact QDQ reference
 BN_FOLD_MODES: tuple[str, ...] = ("scale", "requantize", "none")

@@ -62,6 +62,22 @@ def test_val_is_class_balanced_disjoint_and_seeded(idx_root):
     assert not torch.equal(load_splits(spec, seed=1).val.images, a.val.images)
 
 
+def test_unseen_is_val_then_every_training_image_the_subset_left_out(idx_root):
+    from eqtools.data import _mix
+
+    spec = DataSpec(name="fashion-mnist", root=str(idx_root), val_size=200, train_subset=500)
+    s = load_splits(spec, seed=0)
+    full = load_splits(DataSpec(name="fashion-mnist", root=str(idx_root), val_size=200), seed=0)
+    # the training draw is Split.balanced's, so supernets trained before the unseen split still match
+    assert torch.equal(s.train.images, full.train.balanced(500, _mix(0, 2)).images)
+    assert len(s.unseen) == 1500 - 500 and torch.equal(s.unseen.images[:200], s.val.images)
+    rows = lambda split: [bytes(r.numpy()) for r in split.images]  # noqa: E731
+    assert not set(rows(s.unseen)) & set(rows(s.train))
+    assert sorted(rows(s.unseen) + rows(s.train)) == sorted(rows(full.train) + rows(full.val))
+    assert torch.equal(full.unseen.images, full.val.images)  # no train_subset: nothing else was left out
+    assert s.get("unseen") is s.unseen
+
+
 def test_batches_are_deterministic_and_resumable(idx_root):
     train = load_splits(DataSpec(name="fashion-mnist", root=str(idx_root), val_size=200), seed=0).train
     full = list(train.batches(100, shuffle=True, augment=True, seed=3, epoch=2))
@@ -159,3 +175,15 @@ def test_real_fashion_mnist_when_installed():
     splits = load_splits(DataSpec(name="fashion-mnist", val_size=1000, train_subset=2000, test_subset=1000), seed=0)
     assert len(splits.train) == 2000 and len(splits.test) == 1000
     assert torch.bincount(splits.test.labels).tolist() == [100] * 10
+
+
+def test_every_split_the_vocabulary_names_can_be_had(idx_root) -> None:
+    """The CLI's --split choices come from eqtools.vocab.SPLITS: each must name a split Splits holds."""
+    from eqtools.vocab import SPLITS, VERIFY_SPLITS
+
+    splits = load_splits(DataSpec(name="fashion-mnist", root=str(idx_root), val_size=200, train_subset=500), seed=0)
+    for name in SPLITS:
+        assert len(splits.get(name)) > 0
+    assert set(VERIFY_SPLITS) <= set(SPLITS) and "test" not in VERIFY_SPLITS
+    with pytest.raises(DataError, match="splits are train, val, test, unseen"):
+        splits.get("holdout")

@@ -41,7 +41,7 @@ def command(
         typer.Option("--images", min=1, help="Training images for the BN statistics. Default: the spec's calibrate.images."),
     ] = None,
     split: Annotated[
-        str, typer.Option("--split", help="Where accuracy is measured: test (default), val (held-out train) or train.")
+        str, typer.Option("--split", help="Where accuracy is measured: test (default), val (held-out train), unseen (val plus the training images a train_subset leaves out) or train.")
     ] = "test",
     out: Annotated[
         Path | None,
