@@ -7,6 +7,10 @@ Two cached sets of measured subnets, both from one supernet artifact:
   does (the same 512-image BN calibration) and evaluated on the full *test* split (10k images
   on Fashion-MNIST), with each image's correctness kept. The sampler labels its rows on the
   *val* split, so no held-out label comes from an image a training label used.
+- ``heldout-spare``: the same held-out subnets on the *spare* training images: those a spec's
+  ``train_subset`` leaves out and ``val`` does not hold (35k on r20-fmnist), so never trained on
+  and never a training label's. ``evaluate --spare`` scores against labels on test + spare (45k
+  images a subnet on r20-fmnist), which cuts the held-out labels' own noise 4.5-fold.
 - ``pool``: what ``eqtools sample -n N`` measures (the same draw, calibration, val subset and
   batch size), with each image's correctness and loss kept, so labels from fewer images per
   subnet come from the same runs.
@@ -17,7 +21,7 @@ and a killed build resumes.
 
 ``evaluate`` then reports
   1. the noise ceiling: Kendall τ (and Pearson r) between the held-out subnets' top-1 on two
-     disjoint random halves of the test images, pooled, within each form and within each
+     disjoint random halves of the held-out images, pooled, within each form and within each
      budget window (average weight bits in 1-bit windows);
   2. each predictor variant fitted on the pool and scored on the held-out set: pooled τ and r,
      mean τ within a form, mean τ within a budget window, per form;
@@ -27,7 +31,8 @@ and a killed build resumes.
 Usage
   python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set heldout
   python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set pool -n 800
-  python benchmarks/bench_predictor.py evaluate artifacts/repro/eqnet [--record]
+  python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set heldout-spare
+  python benchmarks/bench_predictor.py evaluate artifacts/repro/eqnet [--spare] [--record]
 
 The script re-executes itself with the glibc malloc settings of reference/NOTES.md and runs torch
 on --threads threads (default 1: the machine is shared).
@@ -49,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import MALLOC_ENV, ROOT, command_line, machine_line, record
 
 HELDOUT_SEED = 20261201  # the held-out draw's seed: not the spec's seed, so no config is shared by accident
-HALF_SEED = 7  # the random split of the test images into two halves
+HALF_SEED = 7  # the random split of the held-out images into two halves
 IMAGE_ORDER_SEED = 11  # the random order of a training label's images (for labels from fewer images)
 MIN_CELL = 4  # subnets a (form, window) cell needs for its τ to count
 WINDOWS = ((2.0, 3.0), (3.0, 4.0), (4.0, 5.0), (5.0, 6.0), (6.0, 8.01))
@@ -115,12 +120,16 @@ def build(args: argparse.Namespace) -> int:
     calib = calibration_source(splits, s.calib_images, s.batch_size, spec.seed)
     if args.set == "pool":
         target = splits.val.balanced(images or s.subset, spec.seed + EVAL_SEED_OFFSET)
+    elif args.set == "heldout-spare":  # the training images neither trained on nor in val (the pool's labels)
+        target = splits.unseen.subset(torch.arange(len(splits.val), len(splits.unseen)), "spare")
+        if not len(target):
+            raise SystemExit("the spec has no data.train_subset, so no training image is spare")
     else:
         target = splits.test
     evaluation = BatchSource(target, s.batch_size)
     meter = SubnetMeter(supernet, calib, evaluation, compile=args.compile)
     (out / "meta.json").write_text(json.dumps({
-        "split": "val" if args.set == "pool" else "test", "images": evaluation.images, "calib_images": calib.images,
+        "split": {"pool": "val", "heldout": "test", "heldout-spare": "spare"}[args.set], "images": evaluation.images, "calib_images": calib.images,
         "batch_size": s.batch_size, "compiled": args.compile, "supernet": str(art.path)}) + "\n")
     start = time.perf_counter()
     for done, i in enumerate(todo, start=1):
@@ -219,6 +228,13 @@ def evaluate(args: argparse.Namespace) -> int:
     art = read_artifact(args.supernet, "supernet")
     space = art.space
     h_cfg, h_correct, _, h_meta = _load(args.supernet, "heldout")
+    if args.spare:  # the same subnets on the spare training images too: labels on test + spare
+        s_cfg, s_correct, _, s_meta = _load(args.supernet, "heldout-spare")
+        if [c.to_json(indent=None) for c in s_cfg] != [c.to_json(indent=None) for c in h_cfg]:
+            raise SystemExit("heldout-spare does not hold the held-out subnets (build both sets completely)")
+        h_correct = np.concatenate([h_correct, s_correct], axis=1)
+        h_meta = {**h_meta, "images": h_meta["images"] + s_meta["images"], "split": "test + spare"}
+    label_images = f"{h_meta['split']} images"
     p_cfg, p_correct, p_loss, p_meta = _load_pools(args.supernet, args.pool_images, args.extra_pools)
     h_acc = h_correct.mean(axis=1)
     h_forms = np.asarray([c.condition for c in h_cfg])
@@ -236,14 +252,14 @@ def evaluate(args: argparse.Namespace) -> int:
         "",
     ]
 
-    # 1. noise ceiling: two disjoint halves of the test images
+    # 1. noise ceiling: two disjoint halves of the held-out images
     rng = np.random.default_rng(HALF_SEED)
     order = rng.permutation(h_correct.shape[1])
     half_a = h_correct[:, order[: len(order) // 2]].mean(axis=1)
     half_b = h_correct[:, order[len(order) // 2:]].mean(axis=1)
     ceiling = ranking_scores(half_a, half_b, h_forms, h_avg_w)
     lines += [
-        "Noise ceiling (top-1 on one random half of the test images against the other half, same subnets):",
+        f"Noise ceiling (top-1 on one random half of the {label_images} against the other half, same subnets):",
         "",
         "| pooled τ | pooled r | mean τ within a form | mean τ within a budget window | mean τ within form × window |",
         "|---|---|---|---|---|",
@@ -262,10 +278,11 @@ def evaluate(args: argparse.Namespace) -> int:
     p_mean_loss = p_loss.mean(axis=1)
     variants = args.variants.split(",") if args.variants else list(VARIANTS)
     lines += [
-        f"Predictors fitted on {len(p_cfg)} pool subnets, scored on the {len(h_cfg)} held-out subnets' full-test labels:",
+        f"Predictors fitted on {len(p_cfg)} pool subnets, scored on the {len(h_cfg)} held-out subnets' labels "
+        f"({h_meta['images']} {label_images}):",
         "",
         "| variant | pooled τ | pooled r | mean τ in a form | mean τ in a window | mean τ in form × window | "
-        f"pooled τ against a 5k-image half (ceiling {_fmt(ceiling['tau'])}) | fit time |",
+        f"pooled τ against a {h_correct.shape[1] // 2}-image half (ceiling {_fmt(ceiling['tau'])}) | fit time |",
         "|---|---|---|---|---|---|---|---|",
     ]
     results: dict[str, Any] = {}
@@ -323,7 +340,9 @@ def search(args: argparse.Namespace) -> int:
     from eqtools.predictor.compare import VARIANTS, fit_variant
     from eqtools.predictor.model import Predictor
     from eqtools.search import SearchOptions, run_search
-    from eqtools.search.verify import verify_outcome
+    from eqtools.search.verify import _Bench, verify_outcome
+    from eqtools.space import SubnetConfig
+    from eqtools.stats import paired_bootstrap
 
     torch.set_num_threads(args.threads)
     art = read_artifact(args.supernet, "supernet")
@@ -333,10 +352,21 @@ def search(args: argparse.Namespace) -> int:
     settings, _ = VARIANTS[args.variant]
     predictor = Predictor(settings["model"], fitted.encoding, fitted.regressor, space)
     lines = [f"Search with `{args.variant}` fitted on {len(p_cfg)} pool subnets; GA population {args.population} × "
-             f"{args.generations} generations, top-{args.top_k} + uniform verified on the val split, then pick and "
-             "uniform measured on the full test split (paired bootstrap, 2000 resamples):", "",
-             "| form | budget W/A | pick | pick top-1 (test) | uniform top-1 (test) | pick − uniform [95 % CI] (points) |",
-             "|---|---|---|---|---|---|"]
+             f"{args.generations} generations, top-{args.top_k} + uniform verified on the {args.verify_split} split, then pick and "
+             "uniform measured on the full test split (paired bootstrap, 2000 resamples). With --choice-ci the "
+             "pick and uniform are also measured image by image on unseen, whose first images are val's, and "
+             "the same interval is taken on each: how well the split --verify chose on resolves the "
+             "difference it chose by.", "",
+             "| form | budget W/A | pick | pick top-1 (test) | uniform top-1 (test) | pick − uniform [95 % CI] (points) |"
+             + (" on val | on unseen |" if args.choice_ci else ""),
+             "|---|---|---|---|---|---|" + ("---|---|" if args.choice_ci else "")]
+    bench = _Bench.load(art) if args.choice_ci else None
+    unseen = bench.meter("unseen") if bench is not None else None
+
+    def interval(a: np.ndarray, b: np.ndarray) -> str:
+        v = paired_bootstrap(a, b, seed=0)
+        return f"{100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, {100 * v['ci_high']:+.2f}]"
+
     for form in args.forms.split(","):
         g, ws, as_ = form.split("/")
         for bits in args.bits:
@@ -344,13 +374,23 @@ def search(args: argparse.Namespace) -> int:
             outcome = run_search(predictor, SearchOptions(w_bits=bits, granularity=g, w_symmetry=ws, a_symmetry=as_,
                                                           population=args.population, generations=args.generations,
                                                           top_k=args.top_k))
-            verify_outcome(outcome, art)
+            verify_outcome(outcome, art, split=args.verify_split)
             v = outcome.vs_uniform
             what = "uniform" if v["pick_is_uniform"] else f"mixed {outcome.best_costs['avg_w_bits']:.2f}/" \
                 f"{outcome.best_costs['avg_a_bits']:.2f}"
             lines.append(f"| {form} | {bits:g}/{bits:g} | {what} | {100 * v['pick_top1']:.2f}% | "
                          f"{100 * v['uniform_top1']:.2f}% | {100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, "
                          f"{100 * v['ci_high']:+.2f}] |")
+            if unseen is not None and v["pick_is_uniform"]:
+                lines[-1] += " 0 | 0 |"
+            elif unseen is not None:
+                uniform = SubnetConfig.from_dict(outcome.uniform_baseline["config"])
+                a = unseen.measure(outcome.best, per_image=True)["correct"]
+                b = unseen.measure(uniform, per_image=True)["correct"]
+                n_val = len(bench.splits.val)
+                if args.verify_split == "unseen":  # the same eager measurement the verification made
+                    assert abs(a.mean() - outcome.verified[0]["measured_top1"]) < 1e-9, "pick measured differently"
+                lines[-1] += f" {interval(a[:n_val], b[:n_val])} | {interval(a, b)} |"
             print(lines[-1], f"({time.perf_counter() - t:.0f} s)", flush=True)
             if args.save_picks is not None:
                 args.save_picks.mkdir(parents=True, exist_ok=True)
@@ -385,7 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="measure (and cache) the held-out set or the training pool")
     b.add_argument("supernet", type=Path)
-    b.add_argument("--set", choices=["heldout", "pool"], required=True)
+    b.add_argument("--set", choices=["heldout", "heldout-spare", "pool"], required=True,
+                   help="heldout-spare: the held-out subnets again, on the training images the supernet never "
+                        "trained on and the pool's labels do not use (labels on test + spare with evaluate "
+                        "--spare)")
     b.add_argument("-n", type=int, default=None, help="pool: subnets (default the spec's sample.n); heldout: drawn subnets")
     b.add_argument("--heldout-n", type=int, default=80, help="held-out stratified draws besides the uniform ones (default 80)")
     b.add_argument("--uniform-bits", default="2,3,4,6,8", help="held-out uniform W=A bit-widths, every form (default 2,3,4,6,8)")
@@ -398,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("supernet", type=Path)
     _pool_arguments(e)
     e.add_argument("--variants", default=None, help="comma-separated variants (default: all)")
+    e.add_argument("--spare", action="store_true",
+                   help="held-out labels on test + the spare training images (build --set heldout-spare first)")
     e.add_argument("--curve-variant", default="mlp")
     e.add_argument("--curve-n", type=lambda s: [int(v) for v in s.split(",")], default=[100, 200, 400, 800])
     e.add_argument("--curve-images", type=lambda s: [int(v) for v in s.split(",")], default=[250, 500, 1000, 2000])
@@ -412,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--population", type=int, default=100)
     s.add_argument("--generations", type=int, default=500)
     s.add_argument("--top-k", type=int, default=5)
+    s.add_argument("--verify-split", choices=["unseen", "val"], default="unseen", help="what --verify chooses on (default unseen)")
+    s.add_argument("--choice-ci", action="store_true",
+                   help="also the pick − uniform interval on val and on unseen (two more evaluations on unseen a search)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--save-picks", type=Path, default=None, metavar="DIR",
                    help="write each pick as DIR/<form>-<bits>.json (a SubnetConfig, e.g. for bench_deploy --config)")

@@ -476,8 +476,8 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     top = json.loads((art.path / "top_k.json").read_text())["verified"]
     assert best.to_dict() == top[0]["config"]  # the best *measured* config is the one kept
     assert {p["kind"] for p in art.manifest["parents"]} == {"predictor", "supernet"}
-    for row in rows:  # measured on held-out val images, and nothing but the search artifact written
-        assert row["split"] == "val" and row["eval_images"] == 100
+    for row in rows:  # measured on held-out training images, and nothing but the search artifact written
+        assert row["split"] == "unseen" and row["eval_images"] == 100
     assert not list((tmp_path / "artifacts" / "digits-test").glob("calibrated*"))
     # the pick against uniform, paired on the test split, with its bootstrap interval
     v = art.metrics["vs_uniform"]
@@ -485,6 +485,33 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     assert v["difference"] == pytest.approx(v["pick_top1"] - v["uniform_top1"])
     assert v["ci_low"] <= v["difference"] <= v["ci_high"]
     assert v["pick_is_uniform"] == (best.to_dict() == uniform)
+
+
+def test_verify_measures_what_calibrate_reports(tiny_supernet_artifact: Path) -> None:
+    """A verified row's accuracy is the one `eqtools calibrate --split S --eval-images N` reports for that
+    config: the choice is made on numbers a user can reproduce."""
+    from eqtools.evaluation import measure_subnet
+    from eqtools.search.verify import verify_configs
+
+    supernet = read_artifact(tiny_supernet_artifact, "supernet")
+    configs = [supernet.space.uniform(b, b, "per-tensor", "sym", "asym") for b in (3, 8)]
+    for split in ("val", "unseen"):
+        rows = verify_configs(supernet, configs, [0.5, 0.6], split=split, eval_images=120)
+        for row in rows:
+            _, metrics = measure_subnet(supernet, SubnetConfig.from_dict(row["config"]), split=split, eval_images=120)
+            assert row["split"] == split and row["eval_images"] == metrics["images"] == 120
+            assert row["measured_top1"] == pytest.approx(metrics["top1"], abs=1e-9)
+        assert rows[0]["measured_top1"] >= rows[1]["measured_top1"]
+
+
+def test_verify_refuses_to_choose_on_the_test_split(tiny_supernet_artifact: Path) -> None:
+    from eqtools.search.verify import verify_configs
+
+    supernet = read_artifact(tiny_supernet_artifact, "supernet")
+    with pytest.raises(ConfigError, match=r"split 'test' is not one of \['unseen', 'val'\]"):
+        verify_configs(supernet, [supernet.space.uniform(4, 4, "per-tensor", "sym", "sym")], [0.5], split="test")
+    result = runner.invoke(app, ["search", "--w-bits", "4", "--verify", "--verify-split", "test"])
+    assert result.exit_code == 2 and "test" in result.output
 
 
 def test_large_models_use_coarse_sums_and_stay_exact(monkeypatch) -> None:

@@ -9,11 +9,14 @@ from typing import Annotated
 import typer
 
 from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
-from eqtools.vocab import GRANULARITIES, SYMMETRIES
+from eqtools.vocab import GRANULARITIES, SYMMETRIES, VERIFY_SPLITS
 
 # choices derived from the one vocabulary (typer needs an Enum to list them in --help)
 Granularity = Enum("Granularity", {v.replace("-", "_"): v for v in GRANULARITIES}, type=str)
 Symmetry = Enum("Symmetry", {v: v for v in SYMMETRIES}, type=str)
+
+
+VerifySplit = Enum("VerifySplit", {v: v for v in VERIFY_SPLITS}, type=str)
 
 
 class Cost(str, Enum):
@@ -66,11 +69,13 @@ def command(
     explore: Annotated[float, typer.Option(
         "--explore", min=0.0, help="With an ensemble predictor: pick the top-K by predicted + EXPLORE x ensemble spread, so --verify also measures the candidates the predictor is unsure about (0: by prediction alone).")] = 1.0,
     verify: Annotated[bool, typer.Option(
-        "--verify", help="Calibrate and evaluate the top-K and the uniform config at the budget on the supernet (val split); keep the best measured one.")] = False,
+        "--verify", help="Calibrate and evaluate the top-K and the uniform config at the budget on the supernet (on --verify-split); keep the best measured one, then compare it with uniform on the test split.")] = False,
+    verify_split: Annotated[VerifySplit, typer.Option(
+        "--verify-split", help="Held-out images --verify chooses on: unseen = val plus every training image the training subset left out (the most images, the least label noise); val = the val split alone (faster).")] = VerifySplit("unseen"),
     supernet_path: Annotated[Path | None, typer.Option(
         "--supernet", help="supernet artifact for --verify (default: the one the predictor's samples came from).")] = None,
     eval_images: Annotated[int | None, typer.Option(
-        "--eval-images", min=10, help="With --verify: evaluate on a class-balanced subset of this many val images.")] = None,
+        "--eval-images", min=10, help="With --verify: evaluate on a class-balanced subset of this many --verify-split images (default: all of them).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output directory (default: artifacts/<spec>/search-<budget>-<condition>).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")] = False,
@@ -124,7 +129,7 @@ def command(
         from eqtools.search.verify import verify_candidates, verify_outcome
 
         with progress("verify", len(verify_candidates(outcome)), enabled=not as_json) as advance:
-            verify_outcome(outcome, supernet, eval_images=eval_images, on_stage=None if as_json else echo,
+            verify_outcome(outcome, supernet, split=verify_split.value, eval_images=eval_images, on_stage=None if as_json else echo,
                            progress=advance)
     spec_name = spec.get("name") or "default"
     out = out if out is not None else default_out(spec_name, "search", search_tag(options, outcome.condition))

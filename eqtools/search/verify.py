@@ -1,23 +1,30 @@
 """``--verify``: calibrate and evaluate the top-K searched configs on the real supernet.
 
 The predictor ranks configs well on average but can be wrong by a point or two on any single one;
-re-measuring the few best candidates (BN re-estimation + evaluation through the shared library,
-:func:`eqtools.evaluation.measure_subnet`) and keeping the best *measured* one removes that error
-where it matters. Accuracy is measured on the held-out ``val`` split (training images the supernet
-did not train on), never on the test split, so choosing by it does not leak test data. Nothing but
-the search artifact is written: ``eqtools calibrate --searched`` keeps the pick as a ``calibrated``
-artifact.
+re-measuring the few best candidates (BN re-estimation + evaluation, the same arithmetic as
+``eqtools calibrate``) and keeping the best *measured* one removes that error where it matters.
+
+The choice is made on the ``unseen`` split by default: the held-out ``val`` images and every
+training image the supernet's training subset left out. The candidates usually differ from each
+other and from uniform by tenths of a point, which the val split alone is too small to resolve;
+the noise of a paired difference falls with the square root of the images (docs/search.md has the
+measured intervals). None of these images is a test image, so choosing on them does not leak
+the test set, on which the pick is then compared with uniform. Nothing but the search artifact is
+written: ``eqtools calibrate --searched`` keeps the pick as a ``calibrated`` artifact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eqtools.artifacts import Artifact, check_space, find_latest, read_artifact
+from eqtools.errors import ConfigError
 from eqtools.predictor.model import Predictor
 from eqtools.space import SubnetConfig
+from eqtools.vocab import VERIFY_SPLITS
 
 if TYPE_CHECKING:
     from eqtools.search.run import SearchOutcome
@@ -45,34 +52,77 @@ def find_supernet(predictor: Predictor, path: Path | str | None = None,
     return supernet
 
 
+def _check_split(split: str) -> None:
+    if split not in VERIFY_SPLITS:
+        raise ConfigError(f"--verify chooses on held-out training images: split {split!r} is not one of "
+                          f"{list(VERIFY_SPLITS)} (the test split is kept for comparing the pick with uniform)")
+
+
+@dataclass
+class _Bench:
+    """One loaded supernet, its splits and the calibration images, shared by the verification and the
+    test-split comparison so the supernet is read and the data decoded once."""
+
+    spec: Any
+    supernet: Any
+    splits: Any
+    calib: Any
+
+    @classmethod
+    def load(cls, supernet_artifact: Artifact) -> _Bench:
+        from eqtools.build import artifact_spec, load_supernet
+        from eqtools.data import load_splits
+        from eqtools.evaluation import calibration_source
+
+        spec = artifact_spec(supernet_artifact)
+        supernet = load_supernet(supernet_artifact).use_channels_last()
+        splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+        calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
+        return cls(spec, supernet, splits, calib)
+
+    def meter(self, split: str, eval_images: int | None = None) -> Any:
+        """Eager, so that every number equals what ``eqtools calibrate`` reports for the same subnet:
+        compiled, float summation order (and the int8 kernels' rounding) moves a few activations
+        across a rounding boundary, enough at low bits to reorder candidates that differ by tenths
+        of a point, and the pick-vs-uniform figures should be the ones a user can reproduce."""
+        from eqtools.evaluation import SubnetMeter, evaluation_source
+
+        evaluation = evaluation_source(self.splits, split, eval_images, self.spec.calibrate.batch_size, self.spec.seed)
+        return SubnetMeter(self.supernet, self.calib, evaluation)
+
+
 def verify_configs(
     supernet_artifact: Artifact,
     configs: Sequence[SubnetConfig],
     predicted: Sequence[float],
     *,
+    split: str = "unseen",
     eval_images: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     progress: Callable[..., None] | None = None,
+    bench: _Bench | None = None,
 ) -> list[dict[str, Any]]:
-    """Calibrate + evaluate each config on the ``val`` split; rows sorted by measured accuracy (best first)."""
-    from eqtools.build import artifact_spec, load_supernet
-    from eqtools.data import load_splits
-    from eqtools.evaluation import measure_subnet
+    """Calibrate + evaluate each config on ``split``; rows sorted by measured accuracy (best first).
 
-    spec = artifact_spec(supernet_artifact)
-    supernet = load_supernet(supernet_artifact).use_channels_last()
-    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
+    Each subnet gets the ``calibrate`` stage's BN calibration (``calibrate.images`` training
+    images), so a row's accuracy is what ``eqtools calibrate --split SPLIT`` reports.
+    """
+    _check_split(split)
+    bench = bench if bench is not None else _Bench.load(supernet_artifact)
+    meter = bench.meter(split, eval_images)
+    if on_stage is not None:
+        on_stage(f"each config: BN calibration on {bench.calib.images} train images, then top-1 on "
+                 f"{meter.evaluation.images} {split} images")
     rows = []
     for rank, (config, pred) in enumerate(zip(configs, predicted), start=1):
-        _, metrics = measure_subnet(supernet_artifact, config, split="val", eval_images=eval_images,
-                                    supernet=supernet, splits=splits, on_stage=on_stage)
+        metrics = meter.measure(config)
         rows.append({
             "predicted_rank": rank,
             "predicted_accuracy": float(pred),
             "measured_top1": float(metrics["top1"]),
-            "measured_top1_before_calibration": float(metrics["top1_before"]),
-            "split": metrics["split"],
-            "eval_images": metrics["images"],
+            "measured_loss": float(metrics["loss"]),
+            "split": split,
+            "eval_images": int(metrics["images"]),
             "config": config.to_dict(),
         })
         if progress is not None:
@@ -94,6 +144,7 @@ def verify_outcome(
     outcome: SearchOutcome,
     supernet_artifact: Artifact,
     *,
+    split: str = "unseen",
     eval_images: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     progress: Callable[..., None] | None = None,
@@ -104,14 +155,15 @@ def verify_outcome(
     it, so ``--verify`` never ships a subnet worse than the obvious choice. The GA's own best
     prediction is kept in ``search_best_predicted`` so reports can tell prediction from measurement.
     """
+    _check_split(split)  # before loading anything
     candidates = verify_candidates(outcome)
     configs = [SubnetConfig.from_dict(p["config"]) for p in candidates]
     if on_stage is not None:
         on_stage(f"verifying {len(configs)} configs (top {len(outcome.top)}"
-                 f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet_artifact.path} "
-                 "(BN calibration + val evaluation)")
+                 f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet_artifact.path}")
+    bench = _Bench.load(supernet_artifact)
     rows = verify_configs(supernet_artifact, configs, [p["predicted_accuracy"] for p in candidates],
-                          eval_images=eval_images, on_stage=on_stage, progress=progress)
+                          split=split, eval_images=eval_images, on_stage=on_stage, progress=progress, bench=bench)
     outcome.search_best_predicted = outcome.best_predicted
     outcome.verified = rows
     best_row = rows[0]
@@ -119,40 +171,35 @@ def verify_outcome(
     outcome.best_predicted = best_row["predicted_accuracy"]
     match = next(p for p in candidates if p["config"] == best_row["config"])
     outcome.best_costs = {k: match[k] for k in ("avg_w_bits", "avg_a_bits", "size_bytes", "bops")}
-    return compare_with_uniform(outcome, supernet_artifact, on_stage=on_stage)
+    return compare_with_uniform(outcome, supernet_artifact, on_stage=on_stage, bench=bench)
 
 
 def compare_with_uniform(
     outcome: SearchOutcome, supernet_artifact: Artifact, *, resamples: int = 2000,
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[[str], None] | None = None, bench: _Bench | None = None,
 ) -> SearchOutcome:
     """Measure the final pick and the uniform config at the budget on the *test* split, image by image,
     and store their paired difference with a bootstrap 95 % interval in ``outcome.vs_uniform``.
 
-    The pick was chosen on val, so test images are untouched by the choice and the interval says
-    how sure the gain over uniform is. Both subnets get the ``calibrate`` stage's BN calibration
-    (``calibrate.images`` training images), so the numbers equal what ``eqtools calibrate``
-    reports. No uniform config at the budget (fractional budget, not in the space): nothing to do.
+    The pick was chosen on held-out training images, so test images are untouched by the choice
+    and the interval says how sure the gain over uniform is. Both subnets get the ``calibrate``
+    stage's BN calibration (``calibrate.images`` training images), so the numbers equal what
+    ``eqtools calibrate`` reports. No uniform config at the budget (fractional budget, not in the
+    space): nothing to do.
     """
-    from eqtools.build import artifact_spec, load_supernet
-    from eqtools.data import load_splits
-    from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source
     from eqtools.stats import paired_bootstrap
 
     baseline = outcome.uniform_baseline
     if baseline is None:
         return outcome
     uniform = SubnetConfig.from_dict(baseline["config"])
-    spec = artifact_spec(supernet_artifact)
     if on_stage is not None:
         on_stage("measuring the pick and the uniform config on the test split (paired, per image)")
-    supernet = load_supernet(supernet_artifact).use_channels_last()
-    splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
-    calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
-    meter = SubnetMeter(supernet, calib, BatchSource(splits.test, spec.calibrate.batch_size))
+    bench = bench if bench is not None else _Bench.load(supernet_artifact)
+    meter = bench.meter("test")
     pick = meter.measure(outcome.best, per_image=True)
     base = pick if outcome.best == uniform else meter.measure(uniform, per_image=True)
-    result = paired_bootstrap(pick["correct"], base["correct"], resamples=resamples, seed=spec.seed)
+    result = paired_bootstrap(pick["correct"], base["correct"], resamples=resamples, seed=bench.spec.seed)
     outcome.vs_uniform = {**result, "split": "test", "pick_top1": pick["top1"], "uniform_top1": base["top1"],
                           "pick_is_uniform": outcome.best == uniform}
     return outcome
