@@ -112,6 +112,8 @@ def build(args: argparse.Namespace) -> int:
     print(f"{args.set}: {len(configs)} subnets, {len(configs) - len(todo)} cached in {out}", flush=True)
     if args.shard:  # K/N: this process measures every N-th missing subnet (run N processes side by side)
         k, n_shards = (int(v) for v in args.shard.split("/"))
+        if not 1 <= k <= n_shards:
+            raise SystemExit(f"--shard {args.shard}: K counts from 1 to N (shards 1/{n_shards} .. {n_shards}/{n_shards})")
         todo = [i for i in todo if i % n_shards == k - 1]
     if not todo:
         return 0
@@ -436,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--images", type=int, default=None, help="pool: val images per subnet (default the spec's sample.subset)")
     b.add_argument("--draw-seed", type=int, default=None, help="pool: draw with this seed (a second pool to add with --extra-pools)")
-    b.add_argument("--shard", default=None, help="K/N: measure every N-th missing subnet (N processes side by side)")
+    b.add_argument("--shard", default=None, help="K/N, K = 1..N: measure every N-th missing subnet (N processes side by side)")
     e = sub.add_parser("evaluate", help="noise ceiling, predictor variants, learning curves")
     e.add_argument("supernet", type=Path)
     _pool_arguments(e)
