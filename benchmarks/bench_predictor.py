@@ -342,7 +342,7 @@ def search(args: argparse.Namespace) -> int:
     from eqtools.predictor.compare import VARIANTS, fit_variant
     from eqtools.predictor.model import Predictor
     from eqtools.search import SearchOptions, run_search
-    from eqtools.search.verify import _Bench, verify_outcome
+    from eqtools.search.verify import VerifyBench, verify_outcome
     from eqtools.space import SubnetConfig
     from eqtools.stats import paired_bootstrap
 
@@ -362,7 +362,7 @@ def search(args: argparse.Namespace) -> int:
              "| form | budget W/A | pick | pick top-1 (test) | uniform top-1 (test) | pick − uniform [95 % CI] (points) |"
              + (" on val | on unseen |" if args.choice_ci else ""),
              "|---|---|---|---|---|---|" + ("---|---|" if args.choice_ci else "")]
-    bench = _Bench.load(art) if args.choice_ci else None
+    bench = VerifyBench.load(art) if args.choice_ci else None
     unseen = bench.meter("unseen") if bench is not None else None
 
     def interval(a: np.ndarray, b: np.ndarray) -> str:

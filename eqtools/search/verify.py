@@ -29,7 +29,7 @@ from eqtools.vocab import VERIFY_SPLITS
 if TYPE_CHECKING:
     from eqtools.search.run import SearchOutcome
 
-__all__ = ["compare_with_uniform", "find_supernet", "verify_candidates", "verify_configs", "verify_outcome"]
+__all__ = ["VerifyBench", "compare_with_uniform", "find_supernet", "verify_candidates", "verify_configs", "verify_outcome"]
 
 
 def find_supernet(predictor: Predictor, path: Path | str | None = None,
@@ -59,7 +59,7 @@ def _check_split(split: str) -> None:
 
 
 @dataclass
-class _Bench:
+class VerifyBench:
     """One loaded supernet, its splits and the calibration images, shared by the verification and the
     test-split comparison so the supernet is read and the data decoded once."""
 
@@ -69,7 +69,7 @@ class _Bench:
     calib: Any
 
     @classmethod
-    def load(cls, supernet_artifact: Artifact) -> _Bench:
+    def load(cls, supernet_artifact: Artifact) -> VerifyBench:
         from eqtools.build import artifact_spec, load_supernet
         from eqtools.data import load_splits
         from eqtools.evaluation import calibration_source
@@ -100,7 +100,7 @@ def verify_configs(
     eval_images: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     progress: Callable[..., None] | None = None,
-    bench: _Bench | None = None,
+    bench: VerifyBench | None = None,
 ) -> list[dict[str, Any]]:
     """Calibrate + evaluate each config on ``split``; rows sorted by measured accuracy (best first).
 
@@ -108,7 +108,7 @@ def verify_configs(
     images), so a row's accuracy is what ``eqtools calibrate --split SPLIT`` reports.
     """
     _check_split(split)
-    bench = bench if bench is not None else _Bench.load(supernet_artifact)
+    bench = bench if bench is not None else VerifyBench.load(supernet_artifact)
     meter = bench.meter(split, eval_images)
     if on_stage is not None:
         on_stage(f"each config: BN calibration on {bench.calib.images} train images, then top-1 on "
@@ -161,7 +161,7 @@ def verify_outcome(
     if on_stage is not None:
         on_stage(f"verifying {len(configs)} configs (top {len(outcome.top)}"
                  f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet_artifact.path}")
-    bench = _Bench.load(supernet_artifact)
+    bench = VerifyBench.load(supernet_artifact)
     rows = verify_configs(supernet_artifact, configs, [p["predicted_accuracy"] for p in candidates],
                           split=split, eval_images=eval_images, on_stage=on_stage, progress=progress, bench=bench)
     outcome.search_best_predicted = outcome.best_predicted
@@ -176,7 +176,7 @@ def verify_outcome(
 
 def compare_with_uniform(
     outcome: SearchOutcome, supernet_artifact: Artifact, *, resamples: int = 2000,
-    on_stage: Callable[[str], None] | None = None, bench: _Bench | None = None,
+    on_stage: Callable[[str], None] | None = None, bench: VerifyBench | None = None,
 ) -> SearchOutcome:
     """Measure the final pick and the uniform config at the budget on the *test* split, image by image,
     and store their paired difference with a bootstrap 95 % interval in ``outcome.vs_uniform``.
@@ -195,7 +195,7 @@ def compare_with_uniform(
     uniform = SubnetConfig.from_dict(baseline["config"])
     if on_stage is not None:
         on_stage("measuring the pick and the uniform config on the test split (paired, per image)")
-    bench = bench if bench is not None else _Bench.load(supernet_artifact)
+    bench = bench if bench is not None else VerifyBench.load(supernet_artifact)
     meter = bench.meter("test")
     pick = meter.measure(outcome.best, per_image=True)
     base = pick if outcome.best == uniform else meter.measure(uniform, per_image=True)
