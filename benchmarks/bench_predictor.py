@@ -53,6 +53,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import MALLOC_ENV, ROOT, command_line, machine_line, record
 
+from eqtools.vocab import VERIFY_SPLITS
+
 HELDOUT_SEED = 20261201  # the held-out draw's seed: not the spec's seed, so no config is shared by accident
 HALF_SEED = 7  # the random split of the held-out images into two halves
 IMAGE_ORDER_SEED = 11  # the random order of a training label's images (for labels from fewer images)
@@ -362,8 +364,8 @@ def search(args: argparse.Namespace) -> int:
              "| form | budget W/A | pick | pick top-1 (test) | uniform top-1 (test) | pick − uniform [95 % CI] (points) |"
              + (" on val | on unseen |" if args.choice_ci else ""),
              "|---|---|---|---|---|---|" + ("---|---|" if args.choice_ci else "")]
-    bench = VerifyBench.load(art) if args.choice_ci else None
-    unseen = bench.meter("unseen") if bench is not None else None
+    bench = VerifyBench.load(art)  # one load of the supernet and its data for every search below
+    unseen = bench.meter("unseen") if args.choice_ci else None
 
     def interval(a: np.ndarray, b: np.ndarray) -> str:
         v = paired_bootstrap(a, b, seed=0)
@@ -376,7 +378,7 @@ def search(args: argparse.Namespace) -> int:
             outcome = run_search(predictor, SearchOptions(w_bits=bits, granularity=g, w_symmetry=ws, a_symmetry=as_,
                                                           population=args.population, generations=args.generations,
                                                           top_k=args.top_k))
-            verify_outcome(outcome, art, split=args.verify_split)
+            verify_outcome(outcome, art, split=args.verify_split, bench=bench)
             v = outcome.vs_uniform
             what = "uniform" if v["pick_is_uniform"] else f"mixed {outcome.best_costs['avg_w_bits']:.2f}/" \
                 f"{outcome.best_costs['avg_a_bits']:.2f}"
@@ -459,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--population", type=int, default=100)
     s.add_argument("--generations", type=int, default=500)
     s.add_argument("--top-k", type=int, default=5)
-    s.add_argument("--verify-split", choices=["unseen", "val"], default="unseen", help="what --verify chooses on (default unseen)")
+    s.add_argument("--verify-split", choices=list(VERIFY_SPLITS), default="unseen", help="what --verify chooses on (default unseen)")
     s.add_argument("--choice-ci", action="store_true",
                    help="also the pick − uniform interval on val and on unseen (two more evaluations on unseen a search)")
     s.add_argument("--threads", type=int, default=1)

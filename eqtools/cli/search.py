@@ -14,8 +14,6 @@ from eqtools.vocab import GRANULARITIES, SYMMETRIES, VERIFY_SPLITS
 # choices derived from the one vocabulary (typer needs an Enum to list them in --help)
 Granularity = Enum("Granularity", {v.replace("-", "_"): v for v in GRANULARITIES}, type=str)
 Symmetry = Enum("Symmetry", {v: v for v in SYMMETRIES}, type=str)
-
-
 VerifySplit = Enum("VerifySplit", {v: v for v in VERIFY_SPLITS}, type=str)
 
 

@@ -148,12 +148,14 @@ def verify_outcome(
     eval_images: int | None = None,
     on_stage: Callable[[str], None] | None = None,
     progress: Callable[..., None] | None = None,
+    bench: VerifyBench | None = None,
 ) -> SearchOutcome:
     """Measure the top-K and the uniform config at the budget; make the best *measured* one the pick.
 
     The uniform config is measured too: a search that cannot beat it on held-out images returns
     it, so ``--verify`` never ships a subnet worse than the obvious choice. The GA's own best
     prediction is kept in ``search_best_predicted`` so reports can tell prediction from measurement.
+    ``bench`` lets a caller verifying many searches on one supernet load it and its data once.
     """
     _check_split(split)  # before loading anything
     candidates = verify_candidates(outcome)
@@ -161,7 +163,7 @@ def verify_outcome(
     if on_stage is not None:
         on_stage(f"verifying {len(configs)} configs (top {len(outcome.top)}"
                  f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet_artifact.path}")
-    bench = VerifyBench.load(supernet_artifact)
+    bench = bench if bench is not None else VerifyBench.load(supernet_artifact)
     rows = verify_configs(supernet_artifact, configs, [p["predicted_accuracy"] for p in candidates],
                           split=split, eval_images=eval_images, on_stage=on_stage, progress=progress, bench=bench)
     outcome.search_best_predicted = outcome.best_predicted
