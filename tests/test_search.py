@@ -485,6 +485,45 @@ def test_verify_calibrates_the_top_k_on_the_supernet(tiny_supernet_artifact: Pat
     assert v["difference"] == pytest.approx(v["pick_top1"] - v["uniform_top1"])
     assert v["ci_low"] <= v["difference"] <= v["ci_high"]
     assert v["pick_is_uniform"] == (best.to_dict() == uniform)
+    # and on the images it was chosen on, from the verification's own per-image results
+    s = art.metrics["vs_uniform_selection"]
+    assert s["split"] == "unseen" and s["images"] == 100 and s["pick_is_uniform"] == v["pick_is_uniform"]
+    assert s["a_mean"] == pytest.approx(rows[0]["measured_top1"])
+    assert s["b_mean"] == pytest.approx(next(r["measured_top1"] for r in top if r["config"] == uniform))
+    assert all("correct" not in r for r in rows + top)
+
+
+def test_selection_interval_pairs_the_verification_images(tiny_supernet_artifact: Path, tmp_path: Path) -> None:
+    """The pick-vs-uniform interval on the choosing split is the paired bootstrap of the pick's and the
+    uniform config's per-image results there, the same ones a fresh eager measurement gives."""
+    from eqtools.search.verify import VerifyBench, verify_outcome
+    from eqtools.stats import paired_bootstrap
+
+    supernet = read_artifact(tiny_supernet_artifact, "supernet")
+    samples = write_synthetic_samples(tmp_path / "samples", supernet.space, 40, seed=0, spec=supernet.spec,
+                                      parents=[supernet])
+    art = fit_predictor(samples, tmp_path / "predictor", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0,
+                                                                    target="accuracy", epochs=2, hidden=16, layers=2))
+    outcome = run_search(load_predictor(art.path), SearchOptions(w_bits=3, granularity="per-tensor", w_symmetry="sym",
+                                                                 a_symmetry="asym", generations=2, population=8,
+                                                                 top_k=2))
+    uniform = SubnetConfig.from_dict(outcome.uniform_baseline["config"])
+    # candidates far from the uniform W3 (W8 and W2 everywhere), so the pick is not the uniform config
+    # and a swapped or misaligned pair of per-image results changes the interval
+    outcome.top = [{**outcome.uniform_baseline, "config": supernet.space.uniform(b, b, "per-tensor", "sym", "asym").to_dict()}
+                   for b in (8, 2)]
+    verify_outcome(outcome, supernet, split="val", eval_images=150)
+    assert outcome.best != uniform
+    assert len(outcome.verified_correct) == len(outcome.verified)
+    bench = VerifyBench.load(supernet)
+    meter = bench.meter("val", 150)
+    pick_correct = meter.measure(outcome.best, per_image=True)["correct"]
+    uniform_correct = meter.measure(uniform, per_image=True)["correct"]
+    expected = paired_bootstrap(pick_correct, uniform_correct, resamples=2000, seed=bench.spec.seed)
+    got = outcome.vs_uniform_selection
+    assert got["split"] == "val" and got["pick_is_uniform"] == (outcome.best == uniform)
+    for key in ("difference", "ci_low", "ci_high", "images"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-12), key
 
 
 def test_verify_measures_what_calibrate_reports(tiny_supernet_artifact: Path) -> None:

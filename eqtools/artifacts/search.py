@@ -37,6 +37,7 @@ class Search(ArtifactKind):
         verified: list[dict[str, Any]] | None = None
         uniform_predicted_accuracy: float | None = None
         vs_uniform: dict[str, Any] | None = None
+        vs_uniform_selection: dict[str, Any] | None = None
 
     class Extra(Open):
         best_config: dict[str, Any] | None = None

@@ -151,6 +151,10 @@ def command(
         v = outcome.vs_uniform
         echo(f"pick minus uniform on {v['images']} test images (paired): {100 * v['difference']:+.2f} points, "
              f"95% CI [{100 * v['ci_low']:+.2f}, {100 * v['ci_high']:+.2f}]")
+    if outcome.vs_uniform_selection is not None and not outcome.vs_uniform_selection["pick_is_uniform"]:
+        v = outcome.vs_uniform_selection
+        echo(f"  on the {v['images']} {v['split']} images it was chosen on: {100 * v['difference']:+.2f} points, "
+             f"95% CI [{100 * v['ci_low']:+.2f}, {100 * v['ci_high']:+.2f}] (biased up: the pick won there)")
     if outcome.mode != "uniform":
         echo(f"{outcome.evaluations} configs scored in {outcome.time_s:.1f}s; front of {len(outcome.front)} points")
     echo(f"wrote search artifact {artifact.path} (best config: {artifact.path / SearchArtifact.BEST_CONFIG})")

@@ -101,6 +101,8 @@ class SearchOutcome:
     verified: list[dict[str, Any]] | None = None
     vs_uniform: dict[str, Any] | None = None  # --verify: pick minus uniform, paired on test images
     search_best_predicted: float | None = None  # the GA's own best, kept when --verify picks another
+    vs_uniform_selection: dict[str, Any] | None = None  # --verify: the same on the split it chose on (biased up)
+    verified_correct: list[np.ndarray] | None = field(default=None, repr=False)  # per image, aligned with verified; not written
     cloud: tuple[np.ndarray, np.ndarray] = field(default_factory=lambda: (np.zeros(0), np.zeros(0)))
 
 
@@ -349,6 +351,8 @@ def write_search(
         metrics["measured_top1"] = o.verified[0]["measured_top1"] if o.verified else None
     if o.vs_uniform is not None:
         metrics["vs_uniform"] = o.vs_uniform
+    if o.vs_uniform_selection is not None:
+        metrics["vs_uniform_selection"] = o.vs_uniform_selection
     label = form_label(*o.condition.split("/"))
     if o.verified:
         # the final pick was chosen by measurement, so the title says both numbers for what they are,

@@ -101,11 +101,15 @@ def verify_configs(
     on_stage: Callable[[str], None] | None = None,
     progress: Callable[..., None] | None = None,
     bench: VerifyBench | None = None,
+    per_image: bool = False,
 ) -> list[dict[str, Any]]:
     """Calibrate + evaluate each config on ``split``; rows sorted by measured accuracy (best first).
 
     Each subnet gets the ``calibrate`` stage's BN calibration (``calibrate.images`` training
-    images), so a row's accuracy is what ``eqtools calibrate --split SPLIT`` reports.
+    images), so a row's accuracy is what ``eqtools calibrate --split SPLIT`` reports. With
+    ``per_image`` each row also holds ``correct`` (bool per image, the split's order), which a
+    caller must take out before the rows are written: it is there so a paired comparison on the
+    same images needs no second measurement.
     """
     _check_split(split)
     bench = bench if bench is not None else VerifyBench.load(supernet_artifact)
@@ -115,7 +119,7 @@ def verify_configs(
                  f"{meter.evaluation.images} {split} images")
     rows = []
     for rank, (config, pred) in enumerate(zip(configs, predicted), start=1):
-        metrics = meter.measure(config)
+        metrics = meter.measure(config, per_image=per_image)
         rows.append({
             "predicted_rank": rank,
             "predicted_accuracy": float(pred),
@@ -124,6 +128,7 @@ def verify_configs(
             "split": split,
             "eval_images": int(metrics["images"]),
             "config": config.to_dict(),
+            **({"correct": metrics["correct"]} if per_image else {}),
         })
         if progress is not None:
             progress(measured=rows[-1]["measured_top1"])
@@ -165,7 +170,9 @@ def verify_outcome(
                  f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet_artifact.path}")
     bench = bench if bench is not None else VerifyBench.load(supernet_artifact)
     rows = verify_configs(supernet_artifact, configs, [p["predicted_accuracy"] for p in candidates],
-                          split=split, eval_images=eval_images, on_stage=on_stage, progress=progress, bench=bench)
+                          split=split, eval_images=eval_images, on_stage=on_stage, progress=progress, bench=bench,
+                          per_image=True)
+    outcome.verified_correct = [row.pop("correct") for row in rows]
     outcome.search_best_predicted = outcome.best_predicted
     outcome.verified = rows
     best_row = rows[0]
@@ -173,7 +180,26 @@ def verify_outcome(
     outcome.best_predicted = best_row["predicted_accuracy"]
     match = next(p for p in candidates if p["config"] == best_row["config"])
     outcome.best_costs = {k: match[k] for k in ("avg_w_bits", "avg_a_bits", "size_bytes", "bops")}
+    outcome.vs_uniform_selection = _selection_interval(outcome, bench.spec.seed)
     return compare_with_uniform(outcome, supernet_artifact, on_stage=on_stage, bench=bench)
+
+
+def _selection_interval(outcome: SearchOutcome, seed: int, resamples: int = 2000) -> dict[str, Any] | None:
+    """Pick minus uniform, paired on the images the pick was *chosen* on, from the verification's own
+    per-image results. It is biased upwards (the pick won on these images, so their noise favours
+    it) and is no evidence of a gain; beside the test-split interval it says whether the choosing
+    split resolved the difference at all: an interval spanning zero there means the choice was a
+    coin toss among near-equals, one above zero on it but not on test means the test split is too
+    small to confirm it."""
+    from eqtools.stats import paired_bootstrap
+
+    baseline = outcome.uniform_baseline
+    if baseline is None or outcome.verified is None or outcome.verified_correct is None:
+        return None
+    index = next(i for i, row in enumerate(outcome.verified) if row["config"] == baseline["config"])
+    pick, base = outcome.verified_correct[0], outcome.verified_correct[index]
+    result = paired_bootstrap(pick, base, resamples=resamples, seed=seed)
+    return {**result, "split": outcome.verified[0]["split"], "pick_is_uniform": index == 0}
 
 
 def compare_with_uniform(
