@@ -98,6 +98,37 @@ def test_resnet_shortcuts_and_requantizations_run_as_identity_convs(bits, monkey
     assert torch.equal(run_onnx(generic.SerializeToString(), xs), logits)
 
 
+@pytest.mark.parametrize("bits", [2, 8])
+def test_no_int8_weight_can_saturate_an_avx2_kernel(bits):
+    """onnxruntime's u8 x s8 kernels on x86 CPUs without VNNI add pairs of products in int16 with
+    saturation (255 * 127 * 2 > 2^15), so every int8 weight code of the file stays within +-64 and
+    wider codes travel as uint8 around zero point 128, computed exactly by the u8 x u8 kernels. A
+    structural check, so that it fails on a VNNI machine too, where the saturation would not show,
+    then the file's logits against the simulation of its arithmetic."""
+    from conftest import random_supernet
+    from onnx import numpy_helper
+
+    supernet, batches = random_supernet("resnet20", 1, 16, n=64)
+    supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym", "asym"))
+    xs = [x for x, _ in batches]
+    graph = extract_graph(supernet, xs[0][:2])
+    model, info, plan = build_deploy_onnx(graph, xs[:1])
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = [(n.input[3], n.input[5]) for n in model.graph.node if n.op_type in ("QLinearConv", "QGemm")]
+    assert len(weights) >= 20
+    wide = 0
+    for w, z in weights:
+        codes, zero = inits[w], inits[z]
+        if codes.dtype == np.uint8:
+            wide += 1
+            assert np.all(zero == 128) and np.abs(codes.astype(np.int32) - 128).max() <= 128, w
+        else:
+            assert codes.dtype == np.int8 and np.all(zero == 0) and np.abs(codes.astype(np.int32)).max() <= 64, w
+    layers = info["integer_convs"] + info["integer_gemms"]  # the identity convs' weight 1 stays int8
+    assert wide == info["uint8_weight_layers"] == (layers if bits == 8 else 2)  # at 2 bits: the 8-bit stem and head
+    assert parity(simulate_deploy(graph, plan, xs), run_onnx(model.SerializeToString(), xs))["top1_agreement"] == 1.0
+
+
 def test_wide_feature_maps_keep_the_generic_copies(monkeypatch):
     """A dense identity conv costs C multiply-adds per value: past the channel cap the generic ops stay."""
     from conftest import random_supernet

@@ -618,15 +618,21 @@ class _Builder:
         # the int32 bias has the accumulator's unit s_x * s_w, which at low bit-widths is coarse next to
         # the output step; scaling the codes by an integer m (and the scale by 1/m) computes the same
         # products exactly while making that unit m times finer. |code * m| <= 64 keeps u8 x s8 pair
-        # sums within int16 (255 * 64 * 2 < 2^15) for CPUs whose int8 kernels saturate there.
+        # sums within int16 (255 * 64 * 2 < 2^15) for CPUs without VNNI, whose int8 kernels saturate there.
         m = code_multiplier(codes)
-        codes, w_scale = (codes * m).astype(np.int8), (w_scale / np.float32(m)).astype(np.float32)
+        codes, w_scale = codes * m, (w_scale / np.float32(m)).astype(np.float32)
         self.stats["code_multiplier_max"] = max(self.stats["code_multiplier_max"], m)
         out_channels = int(spec["shape"][0])
         per_channel = w_scale.size > 1
-        w = self.const(f"{name}.weight.q", codes)
+        # codes past +-64 (8-bit weights, where m is 1) would saturate those int16 pair sums, so such a
+        # layer's weights travel as uint8 with zero point 128 (the same codes, shifted): the u8 x u8
+        # kernels widen before summing and compute it exactly on every x86 CPU
+        wide = int(np.abs(codes).max(initial=0)) > 64
+        self.stats["uint8_weight_layers"] += int(wide)
+        dtype, zero = (np.uint8, 128) if wide else (np.int8, 0)
+        w = self.const(f"{name}.weight.q", (codes + zero).astype(dtype))
         ws = self.const(f"{name}.weight.scale", w_scale if per_channel else np.array(w_scale[0], np.float32))
-        wz = self.const(f"{name}.weight.zero", np.zeros(w_scale.size, np.int8) if per_channel else np.array(0, np.int8))
+        wz = self.const(f"{name}.weight.zero", np.full(w_scale.size, zero, dtype) if per_channel else np.array(zero, dtype))
         xs, xz = self.scale_zero(f"{name}.input", x_enc)
         bias = t.get(f"{name}.bias") if ir.get("bias") else None
         unit = (np.float32(x_enc.scale) * np.broadcast_to(w_scale, (out_channels,))).astype(np.float32)
@@ -655,7 +661,9 @@ class _Builder:
                 # read only in float (a ViT's patch embedding, a conv before SiLU): QLinearConv's output
                 # would be an 8-bit requantization the fake-quant model does not have, so the int32
                 # accumulator of ConvInteger is scaled to float instead
-                acc = self.node("Cast", [self.node("ConvInteger", [x, w, xz], f"{name}.acc", **conv)], f"{name}.acc.f",
+                # ConvInteger takes one weight zero point for the whole tensor (the codes' shift is uniform)
+                w_zero = [self.const(f"{name}.weight.zero.tensor", np.array(zero, dtype))] if wide else []
+                acc = self.node("Cast", [self.node("ConvInteger", [x, w, xz, *w_zero], f"{name}.acc", **conv)], f"{name}.acc.f",
                                 to=1)  # FLOAT
                 float_bias(self.node("Mul", [acc, self.const(f"{name}.unit", unit.reshape(-1, 1, 1))],
                                      f"{name}.nobias"), (-1, 1, 1))
@@ -740,6 +748,7 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
         "requantized_values": sum(1 for e in plan.values() if e is not None and not e.exact),
         "float_nodes": b.stats["float_nodes"],
         "weight_code_multiplier_max": b.stats["code_multiplier_max"],
+        "uint8_weight_layers": b.stats["uint8_weight_layers"],
         "layer_input_requantizations": b.stats["requantize_8bit_to_layer"],
         "layer_input_recomputations": b.stats["recomputed_in_layer_encoding"],
         "identity_convs": b.stats["identity_convs"],
