@@ -321,15 +321,20 @@ def plan_from_dict(data: Any) -> dict[str, Encoding]:
 
 
 # ------------------------------------------------------------------------------------------ ONNX
+# The widest int8 weight code whose u8 x s8 pair sums stay within int16 (255 * 64 * 2 < 2^15): x86
+# kernels without VNNI saturate there, so neither the code multiplier nor an int8 weight goes past it.
+INT8_CODE_MAX = 64
+
+
 def code_multiplier(codes: np.ndarray | Tensor) -> int:
-    """The largest integer m with |code * m| <= 64 (1 for codes already beyond 64, e.g. 8-bit ones).
+    """The largest integer m with |code * m| <= INT8_CODE_MAX (1 for codes already beyond it, e.g. 8-bit ones).
 
     The deployed layer stores ``code * m`` at scale ``s_w / m``: the same products, an int32 bias
     unit ``s_x * s_w / m`` that is m times finer (see ``_Builder.layer``).
     """
     values = codes.numpy() if isinstance(codes, Tensor) else codes
     peak = int(np.abs(values).max()) if values.size else 0
-    return max(1, 64 // max(1, peak))
+    return max(1, INT8_CODE_MAX // max(1, peak))
 
 
 class _Builder:
@@ -617,17 +622,16 @@ class _Builder:
         w_scale = t[f"{name}.weight.scale"].float().numpy().reshape(-1)
         # the int32 bias has the accumulator's unit s_x * s_w, which at low bit-widths is coarse next to
         # the output step; scaling the codes by an integer m (and the scale by 1/m) computes the same
-        # products exactly while making that unit m times finer. |code * m| <= 64 keeps u8 x s8 pair
-        # sums within int16 (255 * 64 * 2 < 2^15) for CPUs without VNNI, whose int8 kernels saturate there.
+        # products exactly while making that unit m times finer, up to INT8_CODE_MAX.
         m = code_multiplier(codes)
         codes, w_scale = codes * m, (w_scale / np.float32(m)).astype(np.float32)
         self.stats["code_multiplier_max"] = max(self.stats["code_multiplier_max"], m)
         out_channels = int(spec["shape"][0])
         per_channel = w_scale.size > 1
-        # codes past +-64 (8-bit weights, where m is 1) would saturate those int16 pair sums, so such a
-        # layer's weights travel as uint8 with zero point 128 (the same codes, shifted): the u8 x u8
-        # kernels widen before summing and compute it exactly on every x86 CPU
-        wide = int(np.abs(codes).max(initial=0)) > 64
+        # codes past INT8_CODE_MAX (8-bit weights, where m is 1) would saturate the int16 pair sums, so
+        # such a layer's weights travel as uint8 with zero point 128 (the same codes, shifted): the
+        # u8 x u8 kernels widen before summing and compute it exactly on every x86 CPU
+        wide = int(np.abs(codes).max(initial=0)) > INT8_CODE_MAX
         self.stats["uint8_weight_layers"] += int(wide)
         dtype, zero = (np.uint8, 128) if wide else (np.int8, 0)
         w = self.const(f"{name}.weight.q", (codes + zero).astype(dtype))
