@@ -344,7 +344,7 @@ def search(args: argparse.Namespace) -> int:
     from eqtools.predictor.compare import VARIANTS, fit_variant
     from eqtools.predictor.model import Predictor
     from eqtools.search import SearchOptions, run_search
-    from eqtools.search.verify import VerifyBench, verify_outcome
+    from eqtools.search.verify import VerifyBench, selection_pair, verify_outcome
     from eqtools.space import SubnetConfig
     from eqtools.stats import paired_bootstrap
 
@@ -389,8 +389,7 @@ def search(args: argparse.Namespace) -> int:
                 lines[-1] += " 0 | 0 |"
             elif args.choice_ci:
                 if args.verify_split == "unseen":  # the verification's own per-image results, unseen's order
-                    u = next(i for i, r in enumerate(outcome.verified) if r["config"] == outcome.uniform_baseline["config"])
-                    a, b = outcome.verified_correct[0], outcome.verified_correct[u]
+                    a, b, _ = selection_pair(outcome)
                 else:
                     uniform = SubnetConfig.from_dict(outcome.uniform_baseline["config"])
                     a = unseen.measure(outcome.best, per_image=True)["correct"]

@@ -27,9 +27,12 @@ from eqtools.space import SubnetConfig
 from eqtools.vocab import VERIFY_SPLITS
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from eqtools.search.run import SearchOutcome
 
-__all__ = ["VerifyBench", "compare_with_uniform", "find_supernet", "verify_candidates", "verify_configs", "verify_outcome"]
+__all__ = ["VerifyBench", "compare_with_uniform", "find_supernet", "selection_pair", "verify_candidates", "verify_configs",
+           "verify_outcome"]
 
 
 def find_supernet(predictor: Predictor, path: Path | str | None = None,
@@ -184,6 +187,17 @@ def verify_outcome(
     return compare_with_uniform(outcome, supernet_artifact, on_stage=on_stage, bench=bench)
 
 
+def selection_pair(outcome: SearchOutcome) -> tuple[np.ndarray, np.ndarray, bool] | None:
+    """The pick's and the uniform config's per-image correctness on the split ``--verify`` chose on,
+    from the verification's own measurement, and whether the pick is the uniform config; None
+    without a verification or a uniform config at the budget."""
+    baseline = outcome.uniform_baseline
+    if baseline is None or outcome.verified is None or outcome.verified_correct is None:
+        return None
+    index = next(i for i, row in enumerate(outcome.verified) if row["config"] == baseline["config"])
+    return outcome.verified_correct[0], outcome.verified_correct[index], index == 0
+
+
 def _selection_interval(outcome: SearchOutcome, seed: int, resamples: int = 2000) -> dict[str, Any] | None:
     """Pick minus uniform, paired on the images the pick was *chosen* on, from the verification's own
     per-image results. It is biased upwards (the pick won on these images, so their noise favours
@@ -193,13 +207,12 @@ def _selection_interval(outcome: SearchOutcome, seed: int, resamples: int = 2000
     small to confirm it."""
     from eqtools.stats import paired_bootstrap
 
-    baseline = outcome.uniform_baseline
-    if baseline is None or outcome.verified is None or outcome.verified_correct is None:
+    pair = selection_pair(outcome)
+    if pair is None:
         return None
-    index = next(i for i, row in enumerate(outcome.verified) if row["config"] == baseline["config"])
-    pick, base = outcome.verified_correct[0], outcome.verified_correct[index]
+    pick, base, pick_is_uniform = pair
     result = paired_bootstrap(pick, base, resamples=resamples, seed=seed)
-    return {**result, "split": outcome.verified[0]["split"], "pick_is_uniform": index == 0}
+    return {**result, "split": outcome.verified[0]["split"], "pick_is_uniform": pick_is_uniform}
 
 
 def compare_with_uniform(
