@@ -59,6 +59,7 @@ HELDOUT_SEED = 20261201  # the held-out draw's seed: not the spec's seed, so no 
 HALF_SEED = 7  # the random split of the held-out images into two halves
 IMAGE_ORDER_SEED = 11  # the random order of a training label's images (for labels from fewer images)
 MIN_CELL = 4  # subnets a (form, window) cell needs for its τ to count
+SPARE_SEED_OFFSET = 13  # the draw of a spare-image subset (heldout-spare --images), apart from the pool's val draw
 WINDOWS = ((2.0, 3.0), (3.0, 4.0), (4.0, 5.0), (5.0, 6.0), (6.0, 8.01))
 
 
@@ -102,7 +103,10 @@ def build(args: argparse.Namespace) -> int:
     spec = artifact_spec(art)
     s = spec.sample
     space = art.space
-    images = args.images if args.set == "pool" and args.images not in (None, s.subset) else None
+    if args.set == "pool":
+        images = args.images if args.images not in (None, s.subset) else None
+    else:  # heldout-spare: a class-balanced subset of the spare images (default all of them)
+        images = args.images if args.set == "heldout-spare" else None
     draw_seed = args.draw_seed if args.set == "pool" and args.draw_seed not in (None, spec.seed) else None
     out = _cache_dir(args.supernet, args.set, images, draw_seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,6 +132,10 @@ def build(args: argparse.Namespace) -> int:
         target = splits.unseen.subset(torch.arange(len(splits.val), len(splits.unseen)), "spare")
         if not len(target):
             raise SystemExit("the spec has no data.train_subset, so no training image is spare")
+        if images:
+            if images >= len(target):
+                raise SystemExit(f"--images {images}: the spec leaves {len(target)} spare images; ask for fewer")
+            target = target.balanced(images, spec.seed + SPARE_SEED_OFFSET, "spare")
     else:
         target = splits.test
     evaluation = BatchSource(target, s.batch_size)
@@ -233,11 +241,14 @@ def evaluate(args: argparse.Namespace) -> int:
     space = art.space
     h_cfg, h_correct, _, h_meta = _load(args.supernet, "heldout")
     if args.spare:  # the same subnets on the spare training images too: labels on test + spare
-        s_cfg, s_correct, _, s_meta = _load(args.supernet, "heldout-spare")
+        s_cfg, s_correct, _, s_meta = _load(args.supernet, "heldout-spare", args.spare_images)
         if [c.to_json(indent=None) for c in s_cfg] != [c.to_json(indent=None) for c in h_cfg]:
             raise SystemExit("heldout-spare does not hold the held-out subnets (build both sets completely)")
+        parts = {f"test ({h_meta['images']})": h_correct.mean(axis=1), f"spare ({s_meta['images']})": s_correct.mean(axis=1)}
         h_correct = np.concatenate([h_correct, s_correct], axis=1)
         h_meta = {**h_meta, "images": h_meta["images"] + s_meta["images"], "split": "test + spare"}
+    else:
+        parts = {}
     label_images = f"{h_meta['split']} images"
     p_cfg, p_correct, p_loss, p_meta = _load_pools(args.supernet, args.pool_images, args.extra_pools)
     h_acc = h_correct.mean(axis=1)
@@ -290,16 +301,22 @@ def evaluate(args: argparse.Namespace) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     results: dict[str, Any] = {}
+    by_part: dict[str, list[str]] = {}
     for name in variants:
         t = time.perf_counter()
         pred = fit_variant(name, space, p_cfg, p_acc, p_mean_loss, seed=0).predict(h_cfg)
         fit_s = time.perf_counter() - t
         sc = ranking_scores(h_acc, pred, h_forms, h_avg_w)
         results[name] = sc
+        by_part[name] = [f"{_fmt(_tau(acc, pred))} / {_fmt(_r(acc, pred))}" for acc in parts.values()]
         vs_half = _mean([_tau(half_a, pred), _tau(half_b, pred)])  # the same label noise as the ceiling's
         lines.append(f"| {name} | {_fmt(sc['tau'])} | {_fmt(sc['r'])} | {_fmt(sc['tau_form_mean'])} | "
                      f"{_fmt(sc['tau_window_mean'])} | {_fmt(sc['tau_cell_mean'])} | {_fmt(vs_half)} | {fit_s:.1f} s |")
         print(lines[-1], flush=True)
+    if parts:  # the same predictions against each part of the labels on its own
+        lines += ["", "Pooled τ / r of each variant against the labels of each split alone (images per subnet):", "",
+                  "| variant | " + " | ".join(parts) + " |", "|---|" + "---|" * len(parts)]
+        lines += [f"| {name} | " + " | ".join(cells) + " |" for name, cells in by_part.items()]
     lines += ["", "τ within each form, per variant:", "",
               "| variant | " + " | ".join(sorted(set(h_forms.tolist()))) + " |",
               "|---|" + "---|" * len(set(h_forms.tolist()))]
@@ -439,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--uniform-bits", default="2,3,4,6,8", help="held-out uniform W=A bit-widths, every form (default 2,3,4,6,8)")
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="compiled evaluation (default on)")
     b.add_argument("--threads", type=int, default=1)
-    b.add_argument("--images", type=int, default=None, help="pool: val images per subnet (default the spec's sample.subset)")
+    b.add_argument("--images", type=int, default=None,
+                   help="pool: val images per subnet (default the spec's sample.subset); heldout-spare: a class-balanced "
+                        "subset of this many spare images (default all)")
     b.add_argument("--draw-seed", type=int, default=None, help="pool: draw with this seed (a second pool to add with --extra-pools)")
     b.add_argument("--shard", default=None, help="K/N, K = 1..N: measure every N-th missing subnet (N processes side by side)")
     e = sub.add_parser("evaluate", help="noise ceiling, predictor variants, learning curves")
@@ -448,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--variants", default=None, help="comma-separated variants (default: all)")
     e.add_argument("--spare", action="store_true",
                    help="held-out labels on test + the spare training images (build --set heldout-spare first)")
+    e.add_argument("--spare-images", type=int, default=None,
+                   help="with --spare: the heldout-spare set built with --images N (default: all spare images)")
     e.add_argument("--curve-variant", default="mlp")
     e.add_argument("--curve-n", type=lambda s: [int(v) for v in s.split(",")], default=[100, 200, 400, 800])
     e.add_argument("--curve-images", type=lambda s: [int(v) for v in s.split(",")], default=[250, 500, 1000, 2000])
