@@ -9,8 +9,9 @@ Two cached sets of measured subnets, both from one supernet artifact:
   *val* split, so no held-out label comes from an image a training label used.
 - ``heldout-spare``: the same held-out subnets on the *spare* training images: those a spec's
   ``train_subset`` leaves out and ``val`` does not hold (35k on r20-fmnist), so never trained on
-  and never a training label's. ``evaluate --spare`` scores against labels on test + spare (45k
-  images a subnet on r20-fmnist), which cuts the held-out labels' own noise 4.5-fold.
+  and never a training label's (``--images N``: a class-balanced N of them, fewer minutes).
+  ``evaluate --spare`` scores against labels on test + spare (up to 45k images a subnet on
+  r20-fmnist, which would cut the held-out labels' own noise 4.5-fold).
 - ``pool``: what ``eqtools sample -n N`` measures (the same draw, calibration, val subset and
   batch size), with each image's correctness and loss kept, so labels from fewer images per
   subnet come from the same runs.
@@ -31,8 +32,8 @@ and a killed build resumes.
 Usage
   python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set heldout
   python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set pool -n 800
-  python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set heldout-spare
-  python benchmarks/bench_predictor.py evaluate artifacts/repro/eqnet [--spare] [--record]
+  python benchmarks/bench_predictor.py build artifacts/repro/eqnet --set heldout-spare [--images 15000]
+  python benchmarks/bench_predictor.py evaluate artifacts/repro/eqnet [--spare [--spare-images 15000]] [--record]
 
 The script re-executes itself with the glibc malloc settings of reference/NOTES.md and runs torch
 on --threads threads (default 1: the machine is shared).
@@ -105,8 +106,10 @@ def build(args: argparse.Namespace) -> int:
     space = art.space
     if args.set == "pool":
         images = args.images if args.images not in (None, s.subset) else None
-    else:  # heldout-spare: a class-balanced subset of the spare images (default all of them)
-        images = args.images if args.set == "heldout-spare" else None
+    elif args.set == "heldout-spare":  # a class-balanced subset of the spare images (default all of them)
+        images = args.images
+    else:
+        images = None
     draw_seed = args.draw_seed if args.set == "pool" and args.draw_seed not in (None, spec.seed) else None
     out = _cache_dir(args.supernet, args.set, images, draw_seed)
     out.mkdir(parents=True, exist_ok=True)
