@@ -29,7 +29,6 @@ from eqtools.cli.app import app
 from eqtools.export import ExportError, build_deploy_onnx, deploy_blocker, export_subnet, extract_graph, optimized_ops
 from eqtools.export._deploy import (
     FLOAT_MATMUL_OPS,
-    INT8_CODE_MAX,
     _calibrated,
     plan_encodings,
     simulate_deploy,
@@ -105,35 +104,44 @@ def test_resnet_shortcuts_and_requantizations_run_as_identity_convs(bits, monkey
     assert torch.equal(run_onnx(generic.SerializeToString(), xs), logits)
 
 
-@pytest.mark.parametrize("bits", [2, 8])
-def test_no_int8_weight_can_saturate_an_avx2_kernel(bits):
+@pytest.mark.parametrize("w_bits,a_bits,a_symmetry", [(2, 2, "asym"), (8, 8, "asym"), (8, 7, "asym"), (8, 4, "sym")])
+def test_no_int8_weight_can_saturate_an_avx2_kernel(w_bits, a_bits, a_symmetry):
     """onnxruntime's u8 x s8 kernels on x86 CPUs without VNNI add pairs of products in int16 with
-    saturation (255 * 127 * 2 > 2^15), so every int8 weight code of the file stays within +-64 and
-    wider codes travel as uint8 around zero point 128, computed exactly by the u8 x u8 kernels. A
-    structural check, so that it fails on a VNNI machine too, where the saturation would not show,
-    then the file's logits against the simulation of its arithmetic."""
+    saturation, so an int8 layer is exact only while 2 * x * |w| <= 2^15 - 1 for its largest input code x
+    (at x = 255: |w| <= 64). Wider layers travel as uint8 weights around zero point 128, computed exactly
+    by the u8 x u8 kernels, but only where int8 would saturate: 8-bit weights on inputs of 7 bits or
+    fewer (codes <= 127, 127 * 127 * 2 < 2^15) stay int8. A structural check against the layers' own
+    quantizer ranges, so that it fails on a VNNI machine too, where the saturation would not show; then
+    the file's logits against the simulation of its arithmetic (on an AVX2 CPU that runs the int16 sums)."""
     from conftest import random_supernet
     from onnx import numpy_helper
 
-    supernet, batches = random_supernet("resnet20", 1, 16, n=64)
-    supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym", "asym"))
+    bits = (2, 4, 7, 8)
+    supernet, batches = random_supernet("resnet20", 1, 16, n=64, space={"w_bits": bits, "a_bits": bits})
+    supernet.apply(supernet.space.uniform(w_bits, a_bits, "per-channel", "sym", a_symmetry))
     xs = [x for x, _ in batches]
     graph = extract_graph(supernet, xs[0][:2])
     model, info, plan = build_deploy_onnx(graph, xs[:1])
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    weights = [(n.input[3], n.input[5]) for n in model.graph.node if n.op_type in ("QLinearConv", "QGemm")]
-    assert len(weights) >= 20
+    layers = {n["name"]: n for n in graph.layers()}
+    weighted = [n for n in model.graph.node if n.op_type in ("QLinearConv", "QGemm") and n.output[0].endswith(".raw")]
+    assert len(weighted) == info["integer_convs"] + info["integer_gemms"] >= 20
     wide = 0
-    for w, z in weights:
-        codes, zero = inits[w], inits[z]
-        if codes.dtype == np.uint8:
+    for node in weighted:
+        name = node.output[0].removesuffix(".raw")
+        quant = layers[name]["input_quant"]
+        # the largest uint8 code the kernel multiplies: the input range's top or the zero point it pads with
+        zero = int(inits[node.input[2]])
+        assert zero - int(graph.tensors[f"{name}.input.zero_point"].reshape(-1)[0]) == -quant["qmin"], name  # from 0
+        x_max = max(quant["qmax"] - quant["qmin"], zero)
+        codes, w_zero = inits[node.input[3]].astype(np.int32), inits[node.input[5]]
+        if inits[node.input[3]].dtype == np.uint8:
             wide += 1
-            # uint8 only where int8 would saturate: some code lies past the bound
-            assert np.all(zero == 128) and np.abs(codes.astype(np.int32) - 128).max() > INT8_CODE_MAX, w
+            assert np.all(w_zero == 128), name
+            assert 2 * x_max * np.abs(codes - 128).max() > 32767, name  # int8 would have saturated
         else:
-            assert codes.dtype == np.int8 and np.all(zero == 0) and np.abs(codes.astype(np.int32)).max() <= 64, w
-    layers = info["integer_convs"] + info["integer_gemms"]  # the identity convs' weight 1 stays int8
-    assert wide == info["uint8_weight_layers"] == (layers if bits == 8 else 2)  # at 2 bits: the 8-bit stem and head
+            assert np.all(w_zero == 0) and 2 * x_max * np.abs(codes).max() <= 32767, name
+    assert wide == info["uint8_weight_layers"] == (len(weighted) if a_bits == 8 == w_bits else 2)  # else the 8-bit stem, head
     assert parity(simulate_deploy(graph, plan, xs), run_onnx(model.SerializeToString(), xs))["top1_agreement"] == 1.0
 
 

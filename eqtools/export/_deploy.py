@@ -16,8 +16,14 @@ so nothing depends on its pattern matcher:
   option-A shortcut; stride 2, output channels shifted by the pad) and an 8-bit value requantized
   to a layer's grid (what ``DequantizeLinear -> QuantizeLinear`` computes, without a float tensor).
   onnxruntime runs ``Slice``/``Pad`` and the Q/DQ pair as generic copies, slower than the kernel.
-- values below 8 bits travel in uint8 with an integer ``Clip`` to their range; signed codes with
-  zero point ``z`` are stored as uint8 codes ``+128`` with zero point ``z + 128`` (the same values).
+- values below 8 bits travel in uint8 with an integer ``Clip`` to their range; signed b-bit codes
+  with zero point ``z`` are stored as uint8 codes ``+2^(b-1)`` with zero point ``z + 2^(b-1)`` (the
+  same values).
+- weights are int8 where the kernels compute every product exactly. x86 CPUs without VNNI add pairs
+  of u8 x s8 products in int16 with saturation, so a layer whose input codes reach 255 (8-bit
+  activations) keeps int8 weights only up to |code| 64; 8-bit weights there travel as uint8 around
+  zero point 128, which the u8 x u8 kernels compute exactly (and more slowly). Below 8 activation
+  bits every int8 code is safe.
 - every value between integer ops is uint8 with one scale and zero point (an "encoding"). Where all
   readers of a value are quantized layers with one input quantizer, the value is produced directly
   in that quantizer's encoding: the same rounding the fake-quant model does. Elsewhere (a conv
@@ -56,7 +62,7 @@ from torch import Tensor
 from eqtools.export._graph import DeployGraph
 from eqtools.export.runtime import _FUNCTIONS, build_model
 
-__all__ = ["DEPLOY_OPSET", "PLAN_FORMAT", "Encoding", "build_deploy_onnx", "code_multiplier", "deploy_blocker",
+__all__ = ["DEPLOY_OPSET", "PLAN_FORMAT", "Encoding", "build_deploy_onnx", "code_multiplier", "deploy_blocker", "int8_code_limit",
            "optimized_ops", "plan_encodings", "plan_from_dict", "plan_to_dict", "simulate_deploy", "value_samples"]
 
 DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists since 10, per-axis Q/DQ since 13
@@ -87,9 +93,14 @@ class Encoding:
 
 
 def _input_encoding(node: dict[str, Any], tensors: dict[str, Tensor]) -> Encoding:
-    """A quantized layer's input quantizer as a uint8 encoding (signed codes shifted by 128)."""
+    """A quantized layer's input quantizer as a uint8 encoding: its codes shifted to start at 0.
+
+    Signed codes shift by ``-qmin`` (128 at 8 bits, 8 at 4 bits), not by a fixed 128, so that narrow
+    inputs keep small uint8 codes: the int8 weights they can multiply exactly grow as the codes shrink
+    (:func:`int8_code_limit`).
+    """
     name, quant = node["name"], node["input_quant"]
-    shift = 128 if quant["signed"] else 0
+    shift = -int(quant["qmin"])
     zero = int(tensors[f"{name}.input.zero_point"].reshape(-1)[0]) + shift
     return Encoding(float(tensors[f"{name}.input.scale"].reshape(-1)[0]), zero, int(quant["qmin"]) + shift,
                     int(quant["qmax"]) + shift)
@@ -321,9 +332,26 @@ def plan_from_dict(data: Any) -> dict[str, Encoding]:
 
 
 # ------------------------------------------------------------------------------------------ ONNX
-# The widest int8 weight code whose u8 x s8 pair sums stay within int16 (255 * 64 * 2 < 2^15): x86
-# kernels without VNNI saturate there, so neither the code multiplier nor an int8 weight goes past it.
-INT8_CODE_MAX = 64
+# x86 kernels without VNNI multiply uint8 activation codes by int8 weight codes and add each pair of
+# products in int16 with saturation, so a layer computes exactly only while 2 * x * |w| <= 2^15 - 1 for
+# its largest activation code x. At x = 255 (8-bit unsigned activations) that allows |w| <= 64.
+INT16_MAX = 32767
+INT8_CODE_MAX = INT16_MAX // (2 * 255)
+
+
+def int8_code_limit(max_input_code: int = 255) -> int:
+    """The largest |code| of an int8 weight that a layer whose uint8 input codes reach ``max_input_code``
+    multiplies exactly (128 when every int8 code is safe; -128 is the only code that wide).
+
+    Activations of 7 bits or fewer (codes <= 127) leave room for every int8 code, so only a layer
+    with both 8-bit weights and wide inputs needs its weights as uint8 (see ``_Builder.layer``).
+    """
+    return min(128, INT16_MAX // (2 * max(1, max_input_code)))
+
+
+def fits_int8(codes: np.ndarray, limit: int) -> bool:
+    """Whether integer weight ``codes`` are int8 codes of magnitude at most ``limit``."""
+    return codes.size == 0 or (int(codes.min()) >= -limit and int(codes.max()) <= min(limit, 127))
 
 
 def code_multiplier(codes: np.ndarray | Tensor) -> int:
@@ -335,6 +363,13 @@ def code_multiplier(codes: np.ndarray | Tensor) -> int:
     values = codes.numpy() if isinstance(codes, Tensor) else codes
     peak = int(np.abs(values).max()) if values.size else 0
     return max(1, INT8_CODE_MAX // max(1, peak))
+
+
+def layer_code_limit(node: dict[str, Any], tensors: dict[str, Tensor]) -> int:
+    """:func:`int8_code_limit` for a quantized layer: its input codes lie within its quantizer's range,
+    and the conv kernels pad with the zero point, so the larger of the two bounds what they multiply."""
+    enc = _input_encoding(node, tensors)
+    return int8_code_limit(max(enc.hi, enc.zero))
 
 
 class _Builder:
@@ -622,16 +657,17 @@ class _Builder:
         w_scale = t[f"{name}.weight.scale"].float().numpy().reshape(-1)
         # the int32 bias has the accumulator's unit s_x * s_w, which at low bit-widths is coarse next to
         # the output step; scaling the codes by an integer m (and the scale by 1/m) computes the same
-        # products exactly while making that unit m times finer, up to INT8_CODE_MAX.
+        # products exactly while making that unit m times finer, up to INT8_CODE_MAX. (Up to the layer's
+        # own limit instead, 127 on narrow inputs, moved one digit of 300 either way at 2-4 bits.)
         m = code_multiplier(codes)
         codes, w_scale = codes * m, (w_scale / np.float32(m)).astype(np.float32)
         self.stats["code_multiplier_max"] = max(self.stats["code_multiplier_max"], m)
         out_channels = int(spec["shape"][0])
         per_channel = w_scale.size > 1
-        # codes past INT8_CODE_MAX (8-bit weights, where m is 1) would saturate the int16 pair sums, so
-        # such a layer's weights travel as uint8 with zero point 128 (the same codes, shifted): the
-        # u8 x u8 kernels widen before summing and compute it exactly on every x86 CPU
-        wide = int(np.abs(codes).max(initial=0)) > INT8_CODE_MAX
+        # codes past that limit (8-bit weights on 8-bit inputs, where m is 1) would saturate the int16
+        # pair sums, so such a layer's weights travel as uint8 with zero point 128 (the same codes,
+        # shifted): the u8 x u8 kernels widen before summing and compute it exactly on every x86 CPU
+        wide = not fits_int8(codes, layer_code_limit(ir, t))
         self.stats["uint8_weight_layers"] += int(wide)
         dtype, zero = (np.uint8, 128) if wide else (np.int8, 0)
         w = self.const(f"{name}.weight.q", (codes + zero).astype(dtype))
