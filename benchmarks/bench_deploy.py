@@ -103,11 +103,24 @@ def _ort_static(fp32_path: Path, out: Path, calibration: list[Any], weight_type:
     return None
 
 
+def uniform_bits(text: str) -> list[tuple[int, int]]:
+    """``--bits``: "2,4,8/4" -> [(2, 2), (4, 4), (8, 4)] (weight bits, activation bits)."""
+    pairs = []
+    for item in text.split(","):
+        w, _, a = item.strip().partition("/")
+        try:
+            pairs.append((int(w), int(a or w)))
+        except ValueError:
+            raise SystemExit(f"--bits: {item!r} is not B or W/A (e.g. 4 or 8/4)") from None
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path, help="a 'supernet' artifact directory")
-    parser.add_argument("--bits", default="2,4,8", help="uniform bit-widths (default 2,4,8)")
+    parser.add_argument("--bits", default="2,4,8",
+                        help="uniform bit-widths, each B (weights and activations) or W/A, e.g. 2,4,8/4 (default 2,4,8)")
     parser.add_argument("--mixed", type=int, default=1,
                         help="random mixed-precision subnets to add (seeded; default 1; no search artifact needed)")
     parser.add_argument("--config", type=Path, action="append", default=[],
@@ -195,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ops": optimized_ops(out.read_bytes(), args.threads)})
 
         rng = random.Random(spec.seed)
-        subnets = [(f"W{b}A{b}", supernet.space.uniform(b, b, *form)) for b in
-                   [int(b) for b in args.bits.split(",")]]
+        subnets = [(f"W{w}A{a}", supernet.space.uniform(w, a, *form)) for w, a in uniform_bits(args.bits)]
         for i in range(args.mixed):
             config = supernet.space.random(rng, *form)
             w, a = supernet.space.avg_bits(config)
