@@ -657,15 +657,15 @@ class _Builder:
         w_scale = t[f"{name}.weight.scale"].float().numpy().reshape(-1)
         # the int32 bias has the accumulator's unit s_x * s_w, which at low bit-widths is coarse next to
         # the output step; scaling the codes by an integer m (and the scale by 1/m) computes the same
-        # products exactly while making that unit m times finer, up to INT8_CODE_MAX. (Up to the layer's
-        # own limit instead, 127 on narrow inputs, moved one digit of 300 either way at 2-4 bits.)
+        # products exactly while making that unit m times finer, up to INT8_CODE_MAX (going on to the
+        # layer's own int8 limit on narrow inputs measured no better: docs/export.md, the int32 bias)
         m = code_multiplier(codes)
         codes, w_scale = codes * m, (w_scale / np.float32(m)).astype(np.float32)
         self.stats["code_multiplier_max"] = max(self.stats["code_multiplier_max"], m)
         out_channels = int(spec["shape"][0])
         per_channel = w_scale.size > 1
-        # codes past that limit (8-bit weights on 8-bit inputs, where m is 1) would saturate the int16
-        # pair sums, so such a layer's weights travel as uint8 with zero point 128 (the same codes,
+        # codes past the layer's int8 limit (8-bit weights on inputs whose codes pass 128, where m is 1)
+        # would saturate the int16 pair sums, so such a layer's weights travel as uint8 with zero point 128 (the same codes,
         # shifted): the u8 x u8 kernels widen before summing and compute it exactly on every x86 CPU
         wide = not fits_int8(codes, layer_code_limit(ir, t))
         self.stats["uint8_weight_layers"] += int(wide)
