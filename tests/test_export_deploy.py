@@ -104,23 +104,32 @@ def test_resnet_shortcuts_and_requantizations_run_as_identity_convs(bits, monkey
     assert torch.equal(run_onnx(generic.SerializeToString(), xs), logits)
 
 
-@pytest.mark.parametrize("w_bits,a_bits,a_symmetry", [(2, 2, "asym"), (8, 8, "asym"), (8, 7, "asym"), (8, 4, "sym")])
-def test_no_int8_weight_can_saturate_an_avx2_kernel(w_bits, a_bits, a_symmetry):
+@pytest.mark.parametrize("w_bits,a_bits,a_symmetry,signed", [(2, 2, "asym", False), (8, 8, "asym", False),
+                                                            (8, 7, "asym", False), (8, 4, "sym", True)])
+def test_no_int8_weight_can_saturate_an_avx2_kernel(w_bits, a_bits, a_symmetry, signed):
     """onnxruntime's u8 x s8 kernels on x86 CPUs without VNNI add pairs of products in int16 with
     saturation, so an int8 layer is exact only while 2 * x * |w| <= 2^15 - 1 for its largest input code x
     (at x = 255: |w| <= 64). Wider layers travel as uint8 weights around zero point 128, computed exactly
     by the u8 x u8 kernels, but only where int8 would saturate: 8-bit weights on inputs of 7 bits or
     fewer (codes <= 127, 127 * 127 * 2 < 2^15) stay int8. A structural check against the layers' own
     quantizer ranges, so that it fails on a VNNI machine too, where the saturation would not show; then
-    the file's logits against the simulation of its arithmetic (on an AVX2 CPU that runs the int16 sums)."""
+    the file's logits against the simulation of its arithmetic (on an AVX2 CPU that runs the int16 sums).
+    ``signed``: every activation quantizer made signed, so that signed 4-bit codes must travel as 0..15
+    (shifted by 8, not 128) for the 8-bit weights beside them to stay int8."""
     from conftest import random_supernet
     from onnx import numpy_helper
 
     bits = (2, 4, 7, 8)
     supernet, batches = random_supernet("resnet20", 1, 16, n=64, space={"w_bits": bits, "a_bits": bits})
     supernet.apply(supernet.space.uniform(w_bits, a_bits, "per-channel", "sym", a_symmetry))
+    quantizers = [m for m in supernet.modules() if hasattr(m, "is_signed")]
+    assert quantizers
+    for m in quantizers if signed else []:
+        m.is_signed.fill_(True)
     xs = [x for x, _ in batches]
     graph = extract_graph(supernet, xs[0][:2])
+    if signed:
+        assert all(n["input_quant"]["signed"] for n in graph.layers())
     model, info, plan = build_deploy_onnx(graph, xs[:1])
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     layers = {n["name"]: n for n in graph.layers()}
