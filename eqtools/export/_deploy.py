@@ -88,6 +88,12 @@ class Encoding:
     hi: int = 255
     exact: bool = True
 
+    @property
+    def max_code(self) -> int:
+        """The largest code a kernel reading this value multiplies: the range's top, or the zero point
+        it pads with."""
+        return max(self.hi, self.zero)
+
     def same_grid(self, other: Encoding) -> bool:
         return np.float32(self.scale) == np.float32(other.scale) and self.zero == other.zero
 
@@ -336,10 +342,9 @@ def plan_from_dict(data: Any) -> dict[str, Encoding]:
 # products in int16 with saturation, so a layer computes exactly only while 2 * x * |w| <= 2^15 - 1 for
 # its largest activation code x. At x = 255 (8-bit unsigned activations) that allows |w| <= 64.
 INT16_MAX = 32767
-INT8_CODE_MAX = INT16_MAX // (2 * 255)
 
 
-def int8_code_limit(max_input_code: int = 255) -> int:
+def int8_code_limit(max_input_code: int) -> int:
     """The largest |code| of an int8 weight that a layer whose uint8 input codes reach ``max_input_code``
     multiplies exactly (128 when every int8 code is safe; -128 is the only code that wide).
 
@@ -347,6 +352,9 @@ def int8_code_limit(max_input_code: int = 255) -> int:
     with both 8-bit weights and wide inputs needs its weights as uint8 (see ``_Builder.layer``).
     """
     return min(128, INT16_MAX // (2 * max(1, max_input_code)))
+
+
+INT8_CODE_MAX = int8_code_limit(255)  # the widest weight code that is safe on any uint8 input
 
 
 def fits_int8(codes: np.ndarray, limit: int) -> bool:
@@ -363,13 +371,6 @@ def code_multiplier(codes: np.ndarray | Tensor) -> int:
     values = codes.numpy() if isinstance(codes, Tensor) else codes
     peak = int(np.abs(values).max()) if values.size else 0
     return max(1, INT8_CODE_MAX // max(1, peak))
-
-
-def layer_code_limit(node: dict[str, Any], tensors: dict[str, Tensor]) -> int:
-    """:func:`int8_code_limit` for a quantized layer: its input codes lie within its quantizer's range,
-    and the conv kernels pad with the zero point, so the larger of the two bounds what they multiply."""
-    enc = _input_encoding(node, tensors)
-    return int8_code_limit(max(enc.hi, enc.zero))
 
 
 class _Builder:
@@ -652,7 +653,8 @@ class _Builder:
     def layer(self, ir: dict[str, Any]) -> None:
         name, attrs, spec = ir["name"], ir.get("attrs", {}), ir["weight"]
         t = self.graph.tensors
-        x, x_enc = self.quantize(ir["inputs"][0], _input_encoding(ir, t), f"{name}.input", ir["op"] == "conv2d")
+        target = _input_encoding(ir, t)
+        x, x_enc = self.quantize(ir["inputs"][0], target, f"{name}.input", ir["op"] == "conv2d")
         codes = t[f"{name}.weight.codes"].numpy().astype(np.int32)
         w_scale = t[f"{name}.weight.scale"].float().numpy().reshape(-1)
         # the int32 bias has the accumulator's unit s_x * s_w, which at low bit-widths is coarse next to
@@ -664,10 +666,11 @@ class _Builder:
         self.stats["code_multiplier_max"] = max(self.stats["code_multiplier_max"], m)
         out_channels = int(spec["shape"][0])
         per_channel = w_scale.size > 1
-        # codes past the layer's int8 limit (8-bit weights on inputs whose codes pass 128, where m is 1)
-        # would saturate the int16 pair sums, so such a layer's weights travel as uint8 with zero point 128 (the same codes,
-        # shifted): the u8 x u8 kernels widen before summing and compute it exactly on every x86 CPU
-        wide = not fits_int8(codes, layer_code_limit(ir, t))
+        # codes past the int8 limit of the layer's input range (8-bit weights on inputs whose codes pass
+        # 128, where m is 1) would saturate the int16 pair sums, so such a layer's weights travel as
+        # uint8 with zero point 128 (the same codes, shifted): the u8 x u8 kernels widen before summing
+        # and compute it exactly on every x86 CPU
+        wide = not fits_int8(codes, int8_code_limit(target.max_code))
         self.stats["uint8_weight_layers"] += int(wide)
         dtype, zero = (np.uint8, 128) if wide else (np.int8, 0)
         w = self.const(f"{name}.weight.q", (codes + zero).astype(dtype))
