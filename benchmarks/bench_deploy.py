@@ -13,6 +13,9 @@ and reports, per row: latency at each batch size (median ms), speed-up over FP32
 requantizations simulated in PyTorch, and separately with the plain fake-quant subnet; onnxruntime
 rows: with the FP32 network), top-1 accuracy,
 file size, and what each deploy-time rounding costs (eqtools rows, simulated one at a time).
+``--cpu any,vnni`` adds each subnet's ``eqtools export --cpu vnni`` file (every weight int8) beside the
+default one; its agreement is measured by running it here against the default file (which computes the
+deployed arithmetic), so on a CPU without VNNI it shows what the int16 saturation does to it.
 
 Usage
   python benchmarks/bench_deploy.py artifacts/quick/supernet            # print the results
@@ -142,8 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=12,
                         help="interleaved timing rounds (default 12): each row is timed once per round, and its "
                              "speed-ups are the median over rounds of the ratio to the baseline timed in that round")
+    parser.add_argument("--cpu", default="any",
+                        help="the export --cpu values to write each subnet for: any (default), or any,vnni to add "
+                             "the all-int8 file for VNNI CPUs (timed and checked on this CPU)")
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
     args = parser.parse_args(argv)
+    cpus = [c.strip() for c in args.cpu.split(",")]
+    if cpus[0] != "any" or not set(cpus) <= {"any", "vnni"} or len(set(cpus)) != len(cpus):
+        raise SystemExit(f"--cpu: {args.cpu!r}; allowed: any, or any,vnni (the default file is the vnni one's reference)")
 
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
@@ -155,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, calibration_source, recalibrate_bn, resolve_config
-    from eqtools.export import deploy_calibration, export_subnet, optimized_ops, parity
+    from eqtools.export import deploy_calibration, export_subnet, optimized_ops, parity, u8s8_saturation
 
     torch.set_num_threads(args.threads)
     source = read_artifact(args.source, "supernet")
@@ -223,24 +232,35 @@ def main(argv: list[str] | None = None) -> int:
             supernet.apply(config)
             recalibrate_bn(supernet, calib_bn)
             supernet.eval()
-            out = tmp / f"eq-{len(rows)}"
-            m = export_subnet(supernet, check, out, formats=("onnx",), calibration=calibration,
-                              deploy_agreement_min=0.0, deploy_accuracy_drop_max=1.0, threads=args.threads)
-            o = m["onnx"]
-            if o["form"] != "deploy":
-                rows.append({"name": label, "error": f"exported in the exact form: {o['deploy_fallback']}"})
-                continue
-            d = o["deploy"]
-            rows.append({"name": label, "session": _session(str(out / "model.onnx"), args.threads),
-                         "file": out / "model.onnx", "against": "deployed arithmetic",
-                         "agreement": o["parity"]["top1_agreement"],
-                         "fake_quant_agreement": o["parity_vs_fake_quant"]["top1_agreement"],
-                         "accuracy": o["parity"]["accuracy"],
-                         "fake_quant_accuracy": o["parity_vs_fake_quant"]["reference_accuracy"],
-                         "exact_agreement": o["parity_vs_exact_fake_quant"]["top1_agreement"],
-                         "float32": d["roundings"]["float32_fake_quant"],
-                         "ops": d["optimized_ops"], "bias": d["roundings"]["int32_bias"],
-                         "requant": d["roundings"]["requantize_8bit"], "requantized": d["requantized_values"]})
+            reference = None  # the default file's logits: the deployed arithmetic, which the vnni file must equal
+            for cpu in cpus:
+                out = tmp / f"eq-{len(rows)}"
+                m = export_subnet(supernet, check, out, formats=("onnx",), calibration=calibration,
+                                  deploy_agreement_min=0.0, deploy_accuracy_drop_max=1.0, deploy_cpu=cpu,
+                                  threads=args.threads)
+                o = m["onnx"]
+                if o["form"] != "deploy":
+                    rows.append({"name": label, "error": f"exported in the exact form: {o['deploy_fallback']}"})
+                    break
+                d = o["deploy"]
+                session = _session(str(out / "model.onnx"), args.threads)
+                if cpu == "any":
+                    reference = _logits(session, xs)
+                    rows.append({"name": label, "session": session, "file": out / "model.onnx",
+                                 "against": "deployed arithmetic", "agreement": o["parity"]["top1_agreement"],
+                                 "fake_quant_agreement": o["parity_vs_fake_quant"]["top1_agreement"],
+                                 "accuracy": o["parity"]["accuracy"],
+                                 "fake_quant_accuracy": o["parity_vs_fake_quant"]["reference_accuracy"],
+                                 "exact_agreement": o["parity_vs_exact_fake_quant"]["top1_agreement"],
+                                 "float32": d["roundings"]["float32_fake_quant"],
+                                 "ops": d["optimized_ops"], "bias": d["roundings"]["int32_bias"],
+                                 "requant": d["roundings"]["requantize_8bit"], "requantized": d["requantized_values"]})
+                    continue
+                logits = _logits(session, xs)  # this file as it runs here, not the twin the export checked
+                rows.append({"name": f"{label} --cpu {cpu}", "session": session, "file": out / "model.onnx",
+                             "against": "deployed arithmetic, via the --cpu any file",
+                             "agreement": parity(reference, logits)["top1_agreement"],
+                             "accuracy": float((logits.argmax(1) == labels).float().mean()), "ops": d["optimized_ops"]})
 
         # rows interleaved in short measurements, the order rotated each round; a ratio is taken within a
         # round (the baseline timed a moment before or after) and its median over rounds reported, so load
@@ -305,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} intra-op threads; latency = median over {args.rounds} interleaved rounds of the median ms per "
         f"batch in a round ({args.min_runs}+ runs, {args.min_time} s+); speed-ups = the median over rounds of the ratio "
         f"within a round, with its interquartile range (load average at the end {load[0]:.1f} / {load[1]:.1f} / "
-        f"{load[2]:.1f}). The float network is the supernet's "
+        f"{load[2]:.1f}). onnxruntime's u8 x s8 kernels on this CPU: "
+        f"{'exact (int32 sums)' if u8s8_saturation() is None else u8s8_saturation()}. The float network is the supernet's "
         "weights in float with BN calibrated on its largest subnet; onnxruntime's rows quantize it "
         f"(`quant_pre_process` + `quantize_static`, {args.calibration_images} training images), eqtools' rows "
         "are the BN-calibrated uniform subnets exported with `eqtools export`'s default ONNX form.",

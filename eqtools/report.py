@@ -183,6 +183,7 @@ def build_report(
         onnx = m.get("onnx") or {}
         if onnx.get("form") == "deploy":  # agreement with what ships, and with the fake-quant subnet
             row["onnx_form"] = "deploy"
+            row["onnx_cpu"] = onnx["deploy"].get("cpu", "any")  # older exports: every file was for any CPU
             row["onnx_fake_quant_agreement"] = onnx["parity_vs_fake_quant"]["top1_agreement"]
         row["fake_quant_accuracy"] = (m.get("check") or {}).get("reference_accuracy")
         sizes = m.get("sizes") or {}
@@ -241,7 +242,8 @@ def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
         for fmt in ("int", "onnx"):
             if f"{fmt}_agreement" in e:
                 deployed = fmt == "onnx" and e.get("onnx_form") == "deploy"
-                rows.append([f"{fmt} (integer kernels)" if deployed else fmt,
+                vnni = " for VNNI CPUs" if deployed and e.get("onnx_cpu") == "vnni" else ""
+                rows.append([f"{fmt} (integer kernels{vnni})" if deployed else fmt,
                              pct(e[f"{fmt}_agreement"]) + (" with the deployed arithmetic" if deployed else ""),
                              pct(e.get("onnx_fake_quant_agreement") if deployed else e[f"{fmt}_agreement"]),
                              pct(e.get(f"{fmt}_accuracy")), f"{e[f'{fmt}_bytes']:,}"])

@@ -19,6 +19,7 @@ from eqtools.errors import ConfigError
 __all__ = [
     "BIT_CHOICES",
     "BN_FOLD_MODES",
+    "DEPLOY_CPUS",
     "EXPORT_FORMATS",
     "FLOAT_BITS",
     "GRANULARITIES",
@@ -44,6 +45,8 @@ VERIFY_SPLITS: tuple[str, ...] = ("unseen", "val")  # search --verify chooses on
 EXPORT_FORMATS: tuple[str, ...] = ("int", "onnx", "all")
 ONNX_FORMS: tuple[str, ...] = ("deploy", "exact")  # integer kernels (default) | bit-exact QDQ reference
 BN_FOLD_MODES: tuple[str, ...] = ("scale", "requantize", "none")
+# where the integer ONNX form is exact: any x86 CPU | only those whose u8 x s8 kernels sum in int32 (VNNI)
+DEPLOY_CPUS: tuple[str, ...] = ("any", "vnni")
 FLOAT_BITS = 32  # what a layer kept in floating point costs per weight/activation
 
 # typing views of the same tuples, for pydantic and typer (kept equal by tests/test_vocab.py)

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from eqtools.artifacts import read_artifact
 from eqtools.cli.app import app
+from eqtools.errors import ConfigError
 from eqtools.export import ExportError, build_deploy_onnx, deploy_blocker, export_subnet, extract_graph, optimized_ops
 from eqtools.export._deploy import (
     FLOAT_MATMUL_OPS,
@@ -152,6 +153,125 @@ def test_no_int8_weight_can_saturate_an_avx2_kernel(w_bits, a_bits, a_symmetry, 
             assert np.all(w_zero == 0) and 2 * x_max * np.abs(codes).max() <= 32767, name
     assert wide == info["uint8_weight_layers"] == (len(weighted) if a_bits == 8 == w_bits else 2)  # else the 8-bit stem, head
     assert parity(simulate_deploy(graph, plan, xs), run_onnx(model.SerializeToString(), xs))["top1_agreement"] == 1.0
+
+
+def _vnni_cpu() -> bool | None:
+    """Whether this x86 CPU has int32-summing u8 x s8 dot products (VNNI/AMX), from /proc/cpuinfo; None off x86 Linux."""
+    import platform
+    from pathlib import Path
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not cpuinfo.exists():
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), [])
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def test_the_u8s8_probe_sees_what_the_cpu_flags_say():
+    """onnxruntime's x86 u8 x s8 kernels sum in int32 with VNNI (vpdpbusd) or AMX, and in saturating
+    int16 pairs (vpmaddubsw) without: the probe must tell the two apart as the CPU's flags do."""
+    from eqtools.export._deploy import u8s8_saturation
+
+    vnni = _vnni_cpu()
+    if vnni is None:
+        pytest.skip("the VNNI flags are read from an x86 Linux /proc/cpuinfo")
+    why = u8s8_saturation()
+    assert (why is None) == vnni, why
+    if why is not None:
+        assert "saturates" in why and "VNNI" in why
+
+
+def test_a_vnni_file_keeps_every_weight_int8_and_the_integers_of_its_twin():
+    """``cpu="vnni"`` stores every weight as int8 and says in its metadata what it needs; its ``cpu="any"``
+    twin stores the same integers (uint8 codes minus 128), which :func:`integer_difference` confirms and a
+    changed code breaks. Where the kernels saturate, the vnni file itself computes something else, which
+    is why the export checks it through the twin there; where they do not, the two files agree to the bit."""
+    from conftest import random_supernet
+    from onnx import helper, numpy_helper
+
+    from eqtools.export._deploy import REQUIRES_KEY, integer_difference, u8s8_saturation
+
+    supernet, batches = random_supernet("resnet20", 1, 16, n=64)
+    supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym", "asym"))
+    xs = [x for x, _ in batches]
+    graph = extract_graph(supernet, xs[0][:2])
+    vnni, info, plan = build_deploy_onnx(graph, xs[:1], cpu="vnni")
+    kept = {n: e for n, e in plan.items() if e is not None and not e.exact}
+    twin, twin_info, _ = build_deploy_onnx(graph, ranges=kept, cpu="any")
+    weights = [t for t in vnni.graph.initializer if t.name.endswith(".weight.q")]
+    assert len(weights) >= 20 and all(numpy_helper.to_array(t).dtype == np.int8 for t in weights)
+    assert info["uint8_weight_layers"] == 0 and info["cpu"] == "vnni" and twin_info["uint8_weight_layers"] >= 19
+    assert "VNNI" in {p.key: p.value for p in vnni.metadata_props}[REQUIRES_KEY]
+    assert REQUIRES_KEY not in {p.key for p in twin.metadata_props}
+    assert integer_difference(vnni, twin) is None
+
+    changed = type(twin)()
+    changed.CopyFrom(twin)
+    name = next(t.name for t in twin.graph.initializer if numpy_helper.to_array(t).dtype == np.uint8
+                and t.name.endswith(".weight.q"))
+    index = next(i for i, t in enumerate(changed.graph.initializer) if t.name == name)
+    codes = numpy_helper.to_array(changed.graph.initializer[index]).copy()
+    codes.flat[0] = codes.flat[0] + 1 if codes.flat[0] < 255 else codes.flat[0] - 1
+    changed.graph.initializer[index].CopyFrom(numpy_helper.from_array(codes, name))
+    assert integer_difference(vnni, changed) == f"constant {name!r} differs"
+    moved = type(twin)()
+    moved.CopyFrom(twin)
+    moved.graph.node[0].CopyFrom(helper.make_node("Identity", ["input"], [moved.graph.node[0].output[0]]))
+    assert integer_difference(vnni, moved) == "their nodes differ"
+
+    simulated = simulate_deploy(graph, plan, xs)
+    assert parity(simulated, run_onnx(twin.SerializeToString(), xs))["top1_agreement"] == 1.0
+    direct = run_onnx(vnni.SerializeToString(), xs)
+    if u8s8_saturation() is None:
+        assert torch.equal(direct, run_onnx(twin.SerializeToString(), xs))
+    else:  # 8-bit weights on 8-bit inputs saturate here: the file cannot be checked as it is
+        assert parity(simulated, direct)["top1_agreement"] < 0.99
+
+
+def test_export_for_vnni_checks_what_it_can_and_records_how(tiny, tmp_path, monkeypatch):
+    """The stage writes the vnni file, every weight int8, gated at the usual thresholds: run as it is on a
+    CPU with VNNI, through its twin elsewhere, and the metrics say which. Which of the two files the gate
+    runs follows the probe (told either answer, on any CPU)."""
+    import onnx
+    from onnx import numpy_helper
+
+    import eqtools.export._stage as stage
+    from eqtools.export._deploy import REQUIRES_KEY, u8s8_saturation
+
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym"))
+    lines: list[str] = []
+    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), calibration=calibration,
+                            deploy_cpu="vnni", log=lines.append)
+    deploy = metrics["onnx"]["deploy"]
+    saturation = u8s8_saturation()
+    assert deploy["cpu"] == "vnni" and deploy["uint8_weight_layers"] == 0
+    assert metrics["onnx"]["parity"]["top1_agreement"] == 1.0
+    if saturation is None:
+        assert deploy["checked_as"] == "the file"
+    else:
+        assert deploy["checked_as"].startswith("its --cpu any twin") and saturation in deploy["checked_as"]
+        assert any("checked through its --cpu any twin" in line for line in lines)
+    written = onnx.load(tmp_path / "model.onnx")
+    assert REQUIRES_KEY in {p.key for p in written.metadata_props}
+    assert all(numpy_helper.to_array(t).dtype == np.int8 for t in written.graph.initializer if t.name.endswith(".weight.q"))
+
+    with pytest.raises(ConfigError, match=r"--cpu is 'arm'; allowed: \['any', 'vnni'\]"):
+        export_subnet(supernet, batches, tmp_path / "arm", formats=("onnx",), calibration=calibration, deploy_cpu="arm")
+
+    real, ran = stage.run_onnx, []
+    monkeypatch.setattr(stage, "run_onnx", lambda data, xs, threads=2: ran.append(data) or real(data, xs, threads))
+    for claim in (None, "saturates (test)"):  # which file runs follows the probe, whatever this CPU is
+        monkeypatch.setattr(stage, "u8s8_saturation", lambda claim=claim: claim)
+        ran.clear()
+        try:
+            export_subnet(supernet, batches, tmp_path / "claim", formats=("onnx",), calibration=calibration,
+                          deploy_cpu="vnni")
+        except ExportError as exc:  # the vnni file run on a CPU without VNNI may saturate past the gate
+            assert claim is None and saturation is not None and "deployed arithmetic" in str(exc)
+        ran_vnni = REQUIRES_KEY in {p.key for p in onnx.load_from_string(ran[0]).metadata_props}
+        assert ran_vnni == (claim is None)
 
 
 def test_wide_feature_maps_keep_the_generic_copies(monkeypatch):
@@ -430,6 +550,9 @@ def test_cli_deploy_is_the_default_and_exact_stays_available(tiny_supernet_artif
 
     bad = CliRunner().invoke(app, ["export", "--from", str(calibrated), "--onnx-form", "fast"])
     assert bad.exit_code == 2 and "allowed" in bad.output
+    bad = CliRunner().invoke(app, ["export", "--from", str(calibrated), "--cpu", "arm"])
+    assert bad.exit_code == 2 and "--cpu is 'arm'; allowed: any, vnni" in " ".join(bad.output.split())
+    assert "Traceback" not in bad.output
 
 
 def test_plan_produces_values_in_the_reader_encoding(tiny):

@@ -44,6 +44,9 @@ def test_export_row_shows_both_references_of_the_integer_onnx_form() -> None:
     assert rows["onnx (integer kernels)"][1:4] == ["99.90% with the deployed arithmetic", "98.00%", "89.50%"]
     assert rows["int"][1:4] == ["100.00%", "100.00%", "90.00%"]
     assert rows["fake-quant subnet"][3] == "90.00%"
+    vnni = {title: rows for title, _, rows in format_report({"spec": "quick", "test_images": 5000, "uniform": [],
+                                                             "export": {**export, "onnx_cpu": "vnni"}})}
+    assert "onnx (integer kernels for VNNI CPUs)" in {row[0] for row in vnni["Export parity (check images)"]}
 
 
 def test_paired_interval_of_pick_minus_uniform_is_shown_in_points() -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
-from eqtools.vocab import BN_FOLD_MODES, ONNX_FORMS, form_label
+from eqtools.vocab import BN_FOLD_MODES, DEPLOY_CPUS, ONNX_FORMS, form_label
 from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
 
@@ -40,6 +40,15 @@ def command(
                                          "graph that reproduces the fake-quant model, its convs in float. Subnets "
                                          "with asymmetric weights are written exact (one line says why)."),
     ] = "deploy",
+    cpu: Annotated[
+        str,
+        typer.Option("--cpu", help="Where the integer ONNX form must compute exactly. any: every x86 CPU; layers "
+                                   "with 8-bit weights on 8-bit inputs store uint8 weights, since CPUs without VNNI "
+                                   "sum u8 x s8 products in saturating int16. vnni: only CPUs whose u8 x s8 kernels "
+                                   "sum in int32 (AVX512-VNNI, AVX-VNNI, AMX); every weight int8, faster there, "
+                                   "wrong elsewhere (the file's metadata says so). On a CPU without VNNI the vnni "
+                                   "file is checked through its 'any' twin, which stores the same integers."),
+    ] = "any",
     opset: Annotated[
         int,
         typer.Option("--opset", help="ONNX opset (13 or later). At 21 or later, weights of at most 4 bits are stored "
@@ -101,6 +110,8 @@ def command(
         raise ConfigError(f"--bn-fold is {bn_fold!r}; allowed: {', '.join(BN_FOLD_MODES)}")
     if onnx_form not in ONNX_FORMS:
         raise ConfigError(f"--onnx-form is {onnx_form!r}; allowed: {', '.join(ONNX_FORMS)}")
+    if cpu not in DEPLOY_CPUS:
+        raise ConfigError(f"--cpu is {cpu!r}; allowed: {', '.join(DEPLOY_CPUS)} (see --help)")
 
     from eqtools.artifacts import resolve_input
     from eqtools.export import export_artifact
@@ -109,7 +120,7 @@ def command(
     result = export_artifact(source, formats=(fmt,), opset=opset, bn_fold=bn_fold, out=out,
                              check_images=check_images, agreement_min=min_agreement, onnx_form=onnx_form,
                              deploy_agreement_min=min_deploy_agreement,
-                             deploy_accuracy_drop_max=max_deploy_accuracy_drop, log=echo)
+                             deploy_accuracy_drop_max=max_deploy_accuracy_drop, deploy_cpu=cpu, log=echo)
     m = result.metrics
     if as_json:
         emit_artifact(result, files=result.extra.get("files", {}), config=result.extra.get("config"))

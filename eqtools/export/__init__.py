@@ -38,6 +38,7 @@ __all__ = [
     "read_int",
     "run_onnx",
     "simulate_deploy",
+    "u8s8_saturation",
     "unpack_codes",
     "write_int",
 ]
@@ -56,6 +57,7 @@ _LAZY = {
     "deploy_blocker": "eqtools.export._deploy",
     "optimized_ops": "eqtools.export._deploy",
     "simulate_deploy": "eqtools.export._deploy",
+    "u8s8_saturation": "eqtools.export._deploy",
     "DEPLOY_AGREEMENT_MIN": "eqtools.export._stage",
     "ONNX_FORMS": "eqtools.export._stage",
     "run_onnx": "eqtools.export._onnx",

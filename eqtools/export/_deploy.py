@@ -23,7 +23,9 @@ so nothing depends on its pattern matcher:
   of u8 x s8 products in int16 with saturation, so a layer whose input codes reach 255 (8-bit
   activations) keeps int8 weights only up to |code| 64; 8-bit weights there travel as uint8 around
   zero point 128, which the u8 x u8 kernels compute exactly (and more slowly). Below 8 activation
-  bits every int8 code is safe.
+  bits every int8 code is safe. A file built for ``cpu="vnni"`` keeps every weight int8: exact and
+  faster where u8 x s8 products are summed in int32 (VNNI, AMX), wrong elsewhere, which its ONNX
+  metadata says (:data:`REQUIRES_KEY`).
 - every value between integer ops is uint8 with one scale and zero point (an "encoding"). Where all
   readers of a value are quantized layers with one input quantizer, the value is produced directly
   in that quantizer's encoding: the same rounding the fake-quant model does. Elsewhere (a conv
@@ -49,6 +51,7 @@ by :func:`deploy_blocker`; the export then falls back to the exact form and says
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -61,9 +64,11 @@ from torch import Tensor
 
 from eqtools.export._graph import DeployGraph
 from eqtools.export.runtime import _FUNCTIONS, build_model
+from eqtools.vocab import DEPLOY_CPUS
 
-__all__ = ["DEPLOY_OPSET", "PLAN_FORMAT", "Encoding", "build_deploy_onnx", "code_multiplier", "deploy_blocker", "int8_code_limit",
-           "optimized_ops", "plan_encodings", "plan_from_dict", "plan_to_dict", "simulate_deploy", "value_samples"]
+__all__ = ["DEPLOY_CPUS", "DEPLOY_OPSET", "PLAN_FORMAT", "REQUIRES_KEY", "Encoding", "build_deploy_onnx", "code_multiplier",
+           "deploy_blocker", "int8_code_limit", "integer_difference", "optimized_ops", "plan_encodings", "plan_from_dict",
+           "plan_to_dict", "simulate_deploy", "u8s8_saturation", "value_samples"]
 
 DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists since 10, per-axis Q/DQ since 13
 _MS = "com.microsoft"
@@ -355,6 +360,91 @@ def int8_code_limit(max_input_code: int) -> int:
 
 
 INT8_CODE_MAX = int8_code_limit(255)  # the widest weight code that is safe on any uint8 input
+# DEPLOY_CPUS (eqtools.vocab): which CPUs a file is built to be exact on: "any" x86 CPU (uint8 weights where
+# int8 could saturate), or only those whose u8 x s8 dot products sum in int32 ("vnni"), every weight int8
+REQUIRES_KEY = "eqtools.requires"  # ONNX metadata_props key of what a "vnni" file needs to compute what it says
+_VNNI_REQUIREMENT = ("an x86 CPU whose onnxruntime u8 x s8 kernels sum products in int32 (AVX512-VNNI, AVX-VNNI or "
+                     "AMX); without it the int16 pair sums saturate and layers with 8-bit weights on 8-bit inputs "
+                     "compute wrong values")
+
+
+@functools.cache
+def u8s8_saturation() -> str | None:
+    """None when onnxruntime's u8 x s8 ``QLinearConv`` and ``QGemm`` sum products exactly on this CPU,
+    else what they computed instead (one line).
+
+    Decides where a ``cpu="vnni"`` file can be checked as it is. The probe is the kernels' worst case:
+    inputs of 255 against weights of 127 and -128, whose pair sums (64770, -65280) pass int16; an
+    exact kernel returns the reference codes, a saturating one about half of the accumulator.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    channels, rows = 64, 8
+    w = np.full((rows, channels), 127, np.int8)
+    w[1] = -128
+    acc = 255.0 * w.astype(np.float64).sum(1)  # each row's exact accumulator on inputs of 255
+    y_scale, y_zero = np.float32(255.0 * channels * 127 / 120), 128
+    expected = np.clip(np.round(acc / np.float64(y_scale)) + y_zero, 0, 255).astype(np.uint8)
+    consts = {"xs": np.array(1.0, np.float32), "xz": np.array(0, np.uint8), "ws": np.array(1.0, np.float32),
+              "wz": np.array(0, np.int8), "ys": np.array(y_scale), "yz": np.array(y_zero, np.uint8),
+              "w4": w.reshape(rows, channels, 1, 1), "w2": w, "rows": np.array([-1, channels], np.int64)}
+    nodes = [helper.make_node("QLinearConv", ["x", "xs", "xz", "w4", "ws", "wz", "ys", "yz"], ["conv"]),
+             helper.make_node("Reshape", ["x", "rows"], ["x2"]),
+             helper.make_node("QGemm", ["x2", "xs", "xz", "w2", "ws", "wz", "", "ys", "yz"], ["gemm"],
+                              domain=_MS, transB=1)]
+    graph = helper.make_graph(
+        nodes, "u8s8_probe", [helper.make_tensor_value_info("x", TensorProto.UINT8, [4, channels, 1, 1])],
+        [helper.make_tensor_value_info("conv", TensorProto.UINT8, [4, rows, 1, 1]),
+         helper.make_tensor_value_info("gemm", TensorProto.UINT8, [4, rows])],
+        initializer=[numpy_helper.from_array(a, n) for n, a in consts.items()])
+    opsets = [helper.make_opsetid("", DEPLOY_OPSET), helper.make_opsetid(_MS, 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = helper.find_min_ir_version_for(opsets[:1])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        conv, gemm = session.run(None, {"x": np.full((4, channels, 1, 1), 255, np.uint8)})
+    except Exception as exc:  # a runtime that cannot even run the probe cannot be trusted with the file
+        return f"onnxruntime could not run the u8 x s8 probe here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    for op, got in (("QLinearConv", conv.reshape(4, rows)), ("QGemm", gemm)):
+        if not np.array_equal(got, np.broadcast_to(expected, got.shape)):
+            return (f"onnxruntime {ort.__version__}'s u8 x s8 {op} saturates on this CPU (255 x 127 over 64 channels "
+                    f"gave code {int(got[0, 0])}, exact is {int(expected[0])}): no VNNI")
+    return None
+
+
+def integer_difference(model: Any, twin: Any) -> str | None:
+    """None when two deploy files compute the same integers: the same nodes, the same constants, and
+    weights whose codes minus their zero points are equal (int8 at 0 in one, uint8 at 128 in the
+    other); else the first difference.
+
+    A ``cpu="vnni"`` file differs from its ``cpu="any"`` twin only in how some weights are stored, so
+    on a CPU whose u8 x s8 kernels saturate the twin is what runs, and this says that its results
+    are the file's.
+    """
+    from onnx import numpy_helper
+
+    if [n.SerializeToString() for n in model.graph.node] != [n.SerializeToString() for n in twin.graph.node]:
+        return "their nodes differ"
+    a = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    b = {i.name: numpy_helper.to_array(i) for i in twin.graph.initializer}
+    if set(a) != set(b):
+        return f"their constants differ: {sorted(set(a) ^ set(b))[:5]}"
+    for name, x in a.items():
+        y = b[name]
+        if name.endswith(".weight.q"):
+            base = name[: -len(".q")]
+            zx, zy = (z[f"{base}.zero"].astype(np.int64) for z in (a, b))
+            shape = (-1,) + (1,) * (x.ndim - 1)
+            x, y = x.astype(np.int64) - zx.reshape(shape), y.astype(np.int64) - zy.reshape(shape)
+        elif name.endswith((".weight.zero", ".weight.zero.tensor")):
+            continue  # compared through the codes they shift
+        if x.shape != y.shape or not np.array_equal(x, y):
+            return f"constant {name!r} differs"
+    return None
 
 
 def fits_int8(codes: np.ndarray, limit: int) -> bool:
@@ -375,9 +465,10 @@ def code_multiplier(codes: np.ndarray | Tensor) -> int:
 
 class _Builder:
     def __init__(self, graph: DeployGraph, plan: dict[str, Encoding | None], error: type[Exception],
-                 opset: int) -> None:
+                 opset: int, cpu: str = "any") -> None:
         self.graph = graph
         self.opset = opset
+        self.cpu = cpu
         self.plan = plan
         self.error = error
         self.nodes: list[Any] = []
@@ -669,8 +760,10 @@ class _Builder:
         # codes past the int8 limit of the layer's input range (8-bit weights on inputs whose codes pass
         # 128, where m is 1) would saturate the int16 pair sums, so such a layer's weights travel as
         # uint8 with zero point 128 (the same codes, shifted): the u8 x u8 kernels widen before summing
-        # and compute it exactly on every x86 CPU
-        wide = not fits_int8(codes, int8_code_limit(target.max_code))
+        # and compute it exactly on every x86 CPU. A file for VNNI CPUs, whose u8 x s8 kernels sum in
+        # int32, keeps every weight int8
+        limit = 128 if self.cpu == "vnni" else int8_code_limit(target.max_code)
+        wide = not fits_int8(codes, limit)
         self.stats["uint8_weight_layers"] += int(wide)
         dtype, zero = (np.uint8, 128) if wide else (np.int8, 0)
         w = self.const(f"{name}.weight.q", (codes + zero).astype(dtype))
@@ -738,7 +831,7 @@ class _Builder:
 
 
 def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = None, *,
-                      ranges: dict[str, Encoding] | None = None, opset: int = DEPLOY_OPSET,
+                      ranges: dict[str, Encoding] | None = None, opset: int = DEPLOY_OPSET, cpu: str = "any",
                       error: type[Exception] = ValueError) -> tuple[Any, dict[str, Any], dict[str, Encoding | None]]:
     """The deployable integer ONNX model of ``graph`` and what its build decided.
 
@@ -747,9 +840,12 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
     kept plan (:func:`plan_from_dict`), so the file is the one whose accuracy the calibrate stage
     measured. Returns ``(onnx.ModelProto, info, plan)``: ``info`` counts integer layers, exact and
     requantized values and float nodes left; ``plan`` is every value's encoding (for
-    :func:`simulate_deploy`, :func:`plan_to_dict`).
+    :func:`simulate_deploy`, :func:`plan_to_dict`). ``cpu`` (:data:`DEPLOY_CPUS`) is where the file
+    must be exact: ``"any"`` x86 CPU, or only ``"vnni"`` ones, every weight int8 (faster there).
     Call :func:`deploy_blocker` first: this assumes symmetric integer weights.
     """
+    if cpu not in DEPLOY_CPUS:
+        raise error(f"--cpu is {cpu!r}; allowed: {', '.join(DEPLOY_CPUS)}")
     import onnx
     from onnx import TensorProto, helper
 
@@ -765,7 +861,7 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
         except ValueError as exc:
             raise error(f"{exc}; the plan was made for another subnet or export setting. Recalibrate the subnet "
                         "(`eqtools calibrate`) to keep a new one") from None
-    b = _Builder(graph, plan, error, opset)
+    b = _Builder(graph, plan, error, opset, cpu)
     for ir in graph.nodes:
         b.emit(ir)
     b.node("Identity", [b.dequantize(graph.graph["output"])], "output")
@@ -781,10 +877,13 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
     model = helper.make_model(g, opset_imports=opsets, producer_name="eqtools", producer_version=__version__)
     model.ir_version = helper.find_min_ir_version_for(opsets[:1])
     model.doc_string = "eqtools deployable integer ONNX (QLinearConv/QGemm/QLinearAdd); see docs/export.md"
+    if cpu == "vnni":  # the file is wrong elsewhere: say so where any reader of the file can see it
+        helper.set_model_props(model, {REQUIRES_KEY: _VNNI_REQUIREMENT})
     onnx.checker.check_model(model)
     exact_values = sum(1 for e in plan.values() if e is not None and e.exact)
     info = {
         "opset": opset,
+        "cpu": cpu,
         "integer_convs": b.stats["integer_convs"],
         "integer_gemms": b.stats["integer_gemms"],
         "exact_values": exact_values,

@@ -46,13 +46,16 @@ from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.export import ExportError
 from eqtools.export._deploy import (
+    DEPLOY_CPUS,
     FLOAT_MATMUL_OPS,
     Encoding,
     build_deploy_onnx,
     deploy_blocker,
+    integer_difference,
     optimized_ops,
     plan_from_dict,
     simulate_deploy,
+    u8s8_saturation,
 )
 from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, extract_graph, weight_bytes
 from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, batch_labels, deploy_calibration, parity
@@ -254,7 +257,7 @@ def _narrowest_bits(graph: DeployGraph) -> int:
 def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | None,
                  ranges: dict[str, Encoding] | None, gate_reference: Tensor, labels: Tensor | None, against: str,
                  opset: int, agreement_min: float | None, accuracy_drop_max: float | None, threads: int,
-                 log: Callable[[str], None]) -> dict[str, Any]:
+                 log: Callable[[str], None], cpu: str = "any") -> dict[str, Any]:
     """Build, run and gate the integer ONNX form; the metrics (and the bytes under ``_data``).
 
     Two gates, the issue's two fidelity targets. Agreement is measured against the calibrated subnet
@@ -263,12 +266,33 @@ def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | N
     file. What the deployed arithmetic itself costs is gated on accuracy against the plain fake-quant
     subnet (the one training and search measured), since its roundings legitimately move single
     predictions; agreement with the plain subnet is reported next to it.
+
+    A ``cpu="vnni"`` file is run as it is where this CPU's u8 x s8 kernels are exact. Elsewhere they
+    would saturate on it, so its ``cpu="any"`` twin runs instead, after :func:`integer_difference`
+    has shown that the two store the same integers; the metrics say which one ran.
     """
     log(f"building the integer ONNX graph (QLinearConv/QGemm, opset {opset}) and running it in onnxruntime")
-    model, info, plan = build_deploy_onnx(graph, calibration, ranges=ranges, opset=opset, error=ExportError)
-    data = model.SerializeToString()
+    model, info, plan = build_deploy_onnx(graph, calibration, ranges=ranges, opset=opset, cpu=cpu, error=ExportError)
+    data = run = model.SerializeToString()
+    info["checked_as"] = "the file"
+    saturation = u8s8_saturation() if cpu != "any" or info["uint8_weight_layers"] else None
+    if cpu != "any" and saturation is not None:
+        kept = {name: e for name, e in plan.items() if e is not None and not e.exact}
+        twin, _, _ = build_deploy_onnx(graph, ranges=kept, opset=opset, cpu="any", error=ExportError)
+        difference = integer_difference(model, twin)
+        if difference is not None:
+            raise ExportError(f"the --cpu {cpu} integer ONNX file and its --cpu any twin should store the same integers, "
+                              f"but {difference}; nothing was written. This is a bug in eqtools' export; use --cpu any")
+        run = twin.SerializeToString()
+        info["checked_as"] = f"its --cpu any twin (the same integers, uint8 where int8 would saturate): {saturation}"
+        log(f"onnx: {saturation}; the --cpu {cpu} file is checked through its --cpu any twin, which stores the same "
+            "integers")
+    elif cpu == "any" and info["uint8_weight_layers"] and saturation is None:
+        log(f"onnx: {info['uint8_weight_layers']} layer(s) store uint8 weights so that CPUs without VNNI compute them "
+            "exactly; this CPU's u8 x s8 kernels are exact, and --cpu vnni would keep them int8 (faster on such CPUs, "
+            "wrong on others)")
     xs = [x for x, _ in batches]
-    logits = run_onnx(data, xs, threads=threads)
+    logits = run_onnx(run, xs, threads=threads)
     simulated = simulate_deploy(graph, plan, xs)  # the calibrated subnet with the deployed arithmetic
     free = parity(simulated, logits, labels)
     vs_fake_quant = parity(gate_reference, logits, labels)
@@ -367,6 +391,7 @@ def export_subnet(
     deploy_accuracy_drop_max: float | None = None,
     calibration: Sequence[Tensor] | None = None,
     deploy_ranges: dict[str, Encoding] | None = None,
+    deploy_cpu: str = "any",
     threads: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -382,6 +407,8 @@ def export_subnet(
     default: the check images) sets the ranges of the deployment's own 8-bit requantizations;
     ``deploy_ranges`` (a plan the calibrate stage kept, :func:`eqtools.export._deploy.plan_from_dict`)
     takes them from there instead, so the file is the one whose accuracy was measured.
+    ``deploy_cpu`` (:data:`DEPLOY_CPUS`) is where the integer form must be exact: ``"any"`` x86 CPU,
+    or only CPUs with VNNI, whose kernels then run every weight as int8.
 
     ``batches`` is a re-iterable of held-out ``(images [B, C, H, W], labels [B] or None)``: every
     file is checked on it against the fake-quant subnet (see the module docstring) and an
@@ -397,6 +424,8 @@ def export_subnet(
         raise ConfigError(f"--bn-fold is {bn_fold!r}; allowed: {list(BN_FOLD_MODES)}")
     if onnx_form not in ONNX_FORMS:
         raise ConfigError(f"--onnx-form is {onnx_form!r}; allowed: {list(ONNX_FORMS)}")
+    if deploy_cpu not in DEPLOY_CPUS:
+        raise ConfigError(f"--cpu is {deploy_cpu!r}; allowed: {list(DEPLOY_CPUS)}")
     if deploy_agreement_min is not None and not 0.0 <= deploy_agreement_min <= 1.0:
         raise ConfigError(f"--min-deploy-agreement is {deploy_agreement_min}; it is a fraction between 0 and 1")
     if deploy_accuracy_drop_max is not None and not 0.0 <= deploy_accuracy_drop_max <= 1.0:
@@ -490,7 +519,8 @@ def export_subnet(
             calib = None if deploy_ranges is not None else (
                 [x for x, _ in batches] if calibration is None else list(calibration))
             metrics["onnx"] = _deploy_onnx(graph, batches, calib, deploy_ranges, gate_reference, labels, against,
-                                           opset, deploy_agreement_min, deploy_accuracy_drop_max, threads, log)
+                                           opset, deploy_agreement_min, deploy_accuracy_drop_max, threads, log,
+                                           cpu=deploy_cpu)
             data = metrics["onnx"].pop("_data")
         else:
             log(f"building the exact ONNX QDQ graph (opset {opset}) and running it in onnxruntime")
@@ -559,6 +589,7 @@ def export_artifact(
     deploy_agreement_min: float | None = None,
     deploy_accuracy_drop_max: float | None = None,
     deploy_calibration_images: int | None = None,
+    deploy_cpu: str = "any",
     batch_size: int = 250,
     threads: int = 2,
     log: Callable[[str], None] | None = None,
@@ -570,8 +601,9 @@ def export_artifact(
     kept (``deploy_plan.json``: the graph whose accuracy the calibrate stage measured), with the
     default batch-norm folding; otherwise, or when ``deploy_calibration_images`` is given, they come
     from that many images of the ``train`` split (default :data:`DEPLOY_CALIBRATION_IMAGES`; never
-    the check images). ``out`` defaults to ``artifacts/<spec>/export-<config tag>``. Nothing is
-    written unless every requested file passed its check.
+    the check images). ``out`` defaults to ``artifacts/<spec>/export-<config tag>`` (with ``-vnni``
+    after it for ``deploy_cpu="vnni"``, so the two files of one subnet do not replace each other).
+    Nothing is written unless every requested file passed its check.
     """
     from eqtools.build import artifact_spec
     from eqtools.data import load_splits
@@ -595,14 +627,15 @@ def export_artifact(
     calibration = None if kept is not None else deploy_calibration(
         splits, spec.seed, DEPLOY_CALIBRATION_IMAGES if deploy_calibration_images is None else deploy_calibration_images,
         batch_size)
-    out = Path(out) if out is not None else default_out(spec.name, "export", config_tag(supernet.space, config))
+    tag = config_tag(supernet.space, config) + ("" if deploy_cpu == "any" or not deploying else f"-{deploy_cpu}")
+    out = Path(out) if out is not None else default_out(spec.name, "export", tag)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
         metrics = export_subnet(supernet, batches, staging, formats=formats, opset=opset, bn_fold=bn_fold,
                                 agreement_min=agreement_min, onnx_form=onnx_form,
                                 deploy_agreement_min=deploy_agreement_min,
                                 deploy_accuracy_drop_max=deploy_accuracy_drop_max, calibration=calibration,
-                                deploy_ranges=kept, threads=threads, log=log)
+                                deploy_ranges=kept, deploy_cpu=deploy_cpu, threads=threads, log=log)
         metrics["check"]["split"] = "val"
         if "onnx" in metrics and metrics["onnx"]["form"] == "deploy":
             metrics["onnx"]["deploy"]["calibration"] = (
