@@ -114,7 +114,7 @@ def test_no_int8_weight_can_saturate_an_avx2_kernel(w_bits, a_bits, a_symmetry, 
     by the u8 x u8 kernels, but only where int8 would saturate: 8-bit weights on inputs of 7 bits or
     fewer (codes <= 127, 127 * 127 * 2 < 2^15) stay int8. A structural check against the layers' own
     quantizer ranges, so that it fails on a VNNI machine too, where the saturation would not show; then
-    the file's logits against the simulation of its arithmetic (on an AVX2 CPU that runs the int16 sums).
+    every integer op's codes against its exact formula (on an AVX2 CPU that runs the int16 sums).
     ``signed``: every activation quantizer made signed, so that signed 4-bit codes must travel as 0..15
     (shifted by 8, not 128) for the 8-bit weights beside them to stay int8."""
     from conftest import random_supernet
@@ -131,7 +131,7 @@ def test_no_int8_weight_can_saturate_an_avx2_kernel(w_bits, a_bits, a_symmetry, 
     graph = extract_graph(supernet, xs[0][:2])
     if signed:
         assert all(n["input_quant"]["signed"] for n in graph.layers())
-    model, info, plan = build_deploy_onnx(graph, xs[:1])
+    model, info, _ = build_deploy_onnx(graph, xs[:1])
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     layers = {n["name"]: n for n in graph.layers()}
     weighted = [n for n in model.graph.node if n.op_type in ("QLinearConv", "QGemm") and n.output[0].endswith(".raw")]
@@ -152,7 +152,7 @@ def test_no_int8_weight_can_saturate_an_avx2_kernel(w_bits, a_bits, a_symmetry, 
         else:
             assert np.all(w_zero == 0) and 2 * x_max * np.abs(codes).max() <= 32767, name
     assert wide == info["uint8_weight_layers"] == (len(weighted) if a_bits == 8 == w_bits else 2)  # else the 8-bit stem, head
-    assert parity(simulate_deploy(graph, plan, xs), run_onnx(model.SerializeToString(), xs))["top1_agreement"] == 1.0
+    _assert_kernels_exact(model, xs)
 
 
 def _vnni_cpu() -> bool | None:
@@ -166,6 +166,86 @@ def _vnni_cpu() -> bool | None:
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
                   if line.startswith("flags")), [])
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+
+
+def _integer_op_errors(model, xs: list[torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """For each QLinearConv, QGemm and QLinearAdd of ``model``: (codes that differ from the op's formula
+    evaluated exactly, int64 sums and float64 scales, on the very inputs onnxruntime gave the node; how
+    many of those the exact value's nearness to a .5 tie does not explain).
+
+    Checks the kernels, not the network: a saturating int16 pair sum shows as codes far off, away from
+    any tie, while onnxruntime's float32 requantization moves a code by 1 only where the exact value sits
+    within float32 rounding of a .5 tie (often at low bits, where sums of coarse grids land on ties). Whole-network logits cannot tell the two apart on a random
+    ResNet-20, whose top-1 margins are so thin that one such code can flip a prediction, and flips or not
+    depending on the CPU's float sums in calibration (on a Xeon with AVX512-VNNI and AMX, W8A8 flipped one
+    image with every kernel exact)."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    probe = type(model)()
+    probe.CopyFrom(model)
+    known = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in node.output if o not in known)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the nodes as written
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    values.update(zip(names, session.run(names, {"input": torch.cat(xs).numpy()})))
+
+    def attr(node, key, default):
+        return next((helper.get_attribute_value(a) for a in node.attribute if a.name == key), default)
+
+    def centred(codes, zero, axis_shape):
+        zero = np.asarray(zero, np.float64)
+        return torch.from_numpy(codes.astype(np.float64) - (zero.reshape(axis_shape) if zero.ndim else zero))
+
+    errors = {}
+    for node in model.graph.node:
+        if node.op_type not in ("QLinearConv", "QGemm", "QLinearAdd"):
+            continue
+        arg = [values[i] if i else None for i in node.input] + [None] * 9
+        if node.op_type == "QLinearAdd":
+            real = (arg[0].astype(np.float64) - arg[2]) * arg[1] + (arg[3].astype(np.float64) - arg[5]) * arg[4]
+            out_scale, out_zero = arg[6], arg[7]
+        elif node.op_type == "QLinearConv":
+            assert set(attr(node, "dilations", [1, 1])) == {1} and attr(node, "auto_pad", b"NOTSET") == b"NOTSET"
+            pads = attr(node, "pads", [0, 0, 0, 0])
+            x = torch.nn.functional.pad(centred(arg[0], arg[2], ()), (pads[1], pads[3], pads[0], pads[2]))
+            acc = torch.nn.functional.conv2d(x, centred(arg[3], arg[5], (-1, 1, 1, 1)),
+                                             stride=attr(node, "strides", [1, 1]), groups=attr(node, "group", 1))
+            acc = acc.numpy() + (0 if arg[8] is None else arg[8].astype(np.float64).reshape(1, -1, 1, 1))
+            real = acc * (np.float64(arg[1]) * np.asarray(arg[4], np.float64).reshape(1, -1, 1, 1))
+            out_scale, out_zero = arg[6], arg[7]
+        else:
+            a = centred(arg[0], arg[2], ())
+            b = centred(arg[3], arg[5], (-1, 1) if attr(node, "transB", 0) else (1, -1))
+            a = a.T if attr(node, "transA", 0) else a
+            acc = (a @ (b.T if attr(node, "transB", 0) else b)).numpy()
+            acc = acc + (0 if arg[6] is None else arg[6].astype(np.float64))
+            real = acc * np.float64(arg[1]) * np.asarray(arg[4], np.float64) * attr(node, "alpha", 1.0)
+            out_scale, out_zero = arg[7], arg[8]
+        got = values[node.output[0]].astype(np.float64)
+        if out_scale is None:  # a float output: only float32 rounding of the same sum may differ
+            wrong = int((np.abs(got - real) > 1e-5 * max(1.0, float(np.abs(real).max()))).sum())
+            errors[node.output[0]] = (wrong, wrong)
+            continue
+        limits = np.iinfo(out_zero.dtype)
+        unclipped = real / np.float64(out_scale) + np.float64(out_zero)
+        diff = np.abs(got - np.clip(np.round(unclipped), limits.min, limits.max))
+        tie = np.abs(unclipped - np.floor(unclipped) - 0.5) < 1e-3  # float32 carries ~7 digits of a code <= 2^8
+        errors[node.output[0]] = (int((diff > 0).sum()), int(((diff > 1) | ((diff > 0) & ~tie)).sum()))
+    return errors
+
+
+def _assert_kernels_exact(model, xs: list[torch.Tensor]) -> None:
+    """Every integer op computes its formula, but for codes 1 off where the exact value is a float32
+    rounding away from a .5 tie."""
+    errors = _integer_op_errors(model, xs)
+    assert len(errors) >= 20, errors
+    wrong = {name: e for name, e in errors.items() if e[1]}
+    assert not wrong, wrong
 
 
 def test_the_u8s8_probe_sees_what_the_cpu_flags_say():
@@ -221,12 +301,13 @@ def test_a_vnni_file_keeps_every_weight_int8_and_the_integers_of_its_twin():
     assert integer_difference(vnni, moved) == "their nodes differ"
 
     simulated = simulate_deploy(graph, plan, xs)
-    assert parity(simulated, run_onnx(twin.SerializeToString(), xs))["top1_agreement"] == 1.0
+    _assert_kernels_exact(twin, xs)
     direct = run_onnx(vnni.SerializeToString(), xs)
     if u8s8_saturation() is None:
         assert torch.equal(direct, run_onnx(twin.SerializeToString(), xs))
     else:  # 8-bit weights on 8-bit inputs saturate here: the file cannot be checked as it is
         assert parity(simulated, direct)["top1_agreement"] < 0.99
+        assert any(unexplained for _, unexplained in _integer_op_errors(vnni, xs).values())
 
 
 def test_export_for_vnni_checks_what_it_can_and_records_how(tiny, tmp_path, monkeypatch):
@@ -379,10 +460,12 @@ def test_deploy_agreement_and_simulated_roundings(tiny, bits, granularity):
     # the PyTorch simulation of the deployed arithmetic is what onnxruntime computes, image for image
     assert parity(simulate_deploy(graph, plan, xs), logits)["top1_agreement"] == 1.0
     free = parity(reference, logits, labels)
-    # measured on this fixture (trained over the 8 forms): 98.0 % at 2 bits, 99.0-99.3 % at 3, 99.3-99.7 % at
-    # 4, 99.7 % at 8 per-channel but 98.7 % at 8 per-tensor (4 of 300 digits; accuracy unchanged), which the
-    # export gate's 99.5 % refuses: these bounds hold the fixture's levels, the gate holds the targets
-    assert free["top1_agreement"] >= {2: 0.975, 3: 0.985, 4: 0.99, 8: 0.985}[bits], free
+    # measured on this fixture (trained over the 8 forms), whose weights follow the CPU's float sums: on an
+    # AVX2 EPYC 98.0 % at 2 bits, 99.0-99.3 % at 3, 99.3-99.7 % at 4, 99.7 % at 8 per-channel but 98.7 % at 8
+    # per-tensor (4 of 300 digits; accuracy unchanged), which the export gate's 99.5 % refuses; on a Xeon with
+    # AVX512-VNNI and AMX 97.7 / 98.0 / 98.7 / 99.7 % per-channel at 2 / 3 / 4 / 8 bits and 99.7-100 %
+    # per-tensor. These bounds hold the fixture's levels on both, the gate holds the targets
+    assert free["top1_agreement"] >= {2: 0.97, 3: 0.975, 4: 0.98, 8: 0.985}[bits], free
     assert abs(free["accuracy_change"]) <= {2: 0.01, 3: 0.01, 4: 0.007, 8: 0.004}[bits], free
     # without any deploy-time rounding the simulation is the fake-quant model itself
     exact = simulate_deploy(graph, plan, xs, requantize=False, int32_bias=False)
