@@ -175,8 +175,8 @@ def _integer_op_errors(model, xs: list[torch.Tensor]) -> dict[str, tuple[int, in
 
     Checks the kernels, not the network: a saturating int16 pair sum shows as codes far off, away from
     any tie, while onnxruntime's float32 requantization moves a code by 1 only where the exact value sits
-    within float32 rounding of a .5 tie (often at low bits, where sums of coarse grids land on ties). Whole-network logits cannot tell the two apart on a random
-    ResNet-20, whose top-1 margins are so thin that one such code can flip a prediction, and flips or not
+    within float32 rounding of a .5 tie (often at low bits, where sums of coarse grids land on ties).
+    Whole-network logits cannot tell the two apart on a random ResNet-20, whose top-1 margins are so thin that one such code can flip a prediction, and flips or not
     depending on the CPU's float sums in calibration (on a Xeon with AVX512-VNNI and AMX, W8A8 flipped one
     image with every kernel exact)."""
     import onnxruntime as ort
