@@ -176,20 +176,19 @@ def _integer_op_errors(model, xs: list[torch.Tensor]) -> dict[str, tuple[int, in
     Checks the kernels, not the network: a saturating int16 pair sum shows as codes far off, away from
     any tie, while onnxruntime's float32 requantization moves a code by 1 only where the exact value sits
     within float32 rounding of a .5 tie (often at low bits, where sums of coarse grids land on ties).
-    Whole-network logits cannot tell the two apart on a random ResNet-20, whose top-1 margins are so thin that one such code can flip a prediction, and flips or not
-    depending on the CPU's float sums in calibration (on a Xeon with AVX512-VNNI and AMX, W8A8 flipped one
-    image with every kernel exact)."""
-    import onnxruntime as ort
+    Whole-network logits cannot tell the two apart on a random ResNet-20, whose top-1 margins are so thin
+    that one such code can flip a prediction, and flips or not depending on the CPU's float sums in
+    calibration (on a Xeon with AVX512-VNNI and AMX, W8A8 flipped one image with every kernel exact)."""
     from onnx import helper, numpy_helper
+
+    from eqtools.export._onnx import _session
 
     probe = type(model)()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
     for node in probe.graph.node:
         probe.graph.output.extend(helper.make_empty_tensor_value_info(o) for o in node.output if o not in known)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the nodes as written
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _session(probe.SerializeToString(), threads=2)  # as run_onnx runs the file
     names = [o.name for o in session.get_outputs()]
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     values.update(zip(names, session.run(names, {"input": torch.cat(xs).numpy()})))
@@ -300,13 +299,12 @@ def test_a_vnni_file_keeps_every_weight_int8_and_the_integers_of_its_twin():
     moved.graph.node[0].CopyFrom(helper.make_node("Identity", ["input"], [moved.graph.node[0].output[0]]))
     assert integer_difference(vnni, moved) == "their nodes differ"
 
-    simulated = simulate_deploy(graph, plan, xs)
     _assert_kernels_exact(twin, xs)
     direct = run_onnx(vnni.SerializeToString(), xs)
     if u8s8_saturation() is None:
         assert torch.equal(direct, run_onnx(twin.SerializeToString(), xs))
     else:  # 8-bit weights on 8-bit inputs saturate here: the file cannot be checked as it is
-        assert parity(simulated, direct)["top1_agreement"] < 0.99
+        assert parity(simulate_deploy(graph, plan, xs), direct)["top1_agreement"] < 0.99
         assert any(unexplained for _, unexplained in _integer_op_errors(vnni, xs).values())
 
 
