@@ -20,6 +20,7 @@ __all__ = [
     "BIT_CHOICES",
     "BN_FOLD_MODES",
     "DEPLOY_CPUS",
+    "DEPLOY_CPU_CHOICES",
     "EXPORT_FORMATS",
     "FLOAT_BITS",
     "GRANULARITIES",
@@ -47,6 +48,8 @@ ONNX_FORMS: tuple[str, ...] = ("deploy", "exact")  # integer kernels (default) |
 BN_FOLD_MODES: tuple[str, ...] = ("scale", "requantize", "none")
 # where the integer ONNX form is exact: any x86 CPU | only those whose u8 x s8 kernels sum in int32 (VNNI)
 DEPLOY_CPUS: tuple[str, ...] = ("any", "vnni")
+# what `export --cpu` accepts: a file's CPU, or "auto" (the export machine's u8 x s8 probe picks one)
+DEPLOY_CPU_CHOICES: tuple[str, ...] = ("auto", *DEPLOY_CPUS)
 FLOAT_BITS = 32  # what a layer kept in floating point costs per weight/activation
 
 # typing views of the same tuples, for pydantic and typer (kept equal by tests/test_vocab.py)

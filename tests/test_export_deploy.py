@@ -336,7 +336,7 @@ def test_export_for_vnni_checks_what_it_can_and_records_how(tiny, tmp_path, monk
     assert REQUIRES_KEY in {p.key for p in written.metadata_props}
     assert all(numpy_helper.to_array(t).dtype == np.int8 for t in written.graph.initializer if t.name.endswith(".weight.q"))
 
-    with pytest.raises(ConfigError, match=r"--cpu is 'arm'; allowed: \['any', 'vnni'\]"):
+    with pytest.raises(ConfigError, match=r"--cpu is 'arm'; allowed: \['auto', 'any', 'vnni'\]"):
         export_subnet(supernet, batches, tmp_path / "arm", formats=("onnx",), calibration=calibration, deploy_cpu="arm")
 
     real, ran = stage.run_onnx, []
@@ -351,6 +351,66 @@ def test_export_for_vnni_checks_what_it_can_and_records_how(tiny, tmp_path, monk
             assert claim is None and saturation is not None and "deployed arithmetic" in str(exc)
         ran_vnni = REQUIRES_KEY in {p.key for p in onnx.load_from_string(ran[0]).metadata_props}
         assert ran_vnni == (claim is None)
+
+
+def test_auto_cpu_writes_the_vnni_file_only_where_this_cpu_computes_it_and_it_differs(tiny, tmp_path, monkeypatch):
+    """``--cpu auto`` follows the probe (told either answer, on any CPU): the vnni file, every weight
+    int8 and run as it is, where the kernels are exact; the any file, with its uint8 layers, where they
+    saturate; and the metrics and the log say what was asked, what was chosen and why."""
+    import onnx
+    from onnx import numpy_helper
+
+    import eqtools.export._stage as stage
+    from eqtools.export._deploy import REQUIRES_KEY, u8s8_saturation
+
+    supernet, batches, calibration = tiny
+    supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym"))
+    saturation = u8s8_saturation()
+    for claim in (None, "saturates (test)"):
+        monkeypatch.setattr(stage, "u8s8_saturation", lambda claim=claim: claim)
+        lines: list[str] = []
+        out = tmp_path / ("exact" if claim is None else "saturating")
+        try:
+            metrics = export_subnet(supernet, batches, out, formats=("onnx",), calibration=calibration, log=lines.append)
+        except ExportError as exc:  # told "exact" on a CPU without VNNI, the vnni file may saturate past the gate
+            assert claim is None and saturation is not None and "deployed arithmetic" in str(exc)
+            continue
+        deploy = metrics["onnx"]["deploy"]
+        chosen = "vnni" if claim is None else "any"
+        assert deploy["cpu_requested"] == "auto" and deploy["cpu"] == chosen and deploy["checked_as"] == "the file"
+        assert (deploy["uint8_weight_layers"] == 0) == (chosen == "vnni")
+        assert claim is None or claim in deploy["cpu_choice"]
+        assert any(line.startswith(f"onnx: --cpu auto chose {chosen}: ") for line in lines)
+        written = onnx.load(out / "model.onnx")
+        assert (REQUIRES_KEY in {p.key for p in written.metadata_props}) == (chosen == "vnni")
+        weights = {numpy_helper.to_array(t).dtype for t in written.graph.initializer if t.name.endswith(".weight.q")}
+        assert (np.dtype(np.uint8) in weights) == (chosen == "any")
+
+
+def test_auto_cpu_keeps_the_portable_file_where_vnni_would_change_nothing(monkeypatch):
+    """With no 8-bit weight on 8-bit inputs the two files are one: auto writes it for any CPU without
+    asking the probe, so a low-bit file never carries a needless VNNI requirement."""
+    from conftest import random_supernet
+
+    import eqtools.export._stage as stage
+    from eqtools.export._deploy import REQUIRES_KEY
+
+    low = {"w_bits": 4, "a_bits": 4}
+    supernet, batches = random_supernet("resnet20", 1, 16, n=64, space={"w_bits": (2, 4), "a_bits": (2, 4),
+                                                                       "first_layer": low, "last_layer": low})
+    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym"))
+    xs = [x for x, _ in batches]
+    graph = extract_graph(supernet, xs[0][:2])
+    monkeypatch.setattr(stage, "u8s8_saturation", lambda: pytest.fail("the probe was asked"))
+    lines: list[str] = []
+    with torch.no_grad():
+        reference = torch.cat([supernet(x) for x in xs])
+    metrics = stage._deploy_onnx(graph, batches, xs[:1], None, reference, None, "the fake-quant subnet", 21, 0.0, 1.0,
+                                 1, lines.append, cpu="auto")
+    deploy = metrics["deploy"]
+    assert deploy["cpu"] == "any" and deploy["uint8_weight_layers"] == 0
+    assert "no layer has 8-bit weights on 8-bit inputs" in deploy["cpu_choice"]
+    assert REQUIRES_KEY not in {p.key for p in __import__("onnx").load_from_string(metrics["_data"]).metadata_props}
 
 
 def test_wide_feature_maps_keep_the_generic_copies(monkeypatch):
@@ -621,6 +681,12 @@ def test_cli_deploy_is_the_default_and_exact_stays_available(tiny_supernet_artif
     deploy = out.metrics["onnx"]["deploy"]
     assert deploy["calibration"]["split"] == "train" and set(deploy["roundings"]) >= {"int32_bias", "requantize_8bit"}
     assert out.metrics["onnx"]["agreement_min"] == 0.995
+    from eqtools.export._deploy import u8s8_saturation
+
+    assert deploy["cpu_requested"] == "auto" and deploy["cpu"] == ("vnni" if u8s8_saturation() is None else "any")
+    assert ("onnx  for x86 CPUs with VNNI only" if deploy["cpu"] == "vnni" else "onnx  for any x86 CPU (--cpu auto)") \
+        in result.stdout
+    assert out.path.name == "deploy"
 
     result = CliRunner().invoke(app, ["export", "--from", str(calibrated), "--format", "onnx", "--onnx-form", "exact",
                                       "--out", str(tmp_path / "exact")])
@@ -632,7 +698,7 @@ def test_cli_deploy_is_the_default_and_exact_stays_available(tiny_supernet_artif
     bad = CliRunner().invoke(app, ["export", "--from", str(calibrated), "--onnx-form", "fast"])
     assert bad.exit_code == 2 and "allowed" in bad.output
     bad = CliRunner().invoke(app, ["export", "--from", str(calibrated), "--cpu", "arm"])
-    assert bad.exit_code == 2 and "--cpu is 'arm'; allowed: any, vnni" in " ".join(bad.output.split())
+    assert bad.exit_code == 2 and "--cpu is 'arm'; allowed: auto, any, vnni" in " ".join(bad.output.split())
     assert "Traceback" not in bad.output
 
 

@@ -497,6 +497,22 @@ def test_tiny_vit_deploy_form_runs_every_weight_matmul_on_integer_kernels(traine
     assert onnx_metrics["parity"]["top1_agreement"] >= onnx_metrics["agreement_min"] >= 0.99
 
 
+
+def test_tiny_vit_vnni_file_is_checked_through_its_twin_where_the_kernels_saturate(trained_vit, tmp_path, monkeypatch):
+    """The patch embedding runs on ConvInteger, whose weight zero point is an input: the vnni file
+    (int8, zero 0) and its any twin (uint8, zero 128) must still be one graph with other constants, or
+    a CPU without VNNI could not check the vnni file at all. Told the kernels saturate, on any CPU."""
+    import eqtools.export._stage as stage
+    from eqtools.export import export_subnet
+
+    supernet, batches = trained_vit
+    supernet.apply(_vit_config(supernet.space, 4, ("per-channel", "sym", "asym")))
+    monkeypatch.setattr(stage, "u8s8_saturation", lambda: "saturates (test)")
+    deploy = export_subnet(supernet, batches, tmp_path, formats=("onnx",), deploy_cpu="vnni")["onnx"]["deploy"]
+    assert deploy["cpu"] == "vnni" and deploy["checked_as"].startswith("its --cpu any twin")
+    auto = export_subnet(supernet, batches, tmp_path / "auto", formats=("onnx",))["onnx"]["deploy"]
+    assert auto["cpu"] == "any" and auto["uint8_weight_layers"] >= 1 and "saturates (test)" in auto["cpu_choice"]
+
 def test_tiny_vit_int_file_loads_without_training_code(trained_vit, tmp_path):
     import os
     import shutil

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
-from eqtools.vocab import BN_FOLD_MODES, DEPLOY_CPUS, ONNX_FORMS, form_label
+from eqtools.vocab import BN_FOLD_MODES, DEPLOY_CPU_CHOICES, ONNX_FORMS, form_label
 from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
 
@@ -47,8 +47,10 @@ def command(
                                    "sum u8 x s8 products in saturating int16. vnni: only CPUs whose u8 x s8 kernels "
                                    "sum in int32 (AVX512-VNNI, AVX-VNNI, AMX); every weight int8, faster there, "
                                    "wrong elsewhere (the file's metadata says so). On a CPU without VNNI the vnni "
-                                   "file is checked through its 'any' twin, which stores the same integers."),
-    ] = "any",
+                                   "file is checked through its 'any' twin, which stores the same integers. auto: "
+                                   "vnni where this CPU's kernels are exact (a probe) and the file would differ, else "
+                                   "any; the output says which. Use any for a file to run on CPUs you have not tested."),
+    ] = "auto",
     opset: Annotated[
         int,
         typer.Option("--opset", help="ONNX opset (13 or later). At 21 or later, weights of at most 4 bits are stored "
@@ -110,8 +112,8 @@ def command(
         raise ConfigError(f"--bn-fold is {bn_fold!r}; allowed: {', '.join(BN_FOLD_MODES)}")
     if onnx_form not in ONNX_FORMS:
         raise ConfigError(f"--onnx-form is {onnx_form!r}; allowed: {', '.join(ONNX_FORMS)}")
-    if cpu not in DEPLOY_CPUS:
-        raise ConfigError(f"--cpu is {cpu!r}; allowed: {', '.join(DEPLOY_CPUS)} (see --help)")
+    if cpu not in DEPLOY_CPU_CHOICES:
+        raise ConfigError(f"--cpu is {cpu!r}; allowed: {', '.join(DEPLOY_CPU_CHOICES)} (see --help)")
 
     from eqtools.artifacts import resolve_input
     from eqtools.export import export_artifact
@@ -146,6 +148,9 @@ def command(
             print(f"onnx  integer kernels: {d['integer_convs']} QLinearConv, {d['integer_gemms']} QGemm; "
                   f"{d['requantized_values']} values requantized to 8 bits, {d['exact_values']} rounded as in "
                   "the fake-quant model")
+            auto = " (--cpu auto)" if d.get("cpu_requested") == "auto" else ""
+            print("onnx  for " + ("x86 CPUs with VNNI only: every weight int8" if d.get("cpu") == "vnni"
+                                  else "any x86 CPU") + auto)
             calibration = d.get("calibration", {})
             if calibration.get("source") == "calibrated artifact":
                 print(f"onnx  8-bit ranges kept by `eqtools calibrate` ({calibration.get('images')} train images): the "

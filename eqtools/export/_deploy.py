@@ -797,9 +797,10 @@ class _Builder:
                 # read only in float (a ViT's patch embedding, a conv before SiLU): QLinearConv's output
                 # would be an 8-bit requantization the fake-quant model does not have, so the int32
                 # accumulator of ConvInteger is scaled to float instead
-                # ConvInteger takes one weight zero point for the whole tensor (the codes' shift is uniform)
-                w_zero = [self.const(f"{name}.weight.zero.tensor", np.array(zero, dtype))] if wide else []
-                acc = self.node("Cast", [self.node("ConvInteger", [x, w, xz, *w_zero], f"{name}.acc", **conv)], f"{name}.acc.f",
+                # ConvInteger takes one weight zero point for the whole tensor (the codes' shift is uniform);
+                # given even where it is 0, so that the int8 and uint8 forms of a layer differ only in values
+                w_zero = self.const(f"{name}.weight.zero.tensor", np.array(zero, dtype))
+                acc = self.node("Cast", [self.node("ConvInteger", [x, w, xz, w_zero], f"{name}.acc", **conv)], f"{name}.acc.f",
                                 to=1)  # FLOAT
                 float_bias(self.node("Mul", [acc, self.const(f"{name}.unit", unit.reshape(-1, 1, 1))],
                                      f"{name}.nobias"), (-1, 1, 1))

@@ -46,7 +46,6 @@ from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.export import ExportError
 from eqtools.export._deploy import (
-    DEPLOY_CPUS,
     FLOAT_MATMUL_OPS,
     Encoding,
     build_deploy_onnx,
@@ -63,7 +62,7 @@ from eqtools.export._onnx import INT4_OPSET, MIN_OPSET, build_onnx, run_onnx, ru
 from eqtools.export.runtime import FILE_NAME, METADATA_KEY, DeployedModel, build_model, load_int, pack_codes
 from eqtools.quant import QuantLayer, Supernet
 from eqtools.space import SubnetConfig
-from eqtools.vocab import EXPORT_FORMATS, ONNX_FORMS
+from eqtools.vocab import DEPLOY_CPU_CHOICES, EXPORT_FORMATS, ONNX_FORMS
 
 __all__ = [
     "AGREEMENT_MIN",
@@ -254,10 +253,28 @@ def _narrowest_bits(graph: DeployGraph) -> int:
     return min(bits, default=8)
 
 
+def _same_integers(graph: DeployGraph, plan: dict[str, Encoding | None], opset: int, cpu: str,
+                   built: Any) -> tuple[Any, dict[str, Any]]:
+    """The integer ONNX file of ``graph`` for ``cpu``, from the 8-bit ranges ``built`` was made with, and
+    its build info; an :class:`ExportError` unless it stores the same integers as ``built``.
+
+    The two files of one subnet (:data:`eqtools.vocab.DEPLOY_CPUS`) differ only in how some weights are stored, so
+    what one computes on exact kernels is what the other computes: the check makes that a fact of
+    this export, not an assumption, before either stands in for the other.
+    """
+    kept = {name: e for name, e in plan.items() if e is not None and not e.exact}
+    model, info, _ = build_deploy_onnx(graph, ranges=kept, opset=opset, cpu=cpu, error=ExportError)
+    difference = integer_difference(built, model)
+    if difference is not None:
+        raise ExportError(f"the --cpu vnni integer ONNX file and its --cpu any twin should store the same integers, "
+                          f"but {difference}; nothing was written. This is a bug in eqtools' export; use --cpu any")
+    return model, info
+
+
 def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | None,
                  ranges: dict[str, Encoding] | None, gate_reference: Tensor, labels: Tensor | None, against: str,
                  opset: int, agreement_min: float | None, accuracy_drop_max: float | None, threads: int,
-                 log: Callable[[str], None], cpu: str = "any") -> dict[str, Any]:
+                 log: Callable[[str], None], cpu: str = "auto") -> dict[str, Any]:
     """Build, run and gate the integer ONNX form; the metrics (and the bytes under ``_data``).
 
     Two gates, the issue's two fidelity targets. Agreement is measured against the calibrated subnet
@@ -269,28 +286,42 @@ def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | N
 
     A ``cpu="vnni"`` file is run as it is where this CPU's u8 x s8 kernels are exact. Elsewhere they
     would saturate on it, so its ``cpu="any"`` twin runs instead, after :func:`integer_difference`
-    has shown that the two store the same integers; the metrics say which one ran.
+    has shown that the two store the same integers; the metrics say which one ran. ``cpu="auto"``
+    writes the vnni file only where it differs from the any one (a layer would store uint8 weights)
+    and this CPU computes it exactly, since the file is mostly run where it was checked; the metrics
+    record the request and why it resolved as it did.
     """
     log(f"building the integer ONNX graph (QLinearConv/QGemm, opset {opset}) and running it in onnxruntime")
-    model, info, plan = build_deploy_onnx(graph, calibration, ranges=ranges, opset=opset, cpu=cpu, error=ExportError)
+    model, info, plan = build_deploy_onnx(graph, calibration, ranges=ranges, opset=opset,
+                                          cpu="any" if cpu == "auto" else cpu, error=ExportError)
+    saturation = u8s8_saturation() if cpu == "vnni" or info["uint8_weight_layers"] else None
+    if cpu == "auto":
+        layers = info["uint8_weight_layers"]
+        if layers and saturation is None:
+            model, info = _same_integers(graph, plan, opset, "vnni", model)
+            choice = (f"this CPU's u8 x s8 kernels sum in int32 (VNNI), so the {layers} layer(s) with 8-bit weights on "
+                      "8-bit inputs keep int8 weights, faster here; the file computes wrong values on CPUs without "
+                      "VNNI (its metadata says so): --cpu any writes one that is exact on every x86 CPU")
+        elif layers:
+            choice = (f"{saturation}, so the {layers} layer(s) with 8-bit weights on 8-bit inputs store uint8 weights, "
+                      "exact on every x86 CPU")
+        else:
+            choice = "no layer has 8-bit weights on 8-bit inputs, so the file for any x86 CPU is all int8 already"
+        info.update(cpu_requested="auto", cpu_choice=choice)
+        cpu = info["cpu"]
+        log(f"onnx: --cpu auto chose {cpu}: {choice}")
     data = run = model.SerializeToString()
     info["checked_as"] = "the file"
-    saturation = u8s8_saturation() if cpu != "any" or info["uint8_weight_layers"] else None
     if cpu != "any" and saturation is not None:
-        kept = {name: e for name, e in plan.items() if e is not None and not e.exact}
-        twin, _, _ = build_deploy_onnx(graph, ranges=kept, opset=opset, cpu="any", error=ExportError)
-        difference = integer_difference(model, twin)
-        if difference is not None:
-            raise ExportError(f"the --cpu {cpu} integer ONNX file and its --cpu any twin should store the same integers, "
-                              f"but {difference}; nothing was written. This is a bug in eqtools' export; use --cpu any")
+        twin, _ = _same_integers(graph, plan, opset, "any", model)
         run = twin.SerializeToString()
         info["checked_as"] = f"its --cpu any twin (the same integers, uint8 where int8 would saturate): {saturation}"
         log(f"onnx: {saturation}; the --cpu {cpu} file is checked through its --cpu any twin, which stores the same "
             "integers")
     elif cpu == "any" and info["uint8_weight_layers"] and saturation is None:
         log(f"onnx: {info['uint8_weight_layers']} layer(s) store uint8 weights so that CPUs without VNNI compute them "
-            "exactly; this CPU's u8 x s8 kernels are exact, and --cpu vnni would keep them int8 (faster on such CPUs, "
-            "wrong on others)")
+            "exactly; this CPU's u8 x s8 kernels are exact, and --cpu vnni (or auto) would keep them int8 (faster on "
+            "such CPUs, wrong on others)")
     xs = [x for x, _ in batches]
     logits = run_onnx(run, xs, threads=threads)
     simulated = simulate_deploy(graph, plan, xs)  # the calibrated subnet with the deployed arithmetic
@@ -391,7 +422,7 @@ def export_subnet(
     deploy_accuracy_drop_max: float | None = None,
     calibration: Sequence[Tensor] | None = None,
     deploy_ranges: dict[str, Encoding] | None = None,
-    deploy_cpu: str = "any",
+    deploy_cpu: str = "auto",
     threads: int = 2,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
@@ -407,8 +438,9 @@ def export_subnet(
     default: the check images) sets the ranges of the deployment's own 8-bit requantizations;
     ``deploy_ranges`` (a plan the calibrate stage kept, :func:`eqtools.export._deploy.plan_from_dict`)
     takes them from there instead, so the file is the one whose accuracy was measured.
-    ``deploy_cpu`` (:data:`DEPLOY_CPUS`) is where the integer form must be exact: ``"any"`` x86 CPU,
-    or only CPUs with VNNI, whose kernels then run every weight as int8.
+    ``deploy_cpu`` (:data:`DEPLOY_CPU_CHOICES`) is where the integer form must be exact: ``"any"`` x86
+    CPU, or only CPUs with VNNI, whose kernels then run every weight as int8; ``"auto"`` (default)
+    picks vnni where this CPU has exact u8 x s8 kernels and the choice changes the file, else any.
 
     ``batches`` is a re-iterable of held-out ``(images [B, C, H, W], labels [B] or None)``: every
     file is checked on it against the fake-quant subnet (see the module docstring) and an
@@ -424,8 +456,8 @@ def export_subnet(
         raise ConfigError(f"--bn-fold is {bn_fold!r}; allowed: {list(BN_FOLD_MODES)}")
     if onnx_form not in ONNX_FORMS:
         raise ConfigError(f"--onnx-form is {onnx_form!r}; allowed: {list(ONNX_FORMS)}")
-    if deploy_cpu not in DEPLOY_CPUS:
-        raise ConfigError(f"--cpu is {deploy_cpu!r}; allowed: {list(DEPLOY_CPUS)}")
+    if deploy_cpu not in DEPLOY_CPU_CHOICES:
+        raise ConfigError(f"--cpu is {deploy_cpu!r}; allowed: {list(DEPLOY_CPU_CHOICES)}")
     if deploy_agreement_min is not None and not 0.0 <= deploy_agreement_min <= 1.0:
         raise ConfigError(f"--min-deploy-agreement is {deploy_agreement_min}; it is a fraction between 0 and 1")
     if deploy_accuracy_drop_max is not None and not 0.0 <= deploy_accuracy_drop_max <= 1.0:
@@ -589,7 +621,7 @@ def export_artifact(
     deploy_agreement_min: float | None = None,
     deploy_accuracy_drop_max: float | None = None,
     deploy_calibration_images: int | None = None,
-    deploy_cpu: str = "any",
+    deploy_cpu: str = "auto",
     batch_size: int = 250,
     threads: int = 2,
     log: Callable[[str], None] | None = None,
@@ -602,7 +634,8 @@ def export_artifact(
     default batch-norm folding; otherwise, or when ``deploy_calibration_images`` is given, they come
     from that many images of the ``train`` split (default :data:`DEPLOY_CALIBRATION_IMAGES`; never
     the check images). ``out`` defaults to ``artifacts/<spec>/export-<config tag>`` (with ``-vnni``
-    after it for ``deploy_cpu="vnni"``, so the two files of one subnet do not replace each other).
+    after it for an explicit ``deploy_cpu="vnni"``, so the two files of one subnet do not replace
+    each other; ``"auto"`` keeps the plain name, so a pipeline's paths do not depend on its CPU).
     Nothing is written unless every requested file passed its check.
     """
     from eqtools.build import artifact_spec
@@ -627,7 +660,8 @@ def export_artifact(
     calibration = None if kept is not None else deploy_calibration(
         splits, spec.seed, DEPLOY_CALIBRATION_IMAGES if deploy_calibration_images is None else deploy_calibration_images,
         batch_size)
-    tag = config_tag(supernet.space, config) + ("" if deploy_cpu == "any" or not deploying else f"-{deploy_cpu}")
+    # an explicit vnni file gets its own directory; auto's keeps the subnet's, whatever this CPU chose
+    tag = config_tag(supernet.space, config) + ("-vnni" if deploying and deploy_cpu == "vnni" else "")
     out = Path(out) if out is not None else default_out(spec.name, "export", tag)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
