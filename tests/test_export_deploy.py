@@ -16,6 +16,7 @@ measured on ResNet-20 in BENCHMARKS.md.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -423,6 +424,7 @@ def test_wide_feature_maps_keep_the_generic_copies(monkeypatch):
     supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym", "asym"))
     graph = extract_graph(supernet, batches[0][0][:2])
     monkeypatch.setattr(deploy, "IDENTITY_CONV_MAX_CHANNELS", 8)  # below ResNet-20's 16 channels
+    monkeypatch.setattr(deploy, "SHARED_GRID_MAX_CLIPPED", -1.0)  # the stem output on its own grid: a copy is left
     model, info, _ = build_deploy_onnx(graph, [batches[0][0]])
     assert info["identity_convs"] == info["shortcut_convs"] == 0 and info["layer_input_requantizations"] >= 1
     assert {"Slice", "Pad", "DequantizeLinear", "QuantizeLinear"} <= set(optimized_ops(model.SerializeToString()))
@@ -567,6 +569,58 @@ def test_8bit_grid_nests_the_next_layers_grid():
         assert torch.equal(twice[inside & ~tie], once[inside & ~tie])
     # a grid finer than 8 bits can cover (0.011 * 255 < 8): no odd k exists, the range decides the step
     assert _calibrated(values, 0.011).scale == pytest.approx(8.0 / 255)
+
+
+def test_a_value_shares_its_8bit_readers_grid_only_where_that_clips_next_to_nothing():
+    """A sum read by an 8-bit conv and a shortcut takes the conv's encoding where the conv's range clips at
+    most SHARED_GRID_MAX_CLIPPED of it and its step is no coarser; narrower or coarser readers do not."""
+    from eqtools.export._deploy import SHARED_GRID_MAX_CLIPPED, Encoding, _shared
+
+    values = torch.cat([torch.linspace(0.0, 10.0, 100000), torch.full((int(100000 * SHARED_GRID_MAX_CLIPPED / 2),), 15.0)])
+    calibrated = _calibrated(values, None)
+    reader = Encoding(10.0 / 255, 0)  # covers [0, 10]: only the outliers at 15 are clipped
+    shared = _shared(values, reader, calibrated)
+    assert shared == Encoding(reader.scale, 0, 0, 255, exact=False)  # an 8-bit requantization for the shortcut
+    many = torch.cat([values, torch.full((int(100000 * SHARED_GRID_MAX_CLIPPED),), 15.0)])
+    assert _shared(many, reader, _calibrated(many, None)) is None  # past the bound: the calibrated grid
+    assert _shared(values, Encoding(10.0 / 15, 0, 0, 15), calibrated) is None  # a 4-bit reader: its step is coarse
+    coarse = Encoding(20.0 / 255, 0)  # covers [0, 20], every value, but at a step coarser than the calibrated one
+    assert _shared(values, coarse, calibrated) is None
+
+
+@pytest.mark.parametrize("bits", [8, 2])
+def test_shared_grids_drop_the_second_sum_and_the_file_computes_the_simulated_arithmetic(bits, monkeypatch):
+    """With sharing allowed wherever the step permits, an 8-bit ResNet-20 computes each residual sum once
+    (no second QLinearAdd, no stem requantization), and the file still computes what simulate_deploy
+    simulates, also rebuilt from the kept plan; below 8 bits nothing is shared."""
+    from conftest import random_supernet
+
+    import eqtools.export._deploy as deploy
+
+    supernet, batches = random_supernet("resnet20", 1, 16, n=64)
+    supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym", "asym"))
+    xs = [x for x, _ in batches]
+    graph = extract_graph(supernet, xs[0][:2])
+    adds = sum(node["op"] == "add" for node in graph.nodes)
+
+    def build(bound: float):
+        monkeypatch.setattr(deploy, "SHARED_GRID_MAX_CLIPPED", bound)
+        model, _, plan = build_deploy_onnx(graph, xs[:1])
+        return model, plan, optimized_ops(model.SerializeToString())
+
+    _, separate_plan, separate_ops = build(-1.0)
+    model, plan, ops = build(1.0)
+    grids = [deploy._input_encoding(node, graph.tensors) for node in graph.layers() if node.get("input_quant")]
+    shared = [n for n, e in plan.items() if e is not None and not e.exact and any(e == replace(g, exact=False) for g in grids)]
+    if bits == 8:  # the stem output and the 8 sums a next block reads; the last sum feeds the pooling
+        assert len(shared) == adds and separate_ops["QLinearAdd"] > adds and ops["QLinearAdd"] == adds, ops
+        assert ops["QLinearConv"] == separate_ops["QLinearConv"] - 1  # no identity conv to requantize the stem
+    else:
+        assert plan == separate_plan and ops == separate_ops
+    logits = run_onnx(model.SerializeToString(), xs)
+    assert parity(simulate_deploy(graph, plan, xs), logits)["top1_agreement"] == 1.0
+    kept, _, _ = build_deploy_onnx(graph, ranges={n: e for n, e in plan.items() if e and not e.exact})
+    assert torch.equal(run_onnx(kept.SerializeToString(), xs), logits)
 
 
 def test_asymmetric_weights_fall_back_to_the_exact_form(tiny, tmp_path):

@@ -34,7 +34,9 @@ so nothing depends on its pattern matcher:
   calibration images; where the value also feeds a quantized layer with step ``s_b``, the 8-bit
   step is ``s_b / k`` with ``k`` odd, so that rounding to the 8-bit grid and then to the layer's
   grid equals rounding straight to the layer's grid (no double-rounding error on the conv's input;
-  only the other readers, e.g. the shortcut, see the 8-bit rounding).
+  only the other readers, e.g. the shortcut, see the 8-bit rounding). Where that layer's quantizer
+  is a full 8-bit one whose range clips next to none of the value, the value is produced in the
+  layer's own encoding instead, once, for every reader (:func:`_shared`).
 - layers pinned as float stay float (``Conv`` / ``Gemm``) between ``DequantizeLinear`` and
   ``QuantizeLinear``; so do ops without an integer form (sigmoid, SiLU, hard-swish, mul, LayerNorm,
   GELU, softmax, activation-activation matmuls, ...).
@@ -183,6 +185,36 @@ def _calibrated(values: Tensor, align: float | None) -> Encoding:
     return Encoding(float(np.float32(scale)), zero, exact=False)
 
 
+# the share of a value's calibration samples that its one 8-bit reader's range may clip for the value to be
+# produced in that reader's encoding (see _shared); what this bound costs and buys is measured in BENCHMARKS.md
+# ("the residual sum on the next conv's grid")
+SHARED_GRID_MAX_CLIPPED = 1e-3
+
+
+def _shared(values: Tensor, reader: Encoding, calibrated: Encoding) -> Encoding | None:
+    """``reader``'s own encoding for a value it reads beside integer ops (a residual sum read by the next
+    block's first conv and by the next shortcut), where that costs the other readers next to nothing.
+
+    With its own 8-bit range the value is needed twice, on its range for the shortcut and on the
+    conv's grid, which is a second ``QLinearAdd`` of the same sum (or an identity conv for a conv
+    output), a node per block that dominates at batch 1. One grid serves both when
+    the conv's input quantizer is a full 8-bit one (its clamp is the uint8 saturation, so the shortcut
+    still reads every code), its step is no coarser than the calibrated one, and its range clips at
+    most :data:`SHARED_GRID_MAX_CLIPPED` of the calibration values. The conv then sees exactly what
+    the fake-quant model gives it, and the shortcut the value clipped to the conv's range: an 8-bit
+    requantization like the calibrated one, so the encoding is not ``exact``. Narrower readers keep
+    the calibrated grid: their step is coarse, and rounding the residual stream to it costs accuracy.
+    """
+    if (reader.lo, reader.hi) != (0, 255) or np.float32(reader.scale) > np.float32(calibrated.scale) \
+            or reader.same_grid(calibrated):
+        return None
+    scale = float(np.float32(reader.scale))
+    outside = (values < scale * (reader.lo - reader.zero)) | (values > scale * (reader.hi - reader.zero))
+    if float(outside.float().mean()) > SHARED_GRID_MAX_CLIPPED:
+        return None
+    return Encoding(reader.scale, reader.zero, reader.lo, reader.hi, exact=False)
+
+
 def _with_zero(enc: Encoding) -> Encoding:
     """``enc`` with its code range widened to hold the zero code, which a zero pad writes (after a clamp
     with a positive minimum the range excludes it, and a later ``Clip`` would lift the padding)."""
@@ -299,6 +331,8 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor] | None = None,
             values = samples[name] if bounds is None else samples[name].clamp(*bounds)
             scales = {np.float32(r.scale) for r in reqs}
             plan[name] = _calibrated(values, float(scales.pop()) if len(scales) == 1 else None)
+            if len(distinct) == 1 and not floating:
+                plan[name] = _shared(values, reqs[0], plan[name]) or plan[name]
         else:
             plan[name] = None
     if ranges is not None:
