@@ -33,6 +33,8 @@ from eqtools.export._deploy import (
     FLOAT_MATMUL_OPS,
     _calibrated,
     plan_encodings,
+    plan_from_dict,
+    plan_to_dict,
     simulate_deploy,
     value_samples,
 )
@@ -590,9 +592,9 @@ def test_a_value_shares_its_8bit_readers_grid_only_where_that_clips_next_to_noth
 
 @pytest.mark.parametrize("bits", [8, 2])
 def test_shared_grids_drop_the_second_sum_and_the_file_computes_the_simulated_arithmetic(bits, monkeypatch):
-    """With sharing allowed wherever the step permits, an 8-bit ResNet-20 computes each residual sum once
+    """With sharing at its default bound, an 8-bit ResNet-20 computes each residual sum once
     (no second QLinearAdd, no stem requantization), and the file still computes what simulate_deploy
-    simulates, also rebuilt from the kept plan; below 8 bits nothing is shared."""
+    simulates, also rebuilt from the plan calibrate keeps (through JSON); below 8 bits nothing is shared."""
     from conftest import random_supernet
 
     import eqtools.export._deploy as deploy
@@ -608,8 +610,9 @@ def test_shared_grids_drop_the_second_sum_and_the_file_computes_the_simulated_ar
         model, _, plan = build_deploy_onnx(graph, xs[:1])
         return model, plan, optimized_ops(model.SerializeToString())
 
+    default = deploy.SHARED_GRID_MAX_CLIPPED
     _, separate_plan, separate_ops = build(-1.0)
-    model, plan, ops = build(1.0)
+    model, plan, ops = build(default)  # this fixture's conv ranges clip none of the ReLU'd sums
     grids = [deploy._input_encoding(node, graph.tensors) for node in graph.layers() if node.get("input_quant")]
     shared = [n for n, e in plan.items() if e is not None and not e.exact and any(e == replace(g, exact=False) for g in grids)]
     if bits == 8:  # the stem output and the 8 sums a next block reads; the last sum feeds the pooling
@@ -619,7 +622,8 @@ def test_shared_grids_drop_the_second_sum_and_the_file_computes_the_simulated_ar
         assert plan == separate_plan and ops == separate_ops
     logits = run_onnx(model.SerializeToString(), xs)
     assert parity(simulate_deploy(graph, plan, xs), logits)["top1_agreement"] == 1.0
-    kept, _, _ = build_deploy_onnx(graph, ranges={n: e for n, e in plan.items() if e and not e.exact})
+    kept_plan = plan_from_dict(json.loads(json.dumps(plan_to_dict(plan))))  # as calibrate keeps it
+    kept, _, _ = build_deploy_onnx(graph, ranges=kept_plan)
     assert torch.equal(run_onnx(kept.SerializeToString(), xs), logits)
 
 
@@ -886,7 +890,6 @@ def test_calibrate_skips_the_deployed_measure_for_asymmetric_weights(tiny_supern
 
 
 def test_kept_plan_that_does_not_fit_the_graph_is_refused(tiny):
-    from eqtools.export._deploy import plan_from_dict, plan_to_dict
 
     supernet, batches, calibration = tiny
     supernet.apply(supernet.space.uniform(3, 3, "per-channel", "sym"))

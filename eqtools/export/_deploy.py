@@ -248,7 +248,7 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor] | None = None,
 
     A value read (through pass-through ops) only by quantized layers that share one input encoding
     is produced in it, exactly; a value read by integer ops is requantized to 8 bits on its
-    calibrated range; a value read only by float ops stays float (a conv's output is quantized
+    calibrated range, or on its one 8-bit reader's grid where that clips next to none of it (:func:`_shared`); a value read only by float ops stays float (a conv's output is quantized
     anyway, since ``QLinearConv`` has a quantized output).
 
     The 8-bit ranges come from ``samples`` (:func:`value_samples`) or, given ``ranges`` (a plan
