@@ -890,7 +890,6 @@ def test_calibrate_skips_the_deployed_measure_for_asymmetric_weights(tiny_supern
 
 
 def test_kept_plan_that_does_not_fit_the_graph_is_refused(tiny):
-
     supernet, batches, calibration = tiny
     supernet.apply(supernet.space.uniform(3, 3, "per-channel", "sym"))
     graph = extract_graph(supernet, batches[0][0][:2])

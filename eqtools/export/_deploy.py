@@ -57,7 +57,7 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -208,11 +208,10 @@ def _shared(values: Tensor, reader: Encoding, calibrated: Encoding) -> Encoding 
     if (reader.lo, reader.hi) != (0, 255) or np.float32(reader.scale) > np.float32(calibrated.scale) \
             or reader.same_grid(calibrated):
         return None
-    scale = float(np.float32(reader.scale))
-    outside = (values < scale * (reader.lo - reader.zero)) | (values > scale * (reader.hi - reader.zero))
+    outside = (values < reader.scale * (reader.lo - reader.zero)) | (values > reader.scale * (reader.hi - reader.zero))
     if float(outside.float().mean()) > SHARED_GRID_MAX_CLIPPED:
         return None
-    return Encoding(reader.scale, reader.zero, reader.lo, reader.hi, exact=False)
+    return replace(reader, exact=False)
 
 
 def _with_zero(enc: Encoding) -> Encoding:
@@ -248,7 +247,8 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor] | None = None,
 
     A value read (through pass-through ops) only by quantized layers that share one input encoding
     is produced in it, exactly; a value read by integer ops is requantized to 8 bits on its
-    calibrated range, or on its one 8-bit reader's grid where that clips next to none of it (:func:`_shared`); a value read only by float ops stays float (a conv's output is quantized
+    calibrated range, or on its one 8-bit reader's grid where that clips next to none of it
+    (:func:`_shared`); a value read only by float ops stays float (a conv's output is quantized
     anyway, since ``QLinearConv`` has a quantized output).
 
     The 8-bit ranges come from ``samples`` (:func:`value_samples`) or, given ``ranges`` (a plan
