@@ -627,6 +627,45 @@ def test_shared_grids_drop_the_second_sum_and_the_file_computes_the_simulated_ar
     assert torch.equal(run_onnx(kept.SerializeToString(), xs), logits)
 
 
+def test_a_shared_grid_with_a_nonzero_zero_point_keeps_the_relu_as_a_clip():
+    """A reader whose 8-bit range starts below zero (zero code 6): the sum shares its grid, but
+    QLinearAdd saturates at code 0, not at the zero code, so the block's ReLU stays as a Clip to
+    [6, 255] (one node, where the separate grid had a second QLinearAdd) and the file still computes
+    the simulated arithmetic."""
+    from conftest import random_supernet
+    from onnx import numpy_helper
+
+    import eqtools.export._deploy as deploy
+
+    supernet, batches = random_supernet("resnet20", 1, 16, n=64)
+    supernet.apply(supernet.space.uniform(8, 8, "per-channel", "sym", "asym"))
+    xs = [x for x, _ in batches]
+    graph = extract_graph(supernet, xs[0][:2])
+    sums = {n["name"] for n in graph.nodes if n["op"] == "add"}
+    consumers = deploy._consumers(graph)
+    by_name = {n["name"]: n for n in graph.nodes}
+    readers = set()
+    for node in graph.layers():  # the first conv of a block reads ReLU(sum) of the block before
+        relu = by_name.get(node["inputs"][0], {})
+        if relu.get("op") == "relu" and relu["inputs"][0] in sums and node.get("input_quant"):
+            graph.tensors[f"{node['name']}.input.zero_point"] = torch.full_like(
+                graph.tensors[f"{node['name']}.input.zero_point"], 6)
+            readers.add(node["name"])
+    assert len(readers) == 8
+    model, _, plan = build_deploy_onnx(graph, xs[:1])
+    shared = [n for n in sums if plan[n] is not None and plan[n].zero == 6]
+    assert len(shared) == len(readers), {n: plan[n] for n in sums}  # this fixture's ranges clip none of them
+    clips = [n for n in model.graph.node if n.op_type == "Clip"]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    lows = {int(inits[c.input[1]]) for c in clips}
+    assert len(clips) == len(shared) and lows == {6}, [c.output[0] for c in clips]
+    assert all(any(u["op"] == "relu" for u in consumers[n]) for n in shared)
+    ops = optimized_ops(model.SerializeToString())
+    assert ops["QLinearAdd"] == len(sums), ops  # each sum computed once
+    logits = run_onnx(model.SerializeToString(), xs)
+    assert parity(simulate_deploy(graph, plan, xs), logits)["top1_agreement"] == 1.0
+
+
 def test_asymmetric_weights_fall_back_to_the_exact_form(tiny, tmp_path):
     supernet, batches, calibration = tiny
     supernet.apply(supernet.space.uniform(4, 4, "per-channel", "asym"))
