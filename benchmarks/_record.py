@@ -35,6 +35,16 @@ def quartiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def paired_ratio(baseline: list[float], candidate: list[float]) -> str:
+    """Median [IQR] of baseline / candidate taken round by round: pairing within a round cancels the
+    machine's drift between rounds, which a ratio of two medians would keep."""
+    import statistics
+
+    q = sorted(a / t for a, t in zip(baseline, candidate, strict=True))
+    low, high = quartiles(q)
+    return f"{statistics.median(q):.3f} [{low:.3f}-{high:.3f}]"
+
+
 def median_ms(call: Any, min_runs: int, min_time_s: float) -> float:
     """Median milliseconds of ``call()`` after 5 warm-up calls, over ``min_runs`` calls and ``min_time_s`` at least."""
     import statistics

@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import command_line, machine_line, record, timing_arguments, with_malloc_settings
-from _record import quartiles as _quartiles
+from _record import command_line, machine_line, paired_ratio, record, timing_arguments, with_malloc_settings
 from bench_deploy import _latency, _session
 
 
@@ -54,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     table = ["| batch | A ms (median) | B ms (median) | A / B, median of rounds [IQR] |", "|---|---|---|---|"]
     for b in sizes:
-        q = sorted(a / t for a, t in zip(times["A", b], times["B", b], strict=True))
         table.append(f"| {b} | {statistics.median(times['A', b]):.3f} | {statistics.median(times['B', b]):.3f} | "
-                     f"{statistics.median(q):.3f} [{_quartiles(q)[0]:.3f}-{_quartiles(q)[1]:.3f}] |")
+                     f"{paired_ratio(times['A', b], times['B', b])} |")
     body = "\n".join([
         (args.label + "\n\n" if args.label else "")
         + f"A = `{args.a}` ({args.a.stat().st_size:,} bytes), B = `{args.b}` ({args.b.stat().st_size:,} bytes); "

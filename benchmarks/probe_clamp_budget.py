@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import command_line, machine_line, record, timing_arguments, with_malloc_settings
-from _record import quartiles as _quartiles
+from _record import command_line, machine_line, paired_ratio, record, timing_arguments, with_malloc_settings
 from bench_deploy import _latency, _logits, _session
 
 
@@ -197,10 +195,6 @@ def main(argv: list[str] | None = None) -> int:
                 times.setdefault((k, b), []).append(_latency(session, x, args.min_runs, args.min_time))
     load = os.getloadavg()
 
-    def ratio(k: int, b: int) -> str:
-        q = sorted(a / t for a, t in zip(times[-1, b], times[k, b], strict=True))
-        return f"{statistics.median(q):.3f} [{_quartiles(q)[0]:.3f}-{_quartiles(q)[1]:.3f}]"
-
     lines = [
         f"File `{args.model}`; the {len(labels)} test images of `{args.source}`; clamp rates on {args.rate_images} "
         f"of them. Latency against `{args.baseline}` (`quantize_static` W8): onnxruntime {ort.__version__}, CPU, "
@@ -213,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for k, row in enumerate(rows):
         lines.append(f"| {row['label']} | {row['nodes']} | {100 * row['top1']:.2f} | {100 * row['agreement']:.2f} | "
-                     f"{ratio(k, 1)} | {ratio(k, 64)} |")
+                     f"{paired_ratio(times[-1, 1], times[k, 1])} | {paired_ratio(times[-1, 64], times[k, 64])} |")
     shares = np.array(list(rates.values()))
     lines += ["", f"Codes each clamp changes: {100 * shares.min():.2f}-{100 * shares.max():.2f} % "
               f"(median {100 * float(np.median(shares)):.2f} %); "
