@@ -1,4 +1,9 @@
-"""Shared by the benchmark scripts: describe the machine and append a dated section to BENCHMARKS.md."""
+"""Shared by the benchmark scripts: describe the machine and write each benchmark's result.
+
+A benchmark writes one JSON result per question with :func:`write_result` (command, machine, CPU
+flags, commit, date, figures and the Markdown it is rendered as); BENCHMARKS.md is regenerated from
+the latest result of each question, so it holds current figures only and the history stays in git.
+"""
 
 from __future__ import annotations
 
@@ -109,4 +114,64 @@ def append(text: str) -> Path:
     with open(path, "a") as fh:
         fh.write(prefix + "\n" + text.rstrip() + "\n")
     print(f"appended to {path}", file=sys.stderr)
+    return path
+
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide the speed of int8 and bf16 kernels, as /proc/cpuinfo names them."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16", "amx_tile")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def git_commit() -> str:
+    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
+def write_result(name: str, question: str, figures: dict[str, Any], markdown: str,
+                 threads: int | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json``: the one current answer to ``question``.
+
+    ``figures`` holds the raw numbers (JSON-serialisable), ``markdown`` the table or lines that
+    BENCHMARKS.md shows for them. Command, machine, CPU flags, commit and date are filled in here so
+    that no result can lack them.
+    """
+    import json
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {
+        "name": name,
+        "question": question,
+        "command": command_line(),
+        "machine": machine_line(threads),
+        "cpu_flags": cpu_flags(),
+        "commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "figures": figures,
+        "markdown": markdown.rstrip() + "\n",
+    }
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}", file=sys.stderr)
     return path
