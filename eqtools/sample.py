@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eqtools.artifacts import MANIFEST, Artifact, Samples, default_out, read_artifact, write_artifact
+from eqtools.artifacts import MANIFEST, Artifact, Samples, claim_out, default_out, read_artifact, write_artifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import ElasticSpace, SubnetConfig
 from eqtools.vocab import form_key
@@ -500,6 +500,7 @@ def sample_artifact(
         finished = _finished_run(out, extra, work, say)
         if finished is not None:
             return finished
+    claim_out(out, "samples")  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
     indices = _shard_draws(params, shard)
     configs = draw_configs(space, params.n, seed=params.seed, conditions=params.conditions)
 
@@ -577,7 +578,12 @@ def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callabl
         return None
     say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do")
     if work.path.exists():
-        shutil.rmtree(work.path, ignore_errors=True)
+        # a leftover log of this finished run, unless another sampler holds it right now (its rows are its own)
+        try:
+            work.lock()
+        except ArtifactError:
+            return existing
+        work.remove()
     return existing
 
 
