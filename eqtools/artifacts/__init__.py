@@ -36,6 +36,7 @@ from eqtools.artifacts._store import (
     sha256_file,
     strict_json_loads,
     verified_parent,
+    workspace_leftovers,
     write_artifact,
 )
 from eqtools.artifacts.calibrated import Calibrated
@@ -81,6 +82,7 @@ __all__ = [
     "strict_json_loads",
     "validate_manifest",
     "verified_parent",
+    "workspace_leftovers",
     "write_artifact",
 ]
 

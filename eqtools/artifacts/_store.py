@@ -65,6 +65,7 @@ __all__ = [
     "sha256_file",
     "strict_json_loads",
     "verified_parent",
+    "workspace_leftovers",
     "write_artifact",
 ]
 
@@ -257,6 +258,23 @@ def leftovers(out: Path | str) -> list[dict[str, Any]]:
             found.append({"path": str(entry), "what": "checkpoint of an unfinished `eqtools train` run "
                           "(resume with --resume, discard with --restart)", "live": None, "kind": "work"})
     return found
+
+
+def workspace_leftovers(root: Path | str) -> list[dict[str, Any]]:
+    """:func:`leftovers` of every artifact path one or two levels under ``root`` (what `eqtools info
+    DIR` lists for a workspace)."""
+    root = Path(root)
+    targets: set[Path] = set()
+    for folder in [root, *(d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith("."))] if root.is_dir() else []:
+        for entry in sorted(folder.iterdir()):
+            m = _LEFTOVER.match(entry.name)
+            if m:
+                targets.add(folder / m.group("name"))
+            elif entry.name.startswith(".") and entry.name.endswith(".partial"):
+                targets.add(folder / entry.name[1:-len(".partial")])
+            elif entry.name.endswith(".work") and entry.is_dir():
+                targets.add(folder / entry.name[:-len(".work")])
+    return [e for t in sorted(targets) for e in leftovers(t)]
 
 
 def _is_complete(path: Path) -> bool:
