@@ -214,3 +214,223 @@ def test_training_that_runs_out_of_memory_exits_2_with_advice(tmp_path, monkeypa
     assert result.exit_code == 2, result.output
     assert "ran out of memory while training with train.batch_size = 64" in flat(result.output)
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------- --out and --force, per command
+def _writers(ws: Path, spec_file: Path) -> dict[str, list[str]]:
+    return {
+        "train": ["train", str(spec_file), "-q"],
+        "calibrate": ["calibrate", "--from", str(ws / "supernet"), "--w-bits", "4", "--granularity", "per-channel",
+                      "--symmetry", "sym"],
+        "sample": ["sample", "--from", str(ws / "supernet"), "-n", "4", "--no-progress"],
+        "fit-predictor": ["fit-predictor", "--from", str(ws / "samples"), "--model", "mlp"],
+        "search": ["search", "--predictor", str(ws / "predictor"), "--w-bits", "4", "--granularity", "per-channel",
+                   "--symmetry", "sym", "--population", "8", "--generations", "2"],
+        "export": ["export", "--from", str(ws / "calibrated")],
+    }
+
+
+@pytest.fixture
+def no_computation(monkeypatch):
+    """Every stage's first expensive step raises: a refusal must come before any of them."""
+    import eqtools.build
+    import eqtools.calibrate
+    import eqtools.export._stage
+    import eqtools.predictor
+    import eqtools.sample
+    import eqtools.search
+
+    def boom(*args, **kwargs):
+        raise AssertionError("computation started before the output path was checked")
+
+    for module, name in [(eqtools.build, "build_supernet"), (eqtools.calibrate, "measure_subnet"),
+                         (eqtools.sample, "_row_evaluator"), (eqtools.predictor, "fit_predictor"),
+                         (eqtools.search, "run_search"), (eqtools.export._stage, "_subnet_of")]:
+        monkeypatch.setattr(module, name, boom)
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
+def test_every_writer_refuses_an_existing_artifact_without_force_before_computing(workspace, tmp_path, monkeypatch,
+                                                                                  no_computation, command):
+    from conftest import DIGITS_SPEC
+
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(DIGITS_SPEC))
+    out = tmp_path / "out"
+    shutil.copytree(workspace / "samples", out)
+    before = _tree(out)
+    created = read_artifact(out).created
+    result = runner.invoke(app, [*_writers(workspace, spec_file)[command], "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert f"already holds a 'samples' artifact created {created}" in text and "--force" in text
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out", "spec.json"]
+
+
+@pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
+def test_every_writer_refuses_a_path_that_is_not_an_artifact_even_with_force(workspace, tmp_path, monkeypatch,
+                                                                             no_computation, command):
+    from conftest import DIGITS_SPEC
+
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(DIGITS_SPEC))
+    out = tmp_path / "thesis"
+    (out / "sub").mkdir(parents=True)
+    (out / "thesis.tex").write_text("chapter 1")
+    (out / "sub" / "data.csv").write_text("1,2\n")
+    before = _tree(out)
+    result = runner.invoke(app, [*_writers(workspace, spec_file)[command], "--out", str(out), "--force"])
+    assert result.exit_code == 2, result.output
+    assert f"the output path {out} is a directory that is not an eqtools artifact" in flat(result.output)
+    assert _tree(out) == before
+
+
+def test_force_replaces_an_artifact(workspace, tmp_path):
+    out = tmp_path / "s"
+    args = [*_writers(workspace, tmp_path / "unused.json")["search"], "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    first = read_artifact(out).created
+    assert runner.invoke(app, args).exit_code == 2
+    assert read_artifact(out).created == first
+    result = runner.invoke(app, [*args, "--force"])
+    assert result.exit_code == 0, result.output
+    assert read_artifact(out).created != first and sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_a_rerun_of_sample_leaves_a_running_samplers_log_alone(workspace, tmp_path):
+    """The finished-run shortcut must not delete the resume log of a sampler that holds its lock."""
+    import fcntl
+
+    out = tmp_path / "samples"
+    args = ["sample", "--from", str(workspace / "supernet"), "-n", "2", "--subset", "20", "--calib-images", "32",
+            "--no-progress", "--out", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    log = tmp_path / ".samples.partial"
+    log.mkdir()
+    (log / "rows.jsonl").write_text('{"index": 0}\n')
+    fd = os.open(log / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another sampler is writing
+    try:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0 and "nothing to do" in result.output
+        assert (log / "rows.jsonl").read_text() == '{"index": 0}\n'
+    finally:
+        os.close(fd)
+    assert runner.invoke(app, args).exit_code == 0 and not log.exists()  # unlocked: a stale log is removed
+
+
+# --------------------------------------------------------------------------------- lineage, per stage
+@pytest.fixture(scope="module")
+def lineage_base(workspace, tmp_path_factory):
+    """artifacts/digits-test/{supernet, samples, predictor, search}: one recorded lineage, by relative
+    paths (as the default workspace records them), so a copy of the tree keeps its own lineage."""
+    base = tmp_path_factory.mktemp("lineage")
+    ws = Path("artifacts") / "digits-test"
+    (base / ws).mkdir(parents=True)
+    from eqtools.predictor import FitOptions, fit_predictor
+    from eqtools.predictor.synthetic import write_synthetic_samples
+
+    here = os.getcwd()
+    os.chdir(base)
+    try:
+        shutil.copytree(workspace / "supernet", ws / "supernet")
+        supernet = read_artifact(ws / "supernet", "supernet")
+        samples = write_synthetic_samples(ws / "samples", supernet.space, 30, spec=supernet.spec, parents=[supernet])
+        fit_predictor(samples, ws / "predictor", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0,
+                                                            target="accuracy", epochs=2, hidden=8, layers=2))
+        result = runner.invoke(app, [*_writers(ws, base / "x")["search"], "--out", str(ws / "search")])
+        assert result.exit_code == 0, result.output
+    finally:
+        os.chdir(here)
+    return base
+
+
+@pytest.fixture
+def lineage(lineage_base, tmp_path, monkeypatch):
+    shutil.copytree(lineage_base / "artifacts", tmp_path / "artifacts")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "artifacts" / "digits-test"
+
+
+def _retrain_in_place(path: Path) -> tuple[str, str]:
+    """Replace the supernet at ``path`` by another one (same space, new manifest): (old, new) sha256."""
+    from eqtools.build import artifact_spec, load_supernet, save_supernet
+
+    old = read_artifact(path, "supernet")
+    supernet = load_supernet(old)
+    with torch.no_grad():
+        next(supernet.parameters()).add_(0.01)
+    new = save_supernet(supernet, path, artifact_spec(old), metrics={"note": "retrained"})
+    return old.manifest_sha256, new.manifest_sha256
+
+
+def _decoy(ws: Path) -> Path:
+    """A newer supernet elsewhere in the workspace: what a 'newest' fallback would pick."""
+    art = read_artifact(ws / "supernet")
+    from eqtools.artifacts import write_artifact
+
+    def files(tmp: Path) -> None:
+        for name in art.manifest["files"]:
+            shutil.copy(ws / "supernet" / name, tmp / name)
+
+    return write_artifact(ws / "decoy", "supernet", files, spec=art.spec, space=art.space, metrics=art.metrics,
+                          extra=art.extra).path
+
+
+def test_export_from_a_search_refuses_a_supernet_replaced_under_it(lineage, tmp_path):
+    old, new = _retrain_in_place(lineage / "supernet")
+    result = runner.invoke(app, ["export", "--from", str(lineage / "search"), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert old in text and new in text and "re-create" in text and not (tmp_path / "e").exists()
+
+
+def test_search_verify_refuses_a_missing_supernet_instead_of_taking_the_newest(lineage, tmp_path):
+    _decoy(lineage)
+    shutil.move(lineage / "supernet", tmp_path / "moved")
+    result = runner.invoke(app, [*_writers(lineage, tmp_path)["search"], "--verify", "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "no longer exists; this command will not guess another one" in text and "decoy" not in text
+    assert not (tmp_path / "s").exists()
+
+
+def test_calibrate_searched_uses_the_searchs_own_supernet_not_the_newest(lineage, tmp_path):
+    decoy = _decoy(lineage)
+    assert find_latest("supernet").resolve() == decoy.resolve()
+    result = runner.invoke(app, ["calibrate", "--searched", "--images", "64", "--no-deployed",
+                                 "--out", str(tmp_path / "c"), "--json"])
+    assert result.exit_code == 0, result.output
+    parents = read_artifact(tmp_path / "c").manifest["parents"]
+    assert [Path(p["path"]).name for p in parents] == ["supernet"]
+    _retrain_in_place(lineage / "supernet")
+    result = runner.invoke(app, ["calibrate", "--searched", "--out", str(tmp_path / "c2")])
+    assert result.exit_code == 2 and "was replaced after" in flat(result.output)
+
+
+def test_report_lists_artifacts_whose_supernet_was_replaced(lineage):
+    from eqtools.report import build_report
+
+    report = build_report(lineage.parent, bits=())
+    assert report["damaged"] == [] and "search" in report
+    old, new = _retrain_in_place(lineage / "supernet")
+    report = build_report(lineage.parent, bits=())
+    damaged = {Path(d["path"]).name: d["error"] for d in report["damaged"]}
+    assert set(damaged) == {"predictor", "search"} and "search" not in report
+    assert old in damaged["search"] and new in damaged["search"]
+
+
+def test_report_lists_artifacts_made_from_another_supernet(lineage):
+    from eqtools.report import build_report
+
+    decoy = _decoy(lineage)  # the newest supernet, so the one the report measures
+    report = build_report(lineage.parent, bits=())
+    assert Path(report["supernet"]).name == decoy.name
+    damaged = {Path(d["path"]).name: flat(d["error"]) for d in report["damaged"]}
+    assert set(damaged) == {"predictor", "search"} and "made from the supernet" in damaged["search"]
