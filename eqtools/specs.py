@@ -23,7 +23,9 @@ Bits = Annotated[int, Field(ge=BIT_CHOICES[0], le=BIT_CHOICES[-1], strict=True)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every float finite: JSON's parser in Python accepts NaN and Infinity, and one of them in a
+    # learning rate or a WDR target trains to a "successful" artifact of NaN weights
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PinnedBits(_Strict):
@@ -212,9 +214,11 @@ class SearchSpec(_Strict):
 
 
 class Spec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # the name is a directory name in the workspace: bounded well below the 255 bytes of a file name
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     description: str = ""
-    seed: int = 0
+    # seeds reach random.Random, torch.manual_seed and numpy (32-bit), plus small per-stage offsets
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     model: ModelSpec
     data: DataSpec
     space: SpaceSpec = SpaceSpec()

@@ -434,3 +434,92 @@ def test_report_lists_artifacts_made_from_another_supernet(lineage):
     assert Path(report["supernet"]).name == decoy.name
     damaged = {Path(d["path"]).name: flat(d["error"]) for d in report["damaged"]}
     assert set(damaged) == {"predictor", "search"} and "made from the supernet" in damaged["search"]
+
+
+# --------------------------------------------------------------------------------- non-finite values
+def _spec_file(tmp_path: Path, **train) -> Path:
+    from conftest import DIGITS_SPEC
+
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({**DIGITS_SPEC, "train": {**DIGITS_SPEC["train"], "epochs": 2, "steps_per_epoch": 2, **train}}))
+    return spec
+
+
+@pytest.mark.parametrize("field,token", [("train.lr", "Infinity"), ("train.wdr.kurtosis_target", "NaN"),
+                                         ("train.sandwich.kd_lambda", "NaN"), ("train.weight_decay", "-Infinity")])
+def test_non_finite_spec_floats_are_refused(tmp_path, field, token):
+    spec = _spec_file(tmp_path)
+    # the spec file itself may hold the token (Python's JSON parser accepts it) and so may --set
+    for args in (["--set", f"{field}={token}"],):
+        result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "o"), *args])
+        assert result.exit_code == 2, result.output
+        assert f"field `{field}`" in flat(result.output) and "finite" in flat(result.output)
+    text = spec.read_text().replace('"compile": "off"', f'"compile": "off", "lr": {token}') if field == "train.lr" else None
+    if text:
+        spec.write_text(text)
+        result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and "field `train.lr`" in flat(result.output)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_diverging_training_stops_with_exit_2_naming_the_step(tmp_path):
+    spec = _spec_file(tmp_path, lr=1e30, grad_clip=None)  # finite, but the first step blows every weight up
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["train", str(spec), "--out", str(out), "-q"])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "training diverged at epoch" in text and "step" in text and "Lower train.lr (now 1e+30)" in text
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_a_nan_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import eqtools.train.loop as loop
+
+    real, calls = loop.sandwich_step, []
+
+    def nan_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        losses = real(*args, **kwargs)
+        return {**losses, "kd_min": float("nan"), "loss": float("nan")} if len(calls) == 3 else losses
+
+    monkeypatch.setattr(loop, "sandwich_step", nan_in_epoch_2)
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["train", str(_spec_file(tmp_path)), "--out", str(out), "-q"])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "training diverged at epoch 2, step 1/2: loss is not finite (kd_min nan, loss nan)" in text
+    ckpt = tmp_path / "o.work" / "checkpoint.pt"
+    assert f"the last good checkpoint is kept at {ckpt}" in text and not out.exists()
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_corrupt_checkpoint_on_resume_exits_2(tmp_path):
+    spec = _spec_file(tmp_path)
+    (tmp_path / "o.work").mkdir()
+    (tmp_path / "o.work" / "checkpoint.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "o"), "--resume", "-q"])
+    assert result.exit_code == 2, result.output
+    assert "cannot be read" in flat(result.output) and "--restart" in flat(result.output)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_device_cuda_without_a_gpu_exits_2(tmp_path):
+    result = runner.invoke(app, ["train", str(_spec_file(tmp_path)), "--out", str(tmp_path / "o"), "--device", "cuda"])
+    assert result.exit_code == 2, result.output
+    assert "no usable CUDA GPU" in flat(result.output) and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"seed": 1e30}, "field `seed`"),
+    ({"seed": -1}, "field `seed`"),
+    ({"name": "x" * 5000}, "field `name`"),
+])
+def test_out_of_range_spec_values_exit_2(tmp_path, change, expected):
+    from conftest import DIGITS_SPEC
+
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({**DIGITS_SPEC, **change}))
+    result = runner.invoke(app, ["train", str(spec)])
+    assert result.exit_code == 2, result.output
+    assert expected in flat(result.output) and "Traceback" not in result.output

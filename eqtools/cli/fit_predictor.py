@@ -56,7 +56,7 @@ def command(
     optimizer: Annotated[Optimizer, typer.Option(
         "--optimizer", help="MLP optimiser: adam (reference code, default) or sgd (the paper's text; fits far worse).")] = Optimizer.adam,
     seed: Annotated[int | None, typer.Option(
-        "--seed", help="Seed of the held-out split and of training (default: the spec's seed).")] = None,
+        "--seed", min=0, max=2**31 - 1, help="Seed of the held-out split and of training (default: the spec's seed).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output directory (default: artifacts/<spec>/predictor-<model>).")] = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,

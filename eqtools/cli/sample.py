@@ -76,7 +76,7 @@ def command(
         int | None,
         typer.Option("--subset", min=1, help="Class-balanced held-out (val) images each subnet is evaluated on. Default: spec sample.subset."),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the config draw. Default: the spec's seed.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the config draw. Default: the spec's seed.")] = None,
     shard: Annotated[
         str | None,
         typer.Option("--shard", help="K/N: evaluate only the K-th of N interleaved slices of the same draw (one job per slice)."),

@@ -55,7 +55,7 @@ def command(
         "--population", min=4, help="GA population (default: the spec's search.population, 100).")] = None,
     generations: Annotated[int | None, typer.Option(
         "--generations", min=0, help="GA generations (default: the spec's search.generations, 500).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Search seed (default: the spec's seed).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Search seed (default: the spec's seed).")] = None,
     uniform: Annotated[bool, typer.Option(
         "--uniform", help="Return the uniform X/Y-bit config (the baseline), predicted but not searched.")] = False,
     pareto: Annotated[bool, typer.Option(

@@ -19,7 +19,7 @@ def command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run's checkpoint and start over.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override train.epochs.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Override the spec's seed.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Override the spec's seed.")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Force torch.compile on or off (default: the spec's train.compile, 'auto').")] = None,
     static_bits: Annotated[str | None, typer.Option("--static-bits", metavar="W[/A]", help="Train a static-QAT baseline of one uniform config instead of a supernet (e.g. 4 or 4/8).")] = None,
