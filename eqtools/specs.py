@@ -157,7 +157,7 @@ class TrainSpec(_Strict):
     steps_per_epoch: Annotated[int, Field(ge=1)] | None = Field(default=None, description="cap on optimiser steps per epoch")
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    lr: Annotated[float, Field(gt=0.0, le=100.0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0

@@ -523,3 +523,26 @@ def test_out_of_range_spec_values_exit_2(tmp_path, change, expected):
     result = runner.invoke(app, ["train", str(spec)])
     assert result.exit_code == 2, result.output
     assert expected in flat(result.output) and "Traceback" not in result.output
+
+
+def test_weights_made_infinite_by_the_last_step_are_never_written(tmp_path, monkeypatch):
+    import eqtools.train.loop as loop
+
+    real = loop._epoch_eval
+
+    def poisoned(supernet, *args, **kwargs):  # as if the epoch's last update (its loss finite) overflowed
+        with torch.no_grad():
+            next(supernet.parameters()).fill_(float("inf"))
+        return real(supernet, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_epoch_eval", poisoned)
+    spec = _spec_file(tmp_path, epochs=1, steps_per_epoch=1)
+    result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2, result.output
+    assert "training diverged in epoch 1 (1 steps)" in flat(result.output) and "holds NaN or infinite values" in flat(result.output)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.work" / "checkpoint.pt").exists()
+
+
+def test_a_learning_rate_beyond_float32_is_refused(tmp_path):
+    result = runner.invoke(app, ["train", str(_spec_file(tmp_path, lr=1e300)), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "field `train.lr`" in flat(result.output)
