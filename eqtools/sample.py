@@ -64,6 +64,7 @@ __all__ = [
     "SampleParams",
     "draw_configs",
     "filter_conditions",
+    "iter_configs",
     "merge_samples",
     "parse_conditions",
     "parse_shard",
@@ -80,6 +81,9 @@ EVAL_SEED_OFFSET = 104729  # fixes the class-balanced evaluation subset per spec
 # compiling is a fixed cost that the compiled forward earns back only slowly (a fraction of each subnet's time;
 # docs/sample.md has the measured figures): small, fast subnets (the quick spec's) need a few hundred draws
 COMPILE_FROM = 400
+# every run and every shard replays the whole draw (rows stay distinct subnets and shards merge to the
+# unsharded rows byte for byte), so the draw's time grows with n: bounded here, far above the paper's 8000
+MAX_SUBNETS = 100_000
 
 
 # ---------------------------------------------------------------------------------- parsing
@@ -206,8 +210,22 @@ def draw_configs(
 
     A pure function of its arguments: every shard recomputes the same list.
     """
-    if n < 1:
-        raise ConfigError(f"the number of subnets is {n}; it must be at least 1")
+    return list(iter_configs(space, n, seed=seed, conditions=conditions))
+
+
+def _check_n(n: int) -> None:
+    if not 1 <= n <= MAX_SUBNETS:
+        raise ConfigError(
+            f"the number of subnets is {n}; it must be in 1..{MAX_SUBNETS} (the paper samples 8000; each run and "
+            "each shard replays the whole draw, so its time grows with n)"
+        )
+
+
+def iter_configs(
+    space: ElasticSpace, n: int, *, seed: int, conditions: Sequence[str] | None = None
+) -> Iterator[SubnetConfig]:
+    """:func:`draw_configs` one config at a time, so a shard keeps only its own in memory."""
+    _check_n(n)
     labels = parse_conditions(conditions, space)
     rng = random.Random(seed)
     layers = space.quantized_layers
@@ -222,7 +240,6 @@ def draw_configs(
     counts = [len(range(c, n, len(labels))) for c in range(len(labels))]
     strata = [(rng.sample(range(m), m), rng.sample(range(m), m)) for m in counts]
     seen: set[tuple] = set()
-    configs: list[SubnetConfig] = []
     for i in range(n):
         c = i % len(labels)
         k = i // len(labels)
@@ -244,8 +261,7 @@ def draw_configs(
             if key not in seen:
                 break
         seen.add(key)
-        configs.append(SubnetConfig(space.layer_names, tuple(w), tuple(a), granularity, w_symmetry, a_symmetry))
-    return configs
+        yield SubnetConfig(space.layer_names, tuple(w), tuple(a), granularity, w_symmetry, a_symmetry)
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -502,7 +518,9 @@ def sample_artifact(
             return finished
     claim_out(out, "samples")  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
     indices = _shard_draws(params, shard)
-    configs = draw_configs(space, params.n, seed=params.seed, conditions=params.conditions)
+    wanted = set(indices)
+    configs = {i: c for i, c in enumerate(iter_configs(space, params.n, seed=params.seed, conditions=params.conditions))
+               if i in wanted}
 
     work.lock()
     try:
@@ -563,6 +581,7 @@ def _sample_params(
     for name in ("n", "subset", "calib_images", "batch_size"):
         if getattr(params, name) < 1:
             raise ConfigError(f"{name} is {getattr(params, name)}; it must be at least 1")
+    _check_n(params.n)
     return space, params, shard
 
 
@@ -639,6 +658,11 @@ def _row_evaluator(
     supernet = load_supernet(supernet_artifact).use_channels_last()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
+    if params.subset > len(splits.val):
+        raise ConfigError(
+            f"--subset is {params.subset}, but the held-out val split has {len(splits.val)} images (the spec's "
+            f"data.val_size); give at most {len(splits.val)}, or raise data.val_size and retrain"
+        )
     evaluation = BatchSource(splits.val.balanced(params.subset, spec.seed + EVAL_SEED_OFFSET), params.batch_size)
     say(f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
         f"class-balanced val images{' (compiled: the first subnet also builds the graphs)' if compile else ''}")

@@ -185,7 +185,7 @@ class CalibrateSpec(_Strict):
 
 
 class SampleSpec(_Strict):
-    n: Annotated[int, Field(ge=1)] = 8000
+    n: Annotated[int, Field(ge=1, le=100_000)] = 8000  # eqtools.sample.MAX_SUBNETS
     subset: Annotated[int, Field(ge=10)] = 10000
     calib_images: Annotated[int, Field(ge=1)] = 2048
     batch_size: Annotated[int, Field(ge=1)] = 256

@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -546,3 +547,103 @@ def test_weights_made_infinite_by_the_last_step_are_never_written(tmp_path, monk
 def test_a_learning_rate_beyond_float32_is_refused(tmp_path):
     result = runner.invoke(app, ["train", str(_spec_file(tmp_path, lr=1e300)), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "field `train.lr`" in flat(result.output)
+
+
+# --------------------------------------------------------------------------------- data and sizes
+def test_a_data_root_without_the_dataset_is_refused_not_replaced(tmp_path):
+    from eqtools.data import load_splits
+    from eqtools.errors import DataError
+    from eqtools.specs import DataSpec
+
+    with pytest.raises(DataError, match=r"fashion-mnist not found: looked in \['/etc'\]"):
+        load_splits(DataSpec(name="fashion-mnist", root="/etc"), 0)
+
+
+def _idx(shape: tuple[int, ...], body: bytes | None = None, magic: bytes | None = None) -> bytes:
+    import struct
+
+    head = (magic or bytes([0, 0, 8, len(shape)])) + struct.pack(">" + "I" * len(shape), *shape)
+    return head + (body if body is not None else bytes(int(np.prod(shape))))
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("truncated-body", "is truncated: header says"),
+    ("truncated-header", "is truncated inside its header"),
+    ("bad-magic", "is not an unsigned-byte idx file"),
+    ("too-many-dims", "is not an unsigned-byte idx file of 1 to 3 dimensions"),
+    ("label-count", "do not match"),
+    ("label-value", "the 10 classes are 0..9"),
+    ("bad-gzip", "is not a valid gzip file"),
+])
+def test_malformed_idx_files_exit_2(tmp_path, damage, expected):
+    root = tmp_path / "fm"
+    root.mkdir()
+    files = {"train-images-idx3-ubyte": _idx((20, 4, 4)), "train-labels-idx1-ubyte": _idx((20,), bytes(range(10)) * 2),
+             "t10k-images-idx3-ubyte": _idx((10, 4, 4)), "t10k-labels-idx1-ubyte": _idx((10,), bytes(range(10)))}
+    name = "train-images-idx3-ubyte"
+    if damage == "truncated-body":
+        files[name] = files[name][:-7]
+    elif damage == "truncated-header":
+        files[name] = files[name][:9]
+    elif damage == "bad-magic":
+        files[name] = b"\x00\x00\x0d\x03" + files[name][4:]
+    elif damage == "too-many-dims":
+        files[name] = b"\x00\x00\x08\xff" + files[name][4:]
+    elif damage == "label-count":
+        files["train-labels-idx1-ubyte"] = _idx((19,), bytes(range(10)) + bytes(range(9)))
+    elif damage == "label-value":
+        files["train-labels-idx1-ubyte"] = _idx((20,), bytes(range(10)) + bytes([200] * 10))
+    for n, data in files.items():
+        (root / n).write_bytes(data)
+    if damage == "bad-gzip":
+        (root / name).unlink()
+        (root / (name + ".gz")).write_bytes(b"\x1f\x8b not gzip at all")
+    spec = tmp_path / "s.json"
+    from conftest import DIGITS_SPEC
+
+    spec.write_text(json.dumps({**DIGITS_SPEC, "data": {"name": "fashion-mnist", "root": str(root), "val_size": 10}}))
+    result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert expected in flat(result.output) and "Traceback" not in result.output
+
+
+def test_the_supernet_records_the_data_it_read(tiny_trained_out, digits_splits):
+    data = read_artifact(tiny_trained_out).metrics["data"]
+    assert data["name"] == "digits" and data["root"] == "sklearn.datasets.load_digits"
+    assert (data["train_images"], data["val_images"], data["test_images"]) == (
+        len(digits_splits.train), len(digits_splits.val), len(digits_splits.test))
+    assert data["val_images"] == 300
+
+
+@pytest.fixture(scope="module")
+def tiny_trained_out(tmp_path_factory):
+    from conftest import DIGITS_SPEC
+
+    tmp = tmp_path_factory.mktemp("trained")
+    spec = tmp / "s.json"
+    spec.write_text(json.dumps({**DIGITS_SPEC, "train": {**DIGITS_SPEC["train"], "epochs": 1, "steps_per_epoch": 2}}))
+    result = runner.invoke(app, ["train", str(spec), "--out", str(tmp / "o"), "-q"])
+    assert result.exit_code == 0, result.output
+    return tmp / "o"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["-n", "1000000000"], "it must be in 1..100000"),
+    (["-n", "1e9"], "Invalid value"),
+    (["-n", "3000000", "--shard", "1/1000"], "it must be in 1..100000"),
+    (["--subset", "100000000"], "--subset is 100000000, but the held-out val split has 300 images"),
+])
+def test_sample_sizes_are_bounded_before_anything_is_allocated(workspace, tmp_path, args, expected):
+    result = runner.invoke(app, ["sample", "--from", str(workspace / "supernet"), "--no-progress",
+                                 "--out", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2, result.output
+    assert expected in flat(result.output) and "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_a_non_utf8_config_file_exits_2(workspace, tmp_path):
+    config = tmp_path / "c.json"
+    config.write_bytes(b'{"granularity": "per-channel\xff\xfe"}')
+    result = runner.invoke(app, ["calibrate", "--from", str(workspace / "supernet"), "--config", str(config),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "is not a UTF-8 text file" in flat(result.output)

@@ -388,6 +388,9 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
             dist.barrier()
 
     summary["train_time_s"] = round(time.monotonic() - run_start, 1)
+    # what was actually read, not what the spec asked for (the spec is in the manifest beside it)
+    summary["data"] = {"name": spec.data.name, "root": splits.root, "train_images": len(splits.train),
+                       "val_images": len(splits.val), "test_images": len(splits.test)}
     artifact = None
     if dist.main:
         artifact = _write_supernet(supernet, spec, opts, fixed, steps, rows, summary, dist.world)
