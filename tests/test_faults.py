@@ -647,3 +647,60 @@ def test_a_non_utf8_config_file_exits_2(workspace, tmp_path):
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert "is not a UTF-8 text file" in flat(result.output)
+
+
+# --------------------------------------------------------------------------------- what stays float, by name
+class _Recurrent(torch.nn.Module):
+    """A conv stem, an LSTM over its columns and a head: most parameters are in the LSTM."""
+
+    def __init__(self, cell: str = "LSTM") -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.mid = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.rnn = getattr(torch.nn, cell)(8 * 8, 64, batch_first=True)
+        self.conv1d = torch.nn.Conv1d(64, 64, 1)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        h = self.mid(torch.relu(self.stem(x)))  # [B, 8, 8, 8]
+        seq, _ = self.rnn(h.permute(0, 3, 1, 2).flatten(2))  # 8 steps of 64 features
+        seq = self.conv1d(seq.transpose(1, 2)).transpose(1, 2)
+        return self.head(seq[:, -1])
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_recurrent_and_conv1d_weights_are_named_and_strict_refuses_them(cell):
+    from eqtools.quant import CoverageError, FloatWeightsWarning, quantize_model
+
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.warns(FloatWeightsWarning) as caught:
+        supernet = quantize_model(_Recurrent(cell), {"w_bits": [2, 4, 8], "a_bits": [4, 8]}, x)
+    message = flat(str(caught[0].message))
+    floats = {e.name: e for e in supernet.coverage.float_matmul}
+    assert set(floats) == {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "conv1d"}
+    assert f"fused {cell} kernel" in floats["rnn.weight_hh_l0"].reason and "Conv1d" in floats["conv1d"].reason
+    for name in floats:
+        assert name in message
+    assert supernet.coverage.share < 0.2  # the recurrent weights are most of the matmul weights
+    with pytest.raises(CoverageError, match=rf"rnn.weight_ih_l0 .*fused {cell} kernel"):
+        quantize_model(_Recurrent(cell), {"w_bits": [2, 4, 8], "a_bits": [4, 8]}, x, strict=True)
+
+
+def test_a_space_without_an_elastic_layer_is_refused():
+    from eqtools.errors import SpecError
+    from eqtools.quant import quantize_model
+
+    class TwoLayers(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 4, 3)
+            self.fc = torch.nn.Linear(4 * 6 * 6, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(1))
+
+    with pytest.raises(SpecError, match=r"no elastic layer.*conv \(pinned 8/8\), fc \(pinned 8/8\)"):
+        quantize_model(TwoLayers(), {"w_bits": [2, 4, 8], "a_bits": [4, 8]}, torch.randn(1, 1, 8, 8))
+    elastic = quantize_model(TwoLayers(), {"w_bits": [2, 4, 8], "a_bits": [4, 8], "last_layer": "elastic"},
+                             torch.randn(1, 1, 8, 8))
+    assert elastic.space.min() != elastic.space.max()
