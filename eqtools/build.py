@@ -9,7 +9,6 @@ manifest, otherwise the artifact is refused.
 from __future__ import annotations
 
 import warnings
-
 from pathlib import Path
 from typing import Any
 

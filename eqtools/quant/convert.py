@@ -20,9 +20,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from eqtools.errors import ConfigError, SpecError
-from eqtools.quant.coverage import FloatWeightsWarning
 from eqtools.quant.attention import PackedInProjection, QPackedInProjection, RoutedMultiheadAttention, route_attention
-from eqtools.quant.coverage import CONV_TYPES, LAYER_TYPES, Coverage, weight_coverage
+from eqtools.quant.coverage import CONV_TYPES, LAYER_TYPES, Coverage, FloatWeightsWarning, weight_coverage
 from eqtools.quant.layers import QConv2d, QLinear, QuantLayer
 from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
 from eqtools.space import ElasticSpace, LayerInfo, SubnetConfig
