@@ -718,3 +718,22 @@ def test_a_space_without_an_elastic_layer_is_refused():
     elastic = quantize_model(TwoLayers(), {"w_bits": [2, 4, 8], "a_bits": [4, 8], "last_layer": "elastic"},
                              torch.randn(1, 1, 8, 8))
     assert elastic.space.min() != elastic.space.max()
+
+
+def test_info_reports_what_killed_and_unfinished_writes_left(workspace, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace / "predictor", ws / "spec" / "predictor")
+    dead = ws / "spec" / ".predictor.export-999999999-ab12"
+    live = ws / "spec" / f".predictor.tmp-{os.getpid()}-cd34"
+    partial = ws / "spec" / ".samples.partial"
+    for d in (dead, live, partial):
+        d.mkdir()
+    result = runner.invoke(app, ["info", str(ws), "--json"])
+    assert result.exit_code == 0, result.output
+    found = {Path(e["path"]).name: e for e in json.loads(result.stdout)["leftovers"]}
+    assert set(found) == {dead.name, live.name, partial.name}
+    assert found[dead.name]["live"] is False and found[live.name]["live"] is True
+    text = flat(runner.invoke(app, ["info", str(ws / "spec" / "predictor")]).output)
+    assert "beside it:" in text and "staging directory of an export (its process is gone" in text
+    beside = json.loads(runner.invoke(app, ["info", str(ws / "spec" / "predictor"), "--json"]).stdout)["leftovers"]
+    assert sorted(Path(e["path"]).name for e in beside) == sorted([dead.name, live.name])
