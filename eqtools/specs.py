@@ -207,8 +207,8 @@ class PredictorSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    population: Annotated[int, Field(ge=4)] = 100
-    generations: Annotated[int, Field(ge=1)] = 500
+    population: Annotated[int, Field(ge=4, le=100_000)] = 100
+    generations: Annotated[int, Field(ge=1, le=1_000_000)] = 500
     mutation_prob: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     parent_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
 

@@ -52,9 +52,9 @@ def command(
     max_bops: Annotated[float | None, typer.Option(
         "--max-bops", help="Cap on bit operations per sample (MACs x weight bits x activation bits), e.g. 5e8.")] = None,
     population: Annotated[int | None, typer.Option(
-        "--population", min=4, help="GA population (default: the spec's search.population, 100).")] = None,
+        "--population", min=4, max=100_000, help="GA population (default: the spec's search.population, 100).")] = None,
     generations: Annotated[int | None, typer.Option(
-        "--generations", min=0, help="GA generations (default: the spec's search.generations, 500).")] = None,
+        "--generations", min=0, max=1_000_000, help="GA generations (default: the spec's search.generations, 500).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Search seed (default: the spec's seed).")] = None,
     uniform: Annotated[bool, typer.Option(
         "--uniform", help="Return the uniform X/Y-bit config (the baseline), predicted but not searched.")] = False,
@@ -63,7 +63,7 @@ def command(
     cost: Annotated[Cost, typer.Option(
         "--cost", help="Cost axis of --pareto: bits (mean of W and A average bits), size or bops.")] = Cost.bits,
     top_k: Annotated[int, typer.Option(
-        "--top-k", min=1, help="How many of the best configs to list (and to measure with --verify).")] = 5,
+        "--top-k", min=1, max=1000, help="How many of the best configs to list (and to measure with --verify).")] = 5,
     explore: Annotated[float, typer.Option(
         "--explore", min=0.0, help="With an ensemble predictor: pick the top-K by predicted + EXPLORE x ensemble spread, so --verify also measures the candidates the predictor is unsure about (0: by prediction alone).")] = 1.0,
     verify: Annotated[bool, typer.Option(
