@@ -477,13 +477,24 @@ def test_non_finite_spec_floats_are_refused(tmp_path, field, token):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_diverging_training_stops_with_exit_2_naming_the_step(tmp_path):
-    spec = _spec_file(tmp_path, lr=1e30, grad_clip=None)  # finite, but the first step blows every weight up
+def test_a_diverging_training_stops_with_exit_2_naming_the_step(tmp_path, monkeypatch):
+    import eqtools.train.loop as loop
+
+    real = loop._starting_supernet
+
+    def overflowed(*args, **kwargs):  # one weight already overflowed: the very first loss is NaN
+        supernet = real(*args, **kwargs)
+        with torch.no_grad():
+            next(supernet.parameters()).view(-1)[0] = float("inf")
+        return supernet
+
+    monkeypatch.setattr(loop, "_starting_supernet", overflowed)
     out = tmp_path / "o"
-    result = runner.invoke(app, ["train", str(spec), "--out", str(out), "-q"])
+    result = runner.invoke(app, ["train", str(_spec_file(tmp_path, lr=0.01)), "--out", str(out), "-q"])
     assert result.exit_code == 2, result.output
     text = flat(result.output)
-    assert "training diverged at epoch" in text and "step" in text and "Lower train.lr (now 1e+30)" in text
+    assert "training diverged at epoch 1, step" in text and "loss is not finite" in text and "Lower train.lr (now 0.01)" in text
+    assert "no epoch had finished, so there is no checkpoint" in text
     assert "Traceback" not in result.output and not out.exists()
 
 

@@ -81,7 +81,7 @@ def command(
         # the search's own supernet (its lineage, checksums verified), never merely the newest one
         supernet = read_artifact(from_search, "search").ancestor("supernet")
         if supernet is not None:
-            echo(f"using supernet artifact {supernet.path} (the search's lineage)")
+            echo(f"using supernet artifact {supernet.path}")  # the search's own (its lineage)
     if supernet is None:
         supernet = resolve_input(from_, "supernet", echo=echo)
     space = supernet.space
