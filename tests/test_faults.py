@@ -748,3 +748,34 @@ def test_info_reports_what_killed_and_unfinished_writes_left(workspace, tmp_path
     assert "beside it:" in text and "staging directory of an export (its process is gone" in text
     beside = json.loads(runner.invoke(app, ["info", str(ws / "spec" / "predictor"), "--json"]).stdout)["leftovers"]
     assert sorted(Path(e["path"]).name for e in beside) == sorted([dead.name, live.name])
+
+
+NAN_ON_RANK_1 = """
+import os, sys
+import eqtools.train.loop as loop
+real = loop.sandwich_step
+def step(*args, **kwargs):
+    losses = real(*args, **kwargs)
+    return {**losses, "loss": float("nan")} if os.environ.get("RANK") == "1" else losses
+loop.sandwich_step = step
+from eqtools.cli.app import main
+sys.argv = ["eqtools", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_nan_loss_on_one_ddp_process_stops_every_process(tmp_path):
+    """Rank 0, which reports to the user, stops at the same step with the reason (without the shared
+    decision it blocks until torchrun tears it down, and says nothing of the NaN)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "nan_rank1.py"
+    script.write_text(NAN_ON_RANK_1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(31500 + os.getpid() % 1000), str(script), "train",
+                           str(_spec_file(tmp_path)), "--out", str(tmp_path / "o"), "-q"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "training diverged at epoch 1, step 1/2" in flat(proc.stderr)
+    assert "loss on another process nan" in flat(proc.stderr) and not (tmp_path / "o").exists()
