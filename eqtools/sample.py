@@ -527,8 +527,8 @@ def sample_artifact(
         rows = _resume_rows(work, params, {i: configs[i] for i in indices}, restart, say)
         todo = [i for i in indices if i not in rows]
         use_compile = _use_compile(compile, params.n)
-        evaluate, meter = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile,
-                                       integer) if todo else (None, None)
+        evaluate, meter, used = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile,
+                                             integer) if todo else (None, None, None)
         if on_start is not None:
             on_start(len(rows), len(indices))
         if evaluate is not None:
@@ -543,7 +543,7 @@ def sample_artifact(
         eval_time = sum(float(r.get("time_s", 0.0)) for r in ordered)
         artifact = _write_samples(out, spec, space, ordered, eval_time, [supernet_artifact], extra,
                                   compiled=use_compile if todo else None,
-                                  integer_convs=None if meter is None else meter.integer)
+                                  integer_convs=None if meter is None else meter.integer, data=used)
     except BaseException:
         work.unlock()
         raise
@@ -648,8 +648,9 @@ def _row_evaluator(
     supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None],
     compile: bool = False,
     integer: bool | None = None,
-) -> tuple[Callable[[int, SubnetConfig], dict[str, Any]], Any]:
-    """Load the supernet and decode both image sets once; return what measures one row, and its meter."""
+) -> tuple[Callable[[int, SubnetConfig], dict[str, Any]], Any, dict[str, Any]]:
+    """Load the supernet and decode both image sets once; return what measures one row, its meter and
+    the data actually used."""
     from eqtools.build import load_supernet
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source, subnet_costs
@@ -667,6 +668,8 @@ def _row_evaluator(
     say(f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
         f"class-balanced val images{' (compiled: the first subnet also builds the graphs)' if compile else ''}")
     meter = SubnetMeter(supernet, calib, evaluation, compile=compile, integer=integer)
+    # what the rows were actually measured on, for the manifest (the flags say what was asked)
+    used = {"root": splits.root, "calib_images": calib.images, "eval_images": evaluation.images, "eval_split": "val"}
     if compile or integer:
         say("quantized convs on the int8 kernel (exact integer sums)" if meter.integer
             else f"quantized convs in float: {meter.integer_note}")
@@ -684,7 +687,7 @@ def _row_evaluator(
             "time_s": time.perf_counter() - start,
         }
 
-    return evaluate, meter
+    return evaluate, meter, used
 
 
 def _write_samples(
@@ -697,6 +700,7 @@ def _write_samples(
     extra: dict[str, Any],
     compiled: bool | None = None,
     integer_convs: bool | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Artifact:
     clean = [{k: row[k] for k in _ROW_KEYS} for row in rows]
 
@@ -704,7 +708,8 @@ def _write_samples(
         Samples.write_rows(tmp, clean)
 
     return write_artifact(out, "samples", write, spec=spec.to_dict(), space=space, parents=parents,
-                          metrics={**_summary(clean, eval_time_s), "compiled": compiled, "integer_convs": integer_convs},
+                          metrics={**_summary(clean, eval_time_s), "compiled": compiled, "integer_convs": integer_convs,
+                                   "data": data},
                           extra=extra)
 
 

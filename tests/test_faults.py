@@ -779,3 +779,14 @@ def test_a_nan_loss_on_one_ddp_process_stops_every_process(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "training diverged at epoch 1, step 1/2" in flat(proc.stderr)
     assert "loss on another process nan" in flat(proc.stderr) and not (tmp_path / "o").exists()
+
+
+def test_samples_record_the_images_each_row_was_measured_on(workspace, tmp_path, digits_splits):
+    out = tmp_path / "s"
+    result = runner.invoke(app, ["sample", "--from", str(workspace / "supernet"), "-n", "2", "--subset", "50",
+                                 "--calib-images", "100000", "--no-progress", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = read_artifact(out).metrics["data"]
+    # 100000 calibration images asked, the training split holds fewer: the record says what was used
+    assert data == {"root": "sklearn.datasets.load_digits", "calib_images": len(digits_splits.train),
+                    "eval_images": 50, "eval_split": "val"}
