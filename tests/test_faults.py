@@ -790,3 +790,15 @@ def test_samples_record_the_images_each_row_was_measured_on(workspace, tmp_path,
     # 100000 calibration images asked, the training split holds fewer: the record says what was used
     assert data == {"root": "sklearn.datasets.load_digits", "calib_images": len(digits_splits.train),
                     "eval_images": 50, "eval_split": "val"}
+
+
+def test_lineage_recorded_relative_to_the_workspace_is_found_from_another_directory(lineage, tmp_path, monkeypatch):
+    from eqtools.report import build_report
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the recorded parents are 'artifacts/digits-test/...'
+    search = read_artifact(lineage / "search")
+    assert search.ancestor("supernet").path.resolve() == (lineage / "supernet").resolve()
+    report = build_report(lineage.parent, bits=())
+    assert report["damaged"] == [] and "search" in report

@@ -437,12 +437,13 @@ class Artifact:
                     if entry.get("kind") not in KINDS or path in seen:
                         continue  # a spec file or pretrained weights: not an artifact
                     seen.add(path)
-                    if not Path(path).exists():
-                        recover(path)
-                    if not Path(path).is_dir():
+                    located = _locate(art, path)
+                    if not located.exists():
+                        recover(located)
+                    if not located.is_dir():
                         missing.append((art, entry))
                         continue
-                    parent = verified_parent(art, entry)
+                    parent = verified_parent(art, {**entry, "path": str(located)})
                     if parent.kind == kind:
                         return parent
                     nxt.append(parent)
@@ -456,6 +457,21 @@ class Artifact:
                 f"have (`{MADE_BY[child.kind]}`)"
             )
         return None
+
+
+def _locate(child: Artifact, recorded: str) -> Path:
+    """Where a recorded parent path points now: as written (relative to the current directory, as
+    the default workspace records it), else, for a relative path, below one of the child's own
+    parent directories, so a command run from another directory, or on a copied workspace, finds
+    it. The checksum check that follows decides whether it is the recorded artifact."""
+    path = Path(recorded)
+    if path.exists() or path.is_absolute():
+        return path
+    for base in Path(child.path).resolve().parents:
+        candidate = base / path
+        if candidate.is_dir():
+            return candidate
+    return path
 
 
 def verified_parent(child: Artifact, entry: Mapping[str, Any]) -> Artifact:
