@@ -516,7 +516,7 @@ def sample_artifact(
         finished = _finished_run(out, extra, work, say)
         if finished is not None:
             return finished
-    claim_out(out, "samples")  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
+    claim_out(out, "samples", [supernet_artifact])  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
     indices = _shard_draws(params, shard)
     wanted = set(indices)
     configs = {i: c for i, c in enumerate(iter_configs(space, params.n, seed=params.seed, conditions=params.conditions))

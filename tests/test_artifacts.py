@@ -368,3 +368,125 @@ def test_a_json_payload_edited_but_still_valid_json_is_refused(tmp_path):
     json.loads(plan.read_text())  # still valid JSON
     with pytest.raises(ArtifactError, match=r"plan.json does not match its checksum"):
         read_artifact(tmp_path / "e")
+
+
+# --------------------------------------------------------------------------------- what --force never replaces
+def test_out_inside_another_artifact_is_refused_even_with_force(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    outer = _write(tmp_path / "s")
+    before = sorted(p.name for p in outer.path.iterdir())
+    with replace_policy(True), pytest.raises(ArtifactError, match=r"lies inside the 'supernet' artifact at .*outside it"):
+        _write(tmp_path / "s" / "calibrated", kind="calibrated")
+    assert sorted(p.name for p in outer.path.iterdir()) == before
+    assert read_artifact(outer.path).created == outer.created
+
+
+def test_out_equal_to_an_input_or_its_ancestor_is_refused_even_with_force(tmp_path):
+    from eqtools.artifacts import claim_out, replace_policy
+
+    supernet = _write(tmp_path / "s")
+    samples = _write(tmp_path / "c", kind="samples", parents=[supernet])
+    with replace_policy(True):
+        # the supernet the input was made from (e.g. fit-predictor --out SUPERNET --force)
+        with pytest.raises(ArtifactError, match=r"is the 'supernet' artifact its input was made from.*not even --force"):
+            _write(tmp_path / "s", kind="predictor", parents=[samples])
+        # the input itself (sample --merge into one of its own shards), early and at the write
+        with pytest.raises(ArtifactError, match=r"is the 'samples' artifact this command reads"):
+            claim_out(tmp_path / "c", "samples", [samples])
+        with pytest.raises(ArtifactError, match=r"is the 'samples' artifact this command reads"):
+            _write(tmp_path / "c", kind="samples", parents=[samples])
+        assert _write(tmp_path / "p", kind="predictor", parents=[samples]).kind == "predictor"  # elsewhere is fine
+    assert read_artifact(tmp_path / "s").created == supernet.created
+    assert read_artifact(tmp_path / "c").created == samples.created
+
+
+def test_an_artifact_holding_files_it_does_not_list_is_not_replaced(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    first = _write(tmp_path / "s")
+    (tmp_path / "s" / "my-notes.md").write_text("ran on the big machine")
+    with replace_policy(True), pytest.raises(ArtifactError, match=r"does not list \('my-notes.md'\).*not even with --force"):
+        _write(tmp_path / "s")
+    assert (tmp_path / "s" / "my-notes.md").read_text() == "ran on the big machine"
+    assert read_artifact(tmp_path / "s").created == first.created
+
+
+def test_a_symlink_at_out_is_refused_and_its_target_kept(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    target = _write(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with replace_policy(True), pytest.raises(ArtifactError, match=r"is a symbolic link \(to .*real\)"):
+        _write(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and read_artifact(tmp_path / "real").created == target.created
+
+
+# --------------------------------------------------------------------------------- recovery among writers
+def test_a_dead_writers_old_artifact_is_not_restored_while_a_live_writer_replaces(tmp_path):
+    """A live writer between its two renames holds the newest artifact in its own .old; an older .old a
+    killed writer left must not be put at the path in its place (the live one would then be deleted)."""
+    from eqtools.artifacts import recover, staging_prefix
+
+    out = tmp_path / "s"
+    older = _write(tmp_path / "a")
+    time.sleep(0.01)
+    newer = _write(out)
+    live_old = tmp_path / (staging_prefix(out, "old") + "cafe0001")  # this process: live
+    os.rename(out, live_old)
+    os.rename(tmp_path / "a", tmp_path / ".s.old-999999999-deadbeef")  # a killed writer's, long ago
+    recover(out)
+    assert not out.exists() and read_artifact(live_old).created == newer.created
+    os.rename(live_old, out)  # the live writer's failed second rename puts its own back
+    recover(out)  # now the dead one is removed, not restored
+    assert read_artifact(out).created == newer.created != older.created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_another_machines_staging_is_left_alone_and_reported(tmp_path):
+    from eqtools.artifacts import leftovers, recover, staging_prefix
+
+    out = tmp_path / "s"
+    _write(out)
+    ours = staging_prefix(out, "tmp").split("@")[1].rstrip("-")
+    other = "0" * 8 if ours != "0" * 8 else "1" * 8
+    theirs = tmp_path / f".s.tmp-{os.getpid() + 1}@{other}-abc123"  # its pid means nothing on this machine
+    theirs.mkdir()
+    (entry,) = leftovers(out)
+    assert entry["live"] is None and "another machine or container" in entry["what"]
+    recover(out)
+    assert theirs.is_dir()
+
+
+def test_a_reused_pid_does_not_keep_a_killed_writers_leftover_alive(tmp_path):
+    """The pid in a leftover's name is alive again, but its process started after the directory was
+    made or renamed: it is not the writer, and the directory is recovered."""
+    import subprocess
+
+    from eqtools.artifacts import leftovers, recover, staging_prefix
+
+    out = tmp_path / "s"
+    older = _write(out)
+    host = staging_prefix(out, "old").split("@")[1]
+    first = int(Path("/proc/sys/kernel/ns_last_pid").read_text()) + 1
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    # the next pids, each as a killed writer's .old (the state a kill between the renames leaves)
+    os.rename(out, tmp_path / f".s.old-{first}@{host}a")
+    for pid in range(first + 1, min(first + 3000, pid_max)):
+        (tmp_path / f".s.old-{pid}@{host}x").mkdir()
+    time.sleep(2.5)
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        reused = [e for e in leftovers(out) if Path(e["path"]).name.startswith(f".s.old-{proc.pid}@")]
+        if not reused:
+            pytest.skip("the pid counter moved past the prepared range (a busy machine)")
+        assert reused[0]["live"] is False
+        fresh = tmp_path / f".s.tmp-{proc.pid}@{host}fresh"  # made now: its writer may be that process
+        fresh.mkdir()
+        assert next(e for e in leftovers(out) if e["path"] == str(fresh))["live"] is True
+        fresh.rmdir()
+        recover(out)
+        assert read_artifact(out).created == older.created
+    finally:
+        proc.kill()
+        proc.wait()

@@ -306,6 +306,23 @@ def test_every_writer_refuses_a_path_that_is_not_an_artifact_even_with_force(wor
     assert _tree(out) == before
 
 
+@pytest.mark.parametrize(("command", "target", "said"), [
+    ("calibrate", "supernet", "artifact this command reads"), ("sample", "supernet", "artifact this command reads"),
+    ("fit-predictor", "samples", "artifact this command reads"), ("search", "predictor", "artifact this command reads"),
+    ("export", "calibrated", "artifact this command reads"),
+    ("fit-predictor", "supernet", "artifact its input was made from"),
+])
+def test_no_writer_replaces_its_own_input_or_its_lineage_even_with_force(workspace, tmp_path, no_computation, command,
+                                                                         target, said):
+    out = workspace / target
+    before = _tree(out)
+    result = runner.invoke(app, [*_writers(workspace, tmp_path / "unused.json")[command], "--out", str(out), "--force"])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert f"the output path {out} is the '{target}' {said}" in text and "not even --force" in text
+    assert "Traceback" not in result.output and _tree(out) == before
+
+
 def test_force_replaces_an_artifact(workspace, tmp_path):
     out = tmp_path / "s"
     args = [*_writers(workspace, tmp_path / "unused.json")["search"], "--out", str(out)]
