@@ -490,3 +490,25 @@ def test_a_reused_pid_does_not_keep_a_killed_writers_leftover_alive(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_failed_second_rename_of_the_fallback_puts_the_old_artifact_back(tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "s"
+    first = _write(out)
+    monkeypatch.setenv("EQTOOLS_NO_RENAME_EXCHANGE", "1")
+    real, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # the new directory into place
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", flaky)
+    with pytest.raises(ArtifactError, match=r"cannot write the supernet artifact .*Input/output error"):
+        _write(out)
+    monkeypatch.undo()
+    assert read_artifact(out).created == first.created  # at its path now, not only after this process exits
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
