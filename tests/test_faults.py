@@ -446,6 +446,18 @@ def test_calibrate_searched_uses_the_searchs_own_supernet_not_the_newest(lineage
     assert result.exit_code == 2 and "was replaced after" in flat(result.output)
 
 
+@pytest.mark.parametrize("how", ["--from-search", "--config"])
+def test_calibrate_never_replaces_the_search_it_reads(lineage, how):
+    search = lineage / "search"
+    before = _tree(search)
+    source = [how, str(search)] if how == "--from-search" else ["--from", str(lineage / "supernet"), "--config",
+                                                                str(search / "best_config.json")]
+    result = runner.invoke(app, ["calibrate", *source, "--out", str(search), "--force"])
+    assert result.exit_code == 2, result.output
+    assert f"the output path {search} is the 'search' artifact this command reads" in flat(result.output)
+    assert _tree(search) == before
+
+
 def test_report_lists_artifacts_whose_supernet_was_replaced(lineage):
     from eqtools.report import build_report
 

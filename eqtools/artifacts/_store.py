@@ -278,7 +278,8 @@ def _lineage_paths(inputs: Iterable[Artifact | Mapping[str, Any] | Path | str]) 
             if item.get("kind") in KINDS and item.get("path"):
                 frontier.append((Path(item["path"]), f"the '{item['kind']}' artifact this command reads"))
         else:
-            frontier.append((Path(item), "an artifact this command reads"))
+            kind = (_eqtools_manifest(Path(item)) or {}).get("kind", "?")
+            frontier.append((Path(item), f"the '{kind}' artifact this command reads"))
     while frontier:
         path, what = frontier.pop()
         resolved = path.resolve()
