@@ -512,3 +512,20 @@ def test_a_failed_second_rename_of_the_fallback_puts_the_old_artifact_back(tmp_p
     monkeypatch.undo()
     assert read_artifact(out).created == first.created  # at its path now, not only after this process exits
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_an_output_path_that_cannot_be_made_is_refused_before_computing(tmp_path):
+    from eqtools.artifacts import claim_out
+
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(ArtifactError, match=r"cannot write the supernet artifact to .*: .*notes is a file, not a directory"):
+        claim_out(tmp_path / "notes" / "ws" / "s", "supernet")
+    assert (tmp_path / "notes").read_text() == "mine"
+    if os.geteuid() != 0:  # root may write anywhere
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o500)
+        try:
+            with pytest.raises(ArtifactError, match=r"cannot write the supernet artifact to .*: this user may not create entries in .*ro"):
+                claim_out(tmp_path / "ro" / "ws" / "s", "supernet")
+        finally:
+            (tmp_path / "ro").chmod(0o700)

@@ -323,6 +323,21 @@ def test_no_writer_replaces_its_own_input_or_its_lineage_even_with_force(workspa
     assert "Traceback" not in result.output and _tree(out) == before
 
 
+@pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
+def test_every_writer_refuses_an_output_path_it_cannot_make_before_computing(workspace, tmp_path, monkeypatch,
+                                                                             no_computation, command):
+    from conftest import DIGITS_SPEC
+
+    monkeypatch.chdir(tmp_path)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(DIGITS_SPEC))
+    (tmp_path / "notes").write_text("mine")
+    result = runner.invoke(app, [*_writers(workspace, spec_file)[command], "--out", str(tmp_path / "notes" / "o")])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'notes'} is a file, not a directory" in flat(result.output)
+    assert (tmp_path / "notes").read_text() == "mine"
+
+
 def test_force_replaces_an_artifact(workspace, tmp_path):
     out = tmp_path / "s"
     args = [*_writers(workspace, tmp_path / "unused.json")["search"], "--out", str(out)]

@@ -198,6 +198,7 @@ def claim_out(out: Path | str, kind: str, inputs: Iterable[Artifact | Mapping[st
     recover(out)
     _refuse_inside_artifact(out)
     _refuse_own_input(out, inputs)
+    _refuse_unwritable(out, kind)
     if out.is_symlink():
         raise ArtifactError(
             f"the output path {out} is a symbolic link (to {os.readlink(out)}); eqtools never writes through or "
@@ -264,6 +265,17 @@ def _refuse_inside_artifact(out: Path) -> None:
                 "artifact's directory holds only the files its manifest lists (a replace of it would delete what "
                 "was written inside). Choose an --out outside it"
             )
+
+
+def _refuse_unwritable(out: Path, kind: str) -> None:
+    """Refuse now, not after hours of computation, an ``out`` whose directory cannot be made or written."""
+    folder = Path(os.path.abspath(out)).parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise _write_error(out, kind, cause=f"{folder} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _write_error(out, kind, cause=f"this user may not create entries in {folder}")
 
 
 def _lineage_paths(inputs: Iterable[Artifact | Mapping[str, Any] | Path | str]) -> dict[Path, str]:
@@ -752,8 +764,8 @@ def _io_cause(exc: BaseException) -> str | None:
     return None
 
 
-def _write_error(out: Path, kind: str, exc: BaseException, cause: str | None = None) -> ArtifactError:
-    cause = cause or _io_cause(exc) or str(exc)
+def _write_error(out: Path, kind: str, exc: BaseException | None = None, cause: str | None = None) -> ArtifactError:
+    cause = cause or (_io_cause(exc) if exc is not None else None) or str(exc)
     return ArtifactError(
         f"cannot write the {kind} artifact to {out}: {cause}. Nothing was written there (an existing artifact "
         "at that path is unchanged). Free disk space, fix the directory's permissions, or choose another "
