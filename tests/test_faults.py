@@ -485,6 +485,15 @@ def test_report_lists_artifacts_whose_supernet_was_replaced(lineage):
     assert old in damaged["search"] and new in damaged["search"]
 
 
+def test_report_exit_message_names_a_replaced_supernet_not_only_damage(lineage):
+    old, new = _retrain_in_place(lineage / "supernet")
+    result = runner.invoke(app, ["report", "--root", str(lineage.parent), "--json"])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "or was made from another supernet than the one reported" in text and old in text and new in text
+    assert "eqtools info PATH` says what is wrong" not in text  # info verifies the artifact alone: it would say "fine"
+
+
 def test_report_lists_artifacts_made_from_another_supernet(lineage):
     from eqtools.report import build_report
 
