@@ -456,6 +456,12 @@ def test_another_machines_staging_is_left_alone_and_reported(tmp_path):
     assert entry["live"] is None and "another machine or container" in entry["what"]
     recover(out)
     assert theirs.is_dir()
+    # killed there between the two renames of a replace: not restored from here, but named
+    old = tmp_path / f".s.old-{os.getpid() + 1}@{other}-abc123"
+    os.rename(out, old)
+    with pytest.raises(ArtifactError, match=r"a replaced artifact a write left beside it is still there .*rename it back"):
+        read_artifact(out)
+    assert read_artifact(old).kind == "supernet"
 
 
 def test_a_reused_pid_does_not_keep_a_killed_writers_leftover_alive(tmp_path):
@@ -466,27 +472,24 @@ def test_a_reused_pid_does_not_keep_a_killed_writers_leftover_alive(tmp_path):
     from eqtools.artifacts import leftovers, recover, staging_prefix
 
     out = tmp_path / "s"
-    older = _write(out)
-    host = staging_prefix(out, "old").split("@")[1]
+    _write(out)
+    host = staging_prefix(out, "tmp").split("@")[1]
     first = int(Path("/proc/sys/kernel/ns_last_pid").read_text()) + 1
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
-    # the next pids, each as a killed writer's .old (the state a kill between the renames leaves)
-    os.rename(out, tmp_path / f".s.old-{first}@{host}a")
-    for pid in range(first + 1, min(first + 3000, pid_max)):
-        (tmp_path / f".s.old-{pid}@{host}x").mkdir()
+    for pid in range(first, min(first + 3000, pid_max)):  # the next pids, each as a killed writer's staging
+        (tmp_path / f".s.tmp-{pid}@{host}x").mkdir()
     time.sleep(2.5)
     proc = subprocess.Popen(["sleep", "60"])
     try:
-        reused = [e for e in leftovers(out) if Path(e["path"]).name.startswith(f".s.old-{proc.pid}@")]
-        if not reused:
+        reused = tmp_path / f".s.tmp-{proc.pid}@{host}x"
+        if not reused.is_dir():
             pytest.skip("the pid counter moved past the prepared range (a busy machine)")
-        assert reused[0]["live"] is False
+        assert next(e for e in leftovers(out) if e["path"] == str(reused))["live"] is False
         fresh = tmp_path / f".s.tmp-{proc.pid}@{host}fresh"  # made now: its writer may be that process
         fresh.mkdir()
         assert next(e for e in leftovers(out) if e["path"] == str(fresh))["live"] is True
-        fresh.rmdir()
         recover(out)
-        assert read_artifact(out).created == older.created
+        assert not reused.exists() and fresh.is_dir() and proc.poll() is None
     finally:
         proc.kill()
         proc.wait()

@@ -330,14 +330,14 @@ def _unlisted_files(out: Path, manifest: Mapping[str, Any]) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _host() -> str:
-    """Eight hex digits naming this machine, boot and pid namespace: a pid means something only there.
+    """Eight hex digits naming this machine and pid namespace: a pid means something only there.
 
     Two machines sharing a workspace over NFS, or two containers sharing a volume, see each
-    other's staging directories; a pid that is dead here may be a live writer there.
+    other's staging directories; a pid that is dead here may be a live writer there. (Not the
+    boot: after a crash and reboot the same machine must still restore what the kill left; a pid
+    reused since is told by its start time.)
     """
     parts = [socket.gethostname()]
-    with contextlib.suppress(OSError):
-        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
     with contextlib.suppress(OSError):
         parts.append(os.readlink("/proc/self/ns/pid"))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
@@ -793,7 +793,12 @@ def read_artifact(
     if recover_missing and not path.exists():
         recover(path)
     if not path.exists():
-        raise ArtifactError(f"no artifact at {str(path)!r}: the path does not exist (expected {wanted} artifact directory)")
+        beside = [e["path"] for e in leftovers(path) if e["kind"] == "old"]
+        hint = (f"; a replaced artifact a write left beside it is still there ({', '.join(beside)}): if that write "
+                f"has ended (it ran on another machine or container, or still runs), rename it back to {path}"
+                if beside else "")
+        raise ArtifactError(
+            f"no artifact at {str(path)!r}: the path does not exist (expected {wanted} artifact directory){hint}")
     if not path.is_dir():
         raise ArtifactError(f"{str(path)!r} is a file; an artifact is a directory with a manifest.json (expected {wanted} artifact)")
     manifest_path = path / MANIFEST
