@@ -264,23 +264,29 @@ def no_computation(monkeypatch):
         monkeypatch.setattr(module, name, boom)
 
 
-def _tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-@pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
-def test_every_writer_refuses_an_existing_artifact_without_force_before_computing(workspace, tmp_path, monkeypatch,
-                                                                                  no_computation, command):
+@pytest.fixture
+def writers(workspace, tmp_path, monkeypatch, no_computation) -> dict[str, list[str]]:
+    """Each writing command's arguments, run from ``tmp_path`` (holding only ``spec.json``), none of
+    them allowed to start computing."""
     from conftest import DIGITS_SPEC
 
     monkeypatch.chdir(tmp_path)
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(DIGITS_SPEC))
+    return _writers(workspace, spec_file)
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
+def test_every_writer_refuses_an_existing_artifact_without_force_before_computing(workspace, tmp_path, writers, command):
     out = tmp_path / "out"
     shutil.copytree(workspace / "samples", out)
     before = _tree(out)
     created = read_artifact(out).created
-    result = runner.invoke(app, [*_writers(workspace, spec_file)[command], "--out", str(out)])
+    result = runner.invoke(app, [*writers[command], "--out", str(out)])
     assert result.exit_code == 2, result.output
     text = flat(result.output)
     assert f"already holds a 'samples' artifact created {created}" in text and "--force" in text
@@ -288,19 +294,13 @@ def test_every_writer_refuses_an_existing_artifact_without_force_before_computin
 
 
 @pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
-def test_every_writer_refuses_a_path_that_is_not_an_artifact_even_with_force(workspace, tmp_path, monkeypatch,
-                                                                             no_computation, command):
-    from conftest import DIGITS_SPEC
-
-    monkeypatch.chdir(tmp_path)
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(DIGITS_SPEC))
+def test_every_writer_refuses_a_path_that_is_not_an_artifact_even_with_force(tmp_path, writers, command):
     out = tmp_path / "thesis"
     (out / "sub").mkdir(parents=True)
     (out / "thesis.tex").write_text("chapter 1")
     (out / "sub" / "data.csv").write_text("1,2\n")
     before = _tree(out)
-    result = runner.invoke(app, [*_writers(workspace, spec_file)[command], "--out", str(out), "--force"])
+    result = runner.invoke(app, [*writers[command], "--out", str(out), "--force"])
     assert result.exit_code == 2, result.output
     assert f"the output path {out} is a directory that is not an eqtools artifact" in flat(result.output)
     assert _tree(out) == before
@@ -324,15 +324,9 @@ def test_no_writer_replaces_its_own_input_or_its_lineage_even_with_force(workspa
 
 
 @pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
-def test_every_writer_refuses_an_output_path_it_cannot_make_before_computing(workspace, tmp_path, monkeypatch,
-                                                                             no_computation, command):
-    from conftest import DIGITS_SPEC
-
-    monkeypatch.chdir(tmp_path)
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(DIGITS_SPEC))
+def test_every_writer_refuses_an_output_path_it_cannot_make_before_computing(tmp_path, writers, command):
     (tmp_path / "notes").write_text("mine")
-    result = runner.invoke(app, [*_writers(workspace, spec_file)[command], "--out", str(tmp_path / "notes" / "o")])
+    result = runner.invoke(app, [*writers[command], "--out", str(tmp_path / "notes" / "o")])
     assert result.exit_code == 2, result.output
     assert f"{tmp_path / 'notes'} is a file, not a directory" in flat(result.output)
     assert (tmp_path / "notes").read_text() == "mine"
