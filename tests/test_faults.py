@@ -467,6 +467,36 @@ def test_calibrate_never_replaces_the_search_it_reads(lineage, how):
     assert _tree(search) == before
 
 
+def test_a_rerun_of_the_whole_chain_at_the_same_paths_works_with_force(lineage, tmp_path):
+    """What rerunning the quickstart in the same checkout does: without --force the first stage refuses
+    (saying how to rerun); with --force every stage replaces its artifact, the search's --verify and the
+    report find the new supernet through the new lineage, and nothing is refused as stale or as an input."""
+    from eqtools.report import build_report
+
+    spec = _spec_file(tmp_path, epochs=1, steps_per_epoch=2)
+    ws = lineage
+    first = runner.invoke(app, ["train", str(spec), "--out", str(ws / "supernet"), "-q"])
+    assert first.exit_code == 2 and "pass --force to replace it" in flat(first.output)
+    chain = [
+        ["train", str(spec), "--out", str(ws / "supernet"), "-q"],
+        ["sample", "--from", str(ws / "supernet"), "-n", "16", "--subset", "20", "--calib-images", "32", "--no-progress",
+         "--out", str(ws / "samples")],
+        ["fit-predictor", "--from", str(ws / "samples"), "--model", "mlp", "--out", str(ws / "predictor")],
+        ["search", "--predictor", str(ws / "predictor"), "--w-bits", "4", "--granularity", "per-channel", "--symmetry",
+         "sym", "--population", "8", "--generations", "2", "--verify", "--top-k", "1", "--eval-images", "20",
+         "--out", str(ws / "search")],
+    ]
+    for args in chain:
+        result = runner.invoke(app, [*args, "--force"])
+        assert result.exit_code == 0, (args[0], result.output)
+    result = runner.invoke(app, ["calibrate", "--from-search", str(ws / "search"), "--images", "64", "--no-deployed",
+                                 "--out", str(ws / "calibrated")])
+    assert result.exit_code == 0, result.output
+    supernet = read_artifact(ws / "supernet")
+    assert read_artifact(ws / "search").ancestor("supernet").manifest_sha256 == supernet.manifest_sha256
+    assert build_report(ws.parent, bits=())["damaged"] == []
+
+
 def test_report_lists_artifacts_whose_supernet_was_replaced(lineage):
     from eqtools.report import build_report
 
