@@ -410,6 +410,10 @@ def test_an_artifact_holding_files_it_does_not_list_is_not_replaced(tmp_path):
         _write(tmp_path / "s")
     assert (tmp_path / "s" / "my-notes.md").read_text() == "ran on the big machine"
     assert read_artifact(tmp_path / "s").created == first.created
+    (tmp_path / "s" / "my-notes.md").unlink()
+    (tmp_path / "s" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # a file browser's, not the user's work
+    with replace_policy(True):
+        assert _write(tmp_path / "s").created != first.created
 
 
 def test_a_symlink_at_out_is_refused_and_its_target_kept(tmp_path):

@@ -314,6 +314,10 @@ def _refuse_own_input(out: Path, inputs: Iterable[Artifact | Mapping[str, Any] |
         )
 
 
+# what a file browser leaves in any directory it shows (macOS Finder, Windows Explorer): not the user's work
+_OS_METADATA = re.compile(r"^(\.DS_Store|Thumbs\.db|desktop\.ini|\._.*)$")
+
+
 def _unlisted_files(out: Path, manifest: Mapping[str, Any]) -> list[str]:
     """Files (and links) under the artifact ``out`` that its manifest does not list."""
     table = manifest.get("files")
@@ -323,7 +327,7 @@ def _unlisted_files(out: Path, manifest: Mapping[str, Any]) -> list[str]:
         base = Path(folder)
         for name in sorted(files) + sorted(d for d in dirs if (base / d).is_symlink()):
             rel = (base / name).relative_to(out).as_posix()
-            if rel not in listed:
+            if rel not in listed and not _OS_METADATA.match(name):
                 extra.append(rel)
     return sorted(extra)
 
