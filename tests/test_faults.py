@@ -841,9 +841,15 @@ main()
 """
 
 
-def test_a_nan_loss_on_one_ddp_process_stops_every_process(tmp_path):
+@pytest.mark.parametrize("device", [
+    "cpu",  # gloo
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="NCCL needs two GPUs (it refuses two processes on one)")]),
+])
+def test_a_nan_loss_on_one_ddp_process_stops_every_process(tmp_path, device):
     """Rank 0, which reports to the user, stops at the same step with the reason (without the shared
-    decision it blocks until torchrun tears it down, and says nothing of the NaN)."""
+    decision it blocks until torchrun tears it down, and says nothing of the NaN). On GPUs the shared
+    decision goes through NCCL, which reduces no CPU tensor."""
     import subprocess
     import sys
 
@@ -852,7 +858,7 @@ def test_a_nan_loss_on_one_ddp_process_stops_every_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(31500 + os.getpid() % 1000), str(script), "train",
-                           str(_spec_file(tmp_path)), "--out", str(tmp_path / "o"), "-q"],
+                           str(_spec_file(tmp_path)), "--out", str(tmp_path / "o"), "--device", device, "-q"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "training diverged at epoch 1, step 1/2" in flat(proc.stderr)
     assert "loss on another process nan" in flat(proc.stderr) and not (tmp_path / "o").exists()
