@@ -595,7 +595,8 @@ def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callabl
         return None  # something else is there: it is replaced when this run finishes
     if existing.extra != extra:
         return None
-    say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do")
+    say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do (to measure them again, "
+        "pass --restart --force)")
     if work.path.exists():
         # a leftover log of this finished run, unless another sampler holds it right now (its rows are its own)
         try:

@@ -359,11 +359,14 @@ def test_a_rerun_of_sample_leaves_a_running_samplers_log_alone(workspace, tmp_pa
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another sampler is writing
     try:
         result = runner.invoke(app, args)
-        assert result.exit_code == 0 and "nothing to do" in result.output
+        assert result.exit_code == 0 and "nothing to do (to measure them again, pass --restart --force)" in flat(result.output)
         assert (log / "rows.jsonl").read_text() == '{"index": 0}\n'
     finally:
         os.close(fd)
     assert runner.invoke(app, args).exit_code == 0 and not log.exists()  # unlocked: a stale log is removed
+    created = read_artifact(out).created
+    assert runner.invoke(app, [*args, "--restart", "--force"]).exit_code == 0  # what the note advises: measured again
+    assert read_artifact(out).created != created
 
 
 # --------------------------------------------------------------------------------- lineage, per stage
