@@ -45,7 +45,9 @@ from eqtools.artifacts import Export as ExportArtifact
 from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.export import ExportError
-from eqtools.export._deploy import (
+from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, extract_graph, weight_bytes
+from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, batch_labels, deploy_calibration, parity
+from eqtools.export.backends.onnxruntime import (
     FLOAT_MATMUL_OPS,
     Encoding,
     build_deploy_onnx,
@@ -53,12 +55,12 @@ from eqtools.export._deploy import (
     integer_difference,
     optimized_ops,
     plan_from_dict,
+    run_onnx,
+    run_onnx_teacher_forced,
     simulate_deploy,
     u8s8_saturation,
 )
-from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, extract_graph, weight_bytes
-from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, batch_labels, deploy_calibration, parity
-from eqtools.export._onnx import INT4_OPSET, MIN_OPSET, build_onnx, run_onnx, run_onnx_teacher_forced
+from eqtools.export.backends.qdq import INT4_OPSET, MIN_OPSET, build_onnx
 from eqtools.export.runtime import FILE_NAME, METADATA_KEY, DeployedModel, build_model, load_int, pack_codes
 from eqtools.quant import QuantLayer, Supernet
 from eqtools.space import SubnetConfig
@@ -131,7 +133,7 @@ def _reference_inputs(model: nn.Module, layers: dict[str, nn.Module], x: Tensor)
 
 
 def _forced_layers(graph: DeployGraph) -> list[str]:
-    return [n["name"] for n in graph.layers() if n.get("input_quant") is not None]
+    return [n.name for n in graph.layers() if n.input_quant is not None]
 
 
 @torch.no_grad()
@@ -202,17 +204,18 @@ def write_int(graph: DeployGraph, path: Path | str) -> int:
     """Write the integer file (codes bit-packed, graph JSON in the header); return its size in bytes."""
     from safetensors.torch import save_file
 
-    nodes = {n["name"]: n for n in graph.nodes}
+    nodes = {n.name: n for n in graph.nodes}
     tensors: dict[str, Tensor] = {}
     for key, value in graph.tensors.items():
         if key.endswith(".weight.codes"):
             name = key[: -len(".weight.codes")]
-            spec = nodes[name]["weight"]
-            tensors[f"{name}.weight.packed"] = pack_codes(value, int(spec["bits"]), int(spec["qmin"]))
+            spec = nodes[name].weight
+            assert spec is not None
+            tensors[f"{name}.weight.packed"] = pack_codes(value, int(spec.bits or 0), int(spec.qmin or 0))
         else:
             tensors[key] = value.detach().contiguous().cpu()
     path = Path(path)
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(graph.graph, separators=(",", ":"))})
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(graph.to_json(), separators=(",", ":"))})
     return path.stat().st_size
 
 
@@ -224,8 +227,8 @@ def _int32_bias(graph: DeployGraph) -> dict[str, Tensor]:
     """
     tensors = dict(graph.tensors)
     for node in graph.layers():
-        name = node["name"]
-        if node.get("input_quant") is None or not node.get("bias"):
+        name = node.name
+        if node.input_quant is None or not node.bias:
             continue
         unit = (tensors[f"{name}.input.scale"] * tensors[f"{name}.weight.scale"]).abs()
         bias = tensors[f"{name}.bias"]
@@ -248,8 +251,8 @@ def _zero_point_report(supernet: Supernet) -> dict[str, Any]:
 
 
 def _narrowest_bits(graph: DeployGraph) -> int:
-    bits = [min(int(n["weight"]["bits"]), int(n["input_quant"]["bits"])) for n in graph.layers()
-            if n["weight"]["dtype"] == "int" and n.get("input_quant") is not None]
+    bits = [min(int(n.weight.bits), n.input_quant.bits) for n in graph.layers()  # type: ignore[union-attr,arg-type]
+            if n.quantized]
     return min(bits, default=8)
 
 
@@ -332,8 +335,8 @@ def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | N
     drop_max = DEPLOY_ACCURACY_DROP_MAX[min(bits, 3)] if accuracy_drop_max is None else accuracy_drop_max
     ops = optimized_ops(data, threads)
     # float layers and activation-activation matmuls (Q·Kᵀ, attention·V) run in float by design
-    float_layers = sum(1 for n in graph.layers() if n["weight"]["dtype"] == "float")
-    float_layers += sum(1 for n in graph.nodes if n["op"] == "matmul")
+    float_layers = sum(1 for n in graph.layers() if n.weight is not None and n.weight.dtype == "float")
+    float_layers += sum(1 for n in graph.nodes if n.op == "matmul")
     float_matmuls = sum(ops.get(op, 0) for op in FLOAT_MATMUL_OPS)
     if float_matmuls > float_layers:  # a quantized conv/gemm onnxruntime would run in float: a bug here
         raise ExportError(
@@ -436,7 +439,7 @@ def export_subnet(
     kernels cannot run the subnet (asymmetric weights); ``"exact"`` writes the QDQ graph that
     reproduces the fake-quant model, gated at ``agreement_min``. ``calibration`` (input batches,
     default: the check images) sets the ranges of the deployment's own 8-bit requantizations;
-    ``deploy_ranges`` (a plan the calibrate stage kept, :func:`eqtools.export._deploy.plan_from_dict`)
+    ``deploy_ranges`` (a plan the calibrate stage kept, :func:`eqtools.export.backends.onnxruntime.plan_from_dict`)
     takes them from there instead, so the file is the one whose accuracy was measured.
     ``deploy_cpu`` (:data:`DEPLOY_CPU_CHOICES`) is where the integer form must be exact: ``"any"`` x86
     CPU, or only CPUs with VNNI, whose kernels then run every weight as int8; ``"auto"`` (default)
@@ -500,18 +503,19 @@ def export_subnet(
 
     # the exact variant (BN kept as its own op) isolates what the integer form itself changes
     exact = extract_graph(supernet, example, bn_fold="none")
-    exact_logits = _logits(build_model(exact.graph, exact.tensors), batches)
+    exact_logits = _logits(build_model(exact), batches)
     exact_parity = parity(reference, exact_logits, labels)
     metrics["zero_points"] = {**_zero_point_report(supernet), "accuracy_change": exact_parity.get("accuracy_change"),
                               "bit_identical": exact_parity["bit_identical"], "unfolded_parity": exact_parity}
     graph = exact if bn_fold == "none" else extract_graph(supernet, example, bn_fold=bn_fold)
-    in_memory = build_model(graph.graph, graph.tensors)
+    in_memory = build_model(graph)
     graph_logits = exact_logits if graph is exact else _logits(in_memory, batches)
     metrics["bn_fold"] = {
         "mode": bn_fold,
-        "layers_folded": sum(1 for n in graph.layers() if n["weight"].get("bn")),
-        "batch_norms_unfolded": sum(1 for n in graph.nodes if n["op"] == "batch_norm"),
-        "requantized_layers": sum(1 for n in graph.layers() if n["weight"].get("bn") == "folded-requantized"),
+        "layers_folded": sum(1 for n in graph.layers() if n.weight is not None and n.weight.bn),
+        "batch_norms_unfolded": sum(1 for n in graph.nodes if n.op == "batch_norm"),
+        "requantized_layers": sum(1 for n in graph.layers() if n.weight is not None
+                                  and n.weight.bn == "folded-requantized"),
         "parity_vs_unfolded": parity(exact_logits, graph_logits, labels),
         "parity_vs_fake_quant": parity(reference, graph_logits, labels),
     }
@@ -537,7 +541,7 @@ def export_subnet(
         arrived, forced_logits = _teacher_forced_torch(model, graph, forced_ref, forced_x)
         forced = _teacher_forced_report(arrived, forced_ref, forced_logits, forced_ref_logits)
         _gate("the integer file's model", forced, free, agreement_min, against, self_agreement, bn_fold)
-        int32_bias = parity(reference, _logits(build_model(graph.graph, _int32_bias(graph)), batches), labels)
+        int32_bias = parity(reference, _logits(build_model(graph, _int32_bias(graph)), batches), labels)
         metrics["int"] = {"file": FILE_NAME, "file_bytes": size, "parity": free, "teacher_forced": forced,
                           "int32_bias_parity": int32_bias}
         metrics["sizes"]["int_file_bytes"] = size
