@@ -1,4 +1,4 @@
-"""Export a calibrated subnet to packed integer weights and/or ONNX (integer or exact QDQ), checked against the fake-quant model.
+"""Export a calibrated subnet to the file each deployment target runs, checked in that runtime against the fake-quant model.
 
 ``load_int`` and the file-format helpers come from :mod:`eqtools.export.runtime`, which needs no
 eqtools training code (importing ``eqtools.export`` for ``load_int`` imports neither
@@ -22,6 +22,7 @@ __all__ = [
     "DeployGraph",
     "DeployedModel",
     "ExportError",
+    "ExportOptions",
     "IntFormatError",
     "build_deploy_onnx",
     "build_onnx",
@@ -64,6 +65,7 @@ _LAZY = {
     "DEFAULT_OPSET": "eqtools.export._stage",
     "FORMATS": "eqtools.export._stage",
     "export_artifact": "eqtools.export._stage",
+    "ExportOptions": "eqtools.export._stage",
     "export_subnet": "eqtools.export._stage",
     "deploy_calibration": "eqtools.export._measure",
     "measure_deployed": "eqtools.export._measure",

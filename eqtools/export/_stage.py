@@ -34,6 +34,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ from eqtools.export.backends.onnxruntime import (
 )
 from eqtools.export.backends.qdq import INT4_OPSET, MIN_OPSET, build_onnx
 from eqtools.export.runtime import FILE_NAME, METADATA_KEY, DeployedModel, build_model, load_int, pack_codes
+from eqtools.export.targets import TARGETS, Target, backend, narrow_weights, target_blocker
 from eqtools.quant import QuantLayer, Supernet
 from eqtools.space import SubnetConfig
 from eqtools.vocab import DEPLOY_CPU_CHOICES, EXPORT_FORMATS, ONNX_FORMS
@@ -75,6 +77,7 @@ __all__ = [
     "LAYER_RTOL",
     "ONNX_FILE",
     "ONNX_FORMS",
+    "ExportOptions",
     "export_artifact",
     "export_subnet",
     "parity",
@@ -96,7 +99,13 @@ TEACHER_FORCED_BYTES = 256 << 20  # every quantized layer's input is held twice 
 
 # ------------------------------------------------------------------------------------------ parity
 @torch.no_grad()
-def _logits(model: nn.Module, batches: Iterable[tuple[Tensor, Any]], channels_last: bool = False) -> Tensor:
+def _logits(model: nn.Module, batches: Iterable[tuple[Tensor, Any]], channels_last: bool = False,
+            device: str = "cpu") -> Tensor:
+    if device != "cpu":  # the PyTorch-side reference on an accelerator; the model itself stays where it is
+        import copy
+
+        model = copy.deepcopy(model).to(device)
+        return torch.cat([model(x.to(device)).cpu() for x, _ in batches])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     try:
@@ -392,6 +401,100 @@ def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | N
             "_data": data}
 
 
+# ------------------------------------------------------------------------------------------ other targets
+def _runtime_version(name: str) -> str | None:
+    try:
+        module = __import__(name)
+    except ImportError:
+        return None
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def _ort_entry(onnx_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The onnxruntime target's manifest entry, from the ONNX file's own check."""
+    o = onnx_metrics
+    deployed = o["form"] == "deploy"
+    ops = o["deploy"]["optimized_ops"] if deployed else None
+    integer = None if ops is None else {k: v for k, v in ops.items() if k.startswith(("QLinear", "QGemm", "ConvInteger"))}
+    return {"file": o["file"], "runtime": "onnxruntime", "runtime_version": _runtime_version("onnxruntime"),
+            "checked": True, "form": o["form"], "file_bytes": o["file_bytes"],
+            "agreement": o["parity"]["top1_agreement"],
+            "agreement_against": "deployed arithmetic" if deployed else o.get("reference", "fake-quant subnet"),
+            "top1": o["parity"].get("accuracy"),
+            "top1_fake_quant": (o["parity_vs_fake_quant"] if deployed else o["parity"]).get("reference_accuracy"),
+            "integer_ops": integer, "float_matmuls": None if ops is None else sum(ops.get(op, 0) for op in FLOAT_MATMUL_OPS),
+            # the quantized conv/linear layers onnxruntime's optimised graph runs on integer kernels (identity convs
+            # the build adds for copies are not layers of the subnet)
+            "integer_layers": None if ops is None else ops.get("QLinearConv", 0) + ops.get("QGemm", 0)
+            + ops.get("ConvInteger", 0) - o["deploy"]["identity_convs"],
+            "quantized_layers": None if ops is None else o["deploy"]["integer_convs"] + o["deploy"]["integer_gemms"]}
+
+
+def _target_file(target: Target, graph: DeployGraph, batches: Any, gate_reference: Tensor, labels: Tensor | None,
+                 against: str, agreement_min: float | None, accuracy_drop_max: float | None, threads: int,
+                 log: Callable[[str], None]) -> tuple[dict[str, Any], bytes]:
+    """Build ``target``'s file, run it in its runtime and gate it: ``(manifest entry, file bytes)``.
+
+    The file's deployed arithmetic is the IR's float semantics (QDQ files compute the fake-quant model,
+    with int8 weight codes moved to [-127, 127] where the target takes no -128), computed in float64;
+    the file must agree with it at :data:`DEPLOY_AGREEMENT_MIN`, cost at most
+    :data:`DEPLOY_ACCURACY_DROP_MAX` top-1 against the fake-quant subnet, and run every quantized layer
+    on integer kernels by its runtime's own report.
+    """
+    module = backend(target)
+    version = module.version()
+    if version is None:
+        raise ConfigError(f"--target {target.name} needs its runtime ({module.RUNTIME}) to check the file in, and it is "
+                          "not installed: pip install 'eqtools[runtimes]'")
+    moved = 0
+    if target.narrow_weights:
+        graph, moved = narrow_weights(graph)
+    log(f"{target.name}: building {target.file} and running it in {version if target.checked else module.RUNTIME}")
+    data = module.build(graph, error=ExportError)
+    xs = [x for x, _ in batches]
+    try:
+        logits, report = module.run(data, xs, threads)
+    except Exception as exc:  # each runtime raises its own types for a file it refuses
+        raise ExportError(f"{module.RUNTIME} {version} cannot run the {target.name} file ({type(exc).__name__}: "
+                          f"{str(exc)[:300]}); nothing was written. This is a bug in eqtools' {target.name} backend") from None
+    with torch.no_grad():
+        deployed = torch.cat([build_model(graph).double().run(x.double()).float() for x in xs])
+    free = parity(deployed, logits, labels)
+    vs_fake_quant = parity(gate_reference, logits, labels)
+    bits = _narrowest_bits(graph)
+    threshold = DEPLOY_AGREEMENT_MIN[min(bits, 4)] if agreement_min is None else agreement_min
+    drop_max = DEPLOY_ACCURACY_DROP_MAX[min(bits, 3)] if accuracy_drop_max is None else accuracy_drop_max
+    quantized = sum(1 for n in graph.layers() if n.quantized)
+    if free["top1_agreement"] < threshold:
+        raise ExportError(
+            f"the {target.name} file agrees with the arithmetic it describes (simulated in PyTorch) on "
+            f"{100 * free['top1_agreement']:.2f}% of {free['images']} held-out images (top-1) in {module.RUNTIME}, "
+            f"below the required {100 * threshold:.2f}% for a subnet whose narrowest layer has {bits} bits; nothing "
+            "was written. --min-deploy-agreement accepts a lower agreement knowingly (it is recorded)")
+    drop = None if labels is None else -vs_fake_quant["accuracy_change"]
+    changed = round((1.0 - vs_fake_quant["top1_agreement"]) * vs_fake_quant["images"])
+    drop_se = math.sqrt(changed) / max(1, vs_fake_quant["images"])
+    if drop is not None and drop - drop_max > 2.0 * drop_se + 1e-9:
+        raise ExportError(
+            f"the {target.name} file's top-1 accuracy is {100 * drop:.2f} points below {against}'s on "
+            f"{free['images']} held-out images, more than the {100 * drop_max:.2f} allowed for a subnet whose narrowest "
+            f"layer has {bits} bits (by over twice the standard error, {100 * drop_se:.2f} points); nothing was "
+            "written. --max-deploy-accuracy-drop accepts a larger drop knowingly (it is recorded)")
+    integer = report.get("integer_layers")
+    if target.checked and integer is not None and integer < quantized:
+        raise ExportError(
+            f"{module.RUNTIME} ran {integer} of the {target.name} file's {quantized} quantized conv/linear layers on "
+            f"integer kernels (its executed graph: {report.get('executed')}); nothing was written. This is a bug in "
+            f"eqtools' {target.name} backend")
+    entry = {"file": target.file, "runtime": module.RUNTIME, "runtime_version": version, "checked": target.checked,
+             "file_bytes": len(data), "agreement": free["top1_agreement"], "agreement_against": "deployed arithmetic",
+             "agreement_min": threshold, "top1": free.get("accuracy"), "top1_fake_quant": vs_fake_quant.get("reference_accuracy"),
+             "parity": free, "parity_vs_fake_quant": vs_fake_quant, "accuracy_drop_max": drop_max,
+             "quantized_layers": quantized, "integer_layers": integer, "weight_codes_moved_to_127": moved,
+             "runtime_report": report}
+    return entry, data
+
+
 # ------------------------------------------------------------------------------------------ kept plan
 def kept_deploy_ranges(source: Artifact) -> tuple[dict[str, Encoding], dict[str, Any]] | None:
     """The 8-bit ranges a ``calibrated`` artifact kept for its integer graph, with where they came
@@ -426,7 +529,9 @@ def export_subnet(
     calibration: Sequence[Tensor] | None = None,
     deploy_ranges: dict[str, Encoding] | None = None,
     deploy_cpu: str = "auto",
+    targets: Sequence[str] = ("onnxruntime",),
     threads: int = 2,
+    device: str = "cpu",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export the active subnet of ``supernet`` into ``out_dir``; return the metrics.
@@ -448,7 +553,12 @@ def export_subnet(
     ``batches`` is a re-iterable of held-out ``(images [B, C, H, W], labels [B] or None)``: every
     file is checked on it against the fake-quant subnet (see the module docstring) and an
     :class:`ExportError` is raised, before anything is returned, if one does not pass. Writes
-    ``model.int.safetensors`` (``"int"`` in ``formats``) and ``model.onnx`` (``"onnx"``).
+    ``model.int.safetensors`` (``"int"`` in ``formats``) and, with ``"onnx"``, each of ``targets``' files
+    (:data:`eqtools.export.targets.TARGETS`; ``"all"``: every target this subnet allows and this machine
+    can build, the others recorded with why): ``model.onnx`` for onnxruntime, ``model.openvino.onnx``...
+    A named target that cannot run the subnet is refused (``ConfigError``) before anything is built.
+    ``device`` runs the fake-quant reference logits there (the layer-by-layer reference stays on the CPU,
+    whose float arithmetic the files are compared with to 1e-4).
     """
     log = log or (lambda message: None)
     formats = tuple(dict.fromkeys(("int", "onnx") if "all" in formats else formats))
@@ -474,6 +584,11 @@ def export_subnet(
     if not MIN_OPSET <= opset <= max_opset:
         raise ConfigError(f"--opset is {opset}; this export supports opsets {MIN_OPSET}..{max_opset} "
                           f"(INT4 weights and 4-bit activations need {INT4_OPSET} or later)")
+    every = "all" in targets
+    targets = tuple(TARGETS) if every else tuple(dict.fromkeys(targets))
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ConfigError(f"--target {unknown[0]!r} is not known; targets: {', '.join(TARGETS)} or all")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     supernet = supernet.eval()
@@ -489,7 +604,7 @@ def export_subnet(
     config = supernet.config
 
     log("running the fake-quant subnet on the check images")
-    reference = _logits(supernet, batches)
+    reference = _logits(supernet, batches, device=device)
     self_agreement = parity(reference, _logits(supernet, batches, channels_last=True))["top1_agreement"]
     metrics: dict[str, Any] = {
         "config": {"condition": config.condition, **dict(zip(("avg_w_bits", "avg_a_bits"),
@@ -508,6 +623,22 @@ def export_subnet(
     metrics["zero_points"] = {**_zero_point_report(supernet), "accuracy_change": exact_parity.get("accuracy_change"),
                               "bit_identical": exact_parity["bit_identical"], "unfolded_parity": exact_parity}
     graph = exact if bn_fold == "none" else extract_graph(supernet, example, bn_fold=bn_fold)
+    # each target's constraints, checked before anything is built
+    skipped: dict[str, str] = {}
+    if "onnx" in formats:
+        for name in targets:
+            if name == "onnxruntime":
+                continue  # where its integer kernels cannot run the subnet, the exact form is written (below)
+            target = TARGETS[name]
+            reason = target.why_not if target.backend is None else target_blocker(graph, target)
+            if reason is None and every and backend(target).version() is None:
+                reason = f"its runtime ({backend(target).RUNTIME}) is not installed here: pip install 'eqtools[runtimes]'"
+            if reason is None:
+                continue
+            if not every:
+                raise ConfigError(f"--target {name} cannot run this subnet: {reason}")
+            skipped[name] = reason
+            log(f"{name}: skipped: {reason}")
     in_memory = build_model(graph)
     graph_logits = exact_logits if graph is exact else _logits(in_memory, batches)
     metrics["bn_fold"] = {
@@ -546,7 +677,7 @@ def export_subnet(
                           "int32_bias_parity": int32_bias}
         metrics["sizes"]["int_file_bytes"] = size
 
-    if "onnx" in formats:
+    if "onnx" in formats and "onnxruntime" in targets:
         form, fallback = onnx_form, deploy_blocker(graph) if onnx_form == "deploy" else None
         if fallback is not None:
             log(f"onnx: writing the exact QDQ form, not the integer one: {fallback}")
@@ -574,6 +705,17 @@ def export_subnet(
         fp32 = build_onnx(extract_graph(supernet, example, bn_fold="scale", quantized=False), opset, error=ExportError)
         metrics["sizes"]["onnx_file_bytes"] = len(data)
         metrics["sizes"]["fp32_onnx_file_bytes"] = len(fp32.SerializeToString())
+        metrics.setdefault("targets", {})["onnxruntime"] = _ort_entry(metrics["onnx"])
+    if "onnx" in formats:
+        for name in targets:
+            if name == "onnxruntime" or name in skipped:
+                continue
+            entry, data = _target_file(TARGETS[name], graph, batches, gate_reference, labels, against,
+                                       deploy_agreement_min, deploy_accuracy_drop_max, threads, log)
+            (out_dir / entry["file"]).write_bytes(data)
+            metrics.setdefault("targets", {})[name] = entry
+        if skipped:
+            metrics["targets_skipped"] = skipped
     return metrics
 
 
@@ -612,26 +754,66 @@ def _subnet_of(source: Artifact, log: Callable[[str], None] | None) -> tuple[Sup
     return supernet, config, [source]
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """The export stage's options, validated once (the CLI builds one; library callers may too).
+
+    ``targets`` are preset names (:data:`eqtools.export.targets.TARGETS`) or ``("all",)``; None means the
+    search artifact's preset where the subnet comes from a search that named one, else onnxruntime.
+    ``device`` is where the PyTorch-side checks run (the fake-quant reference logits).
+    """
+
+    formats: tuple[str, ...] = ("all",)
+    opset: int = DEFAULT_OPSET
+    bn_fold: str = "scale"
+    check_images: int = 2000
+    agreement_min: float = AGREEMENT_MIN
+    onnx_form: str = "deploy"
+    deploy_agreement_min: float | None = None
+    deploy_accuracy_drop_max: float | None = None
+    deploy_calibration_images: int | None = None
+    deploy_cpu: str = "auto"
+    targets: tuple[str, ...] | None = None
+    batch_size: int = 250
+    threads: int = 2
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for f in self.formats:
+            if f not in FORMATS:
+                raise ConfigError(f"--format is {f!r}; allowed: {', '.join(FORMATS)}")
+        if self.bn_fold not in BN_FOLD_MODES:
+            raise ConfigError(f"--bn-fold is {self.bn_fold!r}; allowed: {', '.join(BN_FOLD_MODES)}")
+        if self.onnx_form not in ONNX_FORMS:
+            raise ConfigError(f"--onnx-form is {self.onnx_form!r}; allowed: {', '.join(ONNX_FORMS)}")
+        if self.deploy_cpu not in DEPLOY_CPU_CHOICES:
+            raise ConfigError(f"--cpu is {self.deploy_cpu!r}; allowed: {', '.join(DEPLOY_CPU_CHOICES)} (see --help)")
+        if self.check_images < 1:
+            raise ConfigError(f"--check-images is {self.check_images}; it must be at least 1 (2000 or more for a "
+                              "99.9% check)")
+        for name in self.targets or ():
+            if name != "all" and name not in TARGETS:
+                raise ConfigError(f"--target {name!r} is not known; targets: {', '.join(TARGETS)}, or all")
+
+
+def default_targets(source: Artifact) -> tuple[str, ...]:
+    """The preset of the search the subnet comes from, where it named one; else onnxruntime."""
+    search = source.ancestor("search")
+    preset = None if search is None else (search.metrics or {}).get("preset")
+    return (preset,) if isinstance(preset, str) and preset in TARGETS else ("onnxruntime",)
+
+
 def export_artifact(
     source: Artifact,
+    options: ExportOptions | None = None,
     *,
-    formats: Sequence[str] = ("all",),
-    opset: int = DEFAULT_OPSET,
-    bn_fold: str = "scale",
     out: Path | str | None = None,
-    check_images: int = 2000,
-    agreement_min: float = AGREEMENT_MIN,
-    onnx_form: str = "deploy",
-    deploy_agreement_min: float | None = None,
-    deploy_accuracy_drop_max: float | None = None,
-    deploy_calibration_images: int | None = None,
-    deploy_cpu: str = "auto",
-    batch_size: int = 250,
-    threads: int = 2,
     log: Callable[[str], None] | None = None,
+    **kwargs: Any,
 ) -> Artifact:
     """Export a ``calibrated`` artifact (or a ``search`` one, calibrated in memory first) as an ``export`` artifact.
 
+    ``options`` (or its fields as keyword arguments) are :class:`ExportOptions`.
     The check images are ``check_images`` class-balanced images of the spec's held-out ``val``
     split. The integer ONNX form's 8-bit requantization ranges are the ones a ``calibrated`` artifact
     kept (``deploy_plan.json``: the graph whose accuracy the calibrate stage measured), with the
@@ -642,18 +824,31 @@ def export_artifact(
     each other; ``"auto"`` keeps the plain name, so a pipeline's paths do not depend on its CPU).
     Nothing is written unless every requested file passed its check.
     """
+    if options is None:
+        if "formats" in kwargs:
+            kwargs["formats"] = tuple(kwargs["formats"])
+        if kwargs.get("targets") is not None:
+            kwargs["targets"] = tuple(kwargs["targets"])
+        options = ExportOptions(**kwargs)
+    elif kwargs:
+        raise TypeError(f"export_artifact takes options or keyword options, not both ({sorted(kwargs)})")
+    o = options
+    formats, opset, bn_fold, check_images = o.formats, o.opset, o.bn_fold, o.check_images
+    agreement_min, onnx_form, deploy_cpu = o.agreement_min, o.onnx_form, o.deploy_cpu
+    deploy_agreement_min, deploy_accuracy_drop_max = o.deploy_agreement_min, o.deploy_accuracy_drop_max
+    deploy_calibration_images, batch_size, threads = o.deploy_calibration_images, o.batch_size, o.threads
+    targets = o.targets if o.targets is not None else default_targets(source)
     from eqtools.build import artifact_spec
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, config_tag
 
-    if check_images < 1:
-        raise ConfigError(f"--check-images is {check_images}; it must be at least 1 (2000 or more for a 99.9% check)")
     supernet, config, parents = _subnet_of(source, log)
     spec = artifact_spec(source)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
     batches = BatchSource(held_out, batch_size)
-    deploying = onnx_form == "deploy" and any(f in ("onnx", "all") for f in formats)
+    deploying = onnx_form == "deploy" and any(f in ("onnx", "all") for f in formats) and \
+        any(t in ("onnxruntime", "all") for t in targets)
     kept, kept_from = None, {}
     if deploying and deploy_calibration_images is None:  # a plan export would not use is not read at all
         if bn_fold == "scale":
@@ -673,7 +868,8 @@ def export_artifact(
                                 agreement_min=agreement_min, onnx_form=onnx_form,
                                 deploy_agreement_min=deploy_agreement_min,
                                 deploy_accuracy_drop_max=deploy_accuracy_drop_max, calibration=calibration,
-                                deploy_ranges=kept, deploy_cpu=deploy_cpu, threads=threads, log=log)
+                                deploy_ranges=kept, deploy_cpu=deploy_cpu, targets=targets, threads=threads,
+                                device=o.device, log=log)
         metrics["check"]["split"] = "val"
         if "onnx" in metrics and metrics["onnx"]["form"] == "deploy":
             metrics["onnx"]["deploy"]["calibration"] = (
@@ -690,6 +886,8 @@ def export_artifact(
             out, "export", move, spec=source.spec, space=supernet.space, parents=parents, metrics=metrics,
             extra={"config": config.to_dict(), "bn_fold": bn_fold, "opset": opset if ONNX_FILE in written else None,
                    "onnx_form": metrics["onnx"]["form"] if "onnx" in metrics else None,
-                   "files": {fmt: name for fmt, name in (("int", FILE_NAME), ("onnx", ONNX_FILE)) if name in written},
+                   "files": {**{fmt: name for fmt, name in (("int", FILE_NAME), ("onnx", ONNX_FILE)) if name in written},
+                             **{t: e["file"] for t, e in metrics.get("targets", {}).items() if t != "onnxruntime"}},
+                   "targets": sorted(metrics.get("targets", {})),
                    "file_bytes": sizes},
         )
