@@ -158,7 +158,7 @@ def test_tensorrt_file_is_symmetric_int8_in_the_narrow_range_and_checked_for_onn
     supernet, batches = tiny
     supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym", "sym"))
     graph, _ = narrow_weights(extract_graph(supernet, batches[0][0][:2]))
-    data = tensorrt.build(graph)
+    data = tensorrt.build(graph).data
     model = onnx.load_from_string(data)
     for i in model.graph.initializer:
         a = numpy_helper.to_array(i)
@@ -194,7 +194,7 @@ def test_cli_target_all_writes_every_file_the_subnet_allows(tiny_supernet_artifa
     cal = _calibrated(tmp_path, tiny_supernet_artifact, ("per-channel", "sym", "asym"))
     out = tmp_path / "exp"
     result = CliRunner().invoke(app, ["export", "--from", str(cal), "--target", "all", "--out", str(out),
-                                      "--check-images", "300", "--json"])
+                                      "--check-images", "300", "--min-deploy-agreement", "0.95", "--json"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     targets = manifest["metrics"]["targets"]
@@ -215,3 +215,24 @@ def test_cli_refuses_an_unknown_or_impossible_target(tiny_supernet_artifact, tmp
                                       "--out", str(tmp_path / "exp")])
     assert result.exit_code == 2 and "--preset openvino" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "exp").exists()
+
+
+# ------------------------------------------------------------------------------------------ LiteRT
+@pytest.mark.parametrize("bits,granularity", [(8, "per-channel"), (4, "per-tensor"), (2, "per-channel")])
+def test_litert_file_runs_int8_convs_and_fully_connected_in_litert(tiny, tmp_path, bits, granularity):
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert")
+    supernet, batches = tiny
+    supernet.apply(supernet.space.uniform(bits, bits, granularity, "sym", "asym"))
+    # the gate at this fixture's level: its 300 digits sit near ties (see test_export_deploy.py); the targets
+    # are measured on ResNet-20 by benchmarks/bench_deploy.py
+    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("tflite",),
+                            deploy_agreement_min=0.95)
+    entry = metrics["targets"]["tflite"]
+    executed = entry["runtime_report"]["executed"]
+    # the interpreter's own op list: every conv and the linear layer take int8 inputs, nothing float
+    assert entry["integer_layers"] == entry["quantized_layers"] == 4 and entry["runtime_report"]["float_layers"] == 0
+    assert "float32" not in executed.get("CONV_2D", {}) and executed.get("FULLY_CONNECTED") == {"int8": 1}
+    assert entry["agreement"] >= {8: 0.99, 4: 0.975, 2: 0.955}[bits], entry["parity"]
+    assert (tmp_path / "model.tflite").stat().st_size == entry["file_bytes"]
+

@@ -430,13 +430,14 @@ def _ort_entry(onnx_metrics: dict[str, Any]) -> dict[str, Any]:
             "quantized_layers": None if ops is None else o["deploy"]["integer_convs"] + o["deploy"]["integer_gemms"]}
 
 
-def _target_file(target: Target, graph: DeployGraph, batches: Any, gate_reference: Tensor, labels: Tensor | None,
-                 against: str, agreement_min: float | None, accuracy_drop_max: float | None, threads: int,
-                 log: Callable[[str], None]) -> tuple[dict[str, Any], bytes]:
+def _target_file(target: Target, graph: DeployGraph, batches: Any, calibration: list[Tensor], gate_reference: Tensor,
+                 labels: Tensor | None, against: str, agreement_min: float | None, accuracy_drop_max: float | None,
+                 threads: int, log: Callable[[str], None]) -> tuple[dict[str, Any], bytes]:
     """Build ``target``'s file, run it in its runtime and gate it: ``(manifest entry, file bytes)``.
 
-    The file's deployed arithmetic is the IR's float semantics (QDQ files compute the fake-quant model,
-    with int8 weight codes moved to [-127, 127] where the target takes no -128), computed in float64;
+    The file's deployed arithmetic is what its backend says it computes (``Built.deployed``: the IR's float
+    semantics for QDQ files, the plan's roundings for LiteRT/ExecuTorch), with int8 weight codes moved to
+    [-127, 127] where the target takes no -128, computed in float64;
     the file must agree with it at :data:`DEPLOY_AGREEMENT_MIN`, cost at most
     :data:`DEPLOY_ACCURACY_DROP_MAX` top-1 against the fake-quant subnet, and run every quantized layer
     on integer kernels by its runtime's own report.
@@ -450,16 +451,15 @@ def _target_file(target: Target, graph: DeployGraph, batches: Any, gate_referenc
     if target.narrow_weights:
         graph, moved = narrow_weights(graph)
     log(f"{target.name}: building {target.file} and running it in {version if target.checked else module.RUNTIME}")
-    data = module.build(graph, error=ExportError)
+    built = module.build(graph, error=ExportError, calibration=calibration)
+    data = built.data
     xs = [x for x, _ in batches]
     try:
         logits, report = module.run(data, xs, threads)
     except Exception as exc:  # each runtime raises its own types for a file it refuses
         raise ExportError(f"{module.RUNTIME} {version} cannot run the {target.name} file ({type(exc).__name__}: "
                           f"{str(exc)[:300]}); nothing was written. This is a bug in eqtools' {target.name} backend") from None
-    with torch.no_grad():
-        deployed = torch.cat([build_model(graph).double().run(x.double()).float() for x in xs])
-    free = parity(deployed, logits, labels)
+    free = parity(built.deployed(xs), logits, labels)
     vs_fake_quant = parity(gate_reference, logits, labels)
     bits = _narrowest_bits(graph)
     threshold = DEPLOY_AGREEMENT_MIN[min(bits, 4)] if agreement_min is None else agreement_min
@@ -491,7 +491,7 @@ def _target_file(target: Target, graph: DeployGraph, batches: Any, gate_referenc
              "agreement_min": threshold, "top1": free.get("accuracy"), "top1_fake_quant": vs_fake_quant.get("reference_accuracy"),
              "parity": free, "parity_vs_fake_quant": vs_fake_quant, "accuracy_drop_max": drop_max,
              "quantized_layers": quantized, "integer_layers": integer, "weight_codes_moved_to_127": moved,
-             "runtime_report": report}
+             "runtime_report": report, **built.info}
     return entry, data
 
 
@@ -710,7 +710,8 @@ def export_subnet(
         for name in targets:
             if name == "onnxruntime" or name in skipped:
                 continue
-            entry, data = _target_file(TARGETS[name], graph, batches, gate_reference, labels, against,
+            calib = [x for x, _ in batches] if calibration is None else list(calibration)
+            entry, data = _target_file(TARGETS[name], graph, batches, calib, gate_reference, labels, against,
                                        deploy_agreement_min, deploy_accuracy_drop_max, threads, log)
             (out_dir / entry["file"]).write_bytes(data)
             metrics.setdefault("targets", {})[name] = entry
@@ -856,7 +857,8 @@ def export_artifact(
         elif Calibrated.DEPLOY_PLAN in source.manifest.get("files", {}) and log:
             log(f"onnx: the calibrated artifact's deploy plan is for --bn-fold scale; calibrating the 8-bit ranges for "
                 f"--bn-fold {bn_fold} here")
-    calibration = None if kept is not None else deploy_calibration(
+    pt2e = any(t in ("tflite", "xnnpack", "all") for t in targets)
+    calibration = None if kept is not None and not pt2e else deploy_calibration(
         splits, spec.seed, DEPLOY_CALIBRATION_IMAGES if deploy_calibration_images is None else deploy_calibration_images,
         batch_size)
     # an explicit vnni file gets its own directory; auto's keeps the subnet's, whatever this CPU chose

@@ -1001,7 +1001,8 @@ def optimized_ops(model_bytes: bytes, threads: int = 2) -> dict[str, int]:
 
 @torch.no_grad()
 def simulate_deploy(graph: Graph, plan: dict[str, Encoding | None], batches: list[Tensor], *,
-                    requantize: bool | set[str] = True, int32_bias: bool = True,
+                    requantize: bool | set[str] = True, int32_bias: bool = True, bias_multiplier: bool = True,
+                    recompute_sums: bool = True,
                     observe: Callable[[str, str, list[Tensor]], None] | None = None) -> Tensor:
     """Logits of the deployed arithmetic simulated in PyTorch, one rounding at a time if asked.
 
@@ -1010,7 +1011,9 @@ def simulate_deploy(graph: Graph, plan: dict[str, Encoding | None], batches: lis
     output to int32 at the deployed accumulator's unit ``s_x * s_w / m`` (:func:`code_multiplier`;
     a layer with a float output adds its float bias). With both on this is what the integer ONNX graph computes (up to float
     rounding), so the cost of each rounding is measured separately, on the same images.
-    ``observe(name, op, inputs)`` sees every node's inputs as the simulation computes them (what a
+    ``recompute_sums=False`` feeds a layer a requantized residual sum as its 8-bit value (a file that does not
+    compute the sum again on the layer's grid). ``bias_multiplier=False`` takes the unit ``s_x * s_w`` (files whose weight codes are not scaled by m:
+    LiteRT, ExecuTorch). ``observe(name, op, inputs)`` sees every node's inputs as the simulation computes them (what a
     batch-norm node receives under the deployed arithmetic, for instance).
     """
     tensors = dict(graph.tensors)
@@ -1019,7 +1022,7 @@ def simulate_deploy(graph: Graph, plan: dict[str, Encoding | None], batches: lis
             name = node.name
             if node.input_quant is None or not node.bias or plan.get(name) is None:
                 continue  # a layer with a float output adds its float bias (see IntegerGraph.layer)
-            m = code_multiplier(tensors[f"{name}.weight.codes"])
+            m = code_multiplier(tensors[f"{name}.weight.codes"]) if bias_multiplier else 1
             unit = (tensors[f"{name}.input.scale"] * tensors[f"{name}.weight.scale"] / m).abs()
             bias = tensors[f"{name}.bias"]
             unit = unit.expand_as(bias) if unit.numel() == 1 else unit
@@ -1035,7 +1038,7 @@ def simulate_deploy(graph: Graph, plan: dict[str, Encoding | None], batches: lis
     unrounded: dict[str, Tensor] = {}
 
     def before(node: Node, args: list[Tensor]) -> list[Tensor]:
-        if node.name in integer_layers and node.inputs[0] in unrounded:
+        if recompute_sums and node.name in integer_layers and node.inputs[0] in unrounded:
             args = [unrounded[node.inputs[0]], *args[1:]]
         if observe is not None:
             observe(node.name, node.op, args)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eqtools.export.backends import Built, ir_arithmetic
 from eqtools.export.backends.qdq import build_onnx
 from eqtools.export.runtime import Graph
 
@@ -59,9 +60,10 @@ def blocker(graph: Graph) -> str | None:
     return None
 
 
-def build(graph: Graph, error: type[Exception] = ValueError) -> bytes:
+def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[Tensor] | None = None) -> Built:
     """The file OpenVINO runs: exact QDQ, 8-bit containers with clamps, int8 weights at zero point 0."""
-    return build_onnx(graph, OPSET, narrow_types=False, error=error, weight_form="int8").SerializeToString()
+    data = build_onnx(graph, OPSET, narrow_types=False, error=error, weight_form="int8").SerializeToString()
+    return Built(data, ir_arithmetic(graph))
 
 
 def _compile(data: bytes, threads: int) -> Any:

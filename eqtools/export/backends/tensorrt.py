@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
+from eqtools.export.backends import Built, ir_arithmetic
 from eqtools.export.backends.qdq import build_onnx
 from eqtools.export.runtime import Graph
 
@@ -50,8 +51,9 @@ def blocker(graph: Graph) -> str | None:
     return None
 
 
-def build(graph: Graph, error: type[Exception] = ValueError) -> bytes:
-    return build_onnx(graph, OPSET, narrow_types=False, error=error, weight_form="int8").SerializeToString()
+def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[Tensor] | None = None) -> Built:
+    data = build_onnx(graph, OPSET, narrow_types=False, error=error, weight_form="int8").SerializeToString()
+    return Built(data, ir_arithmetic(graph))
 
 
 def run(data: bytes, batches: list[Tensor], threads: int = 2) -> tuple[Tensor, dict[str, Any]]:
