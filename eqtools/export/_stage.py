@@ -481,6 +481,8 @@ def _target_file(target: Target, graph: DeployGraph, batches: Any, calibration: 
             f"layer has {bits} bits (by over twice the standard error, {100 * drop_se:.2f} points); nothing was "
             "written. --max-deploy-accuracy-drop accepts a larger drop knowingly (it is recorded)")
     integer = report.get("integer_layers")
+    if integer is None and "delegation" in built.info:  # ExecuTorch: its delegation report, read when lowering
+        integer = built.info["delegation"]["integer_layers"]
     if target.checked and integer is not None and integer < quantized:
         raise ExportError(
             f"{module.RUNTIME} ran {integer} of the {target.name} file's {quantized} quantized conv/linear layers on "
@@ -711,8 +713,15 @@ def export_subnet(
             if name == "onnxruntime" or name in skipped:
                 continue
             calib = [x for x, _ in batches] if calibration is None else list(calibration)
-            entry, data = _target_file(TARGETS[name], graph, batches, calib, gate_reference, labels, against,
-                                       deploy_agreement_min, deploy_accuracy_drop_max, threads, log)
+            try:
+                entry, data = _target_file(TARGETS[name], graph, batches, calib, gate_reference, labels, against,
+                                           deploy_agreement_min, deploy_accuracy_drop_max, threads, log)
+            except ExportError as exc:
+                if not every:
+                    raise
+                skipped[name] = f"its file was not written: {exc}"  # --target all: the other files still are
+                log(f"{name}: skipped: {exc}")
+                continue
             (out_dir / entry["file"]).write_bytes(data)
             metrics.setdefault("targets", {})[name] = entry
         if skipped:

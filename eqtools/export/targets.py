@@ -40,8 +40,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("openvino", "openvino", "model.openvino.onnx", True),
     Target("tensorrt", "tensorrt", "model.tensorrt.onnx", False, symmetric_activations=True, narrow_weights=True),
     Target("tflite", "litert", "model.tflite", True, narrow_weights=True),
-    Target("xnnpack", None, "model.pte", False, narrow_weights=True,
-           why_not="the ExecuTorch backend is not written yet"),
+    Target("xnnpack", "executorch", "model.pte", True, narrow_weights=True),
     Target("tflite-uint8", None, None, False, symmetric_weights=False,
            why_not="legacy uint8 TFLite models come from TensorFlow's old converter, which eqtools does not "
                    "use; the maintained converters (litert-torch) write int8 models: --target tflite"),

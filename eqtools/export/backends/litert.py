@@ -65,7 +65,7 @@ def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[T
     if not calibration:
         raise error("the LiteRT file needs calibration images for its 8-bit ranges")
     plan = pt2e_plan(graph, calibration)
-    module = Pt2eGraph(graph, plan).eval()
+    module = Pt2eGraph(graph, plan, int8_weights=False).eval()
     # the quantizer only selects the converter's static-quantization mode: the scales are the graph's own
     mode = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)))

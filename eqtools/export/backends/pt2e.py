@@ -78,8 +78,14 @@ def _clamp_codes(op: str, attrs: dict[str, Any], e: Encoding) -> tuple[int, int]
 class Pt2eGraph(nn.Module):
     """The graph as float ops between int8 quantize/dequantize pairs (exportable with ``torch.export``)."""
 
-    def __init__(self, graph: Graph, plan: dict[str, Encoding | None]) -> None:
+    def __init__(self, graph: Graph, plan: dict[str, Encoding | None], int8_weights: bool = True,
+                 clamp_first: bool = False) -> None:
+        """``int8_weights``: weights as int8 buffers read by ``dequantize_per_channel`` (what PT2E's convert step
+        leaves, ExecuTorch's form); False: float buffers of the same values quantized in the graph (the
+        form litert-torch folds into int8 constants)."""
         super().__init__()
+        self.int8_weights = int8_weights
+        self.clamp_first = clamp_first
         self.ir = graph
         self.plan = plan
         self.trace: dict[str, Tensor] | None = None  # every node's output, when set to a dict (checks, tests)
@@ -99,24 +105,31 @@ class Pt2eGraph(nn.Module):
             # codes scaled by m, the scale by 1/m: the same products, and an int32 bias unit s_x * s_w / m fine
             # enough at low bit-widths (as onnxruntime's file does, IntegerGraph.layer)
             m = code_multiplier(t[f"{node.name}.weight.codes"])
-            codes = t[f"{node.name}.weight.codes"].float() * m
+            codes = t[f"{node.name}.weight.codes"] * m
             scale = t[f"{node.name}.weight.scale"].float().reshape(-1) / m
             channels = codes.shape[0]
             scale = scale.expand(channels).contiguous() if scale.numel() == 1 else scale
-            view = (-1,) + (1,) * (codes.dim() - 1)
-            # the converter reads scales and zero points from buffers (placeholders), not computed nodes
-            self.register_buffer(f"{key}_w", codes * scale.view(view))
+            # int8 codes, as PT2E's convert step leaves a weight; converters read scales and zero points from
+            # buffers (placeholders), not computed nodes
+            if int8_weights:
+                self.register_buffer(f"{key}_w", codes.to(torch.int8))
+            else:
+                self.register_buffer(f"{key}_w", codes.float() * scale.view((-1,) + (1,) * (codes.dim() - 1)))
             self.register_buffer(f"{key}_s", scale)
             self.register_buffer(f"{key}_z", torch.zeros(channels, dtype=torch.int64))
             bias = t.get(f"{node.name}.bias") if node.bias else None
             self.register_buffer(f"{key}_b", None if bias is None else bias.float().clone())
 
-    @staticmethod
-    def qdq(x: Tensor, e: Encoding, lo: int | None = None, hi: int | None = None) -> Tensor:
-        """``x`` rounded to ``e``'s grid as an int8 tensor, its codes kept in [lo, hi] by an explicit clamp."""
+    def qdq(self, x: Tensor, e: Encoding, lo: int | None = None, hi: int | None = None) -> Tensor:
+        """``x`` rounded to ``e``'s grid as an int8 tensor, its codes kept in [lo, hi] by an explicit clamp
+        (before the rounding where ``clamp_first``: the bounds are grid points, so the codes are the same)."""
         qd = torch.ops.quantized_decomposed
         scale, zero = float(e.scale), int(e.zero) - 128
         lo, hi = (e.lo if lo is None else lo) - 128, (e.hi if hi is None else hi) - 128
+        if self.clamp_first and (lo, hi) != (-128, 127):
+            x = torch.clamp(x, scale * (lo - zero), scale * (hi - zero))
+            return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
+                                            scale, zero, -128, 127, torch.int8)
         x = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
                                      scale, zero, -128, 127, torch.int8)
         if (lo, hi) != (-128, 127):
@@ -130,8 +143,10 @@ class Pt2eGraph(nn.Module):
         key = self._keys[node.name]
         x = self.qdq(x, self._inputs[node.name])
         s, z = getattr(self, f"{key}_s"), getattr(self, f"{key}_z")
-        w = qd.dequantize_per_channel(qd.quantize_per_channel(getattr(self, f"{key}_w"), s, z, 0, -127, 127, torch.int8),
-                                      s, z, 0, -127, 127, torch.int8)
+        w = getattr(self, f"{key}_w")
+        if not self.int8_weights:
+            w = qd.quantize_per_channel(w, s, z, 0, -127, 127, torch.int8)
+        w = qd.dequantize_per_channel(w, s, z, 0, -127, 127, torch.int8)
         b = getattr(self, f"{key}_b")
         if node.op == "conv2d":
             a = node.attrs
