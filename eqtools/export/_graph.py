@@ -44,7 +44,7 @@ from eqtools.quant import QuantLayer, Supernet, lp_search
 from eqtools.quant.attention import PackedInProjection, RoutedMultiheadAttention
 from eqtools.vocab import BN_FOLD_MODES
 
-__all__ = ["BN_FOLD_MODES", "DeployGraph", "Graph", "extract_graph"]
+__all__ = ["BN_FOLD_MODES", "DeployGraph", "Graph", "bn_folds_that_move_codes", "extract_graph"]
 
 DeployGraph = Graph  # the name other stages and benchmarks import
 
@@ -180,7 +180,9 @@ class _Size:
 class _Extractor:
     """Walks the traced graph once and emits IR nodes."""
 
-    def __init__(self, gm: fx.GraphModule, supernet: Supernet, bn_fold: str, quantized: bool, batch: int) -> None:
+    def __init__(self, gm: fx.GraphModule, supernet: Supernet, bn_fold: str, quantized: bool, batch: int,
+                 keep_bn: frozenset[str] = frozenset()) -> None:
+        self.keep_bn = keep_bn
         self.gm = gm
         self.supernet = supernet
         self.bn_fold = bn_fold
@@ -698,7 +700,7 @@ class _Extractor:
             raise self.fail(node, "batch norm without running statistics (track_running_stats=False)")
         source = node.args[0]
         layer = self.layer_of.get(source) if isinstance(source, fx.Node) else None
-        if self.bn_fold != "none" and layer is not None and len(source.users) == 1:
+        if self.bn_fold != "none" and layer is not None and len(source.users) == 1 and layer.name not in self.keep_bn:
             self.fold(layer, bn)
             self.values[node] = layer.name
             layer.shape = [None, *(_shape(node) or [])[1:]]
@@ -770,12 +772,15 @@ def extract_graph(
     *,
     bn_fold: str = "scale",
     quantized: bool = True,
+    keep_bn: frozenset[str] | set[str] = frozenset(),
 ) -> Graph:
     """The active subnet of ``supernet`` as an IR :class:`~eqtools.export.runtime.Graph`.
 
     ``example_input`` is a batch of at least 2 inputs of the deployment shape [B, C, H, W] (a
     batch of 2 lets a reshape's batch dimension be told apart from a fixed one). ``quantized=False``
     gives the float model (original weights, batch norm folded) that the benchmarks compare against.
+    ``keep_bn`` names layers whose batch norm stays its own op whatever ``bn_fold`` says
+    (:func:`bn_folds_that_move_codes`).
     """
     if bn_fold not in BN_FOLD_MODES:
         raise ValueError(f"bn_fold must be one of {BN_FOLD_MODES}, got {bn_fold!r}")
@@ -801,7 +806,7 @@ def extract_graph(
                     f"cannot export {type(model).__name__}: running its traced forward on an example batch "
                     f"{list(example_input.shape)} failed ({type(exc).__name__}: {str(exc)[:300]})"
                 ) from None
-            extractor = _Extractor(gm, supernet, bn_fold, quantized, int(example_input.shape[0]))
+            extractor = _Extractor(gm, supernet, bn_fold, quantized, int(example_input.shape[0]), frozenset(keep_bn))
             extractor.run()
     finally:
         supernet.train(was_training)
@@ -822,6 +827,59 @@ def extract_graph(
                   bn_fold=bn_fold, config=supernet.config.to_dict())
     _check_shapes(graph)
     return graph
+
+
+@torch.no_grad()
+def bn_folds_that_move_codes(folded: Graph, unfolded: Graph, batches: list[Tensor]) -> set[str]:
+    """The layers whose folded batch norm moves a code the next quantized layer reads, on ``batches``.
+
+    Teacher forced: every quantized layer of the folded graph is fed the unfolded graph's input to it,
+    so a difference at a layer's input codes is made between the quantized layers just upstream of it,
+    and those layers' folds are the ones to undo. A fold changes float rounding only (codes and zero
+    points stay); where that rounding puts a value on the other side of a rounding boundary of the
+    next quantizer, the exact files keep that batch norm as its own op.
+    """
+    from eqtools.export.runtime import build_model
+
+    reference_model, model = build_model(unfolded), build_model(folded)
+    quantized = [n.name for n in folded.layers() if n.quantized]
+    producers = {n.name: n for n in folded.nodes}
+    moved: set[str] = set()
+    reference: dict[str, Tensor] = {}
+    arrived: dict[str, Tensor] = {}
+
+    def record(node: Node, args: list[Tensor]) -> list[Tensor]:
+        if node.name in quantized:
+            reference[node.name] = args[0]
+        return args
+
+    def force(node: Node, args: list[Tensor]) -> list[Tensor]:
+        if node.name in reference:
+            arrived[node.name] = args[0]
+            return [reference[node.name], *args[1:]]
+        return args
+
+    for x in batches:
+        reference.clear()
+        arrived.clear()
+        reference_model.run(x, before=record)
+        model.run(x, before=force)
+        for name in quantized:
+            fq = model.layer(name)[0]  # the layer's input quantizer (FakeQuant)
+            if torch.equal(fq(arrived[name]), fq(reference[name])):
+                continue
+            todo, seen = list(producers[name].inputs), set()  # back to the quantized layers upstream
+            while todo:
+                value = todo.pop()
+                if value in seen or value not in producers:
+                    continue
+                seen.add(value)
+                node = producers[value]
+                if node.is_layer and node.weight is not None and node.weight.bn:
+                    moved.add(node.name)
+                elif not node.is_layer:
+                    todo += node.inputs
+    return moved
 
 
 def weight_bytes(graph: DeployGraph) -> dict[str, int]:

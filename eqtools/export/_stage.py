@@ -46,7 +46,7 @@ from eqtools.artifacts import Export as ExportArtifact
 from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.export import ExportError
-from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, extract_graph, weight_bytes
+from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, bn_folds_that_move_codes, extract_graph, weight_bytes
 from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, batch_labels, deploy_calibration, parity
 from eqtools.export.backends.onnxruntime import (
     FLOAT_MATMUL_OPS,
@@ -652,6 +652,16 @@ def export_subnet(
         "parity_vs_unfolded": parity(exact_logits, graph_logits, labels),
         "parity_vs_fake_quant": parity(reference, graph_logits, labels),
     }
+    # the exact files (the integer file, the exact ONNX form) keep a batch norm unfolded where its fold moves a
+    # code the next quantized layer reads (on the calibration images): there folding is not exact
+    exact_files = graph
+    if bn_fold == "scale" and graph is not exact:
+        probe = list(calibration) if calibration is not None else [x for x, _ in batches][:2]
+        kept = sorted(bn_folds_that_move_codes(graph, exact, probe))
+        if kept:
+            exact_files = extract_graph(supernet, example, bn_fold=bn_fold, keep_bn=set(kept))
+            log(f"batch norm kept unfolded in the exact files for {len(kept)} layer(s) whose fold moves a code")
+        metrics["bn_fold"]["kept_unfolded_in_exact_files"] = kept
     sizes = weight_bytes(graph)
     metrics["sizes"] = {**sizes, "weight_compression": sizes["fp32_weight_bytes"] / max(1, sizes["packed_weight_bytes"])}
 
@@ -668,10 +678,10 @@ def export_subnet(
     if "int" in formats:
         path = out_dir / FILE_NAME
         log(f"writing {path.name} and reloading it with the standalone loader")
-        size = write_int(graph, path)
+        size = write_int(exact_files, path)
         model = load_int(path)
         free = parity(gate_reference, _logits(model, batches), labels)
-        arrived, forced_logits = _teacher_forced_torch(model, graph, forced_ref, forced_x)
+        arrived, forced_logits = _teacher_forced_torch(model, exact_files, forced_ref, forced_x)
         forced = _teacher_forced_report(arrived, forced_ref, forced_logits, forced_ref_logits)
         _gate("the integer file's model", forced, free, agreement_min, against, self_agreement, bn_fold)
         int32_bias = parity(reference, _logits(build_model(graph, _int32_bias(graph)), batches), labels)
@@ -693,9 +703,9 @@ def export_subnet(
             data = metrics["onnx"].pop("_data")
         else:
             log(f"building the exact ONNX QDQ graph (opset {opset}) and running it in onnxruntime")
-            data = build_onnx(graph, opset, error=ExportError).SerializeToString()
+            data = build_onnx(exact_files, opset, error=ExportError).SerializeToString()
             free = parity(gate_reference, run_onnx(data, [x for x, _ in batches], threads=threads), labels)
-            checking = build_onnx(graph, opset, error=ExportError, teacher_forced=True).SerializeToString()
+            checking = build_onnx(exact_files, opset, error=ExportError, teacher_forced=True).SerializeToString()
             arrived, forced_logits = run_onnx_teacher_forced(checking, forced_x, forced_ref, threads=threads)
             forced = _teacher_forced_report(arrived, forced_ref, forced_logits, forced_ref_logits)
             _gate(f"the ONNX file (opset {opset})", forced, free, agreement_min, against, self_agreement, bn_fold)
@@ -866,8 +876,9 @@ def export_artifact(
         elif Calibrated.DEPLOY_PLAN in source.manifest.get("files", {}) and log:
             log(f"onnx: the calibrated artifact's deploy plan is for --bn-fold scale; calibrating the 8-bit ranges for "
                 f"--bn-fold {bn_fold} here")
-    pt2e = any(t in ("tflite", "xnnpack", "all") for t in targets)
-    calibration = None if kept is not None and not pt2e else deploy_calibration(
+    # train images: the 8-bit ranges of the integer files (where no kept plan gives them), the PT2E files' plan
+    # and the batch norms the exact files keep unfolded; never the check images
+    calibration = deploy_calibration(
         splits, spec.seed, DEPLOY_CALIBRATION_IMAGES if deploy_calibration_images is None else deploy_calibration_images,
         batch_size)
     # an explicit vnni file gets its own directory; auto's keeps the subnet's, whatever this CPU chose
