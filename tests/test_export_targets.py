@@ -263,3 +263,22 @@ def test_executorch_below_8_bits_is_refused_with_why(tiny, tmp_path):
     with pytest.raises(ExportError, match="ExecuTorch cannot lower the graph"):
         export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("xnnpack",))
     assert not (tmp_path / "model.pte").exists()
+
+
+def test_the_default_target_is_the_searchs_preset():
+    from eqtools.export._stage import default_targets
+
+    class Source:  # the one method default_targets asks of an artifact
+        def __init__(self, search):
+            self.search = search
+
+        def ancestor(self, kind):
+            return self.search if kind == "search" else None
+
+    class Search:
+        def __init__(self, preset):
+            self.metrics = {"preset": preset}
+
+    assert default_targets(Source(Search("openvino"))) == ("openvino",)
+    assert default_targets(Source(Search(None))) == ("onnxruntime",)
+    assert default_targets(Source(None)) == ("onnxruntime",)
