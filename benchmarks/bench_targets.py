@@ -108,7 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds per timing at least (default 0.3)")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/deploy.json")
+    parser.add_argument("--rows-from", type=Path, help="a log of an interrupted run: table and record the rows it "
+                        "printed (marked partial) instead of measuring")
     args = parser.parse_args(argv)
+    if args.rows_from is not None:
+        import ast
+
+        rows = [ast.literal_eval(line) for line in args.rows_from.read_text().splitlines() if line.startswith("{'subnet'")]
+        return _report(rows, args, partial=True)
     with_malloc_settings()
 
     import numpy as np
@@ -190,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"speed_vs_fp32_b{b}"] = paired_ratio(base, cand)
                     row[f"ms_b{b}"] = float(np.median(cand))
                 print(row, flush=True)
+    return _report(rows, args, partial=False)
 
+
+def _report(rows: list[dict[str, Any]], args: Any, partial: bool) -> int:
     def pct(v: Any) -> str:
         return "—" if v is None else f"{100 * v:.2f} %"
 
@@ -207,12 +217,15 @@ def main(argv: list[str] | None = None) -> int:
                      f"{row['file_bytes'] / 1024:.0f} kB vs {row['fp32_bytes'] / 1024:.0f} kB |")
     markdown = "\n".join(lines) + (f"\n\n{machine_line(args.threads)}; {args.check_images} val images; speed = median "
                                    f"[IQR] over {args.rounds} alternating rounds of FP32 time / file time; the machine "
-                                   "was shared with other work.")
+                                   "was shared with other work." + (" Partial: the run was stopped before every row "
+                                                                    "was measured; the rows shown are all it measured."
+                                                                    if partial else ""))
     print(markdown)
     if args.record:
         write_result("deploy", "Each target's file in its own runtime: does it load, run its quantized layers in "
                      "int8, agree with the arithmetic it describes, and how fast and large is it next to that "
-                     "runtime's FP32?", {"rows": rows, "time": time.strftime("%H:%M")}, markdown, threads=args.threads)
+                     "runtime's FP32?", {"rows": rows, "partial": partial, "time": time.strftime("%H:%M")}, markdown,
+                     threads=args.threads)
     return 0
 
 
