@@ -78,7 +78,8 @@ def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[T
                   # a weighted op inside an XNNPACK partition with its int8 weight's dequantize: a QS8 operator
                   "integer_layers": min(sum(v[0] for v in weighted.values()), dequantized),
                   "float_layers": sum(v[1] for v in weighted.values())}
-    return Built(data, lambda xs: deployed_arithmetic(graph, plan, xs), {"delegation": delegation})
+    return Built(data, lambda xs: deployed_arithmetic(graph, plan, xs),
+                 {"delegation": delegation, "identity_layers": len(module.identity_layers)})
 
 
 def run(data: bytes, batches: list[Tensor], threads: int = 2) -> tuple[Tensor, dict[str, Any]]:
