@@ -241,30 +241,22 @@ def test_litert_file_runs_int8_convs_and_fully_connected_in_litert(tiny, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------ ExecuTorch
-@pytest.mark.parametrize("bits,granularity", [(8, "per-channel"), (8, "per-tensor")])
+@pytest.mark.parametrize("bits,granularity", [(8, "per-channel"), (8, "per-tensor"), (4, "per-channel"),
+                                              (2, "per-tensor")])
 def test_executorch_delegates_every_quantized_layer_to_xnnpack(tiny, tmp_path, bits, granularity):
+    """Below 8 bits a value read by a residual add and by the identity conv that moves it to a layer's grid
+    must not share one dequantize, or XNNPACK's partitioner finds a cycle between partitions."""
     pytest.importorskip("executorch")
     supernet, batches = tiny
     supernet.apply(supernet.space.uniform(bits, bits, granularity, "sym", "asym"))
-    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("xnnpack",))
+    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("xnnpack",),
+                            deploy_agreement_min=0.0)
     entry = metrics["targets"]["xnnpack"]
     delegation = entry["delegation"]
     assert entry["integer_layers"] == entry["quantized_layers"] == 4 and delegation["float_layers"] == 0, delegation
-    assert entry["agreement"] >= 0.995, entry["parity"]
+    # the issue's targets: 99.5 % at >= 4 bits, 99 % at 2-3 bits
+    assert entry["agreement"] >= {8: 0.995, 4: 0.995, 2: 0.99}[bits], entry["parity"]
     assert (tmp_path / "model.pte").stat().st_size == entry["file_bytes"]
-
-
-def test_executorch_below_8_bits_is_refused_with_why(tiny, tmp_path):
-    """XNNPACK's partitioner (executorch 1.5) rejects the graph once a value is requantized to a narrower layer
-    grid ("Invalid partition, found dependency cycles"): the stage says so and writes nothing."""
-    pytest.importorskip("executorch")
-    from eqtools.export import ExportError
-
-    supernet, batches = tiny
-    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym", "asym"))
-    with pytest.raises(ExportError, match="ExecuTorch cannot lower the graph"):
-        export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("xnnpack",))
-    assert not (tmp_path / "model.pte").exists()
 
 
 def test_the_default_target_is_the_searchs_preset():

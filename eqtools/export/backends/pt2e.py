@@ -81,14 +81,13 @@ class Pt2eGraph(nn.Module):
     """The graph as float ops between int8 quantize/dequantize pairs (exportable with ``torch.export``)."""
 
     def __init__(self, graph: Graph, plan: dict[str, Encoding | None], int8_weights: bool = True,
-                 clamp_first: bool = False, identity_requantize: bool = True) -> None:
+                 identity_requantize: bool = True) -> None:
         """``int8_weights``: weights as int8 buffers read by ``dequantize_per_channel`` (what PT2E's convert step
         leaves, ExecuTorch's form); False: float buffers of the same values quantized in the graph (the
         form litert-torch folds into int8 constants). ``identity_requantize``: a layer input on another
         grid is moved to the layer's by an identity layer (:meth:`requantize`), not a bare quantize."""
         super().__init__()
         self.int8_weights = int8_weights
-        self.clamp_first = clamp_first
         self.identity_requantize = identity_requantize
         self.identity_layers: set[str] = set()  # layers whose input an identity layer requantized (set by forward)
         self.ir = graph
@@ -100,18 +99,21 @@ class Pt2eGraph(nn.Module):
                                         if n.name in whole._keys and not n.quantized})
         self._float_keys = {n.name: whole._keys[n.name] for n in graph.nodes if n.name in whole._keys and not n.quantized}
         t = graph.tensors
-        # identity weights (code 1, scale 1) for every layer input width, for requantize(); buffers, since the
-        # converters take constants, not tensors made in the graph
+        # identity weights (code 1, scale 1) for every layer input width, for requantize(); buffers in the layer's
+        # own weight shape, since the converters take a constant read by the dequantize (XNNPACK's partitioner
+        # leaves a conv whose weight passes through a view in float), not tensors made in the graph
         shapes = graph.shapes()
         for node in graph.layers():
             shape = shapes.get(node.inputs[0]) or []
             if node.quantized and len(shape) >= 2:
                 channels = int(shape[1] if len(shape) == 4 else shape[-1])
-                if not hasattr(self, f"eye{channels}_w"):
+                key = f"eye{channels}d{4 if len(shape) == 4 else 2}"
+                if not hasattr(self, f"{key}_w"):
                     eye = torch.eye(channels)
-                    self.register_buffer(f"eye{channels}_w", eye.to(torch.int8) if int8_weights else eye)
-                    self.register_buffer(f"eye{channels}_s", torch.ones(channels))
-                    self.register_buffer(f"eye{channels}_z", torch.zeros(channels, dtype=torch.int64))
+                    eye = eye.view(channels, channels, 1, 1) if len(shape) == 4 else eye
+                    self.register_buffer(f"{key}_w", eye.to(torch.int8) if int8_weights else eye)
+                    self.register_buffer(f"{key}_s", torch.ones(channels))
+                    self.register_buffer(f"{key}_z", torch.zeros(channels, dtype=torch.int64))
         self._keys: dict[str, str] = {}
         self._inputs = {n.name: _input_encoding(n, t) for n in graph.layers() if n.quantized}
         for i, node in enumerate(graph.layers()):
@@ -138,15 +140,14 @@ class Pt2eGraph(nn.Module):
             self.register_buffer(f"{key}_b", None if bias is None else bias.float().clone())
 
     def qdq(self, x: Tensor, e: Encoding, lo: int | None = None, hi: int | None = None) -> Tensor:
-        """``x`` rounded to ``e``'s grid as an int8 tensor, its codes kept in [lo, hi] by an explicit clamp
-        (before the rounding where ``clamp_first``: the bounds are grid points, so the codes are the same)."""
+        """``x`` rounded to ``e``'s grid as an int8 tensor, its codes kept in [lo, hi] by an explicit clamp.
+
+        The clamp reads the rounded value (quantize -> dequantize -> clamp -> quantize), so every converter
+        sees it as an op on a quantized tensor: XNNPACK's partitioner leaves a conv whose float output goes
+        to a clamp before its quantize outside the delegate."""
         qd = torch.ops.quantized_decomposed
         scale, zero = float(e.scale), int(e.zero) - 128
         lo, hi = (e.lo if lo is None else lo) - 128, (e.hi if hi is None else hi) - 128
-        if self.clamp_first and (lo, hi) != (-128, 127):
-            x = torch.clamp(x, scale * (lo - zero), scale * (hi - zero))
-            return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
-                                            scale, zero, -128, 127, torch.int8)
         x = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
                                      scale, zero, -128, 127, torch.int8)
         if (lo, hi) != (-128, 127):
@@ -169,14 +170,12 @@ class Pt2eGraph(nn.Module):
         """
         qd = torch.ops.quantized_decomposed
         channels = x.shape[1] if x.dim() == 4 else x.shape[-1]
-        eye, ones, zeros = (getattr(self, f"eye{channels}_{part}") for part in ("w", "s", "z"))
+        key = f"eye{channels}d{4 if x.dim() == 4 else 2}"
+        eye, ones, zeros = (getattr(self, f"{key}_{part}") for part in ("w", "s", "z"))
         if not self.int8_weights:
             eye = qd.quantize_per_channel(eye, ones, zeros, 0, -127, 127, torch.int8)
         w = qd.dequantize_per_channel(eye, ones, zeros, 0, -127, 127, torch.int8)
-        if x.dim() == 4:
-            y = F.conv2d(x, w.view(channels, channels, 1, 1))
-        else:
-            y = F.linear(x, w)
+        y = F.conv2d(x, w) if x.dim() == 4 else F.linear(x, w)
         return self.qdq(y, target)
 
     def _layer(self, node: Node, x: Tensor, x_enc: Encoding | None = None) -> Tensor:
