@@ -34,7 +34,7 @@ def command(
     predictor_path: Annotated[Path | None, typer.Option(
         "--predictor", help="predictor artifact (default: the newest under artifacts/).")] = None,
     w_bits: Annotated[float | None, typer.Option(
-        "--w-bits", help="Average weight bits X: the search keeps it in (X-0.5, X]. Required unless --pareto.")] = None,
+        "--w-bits", help="Average weight bits X: the search keeps it in (X-0.5, X]. Required unless --pareto, --max-size-mb or --max-bops.")] = None,
     a_bits: Annotated[float | None, typer.Option(
         "--a-bits", help="Average activation bits Y, window (Y-0.5, Y]; default: X.")] = None,
     granularity: Annotated[Granularity | None, typer.Option(
