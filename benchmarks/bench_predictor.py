@@ -391,6 +391,7 @@ def search(args: argparse.Namespace) -> int:
              + (" on val | on unseen |" if args.choice_ci else ""),
              "|---|---|---|---|---|---|" + ("---|---|" if args.choice_ci else "")]
     bench = VerifyBench.load(art)  # one load of the supernet and its data for every search below
+    _cache_measurements(bench, _cache_dir(args.supernet, "measured"))
     unseen = bench.meter("unseen") if args.choice_ci and args.verify_split != "unseen" else None
 
     def interval(a: np.ndarray, b: np.ndarray) -> str:
@@ -453,6 +454,43 @@ def search(args: argparse.Namespace) -> int:
                       "population": args.population, "generations": args.generations, "searches": figures},
                      "\n".join(lines), threads=args.threads)
     return _finish(args, f"search vs uniform, paired on test images: `{art.path}`", lines)
+
+
+def _cache_measurements(bench: Any, cache: Path) -> None:
+    """Make every meter of ``bench`` keep each subnet's per-image results under ``cache`` and reuse them.
+
+    A search measures the uniform config of its budget on the test split, and the same uniform
+    config recurs across budgets (W4A4 at 4 bits and at uniform W4's size); searches split over
+    several processes (``--forms``) then merged into one result by a run over all forms meet the
+    same subnets again. The key is the config, the split, the image count and the calibration
+    images, so a hit is the same measurement.
+    """
+    import hashlib
+
+    make = bench.meter
+
+    def meter(split: str, eval_images: int | None = None) -> Any:
+        m = make(split, eval_images)
+        measure = m.measure
+
+        def cached(config: Any, per_image: bool = False) -> dict[str, Any]:
+            key = f"{config.to_json(indent=None)}|{split}|{eval_images}|{bench.calib.images}"
+            path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+            if path.is_file():
+                with np.load(path) as z:
+                    return {"top1": float(z["top1"]), "loss": float(z["loss"]), "images": int(z["images"]),
+                            "correct": z["correct"], "image_loss": z["image_loss"]}
+            r = measure(config, per_image=True)
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, top1=r["top1"], loss=r["loss"], images=r["images"], correct=r["correct"], image_loss=r["image_loss"])
+            os.replace(tmp, path)
+            return r
+
+        m.measure = cached
+        return m
+
+    bench.meter = meter
 
 
 def _finish(args: argparse.Namespace, title: str, lines: list[str]) -> int:
