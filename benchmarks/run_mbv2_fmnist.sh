@@ -5,7 +5,7 @@
 # CPU cores shared with four other jobs (docs/decisions/0500-mbv2-fmnist.md). Each stage writes benchmarks/results/mbv2-*.json; the
 # benchmark caches under artifacts/bench-predictor/ make a rerun skip what is measured.
 #
-#   bash benchmarks/run_mbv2_fmnist.sh [STAGE ...]     stages: sample search heldout predictor forms
+#   bash benchmarks/run_mbv2_fmnist.sh [STAGE ...]     stages: sample search search4 heldout predictor forms
 #
 # Single-thread processes, three or four at a time, at the caller's nice level: the machine is shared.
 set -euo pipefail
@@ -33,6 +33,16 @@ for stage in $stages; do
       wait
       $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms all --bits 3,4 --size-of-uniform 4 \
         --top-k 3 --verify-images 2000 --save-picks artifacts/mbv2-fmnist/picks --result mbv2-search ;;
+    search4)  # the 4-bit and uniform-W4-size budgets again, --verify on 10k unseen images and the top 5
+      forms=(per-channel/sym/sym,per-channel/sym/asym per-channel/asym/sym,per-channel/asym/asym
+             per-tensor/sym/sym,per-tensor/sym/asym per-tensor/asym/sym,per-tensor/asym/asym)
+      for f in "${forms[@]}"; do
+        $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms "$f" --bits 4 --size-of-uniform 4 \
+          --top-k 5 --verify-images 10000 > "artifacts/mbv2-fmnist/search4-${f//\//_}.log" 2>&1 &
+      done
+      wait
+      $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms all --bits 4 --size-of-uniform 4 \
+        --top-k 5 --verify-images 10000 --result mbv2-search-4bit-verify10k ;;
     heldout)  # held-out subnets on the 10k test images (3 processes), then the predictor variants against them
       for k in 1 2 3; do
         $PY benchmarks/bench_predictor.py build "$SN" --set heldout --heldout-n 24 --uniform-bits 3,4 --no-compile --shard $k/3 &
