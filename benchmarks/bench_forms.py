@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
     parser.add_argument("--bits", type=lambda v: tuple(int(b) for b in v.split(",")), default=BITS,
                         help="uniform W=A bit-widths to measure (default 2,4,8)")
+    parser.add_argument("--forms", default=None, help="comma-separated forms G/WS/AS to measure (default: all of the space's)")
     parser.add_argument("--static", type=Path, nargs="*", default=[], help="static-QAT supernet artifacts to measure beside")
     parser.add_argument("--result", default=None, metavar="NAME", help="write benchmarks/results/NAME.json")
     args = parser.parse_args()
@@ -60,7 +61,10 @@ def main() -> None:
     model = load_supernet(art).use_channels_last()
     start = time.monotonic()
     rows = {}
+    wanted = None if args.forms is None else {tuple(f.split("/")) for f in args.forms.split(",")}
     for form in art.space.conditions:
+        if wanted is not None and tuple(form) not in wanted:
+            continue
         config = art.space.uniform(bits_list[0], bits_list[0], *form)
         rows[config.label] = [100 * measure_subnet(art, art.space.uniform(b, b, *form), supernet=model,
                                                    splits=splits)[1]["top1"] for b in bits_list]
