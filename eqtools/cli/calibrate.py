@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, human_bytes
 
 
 @handle_errors
@@ -55,6 +55,7 @@ def command(
                           "8-bit ranges so export builds that same file. Skipped for asymmetric weights, which "
                           "export writes in the exact form."),
     ] = True,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, config, metrics) on stdout.")] = False,
 ) -> None:
     """Calibrate one subnet: re-estimate its BN statistics on training images, evaluate it, save it.
@@ -64,7 +65,7 @@ def command(
     'calibrated' artifact holds the supernet's tensors with this subnet's BN statistics, the config
     and the metrics (docs/calibrate.md).
     """
-    from eqtools.artifacts import find_latest, resolve_input
+    from eqtools.artifacts import find_latest, read_artifact, resolve_input
     from eqtools.calibrate import calibrate_artifact
     from eqtools.errors import ConfigError
     from eqtools.evaluation import resolve_config
@@ -75,12 +76,25 @@ def command(
         from_search = find_latest("search")
         echo(f"using search artifact {from_search}")
 
-    supernet = resolve_input(from_, "supernet", echo=echo)
+    supernet = None
+    if from_search is not None and from_ is None:
+        # the search's own supernet (its lineage, checksums verified), never merely the newest one
+        supernet = read_artifact(from_search, "search").ancestor("supernet")
+        if supernet is not None:
+            echo(f"using supernet artifact {supernet.path}")  # the search's own (its lineage)
+    if supernet is None:
+        supernet = resolve_input(from_, "supernet", echo=echo)
     space = supernet.space
     if space is None:
         from eqtools.errors import ArtifactError
 
         raise ArtifactError(f"{supernet.path} records no elastic space; re-create it with `eqtools train`")
+    if out is not None:  # the search or the config's artifact is read here too: --out must not be either
+        from eqtools.artifacts import MANIFEST, claim_out
+
+        claim_out(out, "calibrated", [supernet, *([from_search] if from_search is not None else []),
+                                      *([config.parent] if config is not None and (config.parent / MANIFEST).is_file()
+                                        else [])])
     subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
                             symmetry=symmetry, w_symmetry=w_symmetry, a_symmetry=a_symmetry, search=from_search)
     result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed)
