@@ -456,6 +456,7 @@ def sample_artifact(
     restart: bool = False,
     compile: bool | None = None,
     integer: bool | None = None,
+    device: str = "cpu",
     on_stage: Callable[[str], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -509,7 +510,7 @@ def sample_artifact(
         todo = [i for i in indices if i not in rows]
         use_compile = _use_compile(compile, params.n)
         evaluate, meter = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile,
-                                       integer) if todo else (None, None)
+                                       integer, device) if todo else (None, None)
         if on_start is not None:
             on_start(len(rows), len(indices))
         if evaluate is not None:
@@ -623,6 +624,7 @@ def _row_evaluator(
     supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None],
     compile: bool = False,
     integer: bool | None = None,
+    device: str = "cpu",
 ) -> tuple[Callable[[int, SubnetConfig], dict[str, Any]], Any]:
     """Load the supernet and decode both image sets once; return what measures one row, and its meter."""
     from eqtools.build import load_supernet
@@ -630,7 +632,7 @@ def _row_evaluator(
     from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source, subnet_costs
 
     say(f"loading supernet {supernet_artifact.path} and {spec.data.name}")
-    supernet = load_supernet(supernet_artifact).use_channels_last()
+    supernet = load_supernet(supernet_artifact, map_location=device).use_channels_last()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
     evaluation = BatchSource(splits.val.balanced(params.subset, spec.seed + EVAL_SEED_OFFSET), params.batch_size)

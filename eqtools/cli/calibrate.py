@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import DeviceOption, echo, emit_artifact, handle_errors, human_bytes
 
 
 @handle_errors
@@ -55,6 +55,7 @@ def command(
                           "8-bit ranges so export builds that same file. Skipped for asymmetric weights, which "
                           "export writes in the exact form."),
     ] = True,
+    device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, config, metrics) on stdout.")] = False,
 ) -> None:
     """Calibrate one subnet: re-estimate its BN statistics on training images, evaluate it, save it.
@@ -66,8 +67,11 @@ def command(
     """
     from eqtools.artifacts import find_latest, resolve_input
     from eqtools.calibrate import calibrate_artifact
+    from eqtools.device import resolve_device
     from eqtools.errors import ConfigError
     from eqtools.evaluation import resolve_config
+
+    device = resolve_device(device)
 
     if searched:
         if from_search is not None:
@@ -83,7 +87,8 @@ def command(
         raise ArtifactError(f"{supernet.path} records no elastic space; re-create it with `eqtools train`")
     subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
                             symmetry=symmetry, w_symmetry=w_symmetry, a_symmetry=a_symmetry, search=from_search)
-    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed)
+    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed,
+                                device=device)
     m = result.metrics
     if as_json:
         emit_artifact(result, config=subnet.to_dict())

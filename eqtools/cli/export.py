@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import DeviceOption, echo, emit_artifact, handle_errors, human_bytes
 from eqtools.vocab import BN_FOLD_MODES, DEPLOY_CPU_CHOICES, ONNX_FORMS, form_label
 from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
@@ -93,6 +93,7 @@ def command(
         Path | None,
         typer.Option("--out", help="Output directory. Default: artifacts/<spec>/export-<config tag>."),
     ] = None,
+    device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, files, metrics) on stdout.")] = False,
 ) -> None:
     """Export a calibrated subnet to integer weights and/or ONNX, checked against the fake-quant model.
@@ -116,13 +117,16 @@ def command(
         raise ConfigError(f"--cpu is {cpu!r}; allowed: {', '.join(DEPLOY_CPU_CHOICES)} (see --help)")
 
     from eqtools.artifacts import resolve_input
+    from eqtools.device import resolve_device
     from eqtools.export import export_artifact
+
+    device = resolve_device(device)
 
     source = resolve_input(from_, ("calibrated", "search"), echo=echo)
     result = export_artifact(source, formats=(fmt,), opset=opset, bn_fold=bn_fold, out=out,
                              check_images=check_images, agreement_min=min_agreement, onnx_form=onnx_form,
                              deploy_agreement_min=min_deploy_agreement,
-                             deploy_accuracy_drop_max=max_deploy_accuracy_drop, deploy_cpu=cpu, log=echo)
+                             deploy_accuracy_drop_max=max_deploy_accuracy_drop, deploy_cpu=cpu, device=device, log=echo)
     m = result.metrics
     if as_json:
         emit_artifact(result, files=result.extra.get("files", {}), config=result.extra.get("config"))

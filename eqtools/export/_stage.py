@@ -574,12 +574,15 @@ def export_subnet(
 
 
 # ------------------------------------------------------------------------------------------ artifacts
-def _subnet_of(source: Artifact, log: Callable[[str], None] | None) -> tuple[Supernet, SubnetConfig, list[Artifact]]:
+def _subnet_of(source: Artifact, log: Callable[[str], None] | None,
+               device: str = "cpu") -> tuple[Supernet, SubnetConfig, list[Artifact]]:
     """The subnet to export, BN-calibrated, with the artifacts it comes from.
 
     A ``calibrated`` artifact is read as it is. A ``search`` artifact's best config is calibrated
     in memory by the shared library (:func:`eqtools.evaluation.measure_subnet`, on the ``val``
-    split), not by the calibrate stage: export writes only its own artifact, and says so.
+    split), not by the calibrate stage: export writes only its own artifact, and says so. That
+    calibration runs on ``device``; the subnet is returned on the CPU, where the file checks run
+    (they compare against CPU runtimes to 1e-4, which a GPU's TF32 convolutions would not meet).
     """
     from eqtools.build import load_supernet
     from eqtools.evaluation import measure_subnet
@@ -595,8 +598,9 @@ def _subnet_of(source: Artifact, log: Callable[[str], None] | None) -> tuple[Sup
         if log:
             log(f"calibrating the search's best config in memory on supernet {supernet_artifact.path} (val split); "
                 "no calibrated artifact is written (`eqtools calibrate --from-search` keeps one)")
-        supernet, _ = measure_subnet(supernet_artifact, config, split="val", supernet=load_supernet(supernet_artifact))
-        return supernet, config, [source, supernet_artifact]
+        supernet, _ = measure_subnet(supernet_artifact, config, split="val",
+                                     supernet=load_supernet(supernet_artifact, map_location=device))
+        return supernet.cpu(), config, [source, supernet_artifact]
     if source.kind != "calibrated":
         raise ArtifactError(f"{source.path} is a '{source.kind}' artifact; export reads 'calibrated' or 'search' ones")
     config = Calibrated.config(source)
@@ -624,6 +628,7 @@ def export_artifact(
     deploy_cpu: str = "auto",
     batch_size: int = 250,
     threads: int = 2,
+    device: str = "cpu",
     log: Callable[[str], None] | None = None,
 ) -> Artifact:
     """Export a ``calibrated`` artifact (or a ``search`` one, calibrated in memory first) as an ``export`` artifact.
@@ -636,7 +641,8 @@ def export_artifact(
     the check images). ``out`` defaults to ``artifacts/<spec>/export-<config tag>`` (with ``-vnni``
     after it for an explicit ``deploy_cpu="vnni"``, so the two files of one subnet do not replace
     each other; ``"auto"`` keeps the plain name, so a pipeline's paths do not depend on its CPU).
-    Nothing is written unless every requested file passed its check.
+    Nothing is written unless every requested file passed its check. ``device`` is where a search
+    artifact's config is calibrated; the checks run on the CPU (see :func:`_subnet_of`).
     """
     from eqtools.build import artifact_spec
     from eqtools.data import load_splits
@@ -644,7 +650,7 @@ def export_artifact(
 
     if check_images < 1:
         raise ConfigError(f"--check-images is {check_images}; it must be at least 1 (2000 or more for a 99.9% check)")
-    supernet, config, parents = _subnet_of(source, log)
+    supernet, config, parents = _subnet_of(source, log, device)
     spec = artifact_spec(source)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
