@@ -57,7 +57,11 @@ class DataSpec(_Strict):
     )
     test_subset: Annotated[int, Field(ge=10)] | None = Field(default=None, description="evaluate on a class-balanced subset of the test split")
     augment: bool = True
-    workers: Annotated[int, Field(ge=0, le=64)] = 0
+    workers: Annotated[int, Field(ge=0, le=64)] | None = Field(
+        default=None,
+        description="processes decoding and augmenting ImageFolder images (0: the main process); default: this "
+        "machine's cores, at most 8. In-memory datasets ignore it",
+    )
 
 
 class SpaceSpec(_Strict):

@@ -395,11 +395,11 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
             with progress(f"epoch {epoch + 1}/{t.epochs}", steps - first) as advance:
                 for i, (x, y) in enumerate(
                     splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed,
-                                         epoch=epoch, start=first, drop_last=True, limit=steps - first),
+                                         epoch=epoch, start=first, drop_last=True, limit=steps - first,
+                                         part=(dist.rank, dist.world) if dist.world > 1 else None,
+                                         pin_memory=device.startswith("cuda")),
                     start=first,
                 ):
-                    if dist.world > 1:
-                        x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     step_start = time.monotonic()
                     opt.zero_grad(set_to_none=True)
