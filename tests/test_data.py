@@ -239,7 +239,7 @@ def test_interleaved_passes_over_one_pool_do_not_disturb_each_other(jpeg_root):
     alone = list(splits.train.batches(8, augment=False))
     first = splits.train.batches(8, augment=False)
     second = splits.val.batches(8, augment=False)  # val is drawn from the same tree: the same pool
-    mixed = [next(first), next(second)] + list(first)
+    mixed = [next(first), next(second), *list(first)]
     assert torch.equal(mixed[0][0], alone[0][0])
     assert all(torch.equal(x, y) for (x, _), (y, _) in zip(mixed[2:], alone[1:], strict=True))
     assert torch.equal(mixed[1][0], next(_folder_splits(jpeg_root, 0).val.batches(8, augment=False))[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -160,6 +161,8 @@ def command(
                 calib_images=calib_images, batch_size=batch_size, restart=restart,
                 compile=compile_, integer=int8_convs, device=device, on_stage=echo, on_start=bar.on_start, on_row=bar.on_row,
             )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return
     m = result.metrics
     if as_json:
         emit_artifact(result, parameters=result.extra)
