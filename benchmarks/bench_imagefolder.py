@@ -12,7 +12,14 @@ Each round times one pass of every variant over ``--images`` images in a rotatin
 then B/C/A, ...), so a ratio is taken within a round and the machine's drift between rounds cancels
 (``paired_ratio``: median and interquartile range of the per-round ratios).
 
+``--train`` answers the second question instead: ``eqtools train specs/r18.json`` on the same tree
+at 48 px (``--set`` overrides: the tree, 48 px, no pretrained weights, a few steps), with
+``data.workers=2`` and ``=0`` alternating, comparing the ``images_per_s`` of the epoch row (it
+counts the whole epoch loop, data loading included). At 48 px decoding a 375x500 JPEG costs more
+than the network's step on it.
+
 Run: nice -n 10 python benchmarks/bench_imagefolder.py --record
+     nice -n 10 python benchmarks/bench_imagefolder.py --train --record
 """
 
 from __future__ import annotations
@@ -71,6 +78,31 @@ def _plain_loader(root: Path, batch_size: int, workers: int):
                                        persistent_workers=workers > 0)
 
 
+def train_rates(tree: Path, rounds: int, workers: int, steps: int, batch: int) -> dict[str, list[float]]:
+    import json
+    import os
+    import subprocess
+    import tempfile
+
+    rates: dict[str, list[float]] = {"0": [], str(workers): []}
+    with tempfile.TemporaryDirectory(prefix="bench-if-train-") as tmp:
+        for r in range(rounds):
+            for w in ([0, workers] if r % 2 == 0 else [workers, 0]):
+                sets = [f"data.root={tree}", "data.image_size=48", "model.pretrained=null", "data.val_size=16",
+                        "train.epochs=1", f"train.steps_per_epoch={steps}", f"train.batch_size={batch}",
+                        "train.init_images=32", "train.compile=off", f"data.workers={w}"]
+                cmd = [sys.executable, "-m", "eqtools", "train", str(ROOT / "specs" / "r18.json"), "--device", "cpu",
+                       "--out", f"{tmp}/w{w}-{r}", "-q", "--json"]
+                for item in sets:
+                    cmd += ["--set", item]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
+                rate = json.loads(proc.stdout)["metrics"]["final"]["images_per_s"]
+                rates[str(w)].append(rate)
+                print(f"round {r + 1}: workers={w}: {rate:.1f} img/s", file=sys.stderr)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, default=Path("/tmp/eqtools-bench-jpegs"),
@@ -79,7 +111,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
-    parser.add_argument("--record", action="store_true", help="write benchmarks/results/imagefolder_pipeline.json")
+    parser.add_argument("--train", action="store_true", help="time `eqtools train` at 48 px instead (see above)")
+    parser.add_argument("--steps", type=int, default=12, help="--train: optimiser steps per run (default 12)")
+    parser.add_argument("--record", action="store_true", help="write benchmarks/results/imagefolder_*.json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # the main process only collates; the workers take the cores
 
@@ -95,6 +129,22 @@ def main() -> None:
         print(f"writing {classes * per_class} 375x500 JPEGs under {args.tree}", file=sys.stderr)
         make_tree(args.tree, classes=classes, train_per_class=per_class, val_per_class=2, size=(375, 500))
         marker.touch()
+    if args.train:
+        rates = train_rates(args.tree, args.rounds, args.workers, args.steps, args.batch_size)
+        base, par = rates["0"], rates[str(args.workers)]
+        ratio = paired_ratio(par, base)
+        machine = machine_line(extra="; shared machine (other jobs running)")
+        md = (f"`eqtools train specs/r18.json` (ResNet-18 supernet, sandwich of 3 subnets) on the generated tree of "
+              f"375x500 JPEGs at 48 px, {args.steps} steps of batch {args.batch_size}, `images_per_s` of the epoch "
+              f"row, {args.rounds} runs each alternating.\n\n| data.workers | img/s (median) |\n|---|---|\n"
+              f"| 0 | {statistics.median(base):.1f} |\n| {args.workers} | {statistics.median(par):.1f} |\n\n"
+              f"- workers={args.workers} / workers=0: **{ratio}** (target >= 1.25)\n")
+        print(md + "\n" + machine)
+        if args.record:
+            write_result("imagefolder_train", f"eqtools train at 48 px on ImageFolder: data.workers={args.workers} vs 0",
+                         {"images_per_s": rates, "ratio": ratio, "steps": args.steps, "batch_size": args.batch_size,
+                          "rounds": args.rounds}, md)
+        return
     spec = DataSpec(name="imagefolder", root=str(args.tree), image_size=224, val_size=10, workers=args.workers)
     train = load_splits(spec, seed=0).train
     plain = _plain_loader(args.tree, args.batch_size, args.workers)
