@@ -173,3 +173,23 @@ def test_torchrun_sampling_splits_the_draw_and_merges_to_the_unsharded_rows(tiny
                             "--master_port", str(29000 + os.getpid() % 500), "-m", "eqtools", "sample", *args,
                             "--out", str(tmp_path / "three")], capture_output=True, text=True, env=env, timeout=120)
     assert empty.returncode != 0 and "sampling process 1 of 2 failed" in " ".join(empty.stderr.split())
+
+
+# ------------------------------------------------------------------------------------- ImageFolder training
+def test_training_on_a_folder_gives_the_same_weights_with_0_or_2_workers(tmp_path):
+    """Decoding in a pool changes nothing the model sees: same batches, same augmentation, same weights."""
+    from imagetree import make_tree
+
+    from eqtools.build import load_supernet
+
+    tree = make_tree(tmp_path / "tree", classes=3, train_per_class=14, val_per_class=2, size=(30, 40))
+    base = {**DIGITS_SPEC, "name": "folder", "data": {"name": "imagefolder", "root": str(tree), "image_size": 16,
+                                                       "val_size": 12},
+            "train": {**DIGITS_SPEC["train"], "epochs": 2, "steps_per_epoch": 2, "batch_size": 8, "init_images": 16}}
+    weights = {}
+    for workers in (0, 2):
+        spec = {**base, "data": {**base["data"], "workers": workers}}
+        proc = _train(tmp_path, "--device", "cpu", name=f"w{workers}", spec=spec)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        weights[workers] = load_supernet(read_artifact(tmp_path / f"w{workers}")).state_dict()
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
