@@ -77,7 +77,7 @@ def main() -> int:
     shrink = ["train.fp_epochs=0", "train.epochs=1"]
     if args.quick:
         shrink += ["train.steps_per_epoch=2", "train.batch_size=32", "train.init_images=64", "data.train_subset=500",
-                   "data.val_size=500"]
+                   "data.val_size=500", "data.test_subset=500"]
     sets = [a for item in shrink for a in ("--set", item)]
     compile_flag = "--compile" if args.compile else "--no-compile"
     train = {}
