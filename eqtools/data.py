@@ -396,6 +396,9 @@ class _Decode:
         train, test = self.transforms()
         if seed < 0:
             return test(image), label
+        if torch.utils.data.get_worker_info() is not None:  # a worker process: its RNG is its own
+            torch.manual_seed(seed)
+            return train(image), label
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return train(image), label
@@ -419,7 +422,9 @@ class _Plan(torch.utils.data.Sampler):
 
 
 def _collate(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    # default_collate stacks straight into shared memory inside a worker: no copy on the way to the main process
+    x, y = torch.utils.data.default_collate(items)
+    return x, y
 
 
 class _Folder:
