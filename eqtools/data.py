@@ -397,10 +397,10 @@ class _Decode:
         if seed < 0:
             return test(image), label
         if torch.utils.data.get_worker_info() is not None:  # a worker process: its RNG is its own
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from
             return train(image), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from
             return train(image), label
 
 
