@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import DeviceOption, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, human_bytes
 from eqtools.vocab import BN_FOLD_MODES, DEPLOY_CPU_CHOICES, ONNX_FORMS, form_label
 from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
@@ -94,6 +94,7 @@ def command(
         typer.Option("--out", help="Output directory. Default: artifacts/<spec>/export-<config tag>."),
     ] = None,
     device: DeviceOption = "auto",
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, files, metrics) on stdout.")] = False,
 ) -> None:
     """Export a calibrated subnet to integer weights and/or ONNX, checked against the fake-quant model.

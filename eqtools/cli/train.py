@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import DeviceOption, echo, emit_artifact, handle_errors, print_error, progress
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, print_error, progress
 
 
 @handle_errors
@@ -19,7 +19,7 @@ def command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run's checkpoint and start over.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override train.epochs.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Override the spec's seed.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Override the spec's seed.")] = None,
     device: DeviceOption = "auto",
     precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16 autocast for the forward passes (fp16 adds a gradient scaler). Default: the spec's train.precision, fp32.")] = None,
     compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Force torch.compile on or off (default: the spec's train.compile, 'auto').")] = None,
@@ -30,6 +30,7 @@ def command(
     a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="With --static-bits: activation symmetry (sym or asym).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any spec field, e.g. --set train.sandwich.distill=false (repeatable).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse to train if a weight matmul the spec did not pin to \"fp\" would stay in floating point.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final summary object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -83,6 +84,9 @@ def command(
     data = apply_overrides(data, assignments)
     spec = resolve_spec(parse_spec(data, str(spec_path)))
     out = out or default_out(spec.name, "supernet", tag)
+    from eqtools.artifacts import claim_out
+
+    claim_out(out, "supernet")  # before any time is spent: never replace unasked what sits at --out
 
     def log(message: str) -> None:
         echo(message, quiet)
