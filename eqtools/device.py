@@ -36,8 +36,8 @@ def _why_no_cuda() -> str:
 
     if torch.version.cuda is None:
         return f"this torch ({torch.__version__}) is built without CUDA"
-    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} but finds no usable GPU "
-            "(no NVIDIA driver, or CUDA_VISIBLE_DEVICES hides them)")
+    return (f"torch {torch.__version__} is built for CUDA {torch.version.cuda} and finds none (no NVIDIA driver, "
+            "or CUDA_VISIBLE_DEVICES hides them)")
 
 
 def resolve_device(name: str | None = "auto") -> str:
@@ -61,7 +61,8 @@ def resolve_device(name: str | None = "auto") -> str:
         )
     if not torch.cuda.is_available():
         raise ConfigError(
-            f"--device {name} asks for a CUDA GPU, and there is none: {_why_no_cuda()}. Available here: cpu. "
+            f"--device {name} asks for a CUDA GPU, and this machine has no usable CUDA GPU: {_why_no_cuda()}. "
+            "Available here: cpu. "
             "Use --device cpu, or --device auto to take a GPU only where there is one"
         )
     if match.group(1) is not None:

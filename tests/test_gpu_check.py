@@ -22,7 +22,7 @@ def _run(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
 def test_gpu_check_without_a_gpu_says_so_and_exits_2(tmp_path):
     proc = _run("--work", str(tmp_path / "w"), timeout=120)
-    assert proc.returncode == 2 and "asks for a CUDA GPU, and there is none" in " ".join(proc.stderr.split())
+    assert proc.returncode == 2 and "asks for a CUDA GPU, and this machine has no usable CUDA GPU" in " ".join(proc.stderr.split())
     assert not (tmp_path / "w").exists()
 
 

@@ -34,7 +34,7 @@ def test_resolver_knows_auto_cpu_and_refuses_the_rest(monkeypatch):
     assert resolve_device("cpu") == "cpu" and resolve_device(" CPU ") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
-    with pytest.raises(ConfigError, match=r"asks for a CUDA GPU, and there is none.*Available here: cpu"):
+    with pytest.raises(ConfigError, match=r"asks for a CUDA GPU, and this machine has no usable CUDA GPU.*Available here: cpu"):
         resolve_device("cuda:0")
     with pytest.raises(ConfigError, match=r"'gpu' is not a device.*cpu, cuda or cuda:N. Available here: cpu"):
         resolve_device("gpu")
