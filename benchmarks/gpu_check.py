@@ -112,8 +112,8 @@ def main() -> int:
         f"{'compiled' if args.compile else 'eager'} training, whole check {total:.0f} s.\n\n"
         "| check | result |\n|---|---|\n"
         f"| CUDA tests (`pytest -m gpu`) | {summary} |\n"
-        f"| r20-fmnist, 1 epoch, fp32: train images/s | {fp32:.0f} |\n"
-        f"| r20-fmnist, 1 epoch, bf16 autocast: train images/s | {bf16:.0f} ({bf16 / fp32:.2f}x fp32) |\n"
+        f"| r20-fmnist, 1 epoch, fp32: train images/s | {fp32:.1f} |\n"
+        f"| r20-fmnist, 1 epoch, bf16 autocast: train images/s | {bf16:.1f} ({bf16 / fp32:.2f}x fp32) |\n"
         f"| sample {sampled['metrics']['rows']} subnets: subnets/min | {sampled['metrics']['subnets_per_min']:.1f} |\n"
         + "".join(f"| export {fmt}: top-1 agreement with the fake-quant subnet | {100 * a:.2f} % |\n"
                   for fmt, a in parity.items())
