@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (the default suite), `lint`, `slow` (long tests), `gpu` (CUDA-only)."""
+"""Sessions: `nox -s tests` (the default suite), `lint`, `slow` (long tests), `gpu` (the GPU check, benchmarks/gpu_check.py)."""
 
 import nox
 
@@ -27,8 +27,9 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
+    """The whole GPU check in one go (<= 8 min on one GPU): CUDA tests, r20-fmnist fp32 vs bf16, sample, export."""
     _install(session)
-    session.run("pytest", "-m", "gpu", *session.posargs)
+    session.run("python", "benchmarks/gpu_check.py", "--record", *session.posargs)
 
 
 @nox.session

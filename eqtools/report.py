@@ -82,8 +82,9 @@ def build_report(
     bits: Sequence[int] = (2, 4, 8),
     *,
     log: Callable[[str], None] = lambda message: None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Measure and collect everything the summary table shows (calibrating subnets as needed)."""
+    """Measure and collect everything the summary table shows (calibrating subnets as needed) on ``device``."""
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
 
@@ -97,7 +98,7 @@ def build_report(
     space = supernet_art.space
     log(f"report for spec '{spec.name}': supernet {supernet_art.path}")
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
-    supernet = load_supernet(supernet_art).use_channels_last()
+    supernet = load_supernet(supernet_art, map_location=device).use_channels_last()
 
     # every subnet of the report (the supernet's and the static baselines') is calibrated on the same
     # images and scored on the same test images, decoded once: calibrate_and_evaluate as measure_subnet
@@ -137,7 +138,7 @@ def build_report(
             static = statics.get((b, config.condition))
             if static is not None:
                 log(f"calibrating the static {b}-bit baseline {static.path}")
-                model = load_supernet(static).use_channels_last()
+                model = load_supernet(static, map_location=device).use_channels_last()
                 row["static_top1"] = measure(static, SubnetConfig.from_dict(static.extra["config"]), model)
                 row["static_path"] = str(static.path)
             report["uniform"].append(row)

@@ -13,15 +13,19 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+from eqtools.device import DEVICE_HELP
 from eqtools.errors import EqtoolsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USER_ERROR = 2
+
+# every stage that runs the model takes the same --device (resolved by eqtools.device.resolve_device)
+DeviceOption = Annotated[str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP)]
 
 
 def debug_enabled() -> bool:

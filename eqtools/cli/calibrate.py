@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, human_bytes
 
 
 @handle_errors
@@ -55,6 +55,7 @@ def command(
                           "8-bit ranges so export builds that same file. Skipped for asymmetric weights, which "
                           "export writes in the exact form."),
     ] = True,
+    device: DeviceOption = "auto",
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, config, metrics) on stdout.")] = False,
 ) -> None:
@@ -67,8 +68,11 @@ def command(
     """
     from eqtools.artifacts import find_latest, read_artifact, resolve_input
     from eqtools.calibrate import calibrate_artifact
+    from eqtools.device import resolve_device
     from eqtools.errors import ConfigError
     from eqtools.evaluation import resolve_config
+
+    device = resolve_device(device)
 
     if searched:
         if from_search is not None:
@@ -97,7 +101,8 @@ def command(
                                         else [])])
     subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
                             symmetry=symmetry, w_symmetry=w_symmetry, a_symmetry=a_symmetry, search=from_search)
-    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed)
+    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed,
+                                device=device)
     m = result.metrics
     if as_json:
         emit_artifact(result, config=subnet.to_dict())

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, human_bytes
 from eqtools.vocab import form_label
 
 
@@ -97,6 +97,7 @@ def command(
                                       "Default: the search's --preset where the subnet comes from one, else "
                                       "onnxruntime."),
     ] = None,
+    device: DeviceOption = "auto",
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Output directory. Default: artifacts/<spec>/export-<config tag>."),
@@ -114,9 +115,10 @@ def command(
     docs/export.md.
     """
     from eqtools.artifacts import resolve_input
+    from eqtools.device import resolve_device
     from eqtools.export import ExportOptions, export_artifact
 
-    options = ExportOptions(formats=(fmt,), opset=opset, bn_fold=bn_fold, check_images=check_images,
+    options = ExportOptions(device=resolve_device(device), formats=(fmt,), opset=opset, bn_fold=bn_fold, check_images=check_images,
                             agreement_min=min_agreement, onnx_form=onnx_form, deploy_agreement_min=min_deploy_agreement,
                             deploy_accuracy_drop_max=max_deploy_accuracy_drop, deploy_cpu=cpu,
                             targets=None if target is None else (target,))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_json, handle_errors
+from eqtools.cli._common import DeviceOption, echo, emit_json, handle_errors
 
 
 @handle_errors
@@ -16,6 +16,7 @@ def command(
     root: Annotated[Path, typer.Option("--root", help="Workspace directory.")] = Path("artifacts"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress notes.")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Summarise what a workspace achieved, measured afresh on the test split.
 
@@ -25,9 +26,11 @@ def command(
     predictor's rank correlation, the searched subnet vs the uniform one at the same budget, and
     export parity. An artifact that fails verification is listed, and the command then exits 2.
     """
+    from eqtools.device import resolve_device
     from eqtools.report import build_report, format_report
 
-    report = build_report(root, spec_name, log=lambda m: echo(m, quiet))
+    device = resolve_device(device)
+    report = build_report(root, spec_name, log=lambda m: echo(m, quiet), device=device)
     if as_json:
         emit_json(report)
         _refuse_damaged(report)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, progress
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, progress
 
 
 def _duration(seconds: float) -> str:
@@ -105,6 +106,7 @@ def command(
         bool | None,
         typer.Option("--int8-convs/--no-int8-convs", help="Run the quantized convs on oneDNN's int8 kernel (exact integer sums of the codes; pays off compiled). Default: when compiled on a CPU whose int8 kernel sums 8-bit products exactly. Asking for it where it cannot run is an error."),
     ] = None,
+    device: DeviceOption = "auto",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, metrics, parameters) on stdout.")] = False,
@@ -138,9 +140,11 @@ def command(
                 "(the supernet goes after --from)"
             )
         from eqtools.artifacts import resolve_input
+        from eqtools.device import resolve_device
         from eqtools.sample import filter_conditions, parse_conditions, parse_shard, sample_artifact
         from eqtools.vocab import resolve_symmetry_flags
 
+        device = resolve_device(device)
         supernet = resolve_input(from_, "supernet", echo=echo)
         w_sym, a_sym = resolve_symmetry_flags(symmetry, w_symmetry, a_symmetry)
         if granularity or w_sym or a_sym:
@@ -156,8 +160,10 @@ def command(
             result = sample_artifact(
                 supernet, n=n, conditions=conditions, subset=subset, seed=seed, out=out, shard=parse_shard(shard),
                 calib_images=calib_images, batch_size=batch_size, restart=restart,
-                compile=compile_, integer=int8_convs, on_stage=echo, on_start=bar.on_start, on_row=bar.on_row,
+                compile=compile_, integer=int8_convs, device=device, on_stage=echo, on_start=bar.on_start, on_row=bar.on_row,
             )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return
     m = result.metrics
     if as_json:
         emit_artifact(result, parameters=result.extra)

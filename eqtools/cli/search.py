@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, progress
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, progress
 from eqtools.vocab import GRANULARITIES, SYMMETRIES, VERIFY_SPLITS
 
 # choices derived from the one vocabulary (typer needs an Enum to list them in --help)
@@ -76,6 +76,7 @@ def command(
         "--eval-images", min=10, help="With --verify: evaluate on a class-balanced subset of this many --verify-split images (default: all of them).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output directory (default: artifacts/<spec>/search-<budget>-<condition>).")] = None,
+    device: DeviceOption = "auto",
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")] = False,
 ) -> None:
@@ -93,6 +94,10 @@ def command(
     from eqtools.specs import SearchSpec
     from eqtools.vocab import form_label
 
+    if verify:
+        from eqtools.device import resolve_device
+
+        device = resolve_device(device)  # only --verify runs the model
     if verify and uniform:
         raise ConfigError("--verify measures searched candidates; with --uniform calibrate the config instead "
                           "(`eqtools calibrate --w-bits ...`)")
@@ -134,11 +139,12 @@ def command(
     with progress(f"search ({what})", options.generations, enabled=not as_json and not uniform) as advance:
         outcome = run_search(predictor, options, progress=advance)
     if verify and supernet is not None:
-        from eqtools.search.verify import verify_candidates, verify_outcome
+        from eqtools.search.verify import VerifyBench, verify_candidates, verify_outcome
 
+        bench = VerifyBench.load(supernet, device=device)
         with progress("verify", len(verify_candidates(outcome)), enabled=not as_json) as advance:
             verify_outcome(outcome, supernet, split=verify_split.value, eval_images=eval_images, on_stage=None if as_json else echo,
-                           progress=advance)
+                           progress=advance, bench=bench)
     artifact = write_search(outcome, out, predictor, parents=[supernet] if supernet is not None and verify else [])
     if as_json:
         emit_artifact(artifact, best_config=outcome.best.to_dict())

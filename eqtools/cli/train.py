@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, print_error, progress
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, print_error, progress
 
 
 @handle_errors
@@ -20,7 +20,8 @@ def command(
     restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run's checkpoint and start over.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override train.epochs.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Override the spec's seed.")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOption = "auto",
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16 autocast for the forward passes (fp16 adds a gradient scaler). Default: the spec's train.precision, fp32.")] = None,
     compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Force torch.compile on or off (default: the spec's train.compile, 'auto').")] = None,
     static_bits: Annotated[str | None, typer.Option("--static-bits", metavar="W[/A]", help="Train a static-QAT baseline of one uniform config instead of a supernet (e.g. 4 or 4/8).")] = None,
     granularity: Annotated[str | None, typer.Option("--granularity", help="With --static-bits: per-channel or per-tensor.")] = None,
@@ -43,10 +44,12 @@ def command(
     from eqtools.artifacts import default_out
     from eqtools.build import resolve_spec
     from eqtools.cli.overrides import apply_overrides
+    from eqtools.device import resolve_device
     from eqtools.specs import load_spec, parse_spec
     from eqtools.train import TrainingInterrupted, TrainOptions, run_training
     from eqtools.vocab import form_tag, resolve_symmetry_flags
 
+    device = resolve_device(device)  # before anything is read: a missing GPU is a one-line refusal
     spec = load_spec(spec_path)
     data = spec.to_dict()
     assignments = list(overrides or [])
@@ -54,6 +57,8 @@ def command(
         assignments.append(f"train.epochs={epochs}")
     if seed is not None:
         assignments.append(f"seed={seed}")
+    if precision is not None:
+        assignments.append(f"train.precision={precision}")
     if compile_ is not None:
         assignments.append(f"train.compile={'on' if compile_ else 'off'}")
     if static_bits is not None:

@@ -76,13 +76,13 @@ class VerifyBench:
     calib: Any
 
     @classmethod
-    def load(cls, supernet_artifact: Artifact) -> VerifyBench:
+    def load(cls, supernet_artifact: Artifact, device: str = "cpu") -> VerifyBench:
         from eqtools.build import artifact_spec, load_supernet
         from eqtools.data import load_splits
         from eqtools.evaluation import calibration_source
 
         spec = artifact_spec(supernet_artifact)
-        supernet = load_supernet(supernet_artifact).use_channels_last()
+        supernet = load_supernet(supernet_artifact, map_location=device).use_channels_last()
         splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
         calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
         return cls(spec, supernet, splits, calib)

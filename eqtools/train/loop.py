@@ -19,10 +19,10 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,52 @@ class TrainOptions:
 
 
 # --------------------------------------------------------------------------------- utilities
+class Precision:
+    """Mixed precision of the training forward passes: autocast, and a gradient scaler for fp16.
+
+    Parameters, optimiser state and gradients stay fp32; autocast runs convolutions and matmuls in
+    the lower dtype. The quantizers divide, clip and round in fp32 whatever the autocast dtype
+    (:func:`eqtools.quant.quantizer.fake_quantize`), so precision changes the arithmetic around the
+    codes, never which code a value gets. fp16's five exponent bits underflow small gradients,
+    hence the scaler; bf16 has fp32's range and needs none.
+    """
+
+    DTYPES: ClassVar[dict[str, torch.dtype | None]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, name: str, device: str) -> None:
+        self.name = name
+        self.device_type = torch.device(device).type
+        self.dtype = self.DTYPES[name]
+        self.scaler = torch.amp.GradScaler(self.device_type) if name == "fp16" else None
+
+    def autocast(self) -> AbstractContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, opt: torch.optim.Optimizer, params: Any, grad_clip: float | None) -> None:
+        """Clip (after unscaling) and step; with fp16 the scaler skips a step whose gradients overflowed."""
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        if grad_clip:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
 @dataclass
 class _Dist:
     rank: int = 0
@@ -195,8 +241,12 @@ def _accuracy(model: nn.Module, split: Split, batch_size: int, device: str, limi
 # --------------------------------------------------------------------------------- float warm-up
 def _fp_cache_key(spec: Spec) -> str:
     t = spec.train
-    key = {"model": spec.model.model_dump(), "data": spec.data.model_dump(), "seed": spec.seed,
+    data = spec.data.model_dump()
+    data["workers"] = 0  # decoding in parallel changes nothing in the batches (0: the keys made before it was read)
+    key = {"model": spec.model.model_dump(), "data": data, "seed": spec.seed,
            "epochs": t.fp_epochs, "batch": t.batch_size, "lr": t.lr, "optimizer": t.optimizer}
+    if t.precision != "fp32":  # fp32 keys stay those of the runs made before precision existed
+        key["precision"] = t.precision
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -213,6 +263,7 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
     model.to(device).train()
     model.to(memory_format=torch.channels_last)  # faster convolutions (see Supernet.use_channels_last)
     opt = _make_optimizer(spec, list(model.parameters()), [])
+    amp = Precision(t.precision, device)
     steps = len(splits.train) // t.batch_size
     if t.steps_per_epoch:
         steps = min(steps, t.steps_per_epoch)
@@ -225,11 +276,10 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
                                              epoch=epoch, drop_last=True, limit=steps):
                 opt.zero_grad(set_to_none=True)
                 x = x.to(device).contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(model(x), y.to(device))
-                loss.backward()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
+                with amp.autocast():
+                    loss = F.cross_entropy(model(x).float(), y.to(device))
+                amp.backward(loss)
+                amp.step(opt, model.parameters(), t.grad_clip)
                 sched.step()
                 advance(1, loss=loss.item())
     top1 = _accuracy(model, splits.val, 500, device, 2000, spec.seed)
@@ -280,8 +330,11 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
     total_steps = steps * t.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, int(t.warmup_epochs * steps), t.schedule))
     rng = random.Random(spec.seed)
+    amp = Precision(t.precision, device)
+    summary["precision"] = t.precision
     start_epoch, start_step, rows = 0, 0, []
     if checkpoint is not None:
+        amp.load_state_dict(checkpoint.get("scaler") or {})
         opt.load_state_dict(checkpoint["optimizer"])
         sched.load_state_dict(checkpoint["scheduler"])
         rng.setstate(_to_tuple(checkpoint["rng"]))
@@ -317,6 +370,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
             "model": supernet.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
+            "scaler": amp.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "rng": _to_lists(rng.getstate()),
@@ -330,6 +384,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
         f"training {spec.model.name} ({mode}) on {spec.data.name}: {t.epochs} epochs x {steps} steps of "
         f"{t.batch_size} images, {len(supernet.space.layer_names)} quantized layers"
         f"{', compiled' if use_compile else ''}{f', {dist.world} processes' if dist.world > 1 else ''}"
+        f"{f', {t.precision} autocast' if t.precision != 'fp32' else ''}"
     )
     run_start = time.monotonic()
     with _interrupt_flag() as flag, out_of_memory_advice("training", "train.batch_size", t.batch_size):
@@ -343,25 +398,24 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
             with progress(f"epoch {epoch + 1}/{t.epochs}", steps - first) as advance:
                 for i, (x, y) in enumerate(
                     splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed,
-                                         epoch=epoch, start=first, drop_last=True, limit=steps - first),
+                                         epoch=epoch, start=first, drop_last=True, limit=steps - first,
+                                         part=(dist.rank, dist.world) if dist.world > 1 else None,
+                                         pin_memory=device.startswith("cuda")),
                     start=first,
                 ):
-                    if dist.world > 1:
-                        x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     step_start = time.monotonic()
                     opt.zero_grad(set_to_none=True)
                     if mode == "static":
-                        losses = static_step(forward_model, x, y)
+                        losses = static_step(forward_model, x, y, autocast=amp.autocast, backward=amp.backward)
                     else:
                         configs = sample_sandwich(supernet.space, rng, t.sandwich.num_random)
                         digest.update("".join(c.to_json(indent=None) for c in configs).encode())
                         losses = sandwich_step(forward_model, supernet, x, y, configs, kd_lambda=t.sandwich.kd_lambda,
-                                               temperature=t.sandwich.temperature, distill=t.sandwich.distill, wdr=wdr)
+                                               temperature=t.sandwich.temperature, distill=t.sandwich.distill, wdr=wdr,
+                                               autocast=amp.autocast, backward=amp.backward)
                     _check_finite_loss(losses, epoch, i, steps, ckpt_path, t.lr, dist, device)  # before the step spreads it
-                    if t.grad_clip:
-                        nn.utils.clip_grad_norm_(supernet.parameters(), t.grad_clip)
-                    opt.step()
+                    amp.step(opt, supernet.parameters(), t.grad_clip)
                     sched.step()
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
