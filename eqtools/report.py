@@ -77,7 +77,12 @@ def build_report(
 
     root = Path(root)
     folder = root / spec_name if spec_name else None
-    supernet_art = read_artifact(find_latest("supernet", folder or root), "supernet")
+    try:
+        latest = find_latest("supernet", folder or root)
+    except ArtifactError:
+        raise ArtifactError(f"no 'supernet' artifact found under {folder or root}/; make one with `eqtools train SPEC` "
+                            "first, or point --root at the workspace that holds one (--spec at its spec's folder)") from None
+    supernet_art = read_artifact(latest, "supernet")
     if supernet_art.extra.get("mode") == "static":
         raise ArtifactError(f"no elastic supernet under {folder or root}; train one with `eqtools train SPEC`")
     folder = supernet_art.path.parent

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -28,12 +28,12 @@ def command(
                                     "first). Default: the newest 'calibrated' artifact under artifacts/."),
     ] = None,
     fmt: Annotated[
-        str,
+        Literal[FORMATS],
         typer.Option("--format", help="int: packed integer weights + scales/zero points (safetensors); "
                                       "onnx: ONNX QuantizeLinear/DequantizeLinear graph; all: both."),
     ] = "all",
     onnx_form: Annotated[
-        str,
+        Literal[ONNX_FORMS],
         typer.Option("--onnx-form", help="deploy: an integer graph (QLinearConv/QGemm/QLinearAdd) that onnxruntime "
                                          "runs on integer kernels, checked against the fake-quant subnet at the "
                                          "fidelity targets (99.5% agreement, 99% below 4 bits); exact: the QDQ "
@@ -41,7 +41,7 @@ def command(
                                          "with asymmetric weights are written exact (one line says why)."),
     ] = "deploy",
     cpu: Annotated[
-        str,
+        Literal[DEPLOY_CPU_CHOICES],
         typer.Option("--cpu", help="Where the integer ONNX form must compute exactly. any: every x86 CPU; layers "
                                    "with 8-bit weights on 8-bit inputs store uint8 weights, since CPUs without VNNI "
                                    "sum u8 x s8 products in saturating int16. vnni: only CPUs whose u8 x s8 kernels "
@@ -58,7 +58,7 @@ def command(
                                      "int8/uint8 with a Clip to their bit-width."),
     ] = 21,
     bn_fold: Annotated[
-        str,
+        Literal[BN_FOLD_MODES],
         typer.Option("--bn-fold", help="scale: fold batch norm into the weight scales, exact (a per-tensor layer "
                                        "gets a per-channel scale vector); requantize: per-tensor layers are "
                                        "requantized after folding, so they stay per-tensor (costs accuracy, reported); "

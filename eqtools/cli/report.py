@@ -12,8 +12,8 @@ from eqtools.cli._common import echo, emit_json, handle_errors
 
 @handle_errors
 def command(
-    spec_name: Annotated[str | None, typer.Option("--spec", help="Spec name (folder under the workspace); default: that of the newest supernet.")] = None,
-    root: Annotated[Path, typer.Option("--root", help="Workspace directory.")] = Path("artifacts"),
+    spec_name: Annotated[str | None, typer.Option("--spec", metavar="<name>", help="Spec name (folder under the workspace); default: that of the newest supernet.")] = None,
+    root: Annotated[Path, typer.Option("--root", metavar="<dir>", help="Workspace directory the artifacts are read from.")] = Path("artifacts"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress notes.")] = False,
 ) -> None:

@@ -48,7 +48,7 @@ def find_supernet(predictor: Predictor, path: Path | str | None = None,
         art = predictor.artifact
         supernet = art.ancestor("supernet") if art is not None else None
         if supernet is None:
-            supernet = read_artifact(find_latest("supernet"), "supernet")
+            supernet = read_artifact(find_latest("supernet", flag="--supernet"), "supernet")
         if echo is not None:
             echo(f"verifying on supernet {supernet.path}")
     check_space(supernet, predictor.space, what=f"the predictor {predictor.artifact.path if predictor.artifact else ''}".strip())

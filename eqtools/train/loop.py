@@ -41,6 +41,7 @@ from eqtools.train.step import sample_sandwich, sandwich_step, static_step, wdr_
 __all__ = ["TrainOptions", "TrainingInterrupted", "monitor_images", "quantizer_init_images", "run_training"]
 
 CHECKPOINT = "checkpoint.pt"
+FP_CHECKPOINT = "fp-checkpoint.pt"  # the float warm-up's, while it runs
 Progress = Callable[..., None]
 
 
@@ -197,9 +198,16 @@ def _fp_cache_key(spec: Spec) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, opts: TrainOptions, dist: _Dist) -> dict:
+def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, opts: TrainOptions, dist: _Dist,
+                    work: Path) -> dict:
     """Train the float model for ``fp_epochs`` (cached beside the output: static baselines of the
-    same spec reuse it). Returns summary metrics."""
+    same spec reuse it). Returns summary metrics.
+
+    Checkpointed like the QAT epochs (``work/fp-checkpoint.pt`` at every warm-up epoch end and at the
+    current step on SIGINT/SIGTERM), so ``--resume`` continues an interrupted warm-up exactly: the
+    data order is a pure function of (seed, epoch, batch) and the optimiser, schedule and RNG state
+    are restored. The checkpoint goes once the float weights are cached.
+    """
     cache = opts.out.parent / ".fp-cache" / f"{_fp_cache_key(spec)}.safetensors"
     if cache.is_file():
         model.load_state_dict(load_safetensors(cache), strict=True)
@@ -214,21 +222,55 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
     if t.steps_per_epoch:
         steps = min(steps, t.steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * t.fp_epochs, 0, t.schedule))
+    ckpt_path = work / FP_CHECKPOINT
+    start_epoch = start_step = 0
+    if opts.resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("spec") != spec.to_dict():
+            raise EqtoolsError(f"the float warm-up checkpoint at {ckpt_path} was made with a different spec; resume "
+                               "with the same spec and flags, or pass --restart")
+        model.load_state_dict(state["model"], strict=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        opts.log(f"float warm-up: resuming from {ckpt_path} (epoch {start_epoch}, step {start_step})")
+
+    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        if not dist.main:
+            return
+        work.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save({"spec": spec.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "epoch": epoch, "step_in_epoch": step_in_epoch}, ckpt_path)
+
     progress = opts.progress or _null_progress
     start = time.monotonic()
-    for epoch in range(t.fp_epochs):
-        with progress(f"float warm-up {epoch + 1}/{t.fp_epochs}", steps) as advance:
-            for x, y in splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed + 7,
-                                             epoch=epoch, drop_last=True, limit=steps):
-                opt.zero_grad(set_to_none=True)
-                x = x.to(device).contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(model(x), y.to(device))
-                loss.backward()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
-                sched.step()
-                advance(1, loss=loss.item())
+    with _interrupt_flag() as flag:
+        for epoch in range(start_epoch, t.fp_epochs):
+            first = start_step if epoch == start_epoch else 0
+            with progress(f"float warm-up {epoch + 1}/{t.fp_epochs}", steps - first) as advance:
+                for i, (x, y) in enumerate(
+                    splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed + 7,
+                                         epoch=epoch, start=first, drop_last=True, limit=steps - first),
+                    start=first,
+                ):
+                    opt.zero_grad(set_to_none=True)
+                    x = x.to(device).contiguous(memory_format=torch.channels_last)
+                    loss = F.cross_entropy(model(x), y.to(device))
+                    loss.backward()
+                    if t.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    opt.step()
+                    sched.step()
+                    advance(1, loss=loss.item())
+                    if flag["stop"]:
+                        save_checkpoint(epoch, i + 1)
+                        raise TrainingInterrupted(
+                            f"training interrupted in float warm-up epoch {epoch + 1}, step {i + 1}/{steps}; the "
+                            f"checkpoint is saved at {ckpt_path}. Continue with the same command plus --resume"
+                        )
+            save_checkpoint(epoch + 1, 0)
     top1 = _accuracy(model, splits.val, 500, device, 2000, spec.seed)
     model.train()
     model.to(memory_format=torch.contiguous_format)
@@ -237,6 +279,7 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
         tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
         save_safetensors(tmp, model.state_dict())
         os.replace(tmp, cache)
+        ckpt_path.unlink(missing_ok=True)
     opts.log(f"float warm-up: {t.fp_epochs} epochs in {time.monotonic() - start:.0f}s, val top-1 {top1:.4f}")
     return {"fp_cached": False, "fp_val_top1": top1, "fp_time_s": time.monotonic() - start}
 
@@ -259,7 +302,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
     torch.manual_seed(spec.seed)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     summary: dict[str, Any] = {}
-    supernet = _starting_supernet(spec, splits, device, opts, dist, checkpoint, summary)
+    supernet = _starting_supernet(spec, splits, device, opts, dist, checkpoint, summary, work)
     supernet.use_channels_last()
     mode = t.mode
     fixed = static_config(spec, supernet) if mode == "static" else None
@@ -394,18 +437,20 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
 def _open_checkpoint(spec: Spec, opts: TrainOptions, dist: _Dist, work: Path) -> dict[str, Any] | None:
     """The checkpoint to resume from (``--resume``), after refusing to clobber one silently."""
     ckpt_path = work / CHECKPOINT
-    if ckpt_path.exists() and not (opts.resume or opts.restart):
-        raise EqtoolsError(
-            f"an unfinished training run is checkpointed at {ckpt_path}; pass --resume to continue it or "
-            "--restart to discard it and start again"
-        )
+    for found in (ckpt_path, work / FP_CHECKPOINT):
+        if found.exists() and not (opts.resume or opts.restart):
+            raise EqtoolsError(
+                f"an unfinished training run is checkpointed at {found}; pass --resume to continue it or "
+                "--restart to discard it and start again"
+            )
     if opts.restart and dist.main:
         shutil.rmtree(work, ignore_errors=True)
     dist.barrier()
     if not opts.resume:
         return None
     if not ckpt_path.exists():
-        opts.log(f"no checkpoint at {ckpt_path}; starting a new run")
+        if not (work / FP_CHECKPOINT).exists():
+            opts.log(f"no checkpoint at {ckpt_path}; starting a new run")
         return None
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     if checkpoint.get("spec") != spec.to_dict():
@@ -418,13 +463,13 @@ def _open_checkpoint(spec: Spec, opts: TrainOptions, dist: _Dist, work: Path) ->
 
 
 def _starting_supernet(spec: Spec, splits: Splits, device: str, opts: TrainOptions, dist: _Dist,
-                       checkpoint: dict[str, Any] | None, summary: dict[str, Any]) -> Supernet:
+                       checkpoint: dict[str, Any] | None, summary: dict[str, Any], work: Path) -> Supernet:
     """The supernet the first step sees: float warm-up (if asked), conversion, and quantizers
     initialised from class-balanced training images, or everything restored from the checkpoint."""
     t = spec.train
     model = build_float_model(spec)
     if checkpoint is None and t.fp_epochs and not spec.model.pretrained:
-        summary.update(_pretrain_float(model, spec, splits, device, opts, dist))
+        summary.update(_pretrain_float(model, spec, splits, device, opts, dist, work))
     supernet = build_supernet(spec, model).to(device)
     if checkpoint is None:
         per = min(t.batch_size, t.init_images)
