@@ -57,7 +57,7 @@ from typing import Any
 from eqtools.artifacts import MANIFEST, Artifact, Samples, default_out, read_artifact, write_artifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import ElasticSpace, SubnetConfig
-from eqtools.vocab import form_key
+from eqtools.vocab import form_key, parse_forms
 
 __all__ = [
     "SAMPLER",
@@ -90,28 +90,7 @@ def parse_conditions(value: str | Sequence[str] | None, space: ElasticSpace) -> 
     ``granularity/symmetry`` for both symmetries alike (``per-tensor/asym``). Returns machine keys
     (:func:`eqtools.vocab.form_key`) in the order given (``all``: the space's order).
     """
-    allowed = [form_key(*form) for form in space.conditions]
-    if value is None:
-        return tuple(allowed)
-    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
-    items = [v for v in items if v]
-    if items == ["all"]:
-        return tuple(allowed)
-    if not items:
-        raise ConfigError(f"--conditions is empty; give 'all' or some of {allowed}")
-    seen: list[str] = []
-    for item in items:
-        parts = item.split("/")
-        key = form_key(parts[0], parts[1], parts[1]) if len(parts) == 2 else item
-        if key not in allowed:
-            raise ConfigError(
-                f"condition {item!r} is not in this supernet's space; allowed: 'all' or {allowed} "
-                "(granularity/w_symmetry/a_symmetry, or granularity/symmetry for both)"
-            )
-        if key in seen:
-            raise ConfigError(f"condition {item!r} is listed twice")
-        seen.append(key)
-    return tuple(seen)
+    return parse_forms(value, [form_key(*form) for form in space.conditions], "--conditions")
 
 
 def filter_conditions(

@@ -29,6 +29,7 @@ run search        eqtools search --w-bits 4 --granularity per-tensor --symmetry 
 run calibrate     eqtools calibrate --searched --json
 run export        eqtools export --format all --json
 run report        eqtools report --json -q
+run report_forms  eqtools report --forms per-channel/sym/asym,per-tensor/asym --json -q
 # bad input in a pipeline: a clear message and exit status 2, never a traceback
 set +e
 eqtools search --w-bits 1 --granularity per-tensor --symmetry asym > out/infeasible.json 2> out/infeasible.log
@@ -80,6 +81,14 @@ def test_shell_pipeline_with_defaults_and_json(tmp_path: Path):
     assert [(row["bits"], row["condition"]) for row in report["uniform"]] == [
         (b, f"{g}/{w}/{a}") for b in (2, 4, 8) for g in ("per-channel", "per-tensor")
         for w in ("sym", "asym") for a in ("sym", "asym")]
+    assert report["forms"] == [f"{g}/{w}/{a}" for g in ("per-channel", "per-tensor") for w in ("sym", "asym")
+                               for a in ("sym", "asym")] and report["space_forms"] == 8
+    # --forms narrows the uniform table to the forms asked for, in that order, with the same figures
+    narrow = out["report_forms"]
+    assert narrow["forms"] == ["per-channel/sym/asym", "per-tensor/asym/asym"] and narrow["space_forms"] == 8
+    assert [(r["bits"], r["condition"], r["supernet_top1"]) for r in narrow["uniform"]] == [
+        (r["bits"], r["condition"], r["supernet_top1"]) for b in (2, 4, 8) for c in narrow["forms"]
+        for r in report["uniform"] if (r["bits"], r["condition"]) == (b, c)]
     with_static = [r for r in report["uniform"] if "static_top1" in r]
     assert [(r["bits"], r["condition"]) for r in with_static] == [(4, "per-channel/sym/sym")]
     assert report["damaged"] == []
