@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests` (the default suite), `lint`, `slow` (long tests), `gpu` (CUDA-only)."""
+"""Sessions: `nox -s tests` (the default suite), `lint`, `slow` (long tests), `gpu` (CUDA-only), `bench` (the
+benchmark suite, then BENCHMARKS.md rendered from its results; `nox -s bench -- --quick` or `-- NAME ...`)."""
 
 import nox
 
@@ -29,6 +30,12 @@ def slow(session: nox.Session) -> None:
 def gpu(session: nox.Session) -> None:
     _install(session)
     session.run("pytest", "-m", "gpu", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    _install(session)
+    session.run("python", "-m", "benchmarks", *session.posargs)
 
 
 @nox.session

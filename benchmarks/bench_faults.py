@@ -4,7 +4,7 @@ Builds a small real workspace through the CLI (tiny_cnn on scikit-learn's digits
 every stage damaged or wrong input and records the exit status, whether a traceback leaked and
 the first words of the message. Also kills `train` with SIGKILL and resumes it, comparing the
 weights with an uninterrupted run. The same cases are asserted in tests/test_faults.py and
-tests/test_train.py; this script produces the summary table for BENCHMARKS.md.
+tests/test_train.py; this script writes the summary table (benchmarks/results/faults.json).
 
 Run: python benchmarks/bench_faults.py --record
 """

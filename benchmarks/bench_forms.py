@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=Path("specs/r20-fmnist.json"))
     parser.add_argument("--work", type=Path, default=Path("artifacts/repro"))
-    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")
     args = parser.parse_args()
     import torch
 

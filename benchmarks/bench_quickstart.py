@@ -5,7 +5,7 @@ from earlier runs helps), optionally after creating a fresh virtual environment 
 eqtools into it exactly as the README does. Records the wall time of every stage, the mean epoch
 time of the supernet and of the static-QAT baselines, and the `eqtools report` table.
 
-Run: python benchmarks/bench_quickstart.py [--with-install] --record
+Run: python benchmarks/bench_quickstart.py [--with-install] [--with-baselines] --record
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, machine_line, record
+from _record import ROOT, write_result
 
 STEP = re.compile(r"== (.+) \((\d+)s elapsed\)")
 
@@ -31,7 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="specs/quick.json")
     parser.add_argument("--with-install", action="store_true", help="also time a fresh venv + pip install")
-    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")
+    parser.add_argument("--with-baselines", action="store_true", help="pass --with-baselines to the quickstart")
     parser.add_argument("--keep", action="store_true",
                         help="copy the run's workspace into ./artifacts afterwards (other benchmarks reuse it)")
     args = parser.parse_args()
@@ -39,7 +40,7 @@ def main() -> None:
         work = Path(tmpdir)
         for folder in ("specs", "scripts"):
             shutil.copytree(ROOT / folder, work / folder)
-        env = {**os.environ, "COLUMNS": "140"}
+        env = {**os.environ, "COLUMNS": "250"}  # wide enough that no table cell wraps
         install_s = None
         bindir = Path(sys.executable).parent
         if args.with_install:
@@ -51,8 +52,9 @@ def main() -> None:
             bindir = work / ".venv/bin"
         env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
         start = time.monotonic()
-        proc = subprocess.run(["bash", "scripts/quickstart.sh", args.spec], cwd=work, env=env, capture_output=True,
-                              text=True)
+        extra = ["--with-baselines"] if args.with_baselines else []
+        proc = subprocess.run(["bash", "scripts/quickstart.sh", *extra, args.spec], cwd=work, env=env,
+                              capture_output=True, text=True)
         pipeline_s = time.monotonic() - start
         (ROOT / "artifacts").mkdir(exist_ok=True)
         (ROOT / "artifacts" / "quickstart-benchmark.log").write_text(proc.stdout + proc.stderr)
@@ -75,6 +77,9 @@ def main() -> None:
         for d in sorted(spec_dir.glob("supernet*")):
             rows = [json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()]
             epochs[d.name] = sum(r["time_s"] for r in rows) / len(rows)
+    figures = {"spec": args.spec, "with_baselines": args.with_baselines, "install_s": install_s,
+               "pipeline_s": round(pipeline_s, 1), "stages_s": dict(stages), "mean_epoch_s": epochs,
+               "report": markdown_tables(table)}
     lines = ["| stage | wall time |", "|---|---|"]
     if install_s is not None:
         lines.append(f"| fresh venv + pip install (README command) | {install_s:.0f} s |")
@@ -83,13 +88,38 @@ def main() -> None:
     lines.append(f"| **total{' with install' if install_s is not None else ' (pipeline only)'}** | **{total:.0f} s "
                  f"({total / 60:.1f} min)** |")
     lines += ["", "Mean epoch wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in epochs.items()), "",
-              "Final table of the run (`eqtools report`):", "", "```", table.rstrip(), "```"]
+              "The run's `eqtools report`:", ""]
+    for title, rows in figures["report"]:
+        lines += [f"**{title}**", "", *rows, ""]
     body = "\n".join(lines)
     print(body)
     if args.record:
-        record("Quickstart: the whole pipeline on specs/quick.json",
-               f"python benchmarks/bench_quickstart.py{' --with-install' if args.with_install else ''} --record",
-               machine_line(2), body)
+        write_result("quickstart", "How long does README command 1 take on 2 CPU cores, and what does its report say",
+                     figures, body, threads=2)
+
+
+def markdown_tables(text: str) -> list[tuple[str, list[str]]]:
+    """The report's rich tables as (title, Markdown rows): the title lines above each box, its cells."""
+    tables: list[tuple[str, list[str]]] = []
+    title: list[str] = []
+    rows: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(("┃", "│")):
+            cells = [c.strip() for c in line.strip("┃│ ").replace("┃", "│").split("│")]
+            if not rows:
+                rows = ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
+            elif line.startswith("│") and cells and cells[0] == "" and rows:  # a wrapped cell continues the row above
+                last = rows[-1].strip("| ").split(" | ")
+                rows[-1] = "| " + " | ".join(f"{a} {b}".strip() for a, b in zip(last, cells)) + " |"
+            else:
+                rows.append("| " + " | ".join(cells) + " |")
+        elif line.startswith(("┏", "┡", "└", "┗")):
+            if line.startswith(("└", "┗")):
+                tables.append((" ".join(title).strip(), rows))
+                title, rows = [], []
+        elif line.strip():
+            title.append(line.strip())
+    return tables
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ The sampler (see docs/sample.md for the full argument)
 ------------------------------------------------------
 Drawing every layer's bits independently and uniformly puts the *average* bit-width of a config
 near the middle of the range (a sum of independent draws concentrates: with ResNet-20's 18 elastic
-layers, 87 % of uniform draws average 4 to 6 weight bits and fewer than 0.1 % below 3 or above 7).
+layers nearly every uniform draw averages 4 to 6 weight bits and almost none fall below 3 or above 7;
+docs/sample.md works the numbers out).
 A predictor trained on such data has never seen the low-bit corner where the search usually ends
 up. So the draw is stratified on the
 quantities the search constrains:

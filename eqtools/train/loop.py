@@ -535,11 +535,12 @@ COMPILE_MIN_CPU_SUBNET_PASSES = 1800
 
 
 def _compile_pays_off(device: str, subnet_passes: int) -> bool:
-    """On two CPU cores compiling the supernet costs about 75 s and saves about 40 % of each sandwich
-    step (three subnets), so it pays off after about 190 steps (BENCHMARKS.md, "Training speed on the
-    quick spec"). The threshold, counted in subnet forward/backward passes so that a static run's
-    one-subnet steps need three times as many, is 600 sandwich steps: a 3x margin for slower
-    machines, where compilation takes longer."""
+    """On two CPU cores compiling the supernet costs a minute or more once and saves part of each
+    sandwich step (three subnets), so it pays off only after a few hundred steps (BENCHMARKS.md,
+    "Training speed", has the measured cost, saving and break-even). The threshold, counted in
+    subnet forward/backward passes so that a static run's one-subnet steps need three times as many,
+    is 600 sandwich steps: about three times the measured break-even, a margin for slower machines,
+    where compilation takes longer."""
     if device.startswith("cuda"):
         return True
     return subnet_passes >= COMPILE_MIN_CPU_SUBNET_PASSES
