@@ -25,7 +25,7 @@ run fit           eqtools fit-predictor --model mlp --json
 run fit_xgb       eqtools fit-predictor --model xgb --json
 run search_ort    eqtools search --w-bits 4 --preset onnxruntime --json
 run calibrate_ort eqtools calibrate --w-bits 4 --granularity per-channel --w-symmetry sym --a-symmetry asym --json
-run search        eqtools search --w-bits 4 --granularity per-tensor --symmetry asym --json
+run search        eqtools search --w-bits 4 --granularity per-tensor --symmetry asym --top-k 2 --verify --verify-split val --eval-images 60 --json
 run calibrate     eqtools calibrate --searched --json
 run export        eqtools export --format all --json
 run report        eqtools report --json -q
@@ -93,6 +93,9 @@ def test_shell_pipeline_with_defaults_and_json(tmp_path: Path):
     assert [(r["bits"], r["condition"]) for r in with_static] == [(4, "per-channel/sym/sym")]
     assert report["damaged"] == []
     assert report["search"]["searched_top1"] > 0.1 and "export" in report and "predictor" in report
+    # the report says what --verify chose on: how many candidates, on how many images of which split
+    verified = out["search"]["metrics"]["verified"]
+    assert report["search"]["verify"] == {"candidates": len(verified), "images": 60, "split": "val"}
     # the report measures a subnet exactly as `eqtools calibrate` does (same calibration and test images)
     row = next(r for r in report["uniform"] if (r["bits"], r["condition"]) == (4, "per-channel/sym/asym"))
     assert row["supernet_top1"] == out["calibrate_ort"]["metrics"]["top1"]
