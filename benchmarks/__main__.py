@@ -5,6 +5,7 @@
   python -m benchmarks sample deploy      those named, then render
   python -m benchmarks render             BENCHMARKS.md from benchmarks/results/*.json only
   python -m benchmarks list               what each benchmark answers and what it needs
+  python -m benchmarks status             each result's commit, and how many commits changed eqtools/ since
 
 Each benchmark is a script in this folder that writes its result (``_record.write_result``); the
 runner starts each in its own process (so one's torch threads or compiled graphs cannot colour the
@@ -84,14 +85,31 @@ def run(bench: Benchmark, quick: bool) -> int:
     return code
 
 
+def status() -> int:
+    """Each result's commit, and how many commits have changed eqtools/ since: which figures predate the code."""
+    import json
+
+    for path in sorted(RESULTS.glob("*.json")):
+        result = json.loads(path.read_text())
+        commit = str(result.get("commit", "")).split("+")[0]
+        proc = subprocess.run(["git", "rev-list", "--count", f"{commit}..HEAD", "--", "eqtools/"], cwd=ROOT,
+                              capture_output=True, text=True)
+        since = proc.stdout.strip() if proc.returncode == 0 else "?"
+        print(f"{result['name']:<18} {result['date']:<28} {commit:<13} "
+              f"{since} commit(s) changed eqtools/ since{' (carried over)' if result.get('source') else ''}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all), or 'render' / 'list'")
+    parser.add_argument("names", nargs="*", help="benchmarks to run (default: all), or 'render' / 'list' / 'status'")
     parser.add_argument("--quick", action="store_true", help="only the short benchmarks, with fewer rounds")
     args = parser.parse_args(argv)
     if args.names == ["render"]:
         print(f"wrote {write()} from {len(list(RESULTS.glob('*.json')))} results", file=sys.stderr)
         return 0
+    if args.names == ["status"]:
+        return status()
     if args.names == ["list"]:
         for b in SUITE:
             print(f"{b.name:<12} {b.question}{' (in --quick)' if b.quick is not None else ''}"
@@ -99,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [n for n in args.names if n not in BY_NAME]
     if unknown:
-        parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BY_NAME)} (or 'render', 'list')")
+        parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BY_NAME)} (or 'render', 'list', 'status')")
     chosen = [BY_NAME[n] for n in args.names] if args.names else [
         b for b in SUITE if not args.quick or b.quick is not None]
     if args.quick:
