@@ -29,6 +29,15 @@ def debug_enabled() -> bool:
     return os.environ.get("EQTOOLS_DEBUG", "") not in ("", "0")
 
 
+def choices(values: Any) -> str:
+    """The metavar of an option that takes one of ``values``: ``<a|b|c>``, as typer shows an enum's.
+
+    For options whose command checks the value itself (with its own one-paragraph error naming the
+    allowed values), so help shows the choices without typer's generic refusal taking over.
+    """
+    return "<" + "|".join(values) + ">"
+
+
 def print_error(message: str) -> None:
     width = 100
     text = textwrap.fill(message, width=width, initial_indent="error: ", subsequent_indent="  ",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import choices, echo, emit_artifact, handle_errors, human_bytes
 from eqtools.vocab import SPLITS, Granularity, Symmetry
 
 
@@ -42,7 +42,7 @@ def command(
         typer.Option("--images", min=1, help="Training images for the BN statistics. Default: the spec's calibrate.images."),
     ] = None,
     split: Annotated[
-        Literal[SPLITS], typer.Option("--split", help="Where accuracy is measured: test, val (held-out train), unseen (val plus the training images a train_subset leaves out) or train.")
+        str, typer.Option("--split", metavar=choices(SPLITS), help="Where accuracy is measured: test, val (held-out train), unseen (val plus the training images a train_subset leaves out) or train.")
     ] = "test",
     out: Annotated[
         Path | None,

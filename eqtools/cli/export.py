@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import choices, echo, emit_artifact, handle_errors, human_bytes
 from eqtools.vocab import BN_FOLD_MODES, DEPLOY_CPU_CHOICES, ONNX_FORMS, form_label
 from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
@@ -28,21 +28,21 @@ def command(
                                     "first). Default: the newest 'calibrated' artifact under artifacts/."),
     ] = None,
     fmt: Annotated[
-        Literal[FORMATS],
-        typer.Option("--format", help="int: packed integer weights + scales/zero points (safetensors); "
+        str,
+        typer.Option("--format", metavar=choices(FORMATS), help="int: packed integer weights + scales/zero points (safetensors); "
                                       "onnx: ONNX QuantizeLinear/DequantizeLinear graph; all: both."),
     ] = "all",
     onnx_form: Annotated[
-        Literal[ONNX_FORMS],
-        typer.Option("--onnx-form", help="deploy: an integer graph (QLinearConv/QGemm/QLinearAdd) that onnxruntime "
+        str,
+        typer.Option("--onnx-form", metavar=choices(ONNX_FORMS), help="deploy: an integer graph (QLinearConv/QGemm/QLinearAdd) that onnxruntime "
                                          "runs on integer kernels, checked against the fake-quant subnet at the "
                                          "fidelity targets (99.5% agreement, 99% below 4 bits); exact: the QDQ "
                                          "graph that reproduces the fake-quant model, its convs in float. Subnets "
                                          "with asymmetric weights are written exact (one line says why)."),
     ] = "deploy",
     cpu: Annotated[
-        Literal[DEPLOY_CPU_CHOICES],
-        typer.Option("--cpu", help="Where the integer ONNX form must compute exactly. any: every x86 CPU; layers "
+        str,
+        typer.Option("--cpu", metavar=choices(DEPLOY_CPU_CHOICES), help="Where the integer ONNX form must compute exactly. any: every x86 CPU; layers "
                                    "with 8-bit weights on 8-bit inputs store uint8 weights, since CPUs without VNNI "
                                    "sum u8 x s8 products in saturating int16. vnni: only CPUs whose u8 x s8 kernels "
                                    "sum in int32 (AVX512-VNNI, AVX-VNNI, AMX); every weight int8, faster there, "
@@ -58,8 +58,8 @@ def command(
                                      "int8/uint8 with a Clip to their bit-width."),
     ] = 21,
     bn_fold: Annotated[
-        Literal[BN_FOLD_MODES],
-        typer.Option("--bn-fold", help="scale: fold batch norm into the weight scales, exact (a per-tensor layer "
+        str,
+        typer.Option("--bn-fold", metavar=choices(BN_FOLD_MODES), help="scale: fold batch norm into the weight scales, exact (a per-tensor layer "
                                        "gets a per-channel scale vector); requantize: per-tensor layers are "
                                        "requantized after folding, so they stay per-tensor (costs accuracy, reported); "
                                        "none: keep batch norm as its own op."),
