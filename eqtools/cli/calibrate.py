@@ -46,7 +46,7 @@ def command(
     ] = "test",
     out: Annotated[
         Path | None,
-        typer.Option("--out", metavar="<dir>", help="Output directory. Default: calibrated-<subnet> in artifacts/<spec>/, where <subnet> names the subnet (w3a3-per-tensor-asym; mixed-<hash> for mixed precision)."),
+        typer.Option("--out", metavar="<dir>", help="Output directory. Default: calibrated-<subnet> in artifacts/<spec>/, <subnet> naming its bits and form, or mixed-<hash> (docs/calibrate.md)."),
     ] = None,
     deployed: Annotated[
         bool,
