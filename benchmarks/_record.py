@@ -150,6 +150,15 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def _load_note() -> str:
+    """The machine's load when the result is written: a figure timed beside other jobs says so."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    return f"; load average {load:.1f} when written ({os.cpu_count()} logical cores)"
+
+
 def write_result(name: str, question: str, figures: dict[str, Any], markdown: str,
                  threads: int | None = None, *, machine: str | None = None, command: str | None = None) -> Path:
     """Write ``benchmarks/results/<name>.json``: the one current answer to ``question``.
@@ -170,7 +179,7 @@ def write_result(name: str, question: str, figures: dict[str, Any], markdown: st
         "name": name,
         "question": question,
         "command": command or command_line(),
-        "machine": machine or machine_line(threads),
+        "machine": (machine or machine_line(threads)) + _load_note(),
         "cpu_flags": cpu_flags(),
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -66,5 +66,5 @@ def test_write_result_writes_what_render_reads(tmp_path, monkeypatch):
                           figures={"subnets_per_min": 51.0})
     result = json.loads(path.read_text())
     assert path == tmp_path / "sample.json" and result["figures"] == {"subnets_per_min": 51.0}
-    assert result["machine"] == "a shared machine" and result["commit"] and result["date"]
+    assert result["machine"].startswith("a shared machine; load average ") and result["commit"] and result["date"]
     assert "## Sampling" in _render.render(tmp_path)
