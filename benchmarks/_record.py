@@ -156,7 +156,7 @@ def _load_note() -> str:
         load = os.getloadavg()[0]
     except OSError:
         return ""
-    return f"; load average {load:.1f} when written ({os.cpu_count()} logical cores)"
+    return f"; load average {load:.1f} when written"
 
 
 def write_result(name: str, question: str, figures: dict[str, Any], markdown: str,
