@@ -32,6 +32,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("transformers", "Transformers"),
     ("coverage", "Transformer coverage"),
     ("faults", "Faults"),
+    ("replace_window", "Atomic replace"),
     ("write_failures", "Write failures"),
 ]
 TITLES = dict(SECTIONS)
@@ -61,22 +62,20 @@ def load_results(folder: Path = RESULTS) -> list[dict[str, Any]]:
 
 
 def _section(result: dict[str, Any]) -> str:
+    """One question: its heading, one paragraph saying what measured it where and when, the figures."""
     title = TITLES.get(result["name"], result["name"])
-    lines = [f"## {title}", "", f"*{result['question'].rstrip('.')}.*", ""]
     command = result["command"]
     runnable = ("`" not in command and command.split()[0].split("=")[0].isupper()) or command.startswith("python")
-    lines.append(f"- command: `{command}`" if runnable else f"- command: {command}")
     flags = result.get("cpu_flags")
-    flag_text = f"; CPU flags: {' '.join(flags)}" if flags else ("; CPU flags: none of AVX2/AVX512/VNNI/AMX" if flags == [] and
-                                                                  not result.get("source") else "")
-    lines.append(f"- machine: {result['machine']}{flag_text}")
-    lines.append(f"- measured: {result['date']}, commit `{result['commit']}`")
+    about = [f"*{result['question'].rstrip('.?')}?*",
+             f"Measured {result['date']} at commit `{result['commit']}` by " + (f"`{command}`" if runnable else command) + ",",
+             f"on {result['machine']}" + (f" (CPU flags: {' '.join(flags)})." if flags else ".")]
     if result.get("mode") == "quick":
-        lines.append("- a `--quick` run: fewer rounds, images or models than the full benchmark")
+        about.append("A `--quick` run: fewer rounds, images or models than the full benchmark.")
     if result.get("source"):
-        lines.append(f"- {result['source']}")
-    lines += ["", result["markdown"].rstrip(), ""]
-    return "\n".join(lines)
+        source = result["source"]
+        about.append(source[0].upper() + source[1:].rstrip(".") + ".")
+    return "\n".join([f"## {title}", "", " ".join(about), "", result["markdown"].rstrip(), ""])
 
 
 def render(folder: Path = RESULTS) -> str:

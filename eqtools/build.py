@@ -8,6 +8,7 @@ manifest, otherwise the artifact is refused.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from eqtools.data import DatasetInfo, dataset_info
 from eqtools.errors import ArtifactError, ModelError, SpecError
 from eqtools.models import get_model
 from eqtools.quant import Supernet, quantize_model
+from eqtools.quant.coverage import FloatWeightsWarning
 from eqtools.specs import Spec, parse_spec
 
 __all__ = [
@@ -102,7 +104,10 @@ def build_supernet(spec: Spec, model: nn.Module | None = None, pretrained: bool 
     """
     if model is None:
         model = build_float_model(spec, pretrained)
-    return quantize_model(model, spec.space.settings(), example_input(spec_info(spec)), strict=strict)
+    with warnings.catch_warnings():
+        # the stages report the coverage themselves (train prints it, info shows it): no warning per load
+        warnings.simplefilter("ignore", FloatWeightsWarning)
+        return quantize_model(model, spec.space.settings(), example_input(spec_info(spec)), strict=strict)
 
 
 def artifact_spec(artifact: Artifact) -> Spec:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eqtools.artifacts import Artifact, Calibrated, default_out
+from eqtools.artifacts import Artifact, Calibrated, claim_out, default_out
 from eqtools.evaluation import config_tag, evaluation_source, measure_subnet
 from eqtools.space import SubnetConfig
 from eqtools.vocab import SPLITS
@@ -63,6 +63,11 @@ def calibrate_artifact(
     from eqtools.data import load_splits
 
     spec = artifact_spec(supernet_artifact)
+    space = supernet_artifact.space
+    if out is None and space is not None:
+        out = default_out(spec.name, "calibrated", config_tag(space, config))
+    if out is not None:
+        claim_out(out, "calibrated")  # before any computation
     if deployed and splits is None and supernet_artifact.kind == "supernet" and split in SPLITS:
         # loaded here, not in measure_subnet, because the deployed measurement scores the same images again
         if on_stage:

@@ -99,7 +99,9 @@ def dataset_info(data: Any, num_classes: int | None = None) -> DatasetInfo:
 def _candidate_roots(data: Any) -> list[Path]:
     roots = []
     if data.root:
-        roots.append(Path(data.root).expanduser())
+        # a root the spec names is the only place looked: falling back to another location would train
+        # on data the manifest does not name
+        return [Path(data.root).expanduser()]
     env = os.environ.get("EQTOOLS_DATA")
     if env:
         roots += [Path(env) / ENV_DIRS.get(data.name, data.name), Path(env)]
@@ -140,8 +142,10 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(raw) < 8:
         raise DataError(f"{path} is too short to be an idx file")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte idx file (magic {raw[:4].hex()})")
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 3:
+        raise DataError(f"{path} is not an unsigned-byte idx file of 1 to 3 dimensions (magic {raw[:4].hex()})")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated inside its header; re-install the dataset")
     shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
@@ -152,6 +156,12 @@ def _read_idx(path: Path) -> np.ndarray:
 def _load_idx(data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     root = _idx_root(data)
     arrays = [_read_idx(_find_file(root, stem)) for stem in _IDX]  # type: ignore[arg-type]
+    for images, labels, part in ((arrays[0], arrays[1], "train"), (arrays[2], arrays[3], "t10k")):
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{data.name} in {root}: the {part} images {images.shape} and labels {labels.shape} do not "
+                            "match (expected N x H x W images and N labels); re-install the dataset")
+        if labels.size and int(labels.max()) >= 10:
+            raise DataError(f"{data.name} in {root}: a {part} label is {int(labels.max())}; the 10 classes are 0..9")
     xtr, ytr, xte, yte = (torch.from_numpy(a.copy()) for a in arrays)
     return xtr[:, None], ytr.long(), xte[:, None], yte.long()
 
@@ -372,6 +382,7 @@ class Splits:
     val: Split
     test: Split
     unseen: Split  # val first, then the training images a train_subset leaves out (val itself without one)
+    root: str | None = None  # where the images were read (recorded in manifests)
 
     def get(self, name: str) -> Split:
         if name not in SPLITS:
@@ -417,4 +428,18 @@ def load_splits(data: Any, seed: int, num_classes: int | None = None) -> Splits:
         unseen = train_all.subset(torch.cat([val_idx, kept[left]]), "unseen")
     if data.test_subset is not None:
         test = test.balanced(data.test_subset, _mix(seed, 3), "test")
-    return Splits(train, val, test, unseen)
+    return Splits(train, val, test, unseen, root=dataset_root(data))
+
+
+def dataset_root(data: Any) -> str:
+    """Where ``data`` is read from: the directory found, or the bundled source (digits)."""
+    if data.name in ("fashion-mnist", "mnist"):
+        return str(_idx_root(data).resolve())
+    if data.name == "imagefolder":
+        return str(_imagefolder_root(data).resolve())
+    if data.name == "cifar10":
+        for r in _candidate_roots(data):
+            for cand in (r, r / "cifar-10-batches-py"):
+                if (cand / "test_batch").is_file():
+                    return str(cand.resolve())
+    return "sklearn.datasets.load_digits"

@@ -17,6 +17,7 @@ __all__ = [
     "EqtoolsError",
     "InfeasibleError",
     "ModelError",
+    "NumericError",
     "ResourceError",
     "SpecError",
     "out_of_memory_advice",
@@ -49,6 +50,10 @@ class ModelError(EqtoolsError):
 
 class InfeasibleError(EqtoolsError):
     """A search budget that no config in the space can meet."""
+
+
+class NumericError(EqtoolsError):
+    """A computation produced NaN or infinity (a diverging training run); nothing was kept from it."""
 
 
 class ResourceError(EqtoolsError):

@@ -52,14 +52,26 @@ def _static_baselines(folder: Path, damaged: list[dict[str, str]]) -> dict[tuple
     return found
 
 
-def _newest(kind: str, folder: Path, damaged: list[dict[str, str]]) -> Artifact | None:
-    """The newest artifact of ``kind``; None when there is none, a ``damaged`` entry when it fails verification."""
+def _newest(kind: str, folder: Path, damaged: list[dict[str, str]], supernet: Artifact | None = None) -> Artifact | None:
+    """The newest artifact of ``kind``; None when there is none, a ``damaged`` entry when it fails verification.
+
+    With ``supernet``, the artifact's recorded lineage must lead to that very supernet (checksums
+    verified): a predictor, search or export made from a supernet since replaced or removed, or
+    from another one, would put another model's figures beside this one's, so it is listed instead.
+    """
     try:
         path = find_latest(kind, folder)
     except ArtifactError:
         return None  # none of this kind: that stage was not run, nothing to report
     try:
-        return read_artifact(path, kind)
+        art = read_artifact(path, kind)
+        if supernet is not None:
+            origin = art.ancestor("supernet")
+            if origin is not None and origin.manifest_sha256 != supernet.manifest_sha256:
+                raise ArtifactError(
+                    f"made from the supernet {origin.path} (manifest sha256 {origin.manifest_sha256[:12]}…), not "
+                    f"the one this report measures, {supernet.path} ({supernet.manifest_sha256[:12]}…)")
+        return art
     except ArtifactError as exc:
         damaged.append({"path": str(path), "error": str(exc)})
         return None
@@ -145,14 +157,14 @@ def build_report(
                 row["static_path"] = str(static.path)
             report["uniform"].append(row)
 
-    predictor = _newest("predictor", folder, damaged)
+    predictor = _newest("predictor", folder, damaged, supernet_art)
     if predictor is not None:
         m = predictor.metrics
         report["predictor"] = {"path": str(predictor.path), "model": predictor.extra.get("model", m.get("model")),
                                "kendall_tau": m.get("kendall_tau"), "pearson": m.get("pearson"), "rmse": m.get("rmse"),
                                "heldout": m.get("n_test", m.get("heldout"))}
 
-    search = _newest("search", folder, damaged)
+    search = _newest("search", folder, damaged, supernet_art)
     if search is not None:
         best = Search.best_config(search)
         avg_w, avg_a = space.avg_bits(best)
@@ -190,7 +202,7 @@ def build_report(
                        ga_predicted_top1=top[1])
         report["search"] = row
 
-    export = _newest("export", folder, damaged)
+    export = _newest("export", folder, damaged, supernet_art)
     if export is not None:
         m = export.metrics
         row = {"path": str(export.path)}

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eqtools.artifacts import MANIFEST, Artifact, Samples, default_out, read_artifact, write_artifact
+from eqtools.artifacts import MANIFEST, Artifact, Samples, claim_out, default_out, read_artifact, write_artifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import ElasticSpace, SubnetConfig
 from eqtools.vocab import form_key, parse_forms
@@ -65,6 +65,7 @@ __all__ = [
     "SampleParams",
     "draw_configs",
     "filter_conditions",
+    "iter_configs",
     "merge_samples",
     "parse_conditions",
     "parse_shard",
@@ -81,6 +82,9 @@ EVAL_SEED_OFFSET = 104729  # fixes the class-balanced evaluation subset per spec
 # compiling is a fixed cost that the compiled forward earns back only slowly (a fraction of each subnet's time;
 # docs/sample.md has the measured figures): small, fast subnets (the quick spec's) need a few hundred draws
 COMPILE_FROM = 400
+# every run and every shard replays the whole draw (rows stay distinct subnets and shards merge to the
+# unsharded rows byte for byte), so the draw's time grows with n: bounded here, far above the paper's 8000
+MAX_SUBNETS = 100_000
 
 
 # ---------------------------------------------------------------------------------- parsing
@@ -186,8 +190,22 @@ def draw_configs(
 
     A pure function of its arguments: every shard recomputes the same list.
     """
-    if n < 1:
-        raise ConfigError(f"the number of subnets is {n}; it must be at least 1")
+    return list(iter_configs(space, n, seed=seed, conditions=conditions))
+
+
+def _check_n(n: int) -> None:
+    if not 1 <= n <= MAX_SUBNETS:
+        raise ConfigError(
+            f"the number of subnets is {n}; it must be in 1..{MAX_SUBNETS} (the paper samples 8000; each run and "
+            "each shard replays the whole draw, so its time grows with n)"
+        )
+
+
+def iter_configs(
+    space: ElasticSpace, n: int, *, seed: int, conditions: Sequence[str] | None = None
+) -> Iterator[SubnetConfig]:
+    """:func:`draw_configs` one config at a time, so a shard keeps only its own in memory."""
+    _check_n(n)
     labels = parse_conditions(conditions, space)
     rng = random.Random(seed)
     layers = space.quantized_layers
@@ -202,7 +220,6 @@ def draw_configs(
     counts = [len(range(c, n, len(labels))) for c in range(len(labels))]
     strata = [(rng.sample(range(m), m), rng.sample(range(m), m)) for m in counts]
     seen: set[tuple] = set()
-    configs: list[SubnetConfig] = []
     for i in range(n):
         c = i % len(labels)
         k = i // len(labels)
@@ -224,8 +241,7 @@ def draw_configs(
             if key not in seen:
                 break
         seen.add(key)
-        configs.append(SubnetConfig(space.layer_names, tuple(w), tuple(a), granularity, w_symmetry, a_symmetry))
-    return configs
+        yield SubnetConfig(space.layer_names, tuple(w), tuple(a), granularity, w_symmetry, a_symmetry)
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -480,16 +496,19 @@ def sample_artifact(
         finished = _finished_run(out, extra, work, say)
         if finished is not None:
             return finished
+    claim_out(out, "samples")  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
     indices = _shard_draws(params, shard)
-    configs = draw_configs(space, params.n, seed=params.seed, conditions=params.conditions)
+    wanted = set(indices)
+    configs = {i: c for i, c in enumerate(iter_configs(space, params.n, seed=params.seed, conditions=params.conditions))
+               if i in wanted}
 
     work.lock()
     try:
         rows = _resume_rows(work, params, {i: configs[i] for i in indices}, restart, say)
         todo = [i for i in indices if i not in rows]
         use_compile = _use_compile(compile, params.n)
-        evaluate, meter = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile,
-                                       integer) if todo else (None, None)
+        evaluate, meter, used = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile,
+                                             integer) if todo else (None, None, None)
         if on_start is not None:
             on_start(len(rows), len(indices))
         if evaluate is not None:
@@ -504,7 +523,7 @@ def sample_artifact(
         eval_time = sum(float(r.get("time_s", 0.0)) for r in ordered)
         artifact = _write_samples(out, spec, space, ordered, eval_time, [supernet_artifact], extra,
                                   compiled=use_compile if todo else None,
-                                  integer_convs=None if meter is None else meter.integer)
+                                  integer_convs=None if meter is None else meter.integer, data=used)
     except BaseException:
         work.unlock()
         raise
@@ -542,6 +561,7 @@ def _sample_params(
     for name in ("n", "subset", "calib_images", "batch_size"):
         if getattr(params, name) < 1:
             raise ConfigError(f"{name} is {getattr(params, name)}; it must be at least 1")
+    _check_n(params.n)
     return space, params, shard
 
 
@@ -557,7 +577,12 @@ def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callabl
         return None
     say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do")
     if work.path.exists():
-        shutil.rmtree(work.path, ignore_errors=True)
+        # a leftover log of this finished run, unless another sampler holds it right now (its rows are its own)
+        try:
+            work.lock()
+        except ArtifactError:
+            return existing
+        work.remove()
     return existing
 
 
@@ -603,8 +628,9 @@ def _row_evaluator(
     supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None],
     compile: bool = False,
     integer: bool | None = None,
-) -> tuple[Callable[[int, SubnetConfig], dict[str, Any]], Any]:
-    """Load the supernet and decode both image sets once; return what measures one row, and its meter."""
+) -> tuple[Callable[[int, SubnetConfig], dict[str, Any]], Any, dict[str, Any]]:
+    """Load the supernet and decode both image sets once; return what measures one row, its meter and
+    the data actually used."""
     from eqtools.build import load_supernet
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source, subnet_costs
@@ -613,10 +639,17 @@ def _row_evaluator(
     supernet = load_supernet(supernet_artifact).use_channels_last()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
+    if params.subset > len(splits.val):
+        raise ConfigError(
+            f"--subset is {params.subset}, but the held-out val split has {len(splits.val)} images (the spec's "
+            f"data.val_size); give at most {len(splits.val)}, or raise data.val_size and retrain"
+        )
     evaluation = BatchSource(splits.val.balanced(params.subset, spec.seed + EVAL_SEED_OFFSET), params.batch_size)
     say(f"each subnet: BN calibration on {calib.images} train images, accuracy on {evaluation.images} "
         f"class-balanced val images{' (compiled: the first subnet also builds the graphs)' if compile else ''}")
     meter = SubnetMeter(supernet, calib, evaluation, compile=compile, integer=integer)
+    # what the rows were actually measured on, for the manifest (the flags say what was asked)
+    used = {"root": splits.root, "calib_images": calib.images, "eval_images": evaluation.images, "eval_split": "val"}
     if compile or integer:
         say("quantized convs on the int8 kernel (exact integer sums)" if meter.integer
             else f"quantized convs in float: {meter.integer_note}")
@@ -634,7 +667,7 @@ def _row_evaluator(
             "time_s": time.perf_counter() - start,
         }
 
-    return evaluate, meter
+    return evaluate, meter, used
 
 
 def _write_samples(
@@ -647,6 +680,7 @@ def _write_samples(
     extra: dict[str, Any],
     compiled: bool | None = None,
     integer_convs: bool | None = None,
+    data: dict[str, Any] | None = None,
 ) -> Artifact:
     clean = [{k: row[k] for k in _ROW_KEYS} for row in rows]
 
@@ -654,7 +688,8 @@ def _write_samples(
         Samples.write_rows(tmp, clean)
 
     return write_artifact(out, "samples", write, spec=spec.to_dict(), space=space, parents=parents,
-                          metrics={**_summary(clean, eval_time_s), "compiled": compiled, "integer_convs": integer_convs},
+                          metrics={**_summary(clean, eval_time_s), "compiled": compiled, "integer_convs": integer_convs,
+                                   "data": data},
                           extra=extra)
 
 

@@ -203,6 +203,8 @@ class SubnetConfig:
             return cls.from_json(path.read_text())
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"subnet config {path} is not a UTF-8 text file (a JSON config is expected)") from None
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ Bits = Annotated[int, Field(ge=BIT_CHOICES[0], le=BIT_CHOICES[-1], strict=True)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every float finite: JSON's parser in Python accepts NaN and Infinity, and one of them in a
+    # learning rate or a WDR target trains to a "successful" artifact of NaN weights
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PinnedBits(_Strict):
@@ -155,7 +157,7 @@ class TrainSpec(_Strict):
     steps_per_epoch: Annotated[int, Field(ge=1)] | None = Field(default=None, description="cap on optimiser steps per epoch")
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0.0)] = 1e-3
+    lr: Annotated[float, Field(gt=0.0, le=100.0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup_epochs: Annotated[float, Field(ge=0.0)] = 0.0
@@ -183,7 +185,7 @@ class CalibrateSpec(_Strict):
 
 
 class SampleSpec(_Strict):
-    n: Annotated[int, Field(ge=1)] = 8000
+    n: Annotated[int, Field(ge=1, le=100_000)] = 8000  # eqtools.sample.MAX_SUBNETS
     subset: Annotated[int, Field(ge=10)] = 10000
     calib_images: Annotated[int, Field(ge=1)] = 2048
     batch_size: Annotated[int, Field(ge=1)] = 256
@@ -205,16 +207,18 @@ class PredictorSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    population: Annotated[int, Field(ge=4)] = 100
-    generations: Annotated[int, Field(ge=1)] = 500
+    population: Annotated[int, Field(ge=4, le=100_000)] = 100
+    generations: Annotated[int, Field(ge=1, le=1_000_000)] = 500
     mutation_prob: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     parent_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.25
 
 
 class Spec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # the name is a directory name in the workspace: bounded well below the 255 bytes of a file name
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)
     description: str = ""
-    seed: int = 0
+    # seeds reach random.Random, torch.manual_seed and numpy (32-bit), plus small per-stage offsets
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
     model: ModelSpec
     data: DataSpec
     space: SpaceSpec = SpaceSpec()

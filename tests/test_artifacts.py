@@ -177,3 +177,194 @@ def test_written_files_are_complete_on_disk(tmp_path):
     art = _write(tmp_path / "s")
     for name in art.manifest["files"]:
         assert os.path.getsize(tmp_path / "s" / name) > 0
+
+
+# --------------------------------------------------------------------------------- writes never destroy
+def test_out_at_a_directory_that_is_not_an_artifact_is_refused_and_left_alone(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    out = tmp_path / "thesis"
+    (out / "sub").mkdir(parents=True)
+    (out / "thesis.tex").write_text("\\documentclass{article}")
+    (out / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    for force in (False, True):  # not even --force replaces what eqtools did not make
+        with replace_policy(force), pytest.raises(ArtifactError, match=r"is a directory that is not an eqtools artifact.*thesis.tex"):
+            _write(out)
+    assert (out / "thesis.tex").read_text() == "\\documentclass{article}" and (out / "sub" / "data.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis"]  # nothing left beside it either
+
+
+def test_out_at_a_plain_file_is_refused_and_left_alone(tmp_path):
+    out = tmp_path / "notes"
+    out.write_text("mine")
+    with pytest.raises(ArtifactError, match="is an existing file, not an artifact directory"):
+        _write(out)
+    assert out.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["notes"]
+
+
+def test_an_empty_directory_is_a_free_output_path(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    (tmp_path / "empty").mkdir()
+    with replace_policy(False):
+        assert _write(tmp_path / "empty").kind == "supernet"
+
+
+def test_replacing_an_artifact_needs_force_and_names_kind_and_time(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    first = _write(tmp_path / "s")
+    before = (tmp_path / "s" / "manifest.json").read_bytes()
+    with replace_policy(False), pytest.raises(ArtifactError) as err:
+        _write(tmp_path / "s", kind="samples")
+    text = " ".join(str(err.value).split())
+    assert f"already holds a 'supernet' artifact created {first.created}" in text and "--force" in text
+    assert (tmp_path / "s" / "manifest.json").read_bytes() == before
+    with replace_policy(True):
+        assert _write(tmp_path / "s").created != first.created
+
+
+REPLACER = """
+import os, sys, shutil, torch
+from pathlib import Path
+import eqtools.artifacts._store as store
+from eqtools.artifacts import save_safetensors, write_artifact
+out, at = Path(sys.argv[1]), sys.argv[2]
+def die_after(fn):
+    def wrapped(*a, **k):
+        fn(*a, **k)
+        os._exit(9)  # killed right after this call
+    return wrapped
+if at == "rename":
+    store.os.rename = die_after(os.rename)  # the first rename of a replace
+else:
+    store.shutil.rmtree = die_after(shutil.rmtree)  # the swap is done, the old one not yet removed
+def payload(tmp):
+    save_safetensors(tmp / "weights.safetensors", {"w": torch.full((10,), 2.0)})
+write_artifact(out, "supernet", payload, metrics={"round": 2})
+"""
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_kill_in_the_middle_of_a_replace_leaves_a_complete_artifact(tmp_path, exchange):
+    """With renameat2(RENAME_EXCHANGE) a complete artifact sits at --out at every instant; without it,
+    a kill between the two renames leaves the path empty for the next read, which restores the old one."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    write_artifact(out, "supernet", lambda t: save_safetensors(t / "weights.safetensors", {"w": torch.ones(10)}),
+                   metrics={"round": 1})
+    script = tmp_path / "replace.py"
+    script.write_text(REPLACER)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    if not exchange:
+        env["EQTOOLS_NO_RENAME_EXCHANGE"] = "1"
+    for at in ("rename", "rmtree"):
+        proc = subprocess.run([sys.executable, str(script), str(out), at], env=env, capture_output=True, text=True)
+        assert proc.returncode in (0, 9), proc.stderr
+        if exchange:
+            # no repair needed: the path was never empty (read the manifest directly, no recovery)
+            assert json.loads((out / "manifest.json").read_text())["metrics"]["round"] in (1, 2)
+        art = read_artifact(out, "supernet")  # recovers what the fallback left, if anything
+        assert art.metrics["round"] in (1, 2)
+        assert float(art.tensors("weights.safetensors")["w"][0]) == art.metrics["round"]
+    # the next write removes what the killed writers left beside the path
+    _write(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["replace.py", "s"]
+
+
+def test_a_replace_that_fell_between_the_two_renames_is_recovered_on_read(tmp_path):
+    out = tmp_path / "s"
+    _write(out)
+    created = read_artifact(out).created
+    os.rename(out, tmp_path / ".s.old-999999999-deadbeef")  # the state a kill between the renames leaves
+    (tmp_path / ".s.tmp-999999999-cafebabe").mkdir()  # and its staging directory
+    assert read_artifact(out).created == created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_leftovers_of_live_writers_are_kept(tmp_path):
+    from eqtools.artifacts import leftovers, recover
+
+    out = tmp_path / "s"
+    _write(out)
+    live = tmp_path / f".s.export-{os.getpid()}-abc123"
+    dead = tmp_path / ".s.export-999999999-abc123"
+    live.mkdir()
+    dead.mkdir()
+    assert {(Path(e["path"]).name, e["live"]) for e in leftovers(out)} == {(live.name, True), (dead.name, False)}
+    recover(out)
+    assert live.is_dir() and not dead.exists()
+
+
+# --------------------------------------------------------------------------------- lineage
+def test_a_parent_replaced_under_its_child_is_refused_with_both_checksums(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    parent = _write(tmp_path / "s")
+    child = _write(tmp_path / "c", kind="samples", parents=[parent])
+    assert read_artifact(tmp_path / "c").ancestor("supernet").path == parent.path
+    with replace_policy(True):
+        swapped = _write(tmp_path / "s")  # retrained at the same path
+    with pytest.raises(ArtifactError) as err:
+        read_artifact(tmp_path / "c").ancestor("supernet")
+    text = " ".join(str(err.value).split())
+    assert parent.manifest_sha256 in text and swapped.manifest_sha256 in text and "re-create" in text
+    assert child.path.is_dir()
+
+
+def test_a_missing_parent_is_refused_not_guessed(tmp_path):
+    import shutil
+
+    parent = _write(tmp_path / "ws" / "s")
+    _write(tmp_path / "ws" / "c", kind="samples", parents=[parent])
+    shutil.move(tmp_path / "ws" / "s", tmp_path / "elsewhere")
+    _write(tmp_path / "ws" / "decoy")  # another supernet in the workspace must not be taken instead
+    with pytest.raises(ArtifactError, match=r"which no longer exists; this command will not guess another one"):
+        read_artifact(tmp_path / "ws" / "c").ancestor("supernet")
+
+
+# --------------------------------------------------------------------------------- strict manifests
+def test_manifests_are_strict_json(tmp_path):
+    with pytest.raises(ValueError, match=r"non-finite number at metrics.top1"):
+        write_artifact(tmp_path / "s", "supernet", lambda t: None, metrics={"top1": float("nan")})
+    assert not (tmp_path / "s").exists() and list(tmp_path.iterdir()) == []
+    _write(tmp_path / "t")
+    path = tmp_path / "t" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["metrics"]["top1"] = float("inf")
+    from eqtools.artifacts import manifest_checksum
+
+    m["checksum"] = manifest_checksum(m)  # re-signed, so only the token is wrong
+    path.write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="Infinity is not a JSON value"):
+        read_artifact(tmp_path / "t")
+
+
+def test_a_resigned_manifest_with_a_wrong_type_is_refused(tmp_path):
+    from eqtools.artifacts import manifest_checksum
+
+    _write(tmp_path / "s")
+    path = tmp_path / "s" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["metrics"]["epochs"] = "many"
+    m["parents"] = "none"
+    m["checksum"] = manifest_checksum(m)
+    path.write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=r"does not fit the 'supernet' manifest schema.*`parents`.*eqtools info --schema supernet"):
+        read_artifact(tmp_path / "s")
+
+
+def test_a_json_payload_edited_but_still_valid_json_is_refused(tmp_path):
+    """The checksum covers JSON payloads too: one digit of a scale changed, the file still parses."""
+
+    def files(tmp: Path) -> None:
+        (tmp / "plan.json").write_text(json.dumps({"scale": 0.0123, "zero_point": 3}))
+
+    write_artifact(tmp_path / "e", "export", files)
+    plan = tmp_path / "e" / "plan.json"
+    plan.write_text(plan.read_text().replace("0.0123", "0.0128"))
+    json.loads(plan.read_text())  # still valid JSON
+    with pytest.raises(ArtifactError, match=r"plan.json does not match its checksum"):
+        read_artifact(tmp_path / "e")

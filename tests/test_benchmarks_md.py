@@ -52,7 +52,7 @@ def test_sections_follow_the_fixed_order_with_unknown_names_last(tmp_path):
 def test_a_carried_over_or_quick_result_says_so(tmp_path):
     _result(tmp_path, "sample", source="carried over from the earlier log", mode="quick")
     text = _render.render(tmp_path)
-    assert "carried over from the earlier log" in text and "a `--quick` run" in text
+    assert "carried over from the earlier log" in text.lower() and "a `--quick` run" in text.lower()
     assert "commit `abc`" in text and "2026-01-01 00:00 UTC" in text and "CPU flags: avx2" in text
 
 

@@ -313,7 +313,7 @@ def test_unsupported_op_is_named(digits_splits):
             return self.fc(self.act(self.conv(x)).mean((2, 3)))
 
     x = digits_splits.val.images[:4].float()
-    supernet = quantize_model(WithSoftplus(), {"w_bits": (4,), "a_bits": (4,)}, x[:1])
+    supernet = quantize_model(WithSoftplus(), {"w_bits": (4,), "a_bits": (4,), "last_layer": "elastic"}, x[:1])
     supernet.init_from_data([x])
     with pytest.raises(ModelError, match="Softplus"):
         extract_graph(supernet, x[:2])

@@ -71,7 +71,7 @@ def test_init_from_data_names_what_it_got(batches, named):
     from eqtools.errors import ConfigError
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 2))
-    supernet = quantize_model(model, {"w_bits": [4, 8], "a_bits": [8]}, torch.zeros(1, 3, 8, 8))
+    supernet = quantize_model(model, {"w_bits": [4, 8], "a_bits": [8], "first_layer": "elastic", "last_layer": "elastic"}, torch.zeros(1, 3, 8, 8))
     with pytest.raises(ConfigError, match="input tensors .* or \\(inputs, labels\\) pairs.*" + re.escape(named)):
         supernet.init_from_data(batches)
 
@@ -88,7 +88,7 @@ def test_init_from_data_takes_a_dataloader_like_its_tensors():
         torch.manual_seed(1)
         model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                                     torch.nn.Linear(144, 2))
-        return quantize_model(model, {"w_bits": [4, 8], "a_bits": [8]}, torch.zeros(1, 3, 8, 8))
+        return quantize_model(model, {"w_bits": [4, 8], "a_bits": [8], "first_layer": "elastic", "last_layer": "elastic"}, torch.zeros(1, 3, 8, 8))
 
     a, b = fresh(), fresh()
     assert a.init_from_data([x[:8], x[8:]]) == 16

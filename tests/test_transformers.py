@@ -203,7 +203,8 @@ def test_strict_names_unroutable_attention():
             return self.head(self.attn(x, x[..., :4], x[..., :4])[0].mean(1))
 
     with pytest.raises(CoverageError, match=r"attn\.q_proj_weight .*kdim/vdim"):
-        quantize_model(Cross(), {}, torch.randn(1, 3, 8), strict=True)
+        # the head made elastic: a space whose only layers are pinned is refused for that reason first
+        quantize_model(Cross(), {"first_layer": "elastic", "last_layer": "elastic"}, torch.randn(1, 3, 8), strict=True)
 
 
 # ------------------------------------------------------------------ torchvision transformers
@@ -313,6 +314,7 @@ def test_train_strict_refuses_before_training_and_plain_train_reports(tmp_path, 
 
     monkeypatch.setitem(_REGISTRY, "with_conv1d", with_conv1d)
     spec = {**DIGITS_SPEC, "name": "strict-test", "model": {"name": "with_conv1d"},
+            "space": {**DIGITS_SPEC["space"], "last_layer": "elastic"},  # conv and fc only: one must be elastic
             "train": {**DIGITS_SPEC["train"], "epochs": 1}}
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
@@ -601,7 +603,8 @@ def test_export_names_what_it_cannot_write(variant, message):
 
     torch.manual_seed(0)
     x = torch.randn(8, 1, 8, 8)
-    supernet = quantize_model(_Tokens(variant), {"w_bits": (4,), "a_bits": (4,)}, x[:1])
+    # variants that skip the attention keep only the pinned first and last layer: the head made elastic
+    supernet = quantize_model(_Tokens(variant), {"w_bits": (4,), "a_bits": (4,), "last_layer": "elastic"}, x[:1])
     supernet.init_from_data([x])
     with pytest.raises(ModelError, match=message):
         extract_graph(supernet.eval(), x[:2])

@@ -7,18 +7,31 @@ then is the directory renamed into place. A reader verifies the format, the vers
 every checksum and, where asked, the elastic space, and refuses anything else with a message that
 says what it found and what it expected. A killed writer therefore leaves either the old artifact,
 the new one, or a hidden ``.tmp`` directory that no reader picks up.
+
+Writes never destroy what eqtools did not make: an output path holding a file or a directory that
+is not an eqtools artifact is refused, and an existing artifact is replaced only under
+:func:`replace_policy` ``(force=True)`` (the library's default; the CLI's ``--force``). The replace
+itself is one ``renameat2(RENAME_EXCHANGE)`` where the kernel offers it, so the path never stands
+empty; elsewhere it is two renames, and :func:`recover` (run by every write and by a read that
+finds the path missing) puts a complete artifact back from the ``.old`` directory a killed writer
+left between them (docs/decisions/0100-atomic-replace.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as _dt
+import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,14 +51,21 @@ __all__ = [
     "Artifact",
     "candidates",
     "check_space",
+    "claim_out",
     "default_out",
     "find_latest",
+    "leftovers",
     "load_safetensors",
     "manifest_checksum",
     "read_artifact",
+    "recover",
+    "replace_policy",
     "resolve_input",
     "save_safetensors",
     "sha256_file",
+    "strict_json_loads",
+    "verified_parent",
+    "workspace_leftovers",
     "write_artifact",
 ]
 
@@ -102,6 +122,247 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def strict_json_loads(text: str) -> Any:
+    """``json.loads`` that refuses ``NaN``/``Infinity`` tokens (not JSON; Python's encoder writes them)."""
+
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not a JSON value (only finite numbers are)")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """The dotted path of the first NaN or infinity inside ``value``, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(value)"
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            found = _non_finite(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _non_finite(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+# ------------------------------------------------------------------------ replacing and recovering
+# Library calls replace an artifact at ``out`` (their caller chose the path); each CLI command sets
+# this from its --force flag, so a command line never replaces one unasked.
+_FORCE: ContextVar[bool] = ContextVar("eqtools_replace_artifacts", default=True)
+# the hidden siblings a write makes beside ``out``: its staging directory, the replaced artifact
+# between the two renames of the fallback, export's staging; each name ends in -<pid>-<hex>
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old|export)-(?:(?P<pid>\d+)-)?[0-9a-zA-Z_]+$")
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2_fn: Any = None
+
+
+@contextlib.contextmanager
+def replace_policy(force: bool) -> Iterator[None]:
+    """Within the block, a write over an existing artifact needs ``force`` (the CLI's ``--force``)."""
+    token = _FORCE.set(force)
+    try:
+        yield
+    finally:
+        _FORCE.reset(token)
+
+
+def _describe_dir(path: Path) -> str:
+    names = []
+    for entry in sorted(path.iterdir())[:3]:
+        names.append(entry.name + ("/" if entry.is_dir() else ""))
+    return ", ".join(repr(n) for n in names)
+
+
+def claim_out(out: Path | str, kind: str) -> None:
+    """Refuse ``out`` when writing a ``kind`` artifact there would destroy something unasked.
+
+    A missing path or an empty directory is free. A file, or a directory that is not an eqtools
+    artifact, is never replaced (not even with ``--force``: eqtools deletes only what it made). An
+    existing artifact is replaced only under ``replace_policy(force=True)``; the refusal names its
+    kind and creation time. Stages call this as soon as they know ``out``, before any computation;
+    :func:`write_artifact` calls it again at the moment of the write.
+    """
+    out = Path(out)
+    recover(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise ArtifactError(
+            f"the output path {out} is an existing file, not an artifact directory; eqtools never replaces what "
+            "it did not write. Choose another --out, or move the file away"
+        )
+    manifest_path = out / MANIFEST
+    if not manifest_path.is_file():
+        if not any(out.iterdir()):
+            return
+        raise ArtifactError(
+            f"the output path {out} is a directory that is not an eqtools artifact (no manifest.json; it holds "
+            f"{_describe_dir(out)}); eqtools never replaces what it did not write, not even with --force. Choose "
+            "another --out, or move the directory away"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(
+            f"the output path {out} holds a manifest.json that is not an eqtools manifest; eqtools never replaces "
+            "what it did not write. Choose another --out, or move the directory away"
+        )
+    if not _FORCE.get():
+        found = manifest.get("kind", "?")
+        also = "" if found == kind else f" (this command writes a '{kind}' artifact)"
+        raise ArtifactError(
+            f"{out} already holds a '{found}' artifact created {manifest.get('created', 'at an unknown time')}"
+            f"{also}; pass --force to replace it (the replace is atomic: a complete artifact stays at the path "
+            "throughout), or choose another --out"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def leftovers(out: Path | str) -> list[dict[str, Any]]:
+    """What unfinished or killed writes left beside ``out``: staging directories, a replaced
+    artifact not yet removed, a resumable sample log (``.<name>.partial``) or training checkpoint
+    (``<name>.work``). Each entry: ``path``, ``what``, ``live`` (its writer still runs)."""
+    out = Path(out)
+    found: list[dict[str, Any]] = []
+    if not out.parent.is_dir():
+        return found
+    for entry in sorted(out.parent.iterdir()):
+        m = _LEFTOVER.match(entry.name)
+        if m and m.group("name") == out.name:
+            pid = m.group("pid")
+            live = pid is not None and _pid_alive(int(pid))
+            what = {"tmp": "staging directory of a write", "old": "replaced artifact awaiting removal",
+                    "export": "staging directory of an export"}[m.group("what")]
+            found.append({"path": str(entry), "what": what, "live": live, "kind": m.group("what")})
+        elif entry.name == f".{out.name}.partial":
+            found.append({"path": str(entry), "what": "rows of an unfinished `eqtools sample` run (resumable)",
+                          "live": None, "kind": "partial"})
+        elif entry.name == f"{out.name}.work":
+            found.append({"path": str(entry), "what": "checkpoint of an unfinished `eqtools train` run "
+                          "(resume with --resume, discard with --restart)", "live": None, "kind": "work"})
+    return found
+
+
+def workspace_leftovers(root: Path | str) -> list[dict[str, Any]]:
+    """:func:`leftovers` of every artifact path one or two levels under ``root`` (what `eqtools info
+    DIR` lists for a workspace)."""
+    root = Path(root)
+    targets: set[Path] = set()
+    for folder in [root, *(d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith("."))] if root.is_dir() else []:
+        for entry in sorted(folder.iterdir()):
+            m = _LEFTOVER.match(entry.name)
+            if m:
+                targets.add(folder / m.group("name"))
+            elif entry.name.startswith(".") and entry.name.endswith(".partial"):
+                targets.add(folder / entry.name[1:-len(".partial")])
+            elif entry.name.endswith(".work") and entry.is_dir():
+                targets.add(folder / entry.name[:-len(".work")])
+    return [e for t in sorted(targets) for e in leftovers(t)]
+
+
+def _is_complete(path: Path) -> bool:
+    try:
+        read_artifact(path, recover_missing=False)
+    except ArtifactError:
+        return False
+    return True
+
+
+def recover(out: Path | str) -> list[str]:
+    """Repair what killed writers left beside ``out``; returns one line per action taken.
+
+    When ``out`` is missing and a dead writer's ``.old`` directory holds a complete artifact (a
+    kill between the two renames of a non-atomic replace), it is renamed back to ``out``. Then every
+    staging or replaced directory whose writer is dead is removed. Live writers' directories, resumable
+    sample logs and training checkpoints are left alone.
+    """
+    out = Path(out)
+    actions: list[str] = []
+    dead = [e for e in leftovers(out) if e["kind"] in ("tmp", "old", "export") and not e["live"]]
+    if not dead:
+        return actions
+    if not out.exists() and not out.is_symlink():
+        olds = sorted((Path(e["path"]) for e in dead if e["kind"] == "old"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in olds:
+            if _is_complete(old):
+                try:
+                    os.rename(old, out)
+                except OSError:
+                    break
+                actions.append(f"restored the artifact a killed write had moved to {old.name} back to {out}")
+                break
+    for entry in dead:
+        path = Path(entry["path"])
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            actions.append(f"removed {path.name} ({entry['what']}, left by a killed process)")
+    return actions
+
+
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (glibc 2.28 and later), or None."""
+    global _renameat2_fn
+    if _renameat2_fn is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            fn.restype = ctypes.c_int
+            _renameat2_fn = fn
+        except (OSError, AttributeError):
+            _renameat2_fn = False
+    return _renameat2_fn or None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (``renameat2(RENAME_EXCHANGE)``); False where that is not offered
+    (not Linux, an old libc or kernel, a filesystem without it), and the caller falls back."""
+    if os.environ.get("EQTOOLS_NO_RENAME_EXCHANGE"):  # tests exercise the fallback
+        return False
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Put the finished directory ``tmp`` at ``out``, replacing an artifact there atomically."""
+    if not out.exists():
+        os.rename(tmp, out)  # fails on a non-empty directory that appeared meanwhile: nothing is lost
+        return
+    if _exchange(tmp, out):
+        _fsync_dir(out.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the replaced artifact
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(out, old)
+    os.rename(tmp, out)  # a kill between these two is repaired by recover(): it restores `old`
+    _fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A verified artifact on disk."""
@@ -154,28 +415,78 @@ class Artifact:
         return {"kind": self.kind, "path": str(self.path), "sha256": self.manifest_sha256}
 
     def ancestor(self, kind: str) -> Artifact | None:
-        """The nearest artifact of ``kind`` up the recorded lineage (parents first, then theirs).
+        """The nearest artifact of ``kind`` up the recorded lineage (parents first, then theirs), verified.
 
         The one place lineage is walked: export (its supernet), ``search --verify`` (the supernet
-        the predictor's samples were measured on) and reports all ask here.
+        the predictor's samples were measured on), ``calibrate --searched`` and reports all ask here.
+        Each parent read on the way must still be the artifact its child recorded: the sha256 of its
+        manifest.json must equal the one in the child's ``parents``, or the parent was replaced (a
+        retrained supernet at the same path) and the child's measurements do not describe it; that
+        is refused with both checksums. A recorded parent that no longer exists is refused too when
+        no other recorded path leads to ``kind``. None only when the lineage records no ``kind``.
         """
         if self.kind == kind:
             return self
         frontier, seen = [self], {str(self.path)}
+        missing: list[tuple[Artifact, dict[str, Any]]] = []
         while frontier:
             nxt = []
             for art in frontier:
                 for entry in art.manifest.get("parents", []):
-                    path = entry.get("path", "")
-                    if path in seen or not Path(path).is_dir():
-                        continue
+                    path = entry.get("path") or ""
+                    if entry.get("kind") not in KINDS or path in seen:
+                        continue  # a spec file or pretrained weights: not an artifact
                     seen.add(path)
-                    parent = read_artifact(path)
+                    located = _locate(art, path)
+                    if not located.exists():
+                        recover(located)
+                    if not located.is_dir():
+                        missing.append((art, entry))
+                        continue
+                    parent = verified_parent(art, {**entry, "path": str(located)})
                     if parent.kind == kind:
                         return parent
                     nxt.append(parent)
             frontier = nxt
+        if missing:
+            child, entry = next(((c, e) for c, e in missing if e.get("kind") == kind), missing[0])
+            raise ArtifactError(
+                f"{child.path} ({child.kind}) was made from the {entry.get('kind')} artifact at {entry.get('path')} "
+                f"(manifest sha256 {str(entry.get('sha256'))[:12]}…), which no longer exists; this command will not "
+                f"guess another one. Put that artifact back at its path, or re-create {child.path} from the one you "
+                f"have (`{MADE_BY[child.kind]}`)"
+            )
         return None
+
+
+def _locate(child: Artifact, recorded: str) -> Path:
+    """Where a recorded parent path points now: as written (relative to the current directory, as
+    the default workspace records it), else, for a relative path, below one of the child's own
+    parent directories, so a command run from another directory, or on a copied workspace, finds
+    it. The checksum check that follows decides whether it is the recorded artifact."""
+    path = Path(recorded)
+    if path.exists() or path.is_absolute():
+        return path
+    for base in Path(child.path).resolve().parents:
+        candidate = base / path
+        if candidate.is_dir():
+            return candidate
+    return path
+
+
+def verified_parent(child: Artifact, entry: Mapping[str, Any]) -> Artifact:
+    """The parent ``entry`` of ``child``, read and checked against the checksum ``child`` recorded."""
+    parent = read_artifact(entry["path"], entry.get("kind"))
+    recorded = entry.get("sha256")
+    actual = parent.manifest_sha256
+    if recorded and recorded != actual:
+        raise ArtifactError(
+            f"{child.path} ({child.kind}) was made from the {parent.kind} artifact at {parent.path} with manifest "
+            f"sha256 {recorded}, but the {parent.kind} there now has sha256 {actual} (created {parent.created}): it was "
+            f"replaced after {child.path} was made, so {child.path} does not describe it. Restore the original "
+            f"{parent.kind}, or re-create {child.path} from the current one (`{MADE_BY[child.kind]}`)"
+        )
+    return parent
 
 
 def save_safetensors(path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
@@ -220,7 +531,8 @@ def write_artifact(
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    claim_out(out, kind)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
@@ -254,21 +566,18 @@ def write_artifact(
         from eqtools.artifacts import KIND_OWNERS, validate_manifest
 
         validate_manifest(KIND_OWNERS[kind], manifest)  # what is written is what the schema publishes
+        bad = _non_finite(manifest)
+        if bad is not None:  # NaN and Infinity are not JSON; a stage that records one has a bug
+            raise ValueError(f"the '{kind}' manifest holds a non-finite number at {bad}; manifests are strict JSON")
         manifest["checksum"] = manifest_checksum(manifest)
         with open(tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=False)
+            json.dump(manifest, fh, indent=2, sort_keys=False, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        _fsync_dir(out.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        claim_out(out, kind)  # again: something may have appeared at `out` while the payload was computed
+        _install(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         cause = _io_cause(exc)
@@ -308,11 +617,20 @@ def read_artifact(
     kind: str | Iterable[str] | None = None,
     space: ElasticSpace | None = None,
     verify: bool = True,
+    recover_missing: bool = True,
 ) -> Artifact:
-    """Open and verify an artifact; raise :class:`ArtifactError` saying what is wrong."""
+    """Open and verify an artifact; raise :class:`ArtifactError` saying what is wrong.
+
+    A missing ``path`` whose replaced artifact a killed writer left beside it is restored first
+    (:func:`recover`). The manifest must be strict JSON, carry its own checksum and fit its kind's
+    published model (the one ``write_artifact`` validates against), so a re-signed manifest with a
+    field of the wrong type is refused here rather than failing deep inside a stage.
+    """
     path = Path(path)
     kinds = (kind,) if isinstance(kind, str) else (tuple(kind) if kind is not None else None)
     wanted = " or ".join(f"'{k}'" for k in kinds) if kinds else "an eqtools"
+    if recover_missing and not path.exists():
+        recover(path)
     if not path.exists():
         raise ArtifactError(f"no artifact at {str(path)!r}: the path does not exist (expected {wanted} artifact directory)")
     if not path.is_dir():
@@ -321,8 +639,8 @@ def read_artifact(
     if not manifest_path.is_file():
         raise ArtifactError(f"{path} is not an eqtools artifact: it has no manifest.json (expected {wanted} artifact)")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        manifest = strict_json_loads(manifest_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{manifest_path} is not valid JSON ({exc}); the artifact is corrupted") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{manifest_path} is not an eqtools manifest (missing \"format\": \"eqtools\")")
@@ -345,6 +663,7 @@ def read_artifact(
         raise ArtifactError(f"{manifest_path} names an unknown kind {found!r}; kinds are {list(KINDS)}")
     if version < FORMAT_VERSION:
         manifest = _migrate_v1(path, manifest)
+    _check_schema(path, found, manifest)
     if kinds and found not in kinds:
         hint = "; ".join(f"'{k}' artifacts are made by `{MADE_BY[k]}`" for k in kinds)
         raise ArtifactError(f"{path} is a '{found}' artifact, but this command needs {wanted} artifact ({hint})")
@@ -367,6 +686,24 @@ def read_artifact(
     if space is not None:
         check_space(artifact, space)
     return artifact
+
+
+def _check_schema(path: Path, kind: str, manifest: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    from eqtools.artifacts import KIND_OWNERS
+    from eqtools.artifacts._manifest import manifest_model
+
+    try:
+        manifest_model(KIND_OWNERS[kind]).model_validate(manifest)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"`{'.'.join(str(p) for p in err['loc'])}`: {err['msg']}" for err in exc.errors()[:4])
+        raise ArtifactError(
+            f"{path}/{MANIFEST} does not fit the '{kind}' manifest schema ({problems}); it was not written by "
+            f"eqtools as it is (`eqtools info --schema {kind}` prints the schema): re-create it with "
+            f"`{MADE_BY[kind]}`"
+        ) from None
 
 
 def _migrate_v1(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:

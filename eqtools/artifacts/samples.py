@@ -32,6 +32,7 @@ class Samples(ArtifactKind):
         subnets_per_min: float | None = None
         synthetic: bool | None = None
         compiled: bool | None = None
+        data: dict[str, Any] | None = None  # dataset root read, calib/eval images actually used (none on a resumed-only run)
 
     class Extra(Open):
         n: int | None = None

@@ -25,6 +25,7 @@ class Supernet(ArtifactKind):
         processes: int | None = None
         train_time_s: float | None = None
         compiled: bool | None = None
+        data: dict[str, Any] | None = None  # dataset name, root read, train/val/test image counts
 
     class Extra(Open):
         mode: Literal["supernet", "static"] | None = None

@@ -57,6 +57,11 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if "force" in kwargs:  # a writing command: its --force decides whether an artifact may be replaced
+                from eqtools.artifacts import replace_policy
+
+                with replace_policy(bool(kwargs["force"])):
+                    return fn(*args, **kwargs)
             return fn(*args, **kwargs)
         except EqtoolsError as exc:
             if debug_enabled():
@@ -67,6 +72,11 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+FORCE_HELP = ("Replace an existing artifact at the output path (atomically: a complete artifact stays there "
+              "throughout). Without it the command refuses before computing anything. A path that is not an "
+              "eqtools artifact is never replaced.")
 
 
 def echo(message: str, quiet: bool = False) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import choices, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import FORCE_HELP, choices, echo, emit_artifact, handle_errors, human_bytes
 from eqtools.vocab import SPLITS, Granularity, Symmetry
 
 
@@ -56,6 +56,7 @@ def command(
                           "8-bit ranges so export builds that same file. Skipped for asymmetric weights, which "
                           "export writes in the exact form."),
     ] = True,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, config, metrics) on stdout.")] = False,
 ) -> None:
     """Calibrate one subnet: re-estimate its BN statistics on training images, evaluate it, save it.
@@ -65,7 +66,7 @@ def command(
     'calibrated' artifact holds the supernet's tensors with this subnet's BN statistics, the config
     and the metrics (docs/calibrate.md).
     """
-    from eqtools.artifacts import find_latest, resolve_input
+    from eqtools.artifacts import find_latest, read_artifact, resolve_input
     from eqtools.calibrate import calibrate_artifact
     from eqtools.errors import ConfigError
     from eqtools.evaluation import resolve_config
@@ -76,7 +77,14 @@ def command(
         from_search = find_latest("search", flag="--from-search")
         echo(f"using search artifact {from_search}")
 
-    supernet = resolve_input(from_, "supernet", echo=echo)
+    supernet = None
+    if from_search is not None and from_ is None:
+        # the search's own supernet (its lineage, checksums verified), never merely the newest one
+        supernet = read_artifact(from_search, "search").ancestor("supernet")
+        if supernet is not None:
+            echo(f"using supernet artifact {supernet.path}")  # the search's own (its lineage)
+    if supernet is None:
+        supernet = resolve_input(from_, "supernet", echo=echo)
     space = supernet.space
     if space is None:
         from eqtools.errors import ArtifactError

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import choices, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import FORCE_HELP, choices, echo, emit_artifact, handle_errors, human_bytes
 from eqtools.vocab import BN_FOLD_MODES, DEPLOY_CPU_CHOICES, ONNX_FORMS, form_label
 from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
@@ -93,6 +93,7 @@ def command(
         Path | None,
         typer.Option("--out", help="Output directory. Default: artifacts/<spec>/export-<config tag>."),
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, files, metrics) on stdout.")] = False,
 ) -> None:
     """Export a calibrated subnet to integer weights and/or ONNX, checked against the fake-quant model.

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
+from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, progress
 
 
 class Model(str, Enum):
@@ -56,16 +56,17 @@ def command(
     optimizer: Annotated[Optimizer, typer.Option(
         "--optimizer", help="MLP optimiser: adam (reference code, default) or sgd (the paper's text; fits far worse).")] = Optimizer.adam,
     seed: Annotated[int | None, typer.Option(
-        "--seed", help="Seed of the held-out split and of training (default: the spec's seed).")] = None,
+        "--seed", min=0, max=2**31 - 1, help="Seed of the held-out split and of training (default: the spec's seed).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output directory (default: artifacts/<spec>/predictor-<model>).")] = None,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the metrics) on stdout.")] = False,
 ) -> None:
     """Fit the conditional accuracy predictor and report RMSE, Pearson r and Kendall tau on held-out subnets.
 
     20% of the samples (by seed) are held out. The artifact holds the model, its input encoding (so `search` refuses configs of another space), the held-out predictions and a predicted-vs-measured scatter plot.
     """
-    from eqtools.artifacts import default_out, resolve_input
+    from eqtools.artifacts import claim_out, default_out, resolve_input
     from eqtools.predictor import FitOptions, fit_predictor
 
     samples = resolve_input(source, "samples", echo=echo)
@@ -82,6 +83,7 @@ def command(
     )
     spec_name = samples.spec.get("name") or "default"
     out = out if out is not None else default_out(spec_name, "predictor", options.model)
+    claim_out(out, "predictor")  # before fitting
     echo(f"fitting {options.model} ({options.encoding} encoding) on {samples.path}")
     total = options.epochs if options.model == "mlp" else 1  # an ensemble reports once, when it is done
     with progress(f"fit-predictor {options.model}", total, enabled=not as_json) as advance:

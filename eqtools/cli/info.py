@@ -83,7 +83,16 @@ def command(
             print(f"{path}: valid spec '{spec.name}'")
             print(json.dumps(spec.to_dict(), indent=2))
         return
+    if path.is_dir() and not (path / MANIFEST).is_file():
+        from eqtools.artifacts import candidates, workspace_leftovers
+
+        found = workspace_leftovers(path)
+        if found or any(True for _ in candidates(path)):  # a workspace: what unfinished writes left in it
+            _print_workspace(path, list(candidates(path)), found, as_json)
+            return
     art = read_artifact(path)
+    from eqtools.artifacts import leftovers
+
     files = {name: (path / name).stat().st_size for name in art.manifest["files"]}
     summary = {
         "path": str(path),
@@ -100,6 +109,7 @@ def command(
         "metrics": art.metrics,
         "extra": art.extra,
         "coverage": _coverage(art),
+        "leftovers": leftovers(path),
     }
     if as_json:
         emit_json(summary)
@@ -134,6 +144,8 @@ def command(
                           f"{row['params']:,} values)", markup=False)
     for parent in summary["parents"]:
         console.print(f"  from {parent.get('kind')} {parent.get('path')}")
+    for entry in summary["leftovers"]:
+        console.print(f"  beside it: {entry['path']}: {entry['what']}{_liveness(entry)}", markup=False)
     table = Table("file", "size", box=None, padding=(0, 2))
     for name, size in files.items():
         table.add_row(name, human_bytes(size))
@@ -150,3 +162,19 @@ def command(
                 shown = shown[:97] + "..."
             metrics.add_row(key, shown)
         console.print(metrics)
+
+
+def _liveness(entry: dict[str, Any]) -> str:
+    if entry["live"] is None:
+        return ""
+    return " (its process still runs)" if entry["live"] else " (its process is gone: the next write to that path removes it)"
+
+
+def _print_workspace(path: Path, artifacts: list[Path], found: list[dict[str, Any]], as_json: bool) -> None:
+    """A directory holding artifacts: list them and what killed or unfinished writes left among them."""
+    if as_json:
+        emit_json({"path": str(path), "artifacts": [str(a) for a in artifacts], "leftovers": found})
+        return
+    print(f"{path}: a workspace with {len(artifacts)} artifact(s)" + (", and left by unfinished writes:" if found else ""))
+    for entry in found:
+        print(f"  {entry['path']}: {entry['what']}{_liveness(entry)}")

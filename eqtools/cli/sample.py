@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
+from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, progress
 from eqtools.vocab import Granularity, Symmetry
 
 
@@ -77,7 +77,7 @@ def command(
         int | None,
         typer.Option("--subset", min=1, help="Class-balanced held-out (val) images each subnet is evaluated on. Default: spec sample.subset."),
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the config draw. Default: the spec's seed.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the config draw. Default: the spec's seed.")] = None,
     shard: Annotated[
         str | None,
         typer.Option("--shard", metavar="<k/n>", help="K/N: evaluate only the K-th of N interleaved slices of the same draw (one job per slice)."),
@@ -107,6 +107,7 @@ def command(
         typer.Option("--int8-convs/--no-int8-convs", help="Run the quantized convs on oneDNN's int8 kernel (exact integer sums of the codes; pays off compiled). Default: when compiled on a CPU whose int8 kernel sums 8-bit products exactly. Asking for it where it cannot run is an error."),
     ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, metrics, parameters) on stdout.")] = False,
 ) -> None:
     """Draw subnets evenly over forms and average bit-widths, calibrate and evaluate each.

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, progress
+from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, progress
 from eqtools.vocab import GRANULARITIES, SYMMETRIES, VERIFY_SPLITS
 
 # choices derived from the one vocabulary (typer needs an Enum to list them in --help)
@@ -52,10 +52,10 @@ def command(
     max_bops: Annotated[float | None, typer.Option(
         "--max-bops", help="Cap on bit operations per sample (MACs x weight bits x activation bits), e.g. 5e8.")] = None,
     population: Annotated[int | None, typer.Option(
-        "--population", min=4, help="GA population (default: the spec's search.population, 100).")] = None,
+        "--population", min=4, max=100_000, help="GA population (default: the spec's search.population, 100).")] = None,
     generations: Annotated[int | None, typer.Option(
-        "--generations", min=0, help="GA generations (default: the spec's search.generations, 500).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Search seed (default: the spec's seed).")] = None,
+        "--generations", min=0, max=1_000_000, help="GA generations (default: the spec's search.generations, 500).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Search seed (default: the spec's seed).")] = None,
     uniform: Annotated[bool, typer.Option(
         "--uniform", help="Return the uniform X/Y-bit config (the baseline), predicted but not searched.")] = False,
     pareto: Annotated[bool, typer.Option(
@@ -63,7 +63,7 @@ def command(
     cost: Annotated[Cost, typer.Option(
         "--cost", help="Cost axis of --pareto: bits (mean of W and A average bits), size or bops.")] = Cost.bits,
     top_k: Annotated[int, typer.Option(
-        "--top-k", min=1, help="How many of the best configs to list (and to measure with --verify).")] = 5,
+        "--top-k", min=1, max=1000, help="How many of the best configs to list (and to measure with --verify).")] = 5,
     explore: Annotated[float, typer.Option(
         "--explore", min=0.0, help="With an ensemble predictor: pick the top-K by predicted + EXPLORE x ensemble spread, so --verify also measures the candidates the predictor is unsure about (0: by prediction alone).")] = 1.0,
     verify: Annotated[bool, typer.Option(
@@ -76,6 +76,7 @@ def command(
         "--eval-images", min=10, help="With --verify: evaluate on a class-balanced subset of this many --verify-split images (default: all of them).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output directory (default: artifacts/<spec>/search-<budget>-<condition>).")] = None,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")] = False,
 ) -> None:
     """Search the mixed-precision config with the best predicted accuracy under a bit budget.
@@ -85,7 +86,7 @@ def command(
     Budgets no config meets (e.g. --w-bits 1, or caps below the smallest model) are refused before searching, with the tightest feasible value. The artifact holds best_config.json (for `eqtools calibrate --config` and `export`), the Pareto front, the per-generation history and the top-K.
     """
     from eqtools.artifacts import Search as SearchArtifact
-    from eqtools.artifacts import default_out, resolve_input
+    from eqtools.artifacts import claim_out, default_out, resolve_input
     from eqtools.errors import ArtifactError, ConfigError
     from eqtools.predictor import load_predictor
     from eqtools.search import SearchOptions, run_search, search_tag, write_search
@@ -115,6 +116,15 @@ def command(
         seed=seed if seed is not None else int(spec.get("seed", 0)),
         uniform=uniform, pareto=pareto, cost=cost.value, top_k=top_k, explore=explore,
     )
+    spec_name = spec.get("name") or "default"
+    if out is None:
+        from eqtools.presets import resolve_conditions
+        from eqtools.vocab import form_key
+
+        *form, _ = resolve_conditions(predictor.space, options.granularity, options.symmetry, options.preset,
+                                      w_symmetry=options.w_symmetry, a_symmetry=options.a_symmetry)
+        out = default_out(spec_name, "search", search_tag(options, form_key(*form)))
+    claim_out(out, "search")  # before searching
     supernet = None
     if verify or supernet_path is not None:
         from eqtools.search.verify import find_supernet
@@ -129,8 +139,6 @@ def command(
         with progress("verify", len(verify_candidates(outcome)), enabled=not as_json) as advance:
             verify_outcome(outcome, supernet, split=verify_split.value, eval_images=eval_images, on_stage=None if as_json else echo,
                            progress=advance)
-    spec_name = spec.get("name") or "default"
-    out = out if out is not None else default_out(spec_name, "search", search_tag(options, outcome.condition))
     artifact = write_search(outcome, out, predictor, parents=[supernet] if supernet is not None and verify else [])
     if as_json:
         emit_artifact(artifact, best_config=outcome.best.to_dict())

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_artifact, handle_errors, print_error, progress
+from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, print_error, progress
 from eqtools.vocab import Granularity, Symmetry
 
 
@@ -21,7 +21,7 @@ def command(
     restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run's checkpoint and start over.")] = False,
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Quantization-aware epochs (train.epochs), after the float warm-up.")] = None,
     fp_epochs: Annotated[int | None, typer.Option("--fp-epochs", min=0, help="Float warm-up epochs before them (train.fp_epochs; 0: none). Skipped when the spec names a pretrained model or the same warm-up is cached.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Override the spec's seed.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Override the spec's seed.")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Force torch.compile on or off (default: the spec's train.compile, 'auto').")] = None,
     static_bits: Annotated[str | None, typer.Option("--static-bits", metavar="W[/A]", help="Train a static-QAT baseline of one uniform config instead of a supernet (e.g. 4 or 4/8).")] = None,
@@ -31,6 +31,7 @@ def command(
     a_symmetry: Annotated[Symmetry | None, typer.Option("--a-symmetry", help="With --static-bits: activation symmetry.")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any spec field, e.g. --set train.sandwich.distill=false (repeatable).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse to train if a weight matmul the spec did not pin to \"fp\" would stay in floating point.")] = False,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a final summary object on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
@@ -83,6 +84,9 @@ def command(
     data = apply_overrides(data, assignments)
     spec = resolve_spec(parse_spec(data, str(spec_path)))
     out = out or default_out(spec.name, "supernet", tag)
+    from eqtools.artifacts import claim_out
+
+    claim_out(out, "supernet")  # before any time is spent: never replace unasked what sits at --out
 
     def log(message: str) -> None:
         echo(message, quiet)

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eqtools.artifacts import Artifact, Calibrated, default_out, write_artifact
+from eqtools.artifacts import Artifact, Calibrated, claim_out, default_out, write_artifact
 from eqtools.artifacts import Export as ExportArtifact
 from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
@@ -644,12 +644,19 @@ def export_artifact(
 
     if check_images < 1:
         raise ConfigError(f"--check-images is {check_images}; it must be at least 1 (2000 or more for a 99.9% check)")
-    supernet, config, parents = _subnet_of(source, log)
+    deploying = onnx_form == "deploy" and any(f in ("onnx", "all") for f in formats)
     spec = artifact_spec(source)
+    if out is None and source.space is not None and source.kind in ("search", "calibrated"):
+        # an explicit vnni file gets its own directory; auto's keeps the subnet's, whatever this CPU chose
+        planned = SearchArtifact.best_config(source) if source.kind == "search" else Calibrated.config(source)
+        out = default_out(spec.name, "export", config_tag(source.space, planned)
+                          + ("-vnni" if deploying and deploy_cpu == "vnni" else ""))
+    if out is not None:
+        claim_out(out, "export")  # before anything is calibrated or converted
+    supernet, config, parents = _subnet_of(source, log)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
     batches = BatchSource(held_out, batch_size)
-    deploying = onnx_form == "deploy" and any(f in ("onnx", "all") for f in formats)
     kept, kept_from = None, {}
     if deploying and deploy_calibration_images is None:  # a plan export would not use is not read at all
         if bn_fold == "scale":
@@ -664,7 +671,8 @@ def export_artifact(
     tag = config_tag(supernet.space, config) + ("-vnni" if deploying and deploy_cpu == "vnni" else "")
     out = Path(out) if out is not None else default_out(spec.name, "export", tag)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as staging:
+    # the pid in the name lets a later write tell a killed export's staging from a running one's
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-{os.getpid()}-") as staging:
         metrics = export_subnet(supernet, batches, staging, formats=formats, opset=opset, bn_fold=bn_fold,
                                 agreement_min=agreement_min, onnx_form=onnx_form,
                                 deploy_agreement_min=deploy_agreement_min,

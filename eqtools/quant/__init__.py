@@ -2,7 +2,7 @@
 
 from eqtools.quant.attention import PackedInProjection, QPackedInProjection, RoutedMultiheadAttention
 from eqtools.quant.convert import Supernet, quantize_model, trace_layers
-from eqtools.quant.coverage import Coverage, CoverageError, WeightEntry
+from eqtools.quant.coverage import Coverage, CoverageError, FloatWeightsWarning, WeightEntry
 from eqtools.quant.layers import QConv2d, QLinear, QuantLayer
 from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer, fake_quantize, lp_search, quant_range
 
@@ -10,6 +10,7 @@ __all__ = [
     "ActQuantizer",
     "Coverage",
     "CoverageError",
+    "FloatWeightsWarning",
     "PackedInProjection",
     "QConv2d",
     "QLinear",

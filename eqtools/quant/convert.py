@@ -9,6 +9,7 @@ unfolded during training; export folds it.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from torch.overrides import TorchFunctionMode
 
 from eqtools.errors import ConfigError, SpecError
 from eqtools.quant.attention import PackedInProjection, QPackedInProjection, RoutedMultiheadAttention, route_attention
-from eqtools.quant.coverage import CONV_TYPES, LAYER_TYPES, Coverage, weight_coverage
+from eqtools.quant.coverage import CONV_TYPES, LAYER_TYPES, Coverage, FloatWeightsWarning, weight_coverage
 from eqtools.quant.layers import QConv2d, QLinear, QuantLayer
 from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
 from eqtools.space import ElasticSpace, LayerInfo, SubnetConfig
@@ -295,6 +296,14 @@ def quantize_model(
             f"quantize_model takes an ElasticSpace or a space mapping, got {type(space).__name__}; "
             "build a whole spec with eqtools.build.build_supernet(spec)"
         )
+    if not any(not layer.fixed for layer in built.quantized_layers):
+        # every "subnet" would be the one pinned model: a 2-bit config would silently be 8-bit
+        found = ", ".join(f"{layer.name} (pinned {layer.pin.w_bits}/{layer.pin.a_bits})" for layer in built.quantized_layers)
+        raise SpecError(
+            f"the elastic space has no elastic layer: the model's {len(built.layers)} Conv2d/Linear layer(s) are all "
+            f"pinned or kept float ({found or 'none found'}), so every subnet would be the same model. Allowed: a "
+            "model with Conv2d/Linear layers beyond the first and last, or first_layer/last_layer set to \"elastic\""
+        )
     for info in built.quantized_layers:
         module = model.get_submodule(info.name)
         if isinstance(module, nn.Conv2d):
@@ -307,6 +316,9 @@ def quantize_model(
     report = weight_coverage(model, built, notes)
     if strict:
         report.check_strict()
+    elif report.unpinned_float:
+        # the Python API's caller sees no report unless it asks: say it here, by name, type and reason
+        warnings.warn(FloatWeightsWarning(report.unpinned_message()), stacklevel=2)
     supernet = Supernet(model, built)
     supernet.coverage = report
     return supernet

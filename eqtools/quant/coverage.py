@@ -23,7 +23,7 @@ from eqtools.quant.layers import QuantLayer
 from eqtools.quant.quantizer import ActQuantizer, WeightQuantizer
 from eqtools.space import ElasticSpace
 
-__all__ = ["Coverage", "CoverageError", "WeightEntry", "weight_coverage"]
+__all__ = ["Coverage", "CoverageError", "FloatWeightsWarning", "WeightEntry", "weight_coverage"]
 
 PINNED = "kept in floating point by the spec (space.overrides / first_layer / last_layer: \"fp\")"
 NOT_REACHED = (
@@ -34,6 +34,10 @@ NOT_REACHED = (
 
 class CoverageError(ModelError):
     """Strict conversion found weight matmuls left in floating point that nobody pinned."""
+
+
+class FloatWeightsWarning(UserWarning):
+    """A conversion (not strict) left weight matmuls in floating point that nobody pinned."""
 
 
 @dataclass(frozen=True)
@@ -87,18 +91,23 @@ class Coverage:
         """Float weight matmuls the user did not ask for."""
         return tuple(e for e in self.float_matmul if e.reason != PINNED)
 
+    def unpinned_message(self, limit: int = 5) -> str:
+        bad = self.unpinned_float
+        shown = "; ".join(f"{e.name} ({e.params:,} weights): {e.reason}" for e in bad[:limit])
+        more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+        share = sum(e.params for e in bad) / self.matmul_params if self.matmul_params else 0.0
+        return (f"{len(bad)} weight matmul(s), {100 * share:.1f}% of the matmul weights, stay in floating point "
+                f"without being pinned: {shown}{more}")
+
     def check_strict(self) -> None:
         """Raise :class:`CoverageError` if a weight matmul stayed float without being pinned."""
-        bad = self.unpinned_float
-        if not bad:
+        if not self.unpinned_float:
             return
-        shown = "; ".join(f"{e.name} ({e.params:,} weights): {e.reason}" for e in bad[:5])
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise CoverageError(
-            f"strict conversion: {len(bad)} weight matmul(s) would stay in floating point without being "
-            f"pinned: {shown}{more}. Allowed: pin them explicitly with space.overrides {{NAME: \"fp\"}}, "
-            "or convert without strict to accept them as float (they are then counted at 32 bits only "
-            "where they are in the space, and listed in this report)"
+            f"strict conversion: {self.unpinned_message()}. Allowed: pin them explicitly with space.overrides "
+            "{NAME: \"fp\"} (layers eqtools traces), replace modules eqtools cannot quantize, or convert without "
+            "strict to accept them as float (they are then counted at 32 bits only where they are in the space, and "
+            "listed in this report)"
         )
 
     def lines(self) -> list[str]:
@@ -150,7 +159,7 @@ def _float_reason(name: str, module: nn.Module, space: ElasticSpace, notes: Mapp
     if type(module) not in LAYER_TYPES:
         # exact types only: a subclass may compute something else in its forward
         return f"{type(module).__name__} is not a layer kind eqtools quantizes (Conv2d, Linear and attention projections are)"
-    return NOT_REACHED
+    return f"{type(module).__name__} {NOT_REACHED}"
 
 
 def weight_coverage(model: nn.Module, space: ElasticSpace, notes: Mapping[str, str] | None = None) -> Coverage:
@@ -181,8 +190,20 @@ def weight_coverage(model: nn.Module, space: ElasticSpace, notes: Mapping[str, s
                 if weight is None or id(weight) in counted:
                     continue
                 counted.add(id(weight))
-                reason = notes.get(name, NOT_REACHED)
+                reason = notes.get(name, f"{type(module).__name__} {NOT_REACHED}")
                 matmul.append(WeightEntry(f"{name}.{attr}", weight.numel(), "float", reason))
+        elif isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+            # an LSTM/GRU/RNN's input and recurrent weights are matmuls too, run inside torch's fused
+            # recurrent kernel, which no drop-in layer can reach: named here, so strict refuses them
+            kind = type(module).__name__
+            for pname, weight in module.named_parameters(recurse=False):
+                if not pname.startswith("weight_") or id(weight) in counted:
+                    continue
+                counted.add(id(weight))
+                matmul.append(WeightEntry(
+                    f"{name}.{pname}", weight.numel(), "float",
+                    f"{kind} weight matmuls run inside torch's fused {kind} kernel, which eqtools does not quantize "
+                    "(replace the module by Linear layers to quantize them)"))
     for module in model.modules():
         if isinstance(module, (ActQuantizer, WeightQuantizer)):
             continue  # the quantization's own steps and offsets, not the model's parameters

@@ -39,18 +39,22 @@ def find_supernet(predictor: Predictor, path: Path | str | None = None,
                   echo: Callable[[str], None] | None = None) -> Artifact:
     """The supernet the predictor's samples were measured on (or ``path``), checked against its space.
 
-    Lineage first (predictor → samples → supernet, as recorded in the manifests), then the newest
-    ``supernet`` artifact in the workspace.
+    The lineage (predictor → samples → supernet, as recorded in the manifests, each checksum
+    verified): a recorded supernet that was replaced or removed is refused, never swapped for another.
+    Only a lineage that records no supernet at all (synthetic samples) falls back to the newest
+    ``supernet`` artifact in the workspace, and says so.
     """
     if path is not None:
         supernet = read_artifact(path, "supernet")
     else:
         art = predictor.artifact
         supernet = art.ancestor("supernet") if art is not None else None
+        how = "the predictor's lineage"
         if supernet is None:
             supernet = read_artifact(find_latest("supernet", flag="--supernet"), "supernet")
+            how = "the newest: the predictor's lineage records none"
         if echo is not None:
-            echo(f"verifying on supernet {supernet.path}")
+            echo(f"verifying on supernet {supernet.path} ({how})")
     check_space(supernet, predictor.space, what=f"the predictor {predictor.artifact.path if predictor.artifact else ''}".strip())
     return supernet
 

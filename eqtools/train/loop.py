@@ -32,7 +32,7 @@ from eqtools.artifacts import Artifact, load_safetensors, save_safetensors
 from eqtools.artifacts import Supernet as SupernetArtifact
 from eqtools.build import build_float_model, build_supernet, save_supernet, spec_info
 from eqtools.data import Split, Splits, load_splits
-from eqtools.errors import EqtoolsError, out_of_memory_advice
+from eqtools.errors import EqtoolsError, NumericError, out_of_memory_advice
 from eqtools.quant import Supernet
 from eqtools.space import SubnetConfig
 from eqtools.specs import Spec
@@ -88,6 +88,9 @@ def _setup_distributed(device: str) -> _Dist:
 
 
 def _local_device(device: str) -> str:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EqtoolsError(f"--device {device}: this machine has no usable CUDA GPU (torch {torch.__version__} sees "
+                           "none); use --device cpu")
     if device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -398,6 +401,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
                         digest.update("".join(c.to_json(indent=None) for c in configs).encode())
                         losses = sandwich_step(forward_model, supernet, x, y, configs, kd_lambda=t.sandwich.kd_lambda,
                                                temperature=t.sandwich.temperature, distill=t.sandwich.distill, wdr=wdr)
+                    _check_finite_loss(losses, epoch, i, steps, ckpt_path, t.lr, dist)  # before the step can spread it
                     if t.grad_clip:
                         nn.utils.clip_grad_norm_(supernet.parameters(), t.grad_clip)
                     opt.step()
@@ -421,17 +425,56 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
             if dist.main:
                 row.update(_epoch_eval(supernet, splits.val, device, fixed, spec.seed))
             rows.append(row)
+            _check_finite_weights(supernet, epoch, steps, ckpt_path, t.lr)  # never checkpoint or write NaN weights
             save_checkpoint(epoch + 1, 0)
             opts.log(json.dumps(row))
             dist.barrier()
 
     summary["train_time_s"] = round(time.monotonic() - run_start, 1)
+    # what was actually read, not what the spec asked for (the spec is in the manifest beside it)
+    summary["data"] = {"name": spec.data.name, "root": splits.root, "train_images": len(splits.train),
+                       "val_images": len(splits.val), "test_images": len(splits.test)}
     artifact = None
     if dist.main:
         artifact = _write_supernet(supernet, spec, opts, fixed, steps, rows, summary, dist.world)
         shutil.rmtree(work, ignore_errors=True)
     dist.barrier()
     return artifact
+
+
+def _divergence(ckpt_path: Path, lr: float) -> str:
+    kept = (f"the last good checkpoint is kept at {ckpt_path} (the end of the last finished epoch)" if ckpt_path.exists()
+            else "no epoch had finished, so there is no checkpoint")
+    return (f"Nothing was written at the output path; {kept}. Lower train.lr (now {lr:g}) or enable train.grad_clip, "
+            "and start again with --restart")
+
+
+def _check_finite_loss(losses: dict[str, float], epoch: int, step: int, steps: int, ckpt_path: Path, lr: float,
+                       dist: _Dist | None = None) -> None:
+    """Stop at the first non-finite loss: one NaN step turns every weight NaN (they still save fine).
+
+    Under DDP every process decides together (one all-reduce of a flag), so each stops at the same
+    step with the same message: a process that stopped alone would leave the others blocked in the
+    next gradient all-reduce until the launcher tears them down, and the main process, which
+    reports to the user, would not say why.
+    """
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if dist is not None and dist.world > 1:
+        flag = torch.tensor([1.0 if bad else 0.0])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and not bad:
+            bad = {"loss on another process": float("nan")}
+    if bad:
+        parts = ", ".join(f"{k} {v}" for k, v in bad.items())
+        raise NumericError(f"training diverged at epoch {epoch + 1}, step {step + 1}/{steps}: loss is not finite "
+                           f"({parts}); that step was not applied. " + _divergence(ckpt_path, lr))
+
+
+def _check_finite_weights(supernet: nn.Module, epoch: int, steps: int, ckpt_path: Path, lr: float) -> None:
+    for name, tensor in supernet.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NumericError(f"training diverged in epoch {epoch + 1} ({steps} steps): {name} holds NaN or "
+                               "infinite values after its last step. " + _divergence(ckpt_path, lr))
 
 
 def _open_checkpoint(spec: Spec, opts: TrainOptions, dist: _Dist, work: Path) -> dict[str, Any] | None:
@@ -452,7 +495,16 @@ def _open_checkpoint(spec: Spec, opts: TrainOptions, dist: _Dist, work: Path) ->
         if not (work / FP_CHECKPOINT).exists():
             opts.log(f"no checkpoint at {ckpt_path}; starting a new run")
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types (pickle, zip, runtime) for a damaged file
+        first = (str(exc).splitlines() or [""])[0][:160]
+        raise EqtoolsError(
+            f"the checkpoint at {ckpt_path} cannot be read ({type(exc).__name__}: {first}); it is damaged or not an "
+            "eqtools checkpoint. Pass --restart to discard it and train from the start"
+        ) from None
+    if not isinstance(checkpoint, dict) or not {"spec", "model", "optimizer", "epoch"} <= set(checkpoint):
+        raise EqtoolsError(f"{ckpt_path} is not an eqtools training checkpoint; pass --restart to discard it")
     if checkpoint.get("spec") != spec.to_dict():
         raise EqtoolsError(
             f"the checkpoint at {ckpt_path} was made with a different spec; resume with the same spec and "
