@@ -127,6 +127,28 @@ def main() -> None:
         target = w / "existing-search"
         t.case("writes", "`search --out ARTIFACT --force` replaces it", run([*writers["search"], "--out", target.name, "--force"], w),
                expect=0, check=lambda: json.loads((target / "manifest.json").read_text())["kind"] == "search")
+        inputs = {"calibrate": "supernet", "sample": "supernet", "fit-predictor": "samples", "search": "predictor",
+                  "export": "calibrated"}
+        for name, kind in inputs.items():  # --force never replaces what the command reads
+            before = digest(w / arts[kind])
+            t.case("writes", f"`{name} --out ITS-INPUT --force` (the {kind} it reads)",
+                   run([*writers[name], "--out", str(arts[kind]), "--force"], w), at_risk=(w / arts[kind],), before=before)
+        before = digest(w / arts["supernet"])
+        t.case("writes", "`fit-predictor --out SUPERNET --force` (what its input was made from)",
+               run([*writers["fit-predictor"], "--out", str(arts["supernet"]), "--force"], w),
+               at_risk=(w / arts["supernet"],), before=before)
+        t.case("writes", "`calibrate --out SUPERNET/inside --force` (a path inside another artifact)",
+               run([*writers["calibrate"], "--out", str(arts["supernet"] / "inside"), "--force"], w),
+               at_risk=(w / arts["supernet"],), before=before)
+        noted = w / "noted"
+        shutil.copytree(w / arts["samples"], noted)
+        (noted / "my-notes.md").write_text("ran on the big machine")
+        before = digest(noted)
+        t.case("writes", "`search --out ARTIFACT --force`, the user added my-notes.md inside it",
+               run([*writers["search"], "--out", noted.name, "--force"], w), at_risk=(noted,), before=before)
+        (w / "link").symlink_to(noted.name)
+        t.case("writes", "`search --out LINK --force` (a symbolic link to an artifact)",
+               run([*writers["search"], "--out", "link", "--force"], w), at_risk=(noted,), before=before)
         replacer = w / "replacer.py"
         replacer.write_text(
             "import os, sys\nimport eqtools.artifacts._store as store\nfrom eqtools.artifacts import write_artifact\n"
@@ -148,8 +170,12 @@ def main() -> None:
         listed = run(["info", str(a)], w)
         t.case("writes", "a killed export's staging directory is listed by `eqtools info WORKSPACE`", listed, expect=0,
                check=lambda: dead.name in listed.stdout)
+        elsewhere = w / a / f".{arts['calibrated'].name}.tmp-1@00000000-x1y2"  # another machine's or container's
+        elsewhere.mkdir()
         cleaned = run([*writers["calibrate"], "--out", str(arts["calibrated"]), "--force", "--no-deployed"], w)
         t.case("writes", "... and removed by the next write to that path", cleaned, expect=0, check=lambda: not dead.exists())
+        t.case("writes", "... but another machine's staging beside it is left alone", cleaned, expect=0,
+               check=lambda: elsewhere.is_dir())
 
         # ---------------------------------------------------------------- 2. lineage
         lin = w / "lineage"
@@ -161,12 +187,16 @@ def main() -> None:
                before=digest(lin / "e"))
         t.case("lineage", "... then `calibrate --searched`", run(["calibrate", "--searched", "--out", "c"], lin))
         t.case("lineage", "... then `report`", run(["report"], lin))
-        lin2 = w / "lineage2"
+        # outside `w`: a relative recorded parent is also looked for above the child's directories, and
+        # w/artifacts holds a byte-identical copy of the supernet (which its checksum would rightly accept)
+        apart = Path(tempfile.mkdtemp(prefix="eqtools-faults-"))
+        lin2 = apart / "lineage2"
         shutil.copytree(w / "artifacts", lin2 / "artifacts")
         shutil.move(lin2 / arts["supernet"], lin2 / "moved-away")
         shutil.copytree(w / arts["supernet"], lin2 / a / "other-supernet")
         t.case("lineage", "supernet moved away (another one in the workspace), then `search --verify`",
                run([*writers["search"], "--verify", "--out", "s"], lin2))
+        shutil.rmtree(apart)
         lin3 = w / "lineage3"
         shutil.copytree(w / "artifacts", lin3 / "artifacts")
         assert run(["train", str(w / "spec.json"), "-q", "--out", str(a / "newer"), "--set", "train.lr=0.002"], lin3).returncode == 0

@@ -67,7 +67,7 @@ def calibrate_artifact(
     if out is None and space is not None:
         out = default_out(spec.name, "calibrated", config_tag(space, config))
     if out is not None:
-        claim_out(out, "calibrated")  # before any computation
+        claim_out(out, "calibrated", [supernet_artifact])  # before any computation
     if deployed and splits is None and supernet_artifact.kind == "supernet" and split in SPLITS:
         # loaded here, not in measure_subnet, because the deployed measurement scores the same images again
         if on_stage:

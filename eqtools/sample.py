@@ -496,7 +496,7 @@ def sample_artifact(
         finished = _finished_run(out, extra, work, say)
         if finished is not None:
             return finished
-    claim_out(out, "samples")  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
+    claim_out(out, "samples", [supernet_artifact])  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
     indices = _shard_draws(params, shard)
     wanted = set(indices)
     configs = {i: c for i, c in enumerate(iter_configs(space, params.n, seed=params.seed, conditions=params.conditions))
@@ -575,7 +575,8 @@ def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callabl
         return None  # something else is there: it is replaced when this run finishes
     if existing.extra != extra:
         return None
-    say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do")
+    say(f"{out} already holds this run's {existing.metrics.get('rows')} rows; nothing to do (to measure them again, "
+        "pass --restart --force)")
     if work.path.exists():
         # a leftover log of this finished run, unless another sampler holds it right now (its rows are its own)
         try:

@@ -368,3 +368,171 @@ def test_a_json_payload_edited_but_still_valid_json_is_refused(tmp_path):
     json.loads(plan.read_text())  # still valid JSON
     with pytest.raises(ArtifactError, match=r"plan.json does not match its checksum"):
         read_artifact(tmp_path / "e")
+
+
+# --------------------------------------------------------------------------------- what --force never replaces
+def test_out_inside_another_artifact_is_refused_even_with_force(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    outer = _write(tmp_path / "s")
+    before = sorted(p.name for p in outer.path.iterdir())
+    with replace_policy(True), pytest.raises(ArtifactError, match=r"lies inside the 'supernet' artifact at .*outside it"):
+        _write(tmp_path / "s" / "calibrated", kind="calibrated")
+    assert sorted(p.name for p in outer.path.iterdir()) == before
+    assert read_artifact(outer.path).created == outer.created
+
+
+def test_out_equal_to_an_input_or_its_ancestor_is_refused_even_with_force(tmp_path):
+    from eqtools.artifacts import claim_out, replace_policy
+
+    supernet = _write(tmp_path / "s")
+    samples = _write(tmp_path / "c", kind="samples", parents=[supernet])
+    with replace_policy(True):
+        # the supernet the input was made from (e.g. fit-predictor --out SUPERNET --force)
+        with pytest.raises(ArtifactError, match=r"is the 'supernet' artifact its input was made from.*not even --force"):
+            _write(tmp_path / "s", kind="predictor", parents=[samples])
+        # the input itself (sample --merge into one of its own shards), early and at the write
+        with pytest.raises(ArtifactError, match=r"is the 'samples' artifact this command reads"):
+            claim_out(tmp_path / "c", "samples", [samples])
+        with pytest.raises(ArtifactError, match=r"is the 'samples' artifact this command reads"):
+            _write(tmp_path / "c", kind="samples", parents=[samples])
+        assert _write(tmp_path / "p", kind="predictor", parents=[samples]).kind == "predictor"  # elsewhere is fine
+    assert read_artifact(tmp_path / "s").created == supernet.created
+    assert read_artifact(tmp_path / "c").created == samples.created
+
+
+def test_an_artifact_holding_files_it_does_not_list_is_not_replaced(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    first = _write(tmp_path / "s")
+    (tmp_path / "s" / "my-notes.md").write_text("ran on the big machine")
+    with replace_policy(True), pytest.raises(ArtifactError, match=r"does not list \('my-notes.md'\).*not even with --force"):
+        _write(tmp_path / "s")
+    assert (tmp_path / "s" / "my-notes.md").read_text() == "ran on the big machine"
+    assert read_artifact(tmp_path / "s").created == first.created
+    (tmp_path / "s" / "my-notes.md").unlink()
+    (tmp_path / "s" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # a file browser's, not the user's work
+    with replace_policy(True):
+        assert _write(tmp_path / "s").created != first.created
+
+
+def test_a_symlink_at_out_is_refused_and_its_target_kept(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    target = _write(tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with replace_policy(True), pytest.raises(ArtifactError, match=r"is a symbolic link \(to .*real\)"):
+        _write(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and read_artifact(tmp_path / "real").created == target.created
+
+
+# --------------------------------------------------------------------------------- recovery among writers
+def test_a_dead_writers_old_artifact_is_not_restored_while_a_live_writer_replaces(tmp_path):
+    """A live writer between its two renames holds the newest artifact in its own .old; an older .old a
+    killed writer left must not be put at the path in its place (the live one would then be deleted)."""
+    from eqtools.artifacts import recover, staging_prefix
+
+    out = tmp_path / "s"
+    older = _write(tmp_path / "a")
+    time.sleep(0.01)
+    newer = _write(out)
+    live_old = tmp_path / (staging_prefix(out, "old") + "cafe0001")  # this process: live
+    os.rename(out, live_old)
+    os.rename(tmp_path / "a", tmp_path / ".s.old-999999999-deadbeef")  # a killed writer's, long ago
+    recover(out)
+    assert not out.exists() and read_artifact(live_old).created == newer.created
+    os.rename(live_old, out)  # the live writer's failed second rename puts its own back
+    recover(out)  # now the dead one is removed, not restored
+    assert read_artifact(out).created == newer.created != older.created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_another_machines_staging_is_left_alone_and_reported(tmp_path):
+    from eqtools.artifacts import leftovers, recover, staging_prefix
+
+    out = tmp_path / "s"
+    _write(out)
+    ours = staging_prefix(out, "tmp").split("@")[1].rstrip("-")
+    other = "0" * 8 if ours != "0" * 8 else "1" * 8
+    theirs = tmp_path / f".s.tmp-{os.getpid() + 1}@{other}-abc123"  # its pid means nothing on this machine
+    theirs.mkdir()
+    (entry,) = leftovers(out)
+    assert entry["live"] is None and "another machine or container" in entry["what"]
+    recover(out)
+    assert theirs.is_dir()
+    # killed there between the two renames of a replace: not restored from here, but named
+    old = tmp_path / f".s.old-{os.getpid() + 1}@{other}-abc123"
+    os.rename(out, old)
+    with pytest.raises(ArtifactError, match=r"a replaced artifact a write left beside it is still there .*rename it back"):
+        read_artifact(out)
+    assert read_artifact(old).kind == "supernet"
+
+
+def test_a_reused_pid_does_not_keep_a_killed_writers_leftover_alive(tmp_path):
+    """The pid in a leftover's name is alive again, but its process started after the directory was
+    made or renamed: it is not the writer, and the directory is recovered."""
+    import subprocess
+
+    from eqtools.artifacts import leftovers, recover, staging_prefix
+
+    out = tmp_path / "s"
+    _write(out)
+    host = staging_prefix(out, "tmp").split("@")[1]
+    first = int(Path("/proc/sys/kernel/ns_last_pid").read_text()) + 1
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    for pid in range(first, min(first + 3000, pid_max)):  # the next pids, each as a killed writer's staging
+        (tmp_path / f".s.tmp-{pid}@{host}x").mkdir()
+    time.sleep(2.5)
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        reused = tmp_path / f".s.tmp-{proc.pid}@{host}x"
+        if not reused.is_dir():
+            pytest.skip("the pid counter moved past the prepared range (a busy machine)")
+        assert next(e for e in leftovers(out) if e["path"] == str(reused))["live"] is False
+        fresh = tmp_path / f".s.tmp-{proc.pid}@{host}fresh"  # made now: its writer may be that process
+        fresh.mkdir()
+        assert next(e for e in leftovers(out) if e["path"] == str(fresh))["live"] is True
+        recover(out)
+        assert not reused.exists() and fresh.is_dir() and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_failed_second_rename_of_the_fallback_puts_the_old_artifact_back(tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "s"
+    first = _write(out)
+    monkeypatch.setenv("EQTOOLS_NO_RENAME_EXCHANGE", "1")
+    real, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # the new directory into place
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "rename", flaky)
+    with pytest.raises(ArtifactError, match=r"cannot write the supernet artifact .*Input/output error"):
+        _write(out)
+    monkeypatch.undo()
+    assert read_artifact(out).created == first.created  # at its path now, not only after this process exits
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_an_output_path_that_cannot_be_made_is_refused_before_computing(tmp_path):
+    from eqtools.artifacts import claim_out
+
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(ArtifactError, match=r"cannot write the supernet artifact to .*: .*notes is a file, not a directory"):
+        claim_out(tmp_path / "notes" / "ws" / "s", "supernet")
+    assert (tmp_path / "notes").read_text() == "mine"
+    if os.geteuid() != 0:  # root may write anywhere
+        (tmp_path / "ro").mkdir()
+        (tmp_path / "ro").chmod(0o500)
+        try:
+            with pytest.raises(ArtifactError, match=r"cannot write the supernet artifact to .*: this user may not create entries in .*ro"):
+                claim_out(tmp_path / "ro" / "ws" / "s", "supernet")
+        finally:
+            (tmp_path / "ro").chmod(0o700)

@@ -264,23 +264,29 @@ def no_computation(monkeypatch):
         monkeypatch.setattr(module, name, boom)
 
 
-def _tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-@pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
-def test_every_writer_refuses_an_existing_artifact_without_force_before_computing(workspace, tmp_path, monkeypatch,
-                                                                                  no_computation, command):
+@pytest.fixture
+def writers(workspace, tmp_path, monkeypatch, no_computation) -> dict[str, list[str]]:
+    """Each writing command's arguments, run from ``tmp_path`` (holding only ``spec.json``), none of
+    them allowed to start computing."""
     from conftest import DIGITS_SPEC
 
     monkeypatch.chdir(tmp_path)
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(json.dumps(DIGITS_SPEC))
+    return _writers(workspace, spec_file)
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
+def test_every_writer_refuses_an_existing_artifact_without_force_before_computing(workspace, tmp_path, writers, command):
     out = tmp_path / "out"
     shutil.copytree(workspace / "samples", out)
     before = _tree(out)
     created = read_artifact(out).created
-    result = runner.invoke(app, [*_writers(workspace, spec_file)[command], "--out", str(out)])
+    result = runner.invoke(app, [*writers[command], "--out", str(out)])
     assert result.exit_code == 2, result.output
     text = flat(result.output)
     assert f"already holds a 'samples' artifact created {created}" in text and "--force" in text
@@ -288,22 +294,42 @@ def test_every_writer_refuses_an_existing_artifact_without_force_before_computin
 
 
 @pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
-def test_every_writer_refuses_a_path_that_is_not_an_artifact_even_with_force(workspace, tmp_path, monkeypatch,
-                                                                             no_computation, command):
-    from conftest import DIGITS_SPEC
-
-    monkeypatch.chdir(tmp_path)
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(DIGITS_SPEC))
+def test_every_writer_refuses_a_path_that_is_not_an_artifact_even_with_force(tmp_path, writers, command):
     out = tmp_path / "thesis"
     (out / "sub").mkdir(parents=True)
     (out / "thesis.tex").write_text("chapter 1")
     (out / "sub" / "data.csv").write_text("1,2\n")
     before = _tree(out)
-    result = runner.invoke(app, [*_writers(workspace, spec_file)[command], "--out", str(out), "--force"])
+    result = runner.invoke(app, [*writers[command], "--out", str(out), "--force"])
     assert result.exit_code == 2, result.output
     assert f"the output path {out} is a directory that is not an eqtools artifact" in flat(result.output)
     assert _tree(out) == before
+
+
+@pytest.mark.parametrize(("command", "target", "said"), [
+    ("calibrate", "supernet", "artifact this command reads"), ("sample", "supernet", "artifact this command reads"),
+    ("fit-predictor", "samples", "artifact this command reads"), ("search", "predictor", "artifact this command reads"),
+    ("export", "calibrated", "artifact this command reads"),
+    ("fit-predictor", "supernet", "artifact its input was made from"),
+])
+def test_no_writer_replaces_its_own_input_or_its_lineage_even_with_force(workspace, tmp_path, no_computation, command,
+                                                                         target, said):
+    out = workspace / target
+    before = _tree(out)
+    result = runner.invoke(app, [*_writers(workspace, tmp_path / "unused.json")[command], "--out", str(out), "--force"])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert f"the output path {out} is the '{target}' {said}" in text and "not even --force" in text
+    assert "Traceback" not in result.output and _tree(out) == before
+
+
+@pytest.mark.parametrize("command", ["train", "calibrate", "sample", "fit-predictor", "search", "export"])
+def test_every_writer_refuses_an_output_path_it_cannot_make_before_computing(tmp_path, writers, command):
+    (tmp_path / "notes").write_text("mine")
+    result = runner.invoke(app, [*writers[command], "--out", str(tmp_path / "notes" / "o")])
+    assert result.exit_code == 2, result.output
+    assert f"{tmp_path / 'notes'} is a file, not a directory" in flat(result.output)
+    assert (tmp_path / "notes").read_text() == "mine"
 
 
 def test_force_replaces_an_artifact(workspace, tmp_path):
@@ -333,11 +359,14 @@ def test_a_rerun_of_sample_leaves_a_running_samplers_log_alone(workspace, tmp_pa
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another sampler is writing
     try:
         result = runner.invoke(app, args)
-        assert result.exit_code == 0 and "nothing to do" in result.output
+        assert result.exit_code == 0 and "nothing to do (to measure them again, pass --restart --force)" in flat(result.output)
         assert (log / "rows.jsonl").read_text() == '{"index": 0}\n'
     finally:
         os.close(fd)
     assert runner.invoke(app, args).exit_code == 0 and not log.exists()  # unlocked: a stale log is removed
+    created = read_artifact(out).created
+    assert runner.invoke(app, [*args, "--restart", "--force"]).exit_code == 0  # what the note advises: measured again
+    assert read_artifact(out).created != created
 
 
 # --------------------------------------------------------------------------------- lineage, per stage
@@ -429,6 +458,48 @@ def test_calibrate_searched_uses_the_searchs_own_supernet_not_the_newest(lineage
     assert result.exit_code == 2 and "was replaced after" in flat(result.output)
 
 
+@pytest.mark.parametrize("how", ["--from-search", "--config"])
+def test_calibrate_never_replaces_the_search_it_reads(lineage, how):
+    search = lineage / "search"
+    before = _tree(search)
+    source = [how, str(search)] if how == "--from-search" else ["--from", str(lineage / "supernet"), "--config",
+                                                                str(search / "best_config.json")]
+    result = runner.invoke(app, ["calibrate", *source, "--out", str(search), "--force"])
+    assert result.exit_code == 2, result.output
+    assert f"the output path {search} is the 'search' artifact this command reads" in flat(result.output)
+    assert _tree(search) == before
+
+
+def test_a_rerun_of_the_whole_chain_at_the_same_paths_works_with_force(lineage, tmp_path):
+    """What rerunning the quickstart in the same checkout does: without --force the first stage refuses
+    (saying how to rerun); with --force every stage replaces its artifact, the search's --verify and the
+    report find the new supernet through the new lineage, and nothing is refused as stale or as an input."""
+    from eqtools.report import build_report
+
+    spec = _spec_file(tmp_path, epochs=1, steps_per_epoch=2)
+    ws = lineage
+    first = runner.invoke(app, ["train", str(spec), "--out", str(ws / "supernet"), "-q"])
+    assert first.exit_code == 2 and "pass --force to replace it" in flat(first.output)
+    chain = [
+        ["train", str(spec), "--out", str(ws / "supernet"), "-q"],
+        ["sample", "--from", str(ws / "supernet"), "-n", "16", "--subset", "20", "--calib-images", "32", "--no-progress",
+         "--out", str(ws / "samples")],
+        ["fit-predictor", "--from", str(ws / "samples"), "--model", "mlp", "--out", str(ws / "predictor")],
+        ["search", "--predictor", str(ws / "predictor"), "--w-bits", "4", "--granularity", "per-channel", "--symmetry",
+         "sym", "--population", "8", "--generations", "2", "--verify", "--top-k", "1", "--eval-images", "20",
+         "--out", str(ws / "search")],
+    ]
+    for args in chain:
+        result = runner.invoke(app, [*args, "--force"])
+        assert result.exit_code == 0, (args[0], result.output)
+    result = runner.invoke(app, ["calibrate", "--from-search", str(ws / "search"), "--images", "64", "--no-deployed",
+                                 "--out", str(ws / "calibrated")])
+    assert result.exit_code == 0, result.output
+    supernet = read_artifact(ws / "supernet")
+    assert read_artifact(ws / "search").ancestor("supernet").manifest_sha256 == supernet.manifest_sha256
+    assert build_report(ws.parent, bits=())["damaged"] == []
+
+
 def test_report_lists_artifacts_whose_supernet_was_replaced(lineage):
     from eqtools.report import build_report
 
@@ -439,6 +510,15 @@ def test_report_lists_artifacts_whose_supernet_was_replaced(lineage):
     damaged = {Path(d["path"]).name: d["error"] for d in report["damaged"]}
     assert set(damaged) == {"predictor", "search"} and "search" not in report
     assert old in damaged["search"] and new in damaged["search"]
+
+
+def test_report_exit_message_names_a_replaced_supernet_not_only_damage(lineage):
+    old, new = _retrain_in_place(lineage / "supernet")
+    result = runner.invoke(app, ["report", "--root", str(lineage.parent), "--json"])
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "or was made from another supernet than the one reported" in text and old in text and new in text
+    assert "eqtools info PATH` says what is wrong" not in text  # info verifies the artifact alone: it would say "fine"
 
 
 def test_report_lists_artifacts_made_from_another_supernet(lineage):
@@ -764,9 +844,15 @@ main()
 """
 
 
-def test_a_nan_loss_on_one_ddp_process_stops_every_process(tmp_path):
+@pytest.mark.parametrize("device", [
+    "cpu",  # gloo
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="NCCL needs two GPUs (it refuses two processes on one)")]),
+])
+def test_a_nan_loss_on_one_ddp_process_stops_every_process(tmp_path, device):
     """Rank 0, which reports to the user, stops at the same step with the reason (without the shared
-    decision it blocks until torchrun tears it down, and says nothing of the NaN)."""
+    decision it blocks until torchrun tears it down, and says nothing of the NaN). On GPUs the shared
+    decision goes through NCCL, which reduces no CPU tensor."""
     import subprocess
     import sys
 
@@ -775,7 +861,7 @@ def test_a_nan_loss_on_one_ddp_process_stops_every_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", str(31500 + os.getpid() % 1000), str(script), "train",
-                           str(_spec_file(tmp_path)), "--out", str(tmp_path / "o"), "-q"],
+                           str(_spec_file(tmp_path)), "--out", str(tmp_path / "o"), "--device", device, "-q"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "training diverged at epoch 1, step 1/2" in flat(proc.stderr)
     assert "loss on another process nan" in flat(proc.stderr) and not (tmp_path / "o").exists()

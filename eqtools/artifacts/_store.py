@@ -23,12 +23,14 @@ import contextlib
 import ctypes
 import datetime as _dt
 import errno
+import functools
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
@@ -63,6 +65,7 @@ __all__ = [
     "resolve_input",
     "save_safetensors",
     "sha256_file",
+    "staging_prefix",
     "strict_json_loads",
     "verified_parent",
     "workspace_leftovers",
@@ -153,8 +156,10 @@ def _non_finite(value: Any, where: str = "") -> str | None:
 # this from its --force flag, so a command line never replaces one unasked.
 _FORCE: ContextVar[bool] = ContextVar("eqtools_replace_artifacts", default=True)
 # the hidden siblings a write makes beside ``out``: its staging directory, the replaced artifact
-# between the two renames of the fallback, export's staging; each name ends in -<pid>-<hex>
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>tmp|old|export)-(?:(?P<pid>\d+)-)?[0-9a-zA-Z_]+$")
+# between the two renames of the fallback, export's staging; each name ends in -<pid>@<host>-<hex>,
+# where <host> tells this machine and pid namespace from another one sharing the directory
+_LEFTOVER = re.compile(
+    r"^\.(?P<name>.+)\.(?P<what>tmp|old|export)-(?:(?P<pid>\d+)(?:@(?P<host>[0-9a-f]{8}))?-)?[0-9a-zA-Z_]+$")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 _renameat2_fn: Any = None
@@ -177,20 +182,31 @@ def _describe_dir(path: Path) -> str:
     return ", ".join(repr(n) for n in names)
 
 
-def claim_out(out: Path | str, kind: str) -> None:
+def claim_out(out: Path | str, kind: str, inputs: Iterable[Artifact | Mapping[str, Any] | Path | str] = ()) -> None:
     """Refuse ``out`` when writing a ``kind`` artifact there would destroy something unasked.
 
-    A missing path or an empty directory is free. A file, or a directory that is not an eqtools
-    artifact, is never replaced (not even with ``--force``: eqtools deletes only what it made). An
-    existing artifact is replaced only under ``replace_policy(force=True)``; the refusal names its
-    kind and creation time. Stages call this as soon as they know ``out``, before any computation;
-    :func:`write_artifact` calls it again at the moment of the write.
+    A missing path or an empty directory is free. A file, a symbolic link, or a directory that is
+    not an eqtools artifact, is never replaced (not even with ``--force``: eqtools deletes only what
+    it made); nor is an artifact holding files its manifest does not list (someone put them there),
+    a path inside another artifact (replacing that one would delete it), or one of ``inputs`` or
+    their recorded ancestors (the command would destroy what it reads, and its output's lineage
+    with it). An existing artifact is replaced only under ``replace_policy(force=True)``; the
+    refusal names its kind and creation time. Stages call this as soon as they know ``out``, before
+    any computation; :func:`write_artifact` calls it again, with the parents, at the moment of the write.
     """
     out = Path(out)
     recover(out)
-    if not out.exists() and not out.is_symlink():
+    _refuse_inside_artifact(out)
+    _refuse_own_input(out, inputs)
+    _refuse_unwritable(out, kind)
+    if out.is_symlink():
+        raise ArtifactError(
+            f"the output path {out} is a symbolic link (to {os.readlink(out)}); eqtools never writes through or "
+            "replaces a link. Choose another --out, or give the link's target itself"
+        )
+    if not out.exists():
         return
-    if out.is_symlink() or not out.is_dir():
+    if not out.is_dir():
         raise ArtifactError(
             f"the output path {out} is an existing file, not an artifact directory; eqtools never replaces what "
             "it did not write. Choose another --out, or move the file away"
@@ -213,6 +229,14 @@ def claim_out(out: Path | str, kind: str) -> None:
             f"the output path {out} holds a manifest.json that is not an eqtools manifest; eqtools never replaces "
             "what it did not write. Choose another --out, or move the directory away"
         )
+    unlisted = _unlisted_files(out, manifest)
+    if unlisted:
+        raise ArtifactError(
+            f"the output path {out} is a '{manifest.get('kind', '?')}' artifact that also holds files its manifest "
+            f"does not list ({', '.join(repr(n) for n in unlisted[:3])}{', ...' if len(unlisted) > 3 else ''}); "
+            "eqtools did not write them, so it does not replace the directory, not even with --force. Move them "
+            "out of the artifact, or choose another --out"
+        )
     if not _FORCE.get():
         found = manifest.get("kind", "?")
         also = "" if found == kind else f" (this command writes a '{kind}' artifact)"
@@ -223,16 +247,135 @@ def claim_out(out: Path | str, kind: str) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _eqtools_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of the artifact directory ``path`` (unverified), or None where it is not one."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _refuse_inside_artifact(out: Path) -> None:
+    for folder in out.resolve().parents:
+        manifest = _eqtools_manifest(folder)
+        if manifest is not None:
+            raise ArtifactError(
+                f"the output path {out} lies inside the '{manifest.get('kind', '?')}' artifact at {folder}; an "
+                "artifact's directory holds only the files its manifest lists (a replace of it would delete what "
+                "was written inside). Choose an --out outside it"
+            )
+
+
+def _refuse_unwritable(out: Path, kind: str) -> None:
+    """Refuse now, not after hours of computation, an ``out`` whose directory cannot be made or written."""
+    folder = Path(os.path.abspath(out)).parent
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise _write_error(out, kind, cause=f"{folder} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _write_error(out, kind, cause=f"this user may not create entries in {folder}")
+
+
+def _lineage_paths(inputs: Iterable[Artifact | Mapping[str, Any] | Path | str]) -> dict[Path, str]:
+    """The resolved directories of ``inputs`` and of every ancestor their manifests record, each
+    with a short description (read leniently: this only decides what a write must not replace)."""
+    found: dict[Path, str] = {}
+    frontier: list[tuple[Path, str]] = []
+    for item in inputs:
+        if isinstance(item, Artifact):
+            frontier.append((Path(item.path), f"the '{item.kind}' artifact this command reads"))
+        elif isinstance(item, Mapping):
+            if item.get("kind") in KINDS and item.get("path"):
+                frontier.append((Path(item["path"]), f"the '{item['kind']}' artifact this command reads"))
+        else:
+            kind = (_eqtools_manifest(Path(item)) or {}).get("kind", "?")
+            frontier.append((Path(item), f"the '{kind}' artifact this command reads"))
+    while frontier:
+        path, what = frontier.pop()
+        resolved = path.resolve()
+        if resolved in found:
+            continue
+        found[resolved] = what
+        manifest = _eqtools_manifest(resolved) or {}
+        for entry in manifest.get("parents") or []:
+            if isinstance(entry, Mapping) and entry.get("kind") in KINDS and entry.get("path"):
+                frontier.append((Path(entry["path"]), f"the '{entry['kind']}' artifact its input was made from"))
+    return found
+
+
+def _refuse_own_input(out: Path, inputs: Iterable[Artifact | Mapping[str, Any] | Path | str]) -> None:
+    what = _lineage_paths(inputs).get(out.resolve())
+    if what is not None:
+        raise ArtifactError(
+            f"the output path {out} is {what}; writing there would destroy it, and with it the record of what the "
+            "output was made from (not even --force replaces it). Choose another --out"
+        )
+
+
+# what a file browser leaves in any directory it shows (macOS Finder, Windows Explorer): not the user's work
+_OS_METADATA = re.compile(r"^(\.DS_Store|Thumbs\.db|desktop\.ini|\._.*)$")
+
+
+def _unlisted_files(out: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """Files (and links) under the artifact ``out`` that its manifest does not list."""
+    table = manifest.get("files")
+    listed = (set(table) if isinstance(table, dict) else set()) | {MANIFEST}
+    extra = []
+    for folder, dirs, files in os.walk(out):
+        base = Path(folder)
+        for name in sorted(files) + sorted(d for d in dirs if (base / d).is_symlink()):
+            rel = (base / name).relative_to(out).as_posix()
+            if rel not in listed and not _OS_METADATA.match(name):
+                extra.append(rel)
+    return sorted(extra)
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> str:
+    """Eight hex digits naming this machine and pid namespace: a pid means something only there.
+
+    Two machines sharing a workspace over NFS, or two containers sharing a volume, see each
+    other's staging directories; a pid that is dead here may be a live writer there. (Not the
+    boot: after a crash and reboot the same machine must still restore what the kill left; a pid
+    reused since is told by its start time.)
+    """
+    parts = [socket.gethostname()]
+    with contextlib.suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+def staging_prefix(out: Path | str, what: str) -> str:
+    """The name prefix of a hidden ``what`` (tmp, old, export) directory beside ``out``: it carries
+    this process's pid and :func:`_host`, so :func:`recover` removes it only once this writer is gone."""
+    return f".{Path(out).name}.{what}-{os.getpid()}@{_host()}-"
+
+
+def _started_after(pid: int, when: float) -> bool:
+    """Whether process ``pid`` started after the time ``when`` (so it cannot have made or renamed a
+    directory whose status last changed then: the pid was reused). False where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+        started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
         return False
-    except PermissionError:
-        return True  # another user's live process
-    return True
+    return started > when + 2.0  # btime is in whole seconds
+
+
+def _pid_alive(pid: int, made: float | None = None) -> bool:
+    """Whether the writer ``pid`` of a directory whose status last changed at ``made`` still runs."""
+    if pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # another user's live process
+    return made is None or not _started_after(pid, made)
 
 
 def leftovers(out: Path | str) -> list[dict[str, Any]]:
@@ -246,10 +389,22 @@ def leftovers(out: Path | str) -> list[dict[str, Any]]:
     for entry in sorted(out.parent.iterdir()):
         m = _LEFTOVER.match(entry.name)
         if m and m.group("name") == out.name:
-            pid = m.group("pid")
-            live = pid is not None and _pid_alive(int(pid))
+            pid, host = m.group("pid"), m.group("host")
+            elsewhere = host is not None and host != _host()
+            if elsewhere:
+                live = None  # another machine's or container's pid: it cannot be checked from here
+            else:
+                try:
+                    # a rename or a write updates st_ctime: its writer must have started before it
+                    made: float | None = entry.lstat().st_ctime
+                except OSError:
+                    made = None
+                live = pid is not None and _pid_alive(int(pid), made)
             what = {"tmp": "staging directory of a write", "old": "replaced artifact awaiting removal",
                     "export": "staging directory of an export"}[m.group("what")]
+            if elsewhere:
+                what += (" made on another machine or container (eqtools leaves it alone; remove it once that "
+                         "run has ended)")
             found.append({"path": str(entry), "what": what, "live": live, "kind": m.group("what")})
         elif entry.name == f".{out.name}.partial":
             found.append({"path": str(entry), "what": "rows of an unfinished `eqtools sample` run (resumable)",
@@ -295,10 +450,14 @@ def recover(out: Path | str) -> list[str]:
     """
     out = Path(out)
     actions: list[str] = []
-    dead = [e for e in leftovers(out) if e["kind"] in ("tmp", "old", "export") and not e["live"]]
+    found = leftovers(out)
+    dead = [e for e in found if e["kind"] in ("tmp", "old", "export") and e["live"] is False]
     if not dead:
         return actions
-    if not out.exists() and not out.is_symlink():
+    # a live writer between its two renames holds the newest artifact in its own .old and puts it back
+    # itself if its second rename fails: restoring an older, dead one now would take its place
+    replacing = any(e["kind"] == "old" and e["live"] is not False for e in found)
+    if not replacing and not out.exists() and not out.is_symlink():
         olds = sorted((Path(e["path"]) for e in dead if e["kind"] == "old"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in olds:
             if _is_complete(old):
@@ -356,9 +515,14 @@ def _install(tmp: Path, out: Path) -> None:
         _fsync_dir(out.parent)
         shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the replaced artifact
         return
-    old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    old = out.parent / (staging_prefix(out, "old") + uuid.uuid4().hex[:8])
     os.rename(out, old)
-    os.rename(tmp, out)  # a kill between these two is repaired by recover(): it restores `old`
+    try:
+        os.rename(tmp, out)  # a kill between these two is repaired by recover(): it restores `old`
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rename(old, out)  # the artifact this write was to replace goes back where it was
+        raise
     _fsync_dir(out.parent)
     shutil.rmtree(old, ignore_errors=True)
 
@@ -531,8 +695,9 @@ def write_artifact(
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
     out = Path(out)
-    claim_out(out, kind)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    parents = list(parents)
+    claim_out(out, kind, parents)
+    tmp = out.parent / (staging_prefix(out, "tmp") + uuid.uuid4().hex[:8])
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
@@ -576,7 +741,7 @@ def write_artifact(
             fh.flush()
             os.fsync(fh.fileno())
         _fsync_dir(tmp)
-        claim_out(out, kind)  # again: something may have appeared at `out` while the payload was computed
+        claim_out(out, kind, parents)  # again: something may have appeared at `out` while the payload was computed
         _install(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -603,8 +768,8 @@ def _io_cause(exc: BaseException) -> str | None:
     return None
 
 
-def _write_error(out: Path, kind: str, exc: BaseException, cause: str | None = None) -> ArtifactError:
-    cause = cause or _io_cause(exc) or str(exc)
+def _write_error(out: Path, kind: str, exc: BaseException | None = None, cause: str | None = None) -> ArtifactError:
+    cause = cause or (_io_cause(exc) if exc is not None else None) or str(exc)
     return ArtifactError(
         f"cannot write the {kind} artifact to {out}: {cause}. Nothing was written there (an existing artifact "
         "at that path is unchanged). Free disk space, fix the directory's permissions, or choose another "
@@ -632,7 +797,12 @@ def read_artifact(
     if recover_missing and not path.exists():
         recover(path)
     if not path.exists():
-        raise ArtifactError(f"no artifact at {str(path)!r}: the path does not exist (expected {wanted} artifact directory)")
+        beside = [e["path"] for e in leftovers(path) if e["kind"] == "old"]
+        hint = (f"; a replaced artifact a write left beside it is still there ({', '.join(beside)}): if that write "
+                f"has ended (it ran on another machine or container, or still runs), rename it back to {path}"
+                if beside else "")
+        raise ArtifactError(
+            f"no artifact at {str(path)!r}: the path does not exist (expected {wanted} artifact directory){hint}")
     if not path.is_dir():
         raise ArtifactError(f"{str(path)!r} is a file; an artifact is a directory with a manifest.json (expected {wanted} artifact)")
     manifest_path = path / MANIFEST

@@ -90,6 +90,12 @@ def command(
         from eqtools.errors import ArtifactError
 
         raise ArtifactError(f"{supernet.path} records no elastic space; re-create it with `eqtools train`")
+    if out is not None:  # the search or the config's artifact is read here too: --out must not be either
+        from eqtools.artifacts import MANIFEST, claim_out
+
+        claim_out(out, "calibrated", [supernet, *([from_search] if from_search is not None else []),
+                                      *([config.parent] if config is not None and (config.parent / MANIFEST).is_file()
+                                        else [])])
     subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
                             symmetry=symmetry, w_symmetry=w_symmetry, a_symmetry=a_symmetry, search=from_search)
     result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed)

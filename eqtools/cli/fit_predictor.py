@@ -83,7 +83,7 @@ def command(
     )
     spec_name = samples.spec.get("name") or "default"
     out = out if out is not None else default_out(spec_name, "predictor", options.model)
-    claim_out(out, "predictor")  # before fitting
+    claim_out(out, "predictor", [samples])  # before fitting
     echo(f"fitting {options.model} ({options.encoding} encoding) on {samples.path}")
     total = options.epochs if options.model == "mlp" else 1  # an ensemble reports once, when it is done
     with progress(f"fit-predictor {options.model}", total, enabled=not as_json) as advance:

@@ -53,6 +53,8 @@ def _refuse_damaged(report: dict) -> None:
 
         paths = ", ".join(d["path"] for d in report["damaged"])
         raise ArtifactError(
-            f"{len(report['damaged'])} artifact(s) failed verification and were left out of the report: {paths}; "
-            "re-create them with the commands that made them (`eqtools info PATH` says what is wrong)"
+            f"{len(report['damaged'])} artifact(s) were left out of the report: {paths}. Each failed verification, "
+            f"or was made from another supernet than the one reported ({report.get('supernet')}); the table of "
+            "what was left out (with --json, the `damaged` field) gives each one's reason. Re-create them with the "
+            "commands that made them, from that supernet"
         )

@@ -124,7 +124,7 @@ def command(
         *form, _ = resolve_conditions(predictor.space, options.granularity, options.symmetry, options.preset,
                                       w_symmetry=options.w_symmetry, a_symmetry=options.a_symmetry)
         out = default_out(spec_name, "search", search_tag(options, form_key(*form)))
-    claim_out(out, "search")  # before searching
+    claim_out(out, "search", [art] + ([supernet_path] if supernet_path is not None else []))  # before searching
     supernet = None
     if verify or supernet_path is not None:
         from eqtools.search.verify import find_supernet

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eqtools.artifacts import Artifact, Calibrated, claim_out, default_out, write_artifact
+from eqtools.artifacts import Artifact, Calibrated, claim_out, default_out, staging_prefix, write_artifact
 from eqtools.artifacts import Export as ExportArtifact
 from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
@@ -652,7 +652,7 @@ def export_artifact(
         out = default_out(spec.name, "export", config_tag(source.space, planned)
                           + ("-vnni" if deploying and deploy_cpu == "vnni" else ""))
     if out is not None:
-        claim_out(out, "export")  # before anything is calibrated or converted
+        claim_out(out, "export", [source])  # before anything is calibrated or converted
     supernet, config, parents = _subnet_of(source, log)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
@@ -672,7 +672,7 @@ def export_artifact(
     out = Path(out) if out is not None else default_out(spec.name, "export", tag)
     out.parent.mkdir(parents=True, exist_ok=True)
     # the pid in the name lets a later write tell a killed export's staging from a running one's
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-{os.getpid()}-") as staging:
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=staging_prefix(out, "export")) as staging:
         metrics = export_subnet(supernet, batches, staging, formats=formats, opset=opset, bn_fold=bn_fold,
                                 agreement_min=agreement_min, onnx_form=onnx_form,
                                 deploy_agreement_min=deploy_agreement_min,

@@ -401,7 +401,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
                         digest.update("".join(c.to_json(indent=None) for c in configs).encode())
                         losses = sandwich_step(forward_model, supernet, x, y, configs, kd_lambda=t.sandwich.kd_lambda,
                                                temperature=t.sandwich.temperature, distill=t.sandwich.distill, wdr=wdr)
-                    _check_finite_loss(losses, epoch, i, steps, ckpt_path, t.lr, dist)  # before the step can spread it
+                    _check_finite_loss(losses, epoch, i, steps, ckpt_path, t.lr, dist, device)  # before the step spreads it
                     if t.grad_clip:
                         nn.utils.clip_grad_norm_(supernet.parameters(), t.grad_clip)
                     opt.step()
@@ -450,7 +450,7 @@ def _divergence(ckpt_path: Path, lr: float) -> str:
 
 
 def _check_finite_loss(losses: dict[str, float], epoch: int, step: int, steps: int, ckpt_path: Path, lr: float,
-                       dist: _Dist | None = None) -> None:
+                       dist: _Dist | None = None, device: str | torch.device = "cpu") -> None:
     """Stop at the first non-finite loss: one NaN step turns every weight NaN (they still save fine).
 
     Under DDP every process decides together (one all-reduce of a flag), so each stops at the same
@@ -460,7 +460,8 @@ def _check_finite_loss(losses: dict[str, float], epoch: int, step: int, steps: i
     """
     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
     if dist is not None and dist.world > 1:
-        flag = torch.tensor([1.0 if bad else 0.0])
+        # on the training device: NCCL, the process group of a GPU run, reduces no CPU tensor
+        flag = torch.tensor([1.0 if bad else 0.0], device=device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if flag.item() and not bad:
             bad = {"loss on another process": float("nan")}
