@@ -143,6 +143,9 @@ def test_plain_progress_shows_an_eta(monkeypatch, capsys):
         advance(4, loss=0.4)
     lines = capsys.readouterr().err.splitlines()
     assert "ETA 99s" in lines[0] and "ETA 22s" in lines[1], lines  # 11 s for 1 of 10, then 22 s for 5 of 10
+    with _common.progress("sample", 10) as advance:
+        advance(1, ETA="1m39s")  # a command that computes its own ETA: shown once
+    assert capsys.readouterr().err.count("ETA") == 1
 
 
 # ------------------------------------------------------------------------------- float warm-up

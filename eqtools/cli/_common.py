@@ -142,7 +142,7 @@ def progress(description: str, total: int | None, enabled: bool = True) -> Itera
             info = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
             of = f"/{total}" if total is not None else ""
             eta = ""
-            if total is not None and 0 < state["done"] < total:
+            if total is not None and 0 < state["done"] < total and "ETA" not in fields:  # sample gives its own
                 eta = f"  ETA {(now - start) * (total - state['done']) / state['done']:.0f}s"
             print(f"{description}: {state['done']}{of}  {now - start:.0f}s{eta}  {info}".rstrip(), file=sys.stderr, flush=True)
 
