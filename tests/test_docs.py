@@ -15,8 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
-# a page another branch rewrites (export); the lead drops it from this list when that lands
-NOT_YET = {"export.md"}
+# pages another branch is rewriting, left out until it lands (none now)
+NOT_YET: set[str] = set()
 PROSE = [ROOT / "README.md", *(p for p in DOCS if p.name not in NOT_YET)]
 
 DATE = re.compile(r"\b20\d\d-\d\d-\d\d\b")

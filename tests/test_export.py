@@ -17,6 +17,7 @@ the layer-by-layer parity is a property of the export, and only it is asserted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -188,7 +189,11 @@ def test_resnet20_mixed_round_trip(tmp_path):
     graph, _ = read_int(tmp_path / "model.int.safetensors")
     ops = {n["op"] for n in graph["nodes"]}
     assert {"conv2d", "linear", "add", "pad", "slice", "relu", "adaptive_avg_pool2d", "flatten"} <= ops
-    assert "batch_norm" not in ops  # every BN follows a conv: all folded
+    # every BN follows a conv and is folded, except where its fold moves a code the next layer reads (then the
+    # exact files keep it as its own op; a random low-bit ResNet puts many values near rounding boundaries)
+    kept = metrics["bn_fold"]["kept_unfolded_in_exact_files"]
+    bns = [n for n in graph["nodes"] if n["op"] == "batch_norm"]
+    assert len(bns) == len(kept) and {n["inputs"][0] for n in bns} == set(kept)
 
 
 def test_mobilenet_v2_round_trip(tmp_path):
@@ -464,7 +469,7 @@ def test_wrong_layer_is_caught_layer_by_layer(tiny_trained, tmp_path, monkeypatc
     def broken(graph, *args, **kwargs):
         tensors = dict(graph.tensors)
         tensors["conv2.weight.scale"] = tensors["conv2.weight.scale"] * 1.02
-        return real(stage.DeployGraph(graph.graph, tensors), *args, **kwargs)
+        return real(dataclasses.replace(graph, tensors=tensors), *args, **kwargs)
 
     monkeypatch.setattr(stage, "build_onnx", broken)
     with pytest.raises(ExportError, match=r"computes something else.*'conv3'"):

@@ -482,7 +482,7 @@ def test_tiny_vit_deploy_form_runs_every_weight_matmul_on_integer_kernels(traine
     """Default ONNX form: 17 QGemm (token inputs viewed as rows) and the patch embedding's ConvInteger;
     the only float matmuls onnxruntime runs are the 8 activation-activation ones."""
     from eqtools.export import export_subnet
-    from eqtools.export._deploy import FLOAT_MATMUL_OPS
+    from eqtools.export.backends.onnxruntime import FLOAT_MATMUL_OPS
 
     supernet, batches = trained_vit
     bits = {"w4a4": 4, "w8a8-sym": 8, "mixed-sym": "mixed"}[case]

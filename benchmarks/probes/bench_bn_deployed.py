@@ -68,8 +68,7 @@ def measure(path: Path) -> dict[str, Any]:
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, calibration_source
     from eqtools.export import build_deploy_onnx, deploy_calibration, extract_graph, measure_deployed
-    from eqtools.export._deploy import plan_from_dict
-    from eqtools.export._onnx import run_onnx
+    from eqtools.export.backends.onnxruntime import plan_from_dict, run_onnx
     from eqtools.stats import paired_bootstrap
 
     source = read_artifact(path, "calibrated")
@@ -87,7 +86,7 @@ def measure(path: Path) -> dict[str, Any]:
     ranges = plan_from_dict(Calibrated.deploy_plan(source))
     _, _, plan = build_deploy_onnx(folded, ranges=ranges)
     unfolded = extract_graph(supernet, example, bn_fold="none")
-    bn_after = {n["inputs"][0]: n["name"] for n in unfolded.nodes if n["op"] == "batch_norm"}
+    bn_after = {n.inputs[0]: n.name for n in unfolded.nodes if n.op == "batch_norm"}
     # a folded conv's value is its batch norm's output in the unfolded graph
     unfolded_plan = {bn_after.get(name, name): enc for name, enc in plan.items()}
 

@@ -89,6 +89,15 @@ def command(
                           "have against the fake-quant subnet on the check images. Default: 0.003, or 0.01 when a "
                           "quantized layer has 2 bits."),
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="Deployment target (a search --preset name: onnxruntime, openvino, tensorrt, "
+                                      "tflite, xnnpack, ...) or all: the file that target's runtime runs, checked in "
+                                      "that runtime where it runs here. A subnet the target cannot run is refused "
+                                      "with what to search for instead; all writes every file the subnet allows. "
+                                      "Default: the search's --preset where the subnet comes from one, else "
+                                      "onnxruntime."),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Output directory. Default: artifacts/<spec>/export-<config tag>."),
@@ -105,25 +114,15 @@ def command(
     integer one onnxruntime accelerates, checked end to end at --min-deploy-agreement. See
     docs/export.md.
     """
-    from eqtools.errors import ConfigError
-
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format is {fmt!r}; allowed: {', '.join(FORMATS)}")
-    if bn_fold not in BN_FOLD_MODES:
-        raise ConfigError(f"--bn-fold is {bn_fold!r}; allowed: {', '.join(BN_FOLD_MODES)}")
-    if onnx_form not in ONNX_FORMS:
-        raise ConfigError(f"--onnx-form is {onnx_form!r}; allowed: {', '.join(ONNX_FORMS)}")
-    if cpu not in DEPLOY_CPU_CHOICES:
-        raise ConfigError(f"--cpu is {cpu!r}; allowed: {', '.join(DEPLOY_CPU_CHOICES)} (see --help)")
-
     from eqtools.artifacts import resolve_input
-    from eqtools.export import export_artifact
+    from eqtools.export import ExportOptions, export_artifact
 
+    options = ExportOptions(formats=(fmt,), opset=opset, bn_fold=bn_fold, check_images=check_images,
+                            agreement_min=min_agreement, onnx_form=onnx_form, deploy_agreement_min=min_deploy_agreement,
+                            deploy_accuracy_drop_max=max_deploy_accuracy_drop, deploy_cpu=cpu,
+                            targets=None if target is None else (target,))
     source = resolve_input(from_, ("calibrated", "search"), echo=echo)
-    result = export_artifact(source, formats=(fmt,), opset=opset, bn_fold=bn_fold, out=out,
-                             check_images=check_images, agreement_min=min_agreement, onnx_form=onnx_form,
-                             deploy_agreement_min=min_deploy_agreement,
-                             deploy_accuracy_drop_max=max_deploy_accuracy_drop, deploy_cpu=cpu, log=echo)
+    result = export_artifact(source, options, out=out, log=echo)
     m = result.metrics
     if as_json:
         emit_artifact(result, files=result.extra.get("files", {}), config=result.extra.get("config"))
@@ -156,4 +155,14 @@ def command(
             if calibration.get("source") == "calibrated artifact":
                 print(f"onnx  8-bit ranges kept by `eqtools calibrate` ({calibration.get('images')} train images): the "
                       "graph whose top-1 the calibrated artifact records as deployed")
+    for name, t in m.get("targets", {}).items():
+        if name == "onnxruntime":
+            continue
+        integer = "not measured" if t["integer_layers"] is None else f"{t['integer_layers']}/{t['quantized_layers']}"
+        top1 = "" if t["top1"] is None else f"; top-1 {100 * t['top1']:.2f}%"
+        print(f"{name:<11} {t['file']}: {human_bytes(t['file_bytes'])}, {t['runtime_version']}, agreement "
+              f"{100 * t['agreement']:.2f}% with its deployed arithmetic{top1}; integer conv/linear layers {integer}"
+              + ("" if t["checked"] else f" (not checked in {t['runtime']})"))
+    for name, why in m.get("targets_skipped", {}).items():
+        print(f"{name:<11} skipped: {why}")
     print(f"checked on {m['check']['images']} held-out images; wrote {result.path}")

@@ -1,4 +1,4 @@
-"""Export a calibrated subnet to packed integer weights and/or ONNX (integer or exact QDQ), checked against the fake-quant model.
+"""Export a calibrated subnet to the file each deployment target runs, checked in that runtime against the fake-quant model.
 
 ``load_int`` and the file-format helpers come from :mod:`eqtools.export.runtime`, which needs no
 eqtools training code (importing ``eqtools.export`` for ``load_int`` imports neither
@@ -22,6 +22,7 @@ __all__ = [
     "DeployGraph",
     "DeployedModel",
     "ExportError",
+    "ExportOptions",
     "IntFormatError",
     "build_deploy_onnx",
     "build_onnx",
@@ -52,18 +53,19 @@ _LAZY = {
     "BN_FOLD_MODES": "eqtools.export._graph",
     "DeployGraph": "eqtools.export._graph",
     "extract_graph": "eqtools.export._graph",
-    "build_onnx": "eqtools.export._onnx",
-    "build_deploy_onnx": "eqtools.export._deploy",
-    "deploy_blocker": "eqtools.export._deploy",
-    "optimized_ops": "eqtools.export._deploy",
-    "simulate_deploy": "eqtools.export._deploy",
-    "u8s8_saturation": "eqtools.export._deploy",
+    "build_onnx": "eqtools.export.backends.qdq",
+    "build_deploy_onnx": "eqtools.export.backends.onnxruntime",
+    "deploy_blocker": "eqtools.export.backends.onnxruntime",
+    "optimized_ops": "eqtools.export.backends.onnxruntime",
+    "simulate_deploy": "eqtools.export.backends.onnxruntime",
+    "u8s8_saturation": "eqtools.export.backends.onnxruntime",
     "DEPLOY_AGREEMENT_MIN": "eqtools.export._stage",
     "ONNX_FORMS": "eqtools.export._stage",
-    "run_onnx": "eqtools.export._onnx",
+    "run_onnx": "eqtools.export.backends.onnxruntime",
     "DEFAULT_OPSET": "eqtools.export._stage",
     "FORMATS": "eqtools.export._stage",
     "export_artifact": "eqtools.export._stage",
+    "ExportOptions": "eqtools.export._stage",
     "export_subnet": "eqtools.export._stage",
     "deploy_calibration": "eqtools.export._measure",
     "measure_deployed": "eqtools.export._measure",

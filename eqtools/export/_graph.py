@@ -39,32 +39,14 @@ from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from eqtools.errors import ModelError
-from eqtools.export.runtime import FORMAT, VERSION
+from eqtools.export.runtime import ActQuant, Graph, Node, WeightQuant, infer_shape
 from eqtools.quant import QuantLayer, Supernet, lp_search
 from eqtools.quant.attention import PackedInProjection, RoutedMultiheadAttention
 from eqtools.vocab import BN_FOLD_MODES
 
-__all__ = ["BN_FOLD_MODES", "DeployGraph", "extract_graph"]
+__all__ = ["BN_FOLD_MODES", "DeployGraph", "Graph", "bn_folds_that_move_codes", "extract_graph"]
 
-
-
-@dataclass
-class DeployGraph:
-    """The runtime's graph schema (JSON-able) plus its tensors.
-
-    Quantized weights are held as unpacked int32 codes under ``<node>.weight.codes``; the integer
-    writer packs them and the ONNX builder stores them as int8/int4 initializers.
-    """
-
-    graph: dict[str, Any]
-    tensors: dict[str, Tensor]
-
-    @property
-    def nodes(self) -> list[dict[str, Any]]:
-        return self.graph["nodes"]
-
-    def layers(self) -> list[dict[str, Any]]:
-        return [n for n in self.nodes if n["op"] in ("conv2d", "linear")]
+DeployGraph = Graph  # the name other stages and benchmarks import
 
 
 class _Tracer(fx.Tracer):
@@ -195,20 +177,22 @@ class _Size:
     is_batch: bool = False  # exactly the batch size (a tensor's first dimension)
 
 
-class _Builder:
-    """Walks the traced graph once and emits runtime nodes."""
+class _Extractor:
+    """Walks the traced graph once and emits IR nodes."""
 
-    def __init__(self, gm: fx.GraphModule, supernet: Supernet, bn_fold: str, quantized: bool, batch: int) -> None:
+    def __init__(self, gm: fx.GraphModule, supernet: Supernet, bn_fold: str, quantized: bool, batch: int,
+                 keep_bn: frozenset[str] = frozenset()) -> None:
+        self.keep_bn = keep_bn
         self.gm = gm
         self.supernet = supernet
         self.bn_fold = bn_fold
         self.quantized = quantized
         self.batch = batch
-        self.nodes: list[dict[str, Any]] = []
+        self.nodes: list[Node] = []
         self.tensors: dict[str, Tensor] = {}
         self.values: dict[fx.Node, str] = {}
-        self.by_name: dict[str, dict[str, Any]] = {}
-        self.layer_of: dict[fx.Node, dict[str, Any]] = {}  # fx node -> its conv/linear runtime node
+        self.by_name: dict[str, Node] = {}
+        self.layer_of: dict[fx.Node, Node] = {}  # fx node -> its conv/linear IR node
         self.sizes: dict[fx.Node, _Size] = {}  # shape arithmetic, resolved on the example batch
         self.input_name: str | None = None
         self.input_shape: list[int] | None = None
@@ -238,13 +222,13 @@ class _Builder:
         return name
 
     def emit(self, node: fx.Node, op: str, inputs: list[str], attrs: dict[str, Any] | None = None,
-             name: str | None = None, shape: list[int] | None = None, **extra: Any) -> dict[str, Any]:
+             name: str | None = None, shape: list[int] | None = None, **extra: Any) -> Node:
         shape = _shape(node) if shape is None else shape
-        ir = {"name": self.unique(name or node.name), "op": op, "inputs": inputs, "attrs": attrs or {},
-              "shape": None if shape is None else [None, *shape[1:]], **extra}
+        ir = Node(self.unique(name or node.name), op, inputs, attrs or {},
+                  None if shape is None else [None, *shape[1:]], **extra)
         self.nodes.append(ir)
-        self.by_name[ir["name"]] = ir
-        self.values[node] = ir["name"]
+        self.by_name[ir.name] = ir
+        self.values[node] = ir.name
         return ir
 
     def alias(self, node: fx.Node, source: Any) -> None:
@@ -273,8 +257,8 @@ class _Builder:
                 if not isinstance(value, Tensor):
                     raise self.fail(node, "the attribute is not a tensor")
                 ir = self.emit(node, "constant", [], name=str(node.target))
-                ir["shape"] = [int(d) for d in value.shape]  # a constant has no batch dimension
-                self.tensors[f"{ir['name']}.value"] = value.detach().float().clone()
+                ir.shape = [int(d) for d in value.shape]  # a constant has no batch dimension
+                self.tensors[f"{ir.name}.value"] = value.detach().float().clone()
             elif node.op == "call_module":
                 self.module(node, self.gm.get_submodule(str(node.target)))
             elif node.op in ("call_function", "call_method") and not _is_tensor(node):
@@ -593,12 +577,12 @@ class _Builder:
         if slices:
             meta = meta[tuple(slice(None) if s == slice(None) or isinstance(s, int) else s for s in items)]
             source = self.emit(node, "slice", [source], {"slices": slices}, name=f"{node.name}.slice",
-                               shape=list(meta.shape))["name"]
+                               shape=list(meta.shape)).name
         for i, (dim, value) in enumerate(sorted(selects, reverse=True)):  # highest dimension first: no renumbering
             meta = meta.select(dim, value)
             last = i == len(selects) - 1
             source = self.emit(node, "select", [source], {"dim": dim, "index": value},
-                               name=None if last else f"{node.name}.select{dim}", shape=list(meta.shape))["name"]
+                               name=None if last else f"{node.name}.select{dim}", shape=list(meta.shape)).name
 
     def attribute(self, node: fx.Node) -> Tensor:
         value: Any = self.gm
@@ -612,9 +596,9 @@ class _Builder:
         ir = self.emit(node, "layer_norm", [self.ref(node, x)], {"normalized_shape": dims, "eps": float(eps)},
                        name=name)
         if weight is not None:
-            self.tensors[f"{ir['name']}.weight"] = weight.detach().float().clone()
+            self.tensors[f"{ir.name}.weight"] = weight.detach().float().clone()
         if bias is not None:
-            self.tensors[f"{ir['name']}.bias"] = bias.detach().float().clone()
+            self.tensors[f"{ir.name}.bias"] = bias.detach().float().clone()
 
     def softmax(self, node: fx.Node, x: Any, dim: Any, name: str | None = None) -> None:
         if dim is None:
@@ -681,33 +665,33 @@ class _Builder:
         else:
             op, attrs = "linear", {}
         weight = m.weight.detach()
-        spec: dict[str, Any] = {"shape": list(weight.shape), "bn": None}
+        spec = WeightQuant(list(weight.shape), "float" if not quantize else "int")
         ir = self.emit(node, op, [x], attrs, name=name, weight=spec, input_quant=None, bias=m.bias is not None)
-        name = ir["name"]
+        name = ir.name
         if m.bias is not None:
             self.tensors[f"{name}.bias"] = m.bias.detach().float().clone()
         if not quantize:
-            spec["dtype"] = "float"
             self.tensors[f"{name}.weight"] = weight.float().clone()
         else:
-            self.quantized_weight(name, m, spec)  # type: ignore[arg-type]
+            self.quantized_weight(ir, m)  # type: ignore[arg-type]
         self.layer_of[node] = ir
 
-    def quantized_weight(self, name: str, m: QuantLayer, spec: dict[str, Any]) -> None:
+    def quantized_weight(self, ir: Node, m: QuantLayer) -> None:
         # the quantizers hand out their integer view (codes checked against the fake-quant weight);
         # granularity and symmetry are each quantizer's own active form, not the config's names
+        name, spec = ir.name, ir.weight
+        assert spec is not None
         try:
             w = m.weight_quant.int_view(m.weight)  # type: ignore[attr-defined]
             a = m.act_quant.int_view()
         except RuntimeError as exc:
             raise RuntimeError(f"layer {name!r}: {exc}") from None  # a bug, not a user error
-        spec.update({"dtype": "int", "bits": w.bits, "qmin": w.qmin, "qmax": w.qmax, "granularity": w.granularity,
-                     "symmetry": w.symmetry})
+        spec.bits, spec.qmin, spec.qmax, spec.granularity, spec.symmetry = w.bits, w.qmin, w.qmax, w.granularity, \
+            w.symmetry
         self.tensors[f"{name}.weight.codes"] = w.codes
         self.tensors[f"{name}.weight.scale"] = w.scale
         self.tensors[f"{name}.weight.zero_point"] = w.zero_point
-        self.by_name[name]["input_quant"] = {"bits": a.bits, "signed": a.signed, "qmin": a.qmin, "qmax": a.qmax,
-                                             "symmetry": a.symmetry}
+        ir.input_quant = ActQuant(a.bits, a.signed, a.qmin, a.qmax, a.symmetry)
         self.tensors[f"{name}.input.scale"] = a.scale
         self.tensors[f"{name}.input.zero_point"] = a.zero_point
 
@@ -716,22 +700,23 @@ class _Builder:
             raise self.fail(node, "batch norm without running statistics (track_running_stats=False)")
         source = node.args[0]
         layer = self.layer_of.get(source) if isinstance(source, fx.Node) else None
-        if self.bn_fold != "none" and layer is not None and len(source.users) == 1:
+        if self.bn_fold != "none" and layer is not None and len(source.users) == 1 and layer.name not in self.keep_bn:
             self.fold(layer, bn)
-            self.values[node] = layer["name"]
-            layer["shape"] = [None, *(_shape(node) or [])[1:]]
+            self.values[node] = layer.name
+            layer.shape = [None, *(_shape(node) or [])[1:]]
             return
         ir = self.emit(node, "batch_norm", [self.ref(node, source)], {"eps": float(bn.eps)}, name=name)
-        n = ir["name"]
+        n = ir.name
         self.tensors[f"{n}.mean"] = bn.running_mean.detach().float().clone()
         self.tensors[f"{n}.var"] = bn.running_var.detach().float().clone()
         if bn.weight is not None:
             self.tensors[f"{n}.weight"] = bn.weight.detach().float().clone()
             self.tensors[f"{n}.bias"] = bn.bias.detach().float().clone()
 
-    def fold(self, layer: dict[str, Any], bn: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
-        name = layer["name"]
-        spec = layer["weight"]
+    def fold(self, layer: Node, bn: nn.BatchNorm1d | nn.BatchNorm2d) -> None:
+        name = layer.name
+        spec = layer.weight
+        assert spec is not None
         t = self.tensors
         mean, var = bn.running_mean.detach().float(), bn.running_var.detach().float()
         gamma = bn.weight.detach().float() if bn.weight is not None else torch.ones_like(mean)
@@ -742,28 +727,43 @@ class _Builder:
         shift = beta - mean * k
         bias = t.get(f"{name}.bias")
         t[f"{name}.bias"] = shift if bias is None else bias * k + shift
-        layer["bias"] = True
-        view = (-1,) + (1,) * (len(spec["shape"]) - 1)
-        if spec["dtype"] == "float":
+        layer.bias = True
+        view = (-1,) + (1,) * (len(spec.shape) - 1)
+        if spec.dtype == "float":
             t[f"{name}.weight"] = t[f"{name}.weight"] * k.view(view)
-            spec["bn"] = "folded-into-weight"
+            spec.bn = "folded-into-weight"
             return
-        if spec["granularity"] == "per-channel":
+        if spec.granularity == "per-channel":
             t[f"{name}.weight.scale"] = t[f"{name}.weight.scale"] * k
-            spec["bn"] = "folded-into-scale"
+            spec.bn = "folded-into-scale"
         elif self.bn_fold == "scale":
             t[f"{name}.weight.scale"] = t[f"{name}.weight.scale"] * k  # [1] * [C] -> a per-channel vector
-            spec["bn"] = "folded-into-scale"
+            spec.bn = "folded-into-scale"
         else:  # requantize: a per-tensor layer again, at the cost measured by the export
             codes = t[f"{name}.weight.codes"]
             folded = (codes.float() - t[f"{name}.weight.zero_point"].float()) * t[f"{name}.weight.scale"]
             folded = folded * k.view(view)
-            qn, qp = spec["qmin"], spec["qmax"]
-            step, zero = lp_search(folded.reshape(1, -1), qn, qp, spec["symmetry"] == "asym")
+            qn, qp = int(spec.qmin or 0), int(spec.qmax or 0)
+            step, zero = lp_search(folded.reshape(1, -1), qn, qp, spec.symmetry == "asym")
             t[f"{name}.weight.codes"] = torch.clamp(torch.round(folded / step) + zero, qn, qp).to(torch.int32)
             t[f"{name}.weight.scale"] = step.float()
             t[f"{name}.weight.zero_point"] = zero.to(torch.int32)
-            spec["bn"] = "folded-requantized"
+            spec.bn = "folded-requantized"
+
+
+def _check_shapes(graph: Graph) -> None:
+    """Every node's traced shape against its op's shape rule: an extractor that maps a torch op to an IR op
+    with other semantics fails here, at export, not in a runtime."""
+    shapes: dict[str, list[int]] = {graph.input_name: [1, *graph.input_shape[1:]]}  # type: ignore[list-item]
+    for node in graph.nodes:
+        if node.shape is None or any(i not in shapes for i in node.inputs):
+            continue
+        got = infer_shape(node, [shapes[i] for i in node.inputs])
+        want = [int(d) for d in node.shape] if node.op == "constant" else [1, *node.shape[1:]]
+        if got != want:
+            raise RuntimeError(f"node {node.name!r} ({node.op}): the traced shape {want} is not the op's shape rule's "
+                               f"{got}; this is a bug in eqtools' export")
+        shapes[node.name] = got
 
 
 def extract_graph(
@@ -772,12 +772,15 @@ def extract_graph(
     *,
     bn_fold: str = "scale",
     quantized: bool = True,
-) -> DeployGraph:
-    """The active subnet of ``supernet`` as a :class:`DeployGraph`.
+    keep_bn: frozenset[str] | set[str] = frozenset(),
+) -> Graph:
+    """The active subnet of ``supernet`` as an IR :class:`~eqtools.export.runtime.Graph`.
 
     ``example_input`` is a batch of at least 2 inputs of the deployment shape [B, C, H, W] (a
     batch of 2 lets a reshape's batch dimension be told apart from a fixed one). ``quantized=False``
     gives the float model (original weights, batch norm folded) that the benchmarks compare against.
+    ``keep_bn`` names layers whose batch norm stays its own op whatever ``bn_fold`` says
+    (:func:`bn_folds_that_move_codes`).
     """
     if bn_fold not in BN_FOLD_MODES:
         raise ValueError(f"bn_fold must be one of {BN_FOLD_MODES}, got {bn_fold!r}")
@@ -803,42 +806,89 @@ def extract_graph(
                     f"cannot export {type(model).__name__}: running its traced forward on an example batch "
                     f"{list(example_input.shape)} failed ({type(exc).__name__}: {str(exc)[:300]})"
                 ) from None
-            builder = _Builder(gm, supernet, bn_fold, quantized, int(example_input.shape[0]))
-            builder.run()
+            extractor = _Extractor(gm, supernet, bn_fold, quantized, int(example_input.shape[0]), frozenset(keep_bn))
+            extractor.run()
     finally:
         supernet.train(was_training)
-    assert builder.output is not None and builder.input_shape is not None
+    assert extractor.output is not None and extractor.input_shape is not None
     # keep what the output depends on (e.g. attention weights the model discards are dropped)
-    producers = {n["name"]: n for n in builder.nodes}
-    needed, todo = set(), [builder.output]
+    producers = {n.name: n for n in extractor.nodes}
+    needed, todo = set(), [extractor.output]
     while todo:
         name = todo.pop()
         if name in needed or name not in producers:
             continue
         needed.add(name)
-        todo += producers[name]["inputs"]
-    nodes = [n for n in builder.nodes if n["name"] in needed]
-    graph = {
-        "format": FORMAT,
-        "version": VERSION,
-        "input": {"name": "input", "shape": [None, *builder.input_shape[1:]], "dtype": "float32"},
-        "output": builder.output,
-        "nodes": nodes,
-        "quantized": quantized,
-        "bn_fold": bn_fold,
-        "config": supernet.config.to_dict(),
-    }
-    keep = {n["name"] for n in nodes}
-    tensors = {k: v for k, v in builder.tensors.items() if any(k.startswith(f"{n}.") for n in keep)}
-    return DeployGraph(graph, tensors)
+        todo += producers[name].inputs
+    nodes = [n for n in extractor.nodes if n.name in needed]
+    keep = {n.name for n in nodes}
+    tensors = {k: v for k, v in extractor.tensors.items() if any(k.startswith(f"{n}.") for n in keep)}
+    graph = Graph(nodes, tensors, extractor.output, [None, *extractor.input_shape[1:]], quantized=quantized,
+                  bn_fold=bn_fold, config=supernet.config.to_dict())
+    _check_shapes(graph)
+    return graph
+
+
+@torch.no_grad()
+def bn_folds_that_move_codes(folded: Graph, unfolded: Graph, batches: list[Tensor]) -> set[str]:
+    """The layers whose folded batch norm moves a code the next quantized layer reads, on ``batches``.
+
+    Teacher forced: every quantized layer of the folded graph is fed the unfolded graph's input to it,
+    so a difference at a layer's input codes is made between the quantized layers just upstream of it,
+    and those layers' folds are the ones to undo. A fold changes float rounding only (codes and zero
+    points stay); where that rounding puts a value on the other side of a rounding boundary of the
+    next quantizer, the exact files keep that batch norm as its own op.
+    """
+    from eqtools.export.runtime import build_model
+
+    reference_model, model = build_model(unfolded), build_model(folded)
+    quantized = [n.name for n in folded.layers() if n.quantized]
+    producers = {n.name: n for n in folded.nodes}
+    moved: set[str] = set()
+    reference: dict[str, Tensor] = {}
+    arrived: dict[str, Tensor] = {}
+
+    def record(node: Node, args: list[Tensor]) -> list[Tensor]:
+        if node.name in quantized:
+            reference[node.name] = args[0]
+        return args
+
+    def force(node: Node, args: list[Tensor]) -> list[Tensor]:
+        if node.name in reference:
+            arrived[node.name] = args[0]
+            return [reference[node.name], *args[1:]]
+        return args
+
+    for x in batches:
+        reference.clear()
+        arrived.clear()
+        reference_model.run(x, before=record)
+        model.run(x, before=force)
+        for name in quantized:
+            fq = model.layer(name)[0]  # the layer's input quantizer (FakeQuant)
+            if torch.equal(fq(arrived[name]), fq(reference[name])):
+                continue
+            todo, seen = list(producers[name].inputs), set()  # back to the quantized layers upstream
+            while todo:
+                value = todo.pop()
+                if value in seen or value not in producers:
+                    continue
+                seen.add(value)
+                node = producers[value]
+                if node.is_layer and node.weight is not None and node.weight.bn:
+                    moved.add(node.name)
+                elif not node.is_layer:
+                    todo += node.inputs
+    return moved
 
 
 def weight_bytes(graph: DeployGraph) -> dict[str, int]:
     """Bytes of conv/linear weights: packed integer codes (or float32 for float layers) vs all-float32."""
     packed = fp32 = 0
     for node in graph.layers():
-        spec = node["weight"]
-        n = math.prod(spec["shape"])
+        spec = node.weight
+        assert spec is not None
+        n = math.prod(spec.shape)
         fp32 += 4 * n
-        packed += 4 * n if spec["dtype"] == "float" else math.ceil(n * spec["bits"] / 8)
+        packed += 4 * n if spec.dtype == "float" else math.ceil(n * int(spec.bits or 0) / 8)
     return {"packed_weight_bytes": packed, "fp32_weight_bytes": fp32}

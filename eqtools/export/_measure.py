@@ -16,9 +16,9 @@ from torch import Tensor
 
 from eqtools.errors import EqtoolsError
 from eqtools.export import ExportError
-from eqtools.export._deploy import build_deploy_onnx, deploy_blocker, plan_to_dict
 from eqtools.export._graph import extract_graph
-from eqtools.export._onnx import INT4_OPSET, run_onnx
+from eqtools.export.backends.onnxruntime import build_deploy_onnx, deploy_blocker, plan_to_dict, run_onnx
+from eqtools.export.backends.qdq import INT4_OPSET
 from eqtools.quant import Supernet
 
 if TYPE_CHECKING:

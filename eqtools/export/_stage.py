@@ -34,6 +34,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,9 @@ from eqtools.artifacts import Export as ExportArtifact
 from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.export import ExportError
-from eqtools.export._deploy import (
+from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, bn_folds_that_move_codes, extract_graph, weight_bytes
+from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, batch_labels, deploy_calibration, parity
+from eqtools.export.backends.onnxruntime import (
     FLOAT_MATMUL_OPS,
     Encoding,
     build_deploy_onnx,
@@ -53,13 +56,14 @@ from eqtools.export._deploy import (
     integer_difference,
     optimized_ops,
     plan_from_dict,
+    run_onnx,
+    run_onnx_teacher_forced,
     simulate_deploy,
     u8s8_saturation,
 )
-from eqtools.export._graph import BN_FOLD_MODES, DeployGraph, extract_graph, weight_bytes
-from eqtools.export._measure import DEPLOY_CALIBRATION_IMAGES, batch_labels, deploy_calibration, parity
-from eqtools.export._onnx import INT4_OPSET, MIN_OPSET, build_onnx, run_onnx, run_onnx_teacher_forced
+from eqtools.export.backends.qdq import INT4_OPSET, MIN_OPSET, build_onnx
 from eqtools.export.runtime import FILE_NAME, METADATA_KEY, DeployedModel, build_model, load_int, pack_codes
+from eqtools.export.targets import TARGETS, Target, backend, narrow_weights, target_blocker
 from eqtools.quant import QuantLayer, Supernet
 from eqtools.space import SubnetConfig
 from eqtools.vocab import DEPLOY_CPU_CHOICES, EXPORT_FORMATS, ONNX_FORMS
@@ -73,6 +77,7 @@ __all__ = [
     "LAYER_RTOL",
     "ONNX_FILE",
     "ONNX_FORMS",
+    "ExportOptions",
     "export_artifact",
     "export_subnet",
     "parity",
@@ -94,7 +99,13 @@ TEACHER_FORCED_BYTES = 256 << 20  # every quantized layer's input is held twice 
 
 # ------------------------------------------------------------------------------------------ parity
 @torch.no_grad()
-def _logits(model: nn.Module, batches: Iterable[tuple[Tensor, Any]], channels_last: bool = False) -> Tensor:
+def _logits(model: nn.Module, batches: Iterable[tuple[Tensor, Any]], channels_last: bool = False,
+            device: str = "cpu") -> Tensor:
+    if device != "cpu":  # the PyTorch-side reference on an accelerator; the model itself stays where it is
+        import copy
+
+        model = copy.deepcopy(model).to(device)
+        return torch.cat([model(x.to(device)).cpu() for x, _ in batches])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     try:
@@ -131,7 +142,7 @@ def _reference_inputs(model: nn.Module, layers: dict[str, nn.Module], x: Tensor)
 
 
 def _forced_layers(graph: DeployGraph) -> list[str]:
-    return [n["name"] for n in graph.layers() if n.get("input_quant") is not None]
+    return [n.name for n in graph.layers() if n.input_quant is not None]
 
 
 @torch.no_grad()
@@ -202,17 +213,18 @@ def write_int(graph: DeployGraph, path: Path | str) -> int:
     """Write the integer file (codes bit-packed, graph JSON in the header); return its size in bytes."""
     from safetensors.torch import save_file
 
-    nodes = {n["name"]: n for n in graph.nodes}
+    nodes = {n.name: n for n in graph.nodes}
     tensors: dict[str, Tensor] = {}
     for key, value in graph.tensors.items():
         if key.endswith(".weight.codes"):
             name = key[: -len(".weight.codes")]
-            spec = nodes[name]["weight"]
-            tensors[f"{name}.weight.packed"] = pack_codes(value, int(spec["bits"]), int(spec["qmin"]))
+            spec = nodes[name].weight
+            assert spec is not None
+            tensors[f"{name}.weight.packed"] = pack_codes(value, int(spec.bits or 0), int(spec.qmin or 0))
         else:
             tensors[key] = value.detach().contiguous().cpu()
     path = Path(path)
-    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(graph.graph, separators=(",", ":"))})
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(graph.to_json(), separators=(",", ":"))})
     return path.stat().st_size
 
 
@@ -224,8 +236,8 @@ def _int32_bias(graph: DeployGraph) -> dict[str, Tensor]:
     """
     tensors = dict(graph.tensors)
     for node in graph.layers():
-        name = node["name"]
-        if node.get("input_quant") is None or not node.get("bias"):
+        name = node.name
+        if node.input_quant is None or not node.bias:
             continue
         unit = (tensors[f"{name}.input.scale"] * tensors[f"{name}.weight.scale"]).abs()
         bias = tensors[f"{name}.bias"]
@@ -248,8 +260,8 @@ def _zero_point_report(supernet: Supernet) -> dict[str, Any]:
 
 
 def _narrowest_bits(graph: DeployGraph) -> int:
-    bits = [min(int(n["weight"]["bits"]), int(n["input_quant"]["bits"])) for n in graph.layers()
-            if n["weight"]["dtype"] == "int" and n.get("input_quant") is not None]
+    bits = [min(int(n.weight.bits), n.input_quant.bits) for n in graph.layers()  # type: ignore[union-attr,arg-type]
+            if n.quantized]
     return min(bits, default=8)
 
 
@@ -332,8 +344,8 @@ def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | N
     drop_max = DEPLOY_ACCURACY_DROP_MAX[min(bits, 3)] if accuracy_drop_max is None else accuracy_drop_max
     ops = optimized_ops(data, threads)
     # float layers and activation-activation matmuls (Q·Kᵀ, attention·V) run in float by design
-    float_layers = sum(1 for n in graph.layers() if n["weight"]["dtype"] == "float")
-    float_layers += sum(1 for n in graph.nodes if n["op"] == "matmul")
+    float_layers = sum(1 for n in graph.layers() if n.weight is not None and n.weight.dtype == "float")
+    float_layers += sum(1 for n in graph.nodes if n.op == "matmul")
     float_matmuls = sum(ops.get(op, 0) for op in FLOAT_MATMUL_OPS)
     if float_matmuls > float_layers:  # a quantized conv/gemm onnxruntime would run in float: a bug here
         raise ExportError(
@@ -389,6 +401,102 @@ def _deploy_onnx(graph: DeployGraph, batches: Any, calibration: list[Tensor] | N
             "_data": data}
 
 
+# ------------------------------------------------------------------------------------------ other targets
+def _runtime_version(name: str) -> str | None:
+    try:
+        module = __import__(name)
+    except ImportError:
+        return None
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def _ort_entry(onnx_metrics: dict[str, Any]) -> dict[str, Any]:
+    """The onnxruntime target's manifest entry, from the ONNX file's own check."""
+    o = onnx_metrics
+    deployed = o["form"] == "deploy"
+    ops = o["deploy"]["optimized_ops"] if deployed else None
+    integer = None if ops is None else {k: v for k, v in ops.items() if k.startswith(("QLinear", "QGemm", "ConvInteger"))}
+    return {"file": o["file"], "runtime": "onnxruntime", "runtime_version": _runtime_version("onnxruntime"),
+            "checked": True, "form": o["form"], "file_bytes": o["file_bytes"],
+            "agreement": o["parity"]["top1_agreement"],
+            "agreement_against": "deployed arithmetic" if deployed else o.get("reference", "fake-quant subnet"),
+            "top1": o["parity"].get("accuracy"),
+            "top1_fake_quant": (o["parity_vs_fake_quant"] if deployed else o["parity"]).get("reference_accuracy"),
+            "integer_ops": integer, "float_matmuls": None if ops is None else sum(ops.get(op, 0) for op in FLOAT_MATMUL_OPS),
+            # the quantized conv/linear layers onnxruntime's optimised graph runs on integer kernels (identity convs
+            # the build adds for copies are not layers of the subnet)
+            "integer_layers": None if ops is None else ops.get("QLinearConv", 0) + ops.get("QGemm", 0)
+            + ops.get("ConvInteger", 0) - o["deploy"]["identity_convs"],
+            "quantized_layers": None if ops is None else o["deploy"]["integer_convs"] + o["deploy"]["integer_gemms"]}
+
+
+def _target_file(target: Target, graph: DeployGraph, batches: Any, calibration: list[Tensor], gate_reference: Tensor,
+                 labels: Tensor | None, against: str, agreement_min: float | None, accuracy_drop_max: float | None,
+                 threads: int, log: Callable[[str], None]) -> tuple[dict[str, Any], bytes]:
+    """Build ``target``'s file, run it in its runtime and gate it: ``(manifest entry, file bytes)``.
+
+    The file's deployed arithmetic is what its backend says it computes (``Built.deployed``: the IR's float
+    semantics for QDQ files, the plan's roundings for LiteRT/ExecuTorch), with int8 weight codes moved to
+    [-127, 127] where the target takes no -128, computed in float64;
+    the file must agree with it at :data:`DEPLOY_AGREEMENT_MIN`, cost at most
+    :data:`DEPLOY_ACCURACY_DROP_MAX` top-1 against the fake-quant subnet, and run every quantized layer
+    on integer kernels by its runtime's own report.
+    """
+    module = backend(target)
+    version = module.version()
+    if version is None:
+        raise ConfigError(f"--target {target.name} needs its runtime ({module.RUNTIME}) to check the file in, and it is "
+                          "not installed: pip install 'eqtools[runtimes]'")
+    moved = 0
+    if target.narrow_weights:
+        graph, moved = narrow_weights(graph)
+    log(f"{target.name}: building {target.file} and running it in {version if target.checked else module.RUNTIME}")
+    built = module.build(graph, error=ExportError, calibration=calibration)
+    data = built.data
+    xs = [x for x, _ in batches]
+    try:
+        logits, report = module.run(data, xs, threads)
+    except Exception as exc:  # each runtime raises its own types for a file it refuses
+        raise ExportError(f"{module.RUNTIME} {version} cannot run the {target.name} file ({type(exc).__name__}: "
+                          f"{str(exc)[:300]}); nothing was written. This is a bug in eqtools' {target.name} backend") from None
+    free = parity(built.deployed(xs), logits, labels)
+    vs_fake_quant = parity(gate_reference, logits, labels)
+    bits = _narrowest_bits(graph)
+    threshold = DEPLOY_AGREEMENT_MIN[min(bits, 4)] if agreement_min is None else agreement_min
+    drop_max = DEPLOY_ACCURACY_DROP_MAX[min(bits, 3)] if accuracy_drop_max is None else accuracy_drop_max
+    quantized = sum(1 for n in graph.layers() if n.quantized)
+    if free["top1_agreement"] < threshold:
+        raise ExportError(
+            f"the {target.name} file agrees with the arithmetic it describes (simulated in PyTorch) on "
+            f"{100 * free['top1_agreement']:.2f}% of {free['images']} held-out images (top-1) in {module.RUNTIME}, "
+            f"below the required {100 * threshold:.2f}% for a subnet whose narrowest layer has {bits} bits; nothing "
+            "was written. --min-deploy-agreement accepts a lower agreement knowingly (it is recorded)")
+    drop = None if labels is None else -vs_fake_quant["accuracy_change"]
+    changed = round((1.0 - vs_fake_quant["top1_agreement"]) * vs_fake_quant["images"])
+    drop_se = math.sqrt(changed) / max(1, vs_fake_quant["images"])
+    if drop is not None and drop - drop_max > 2.0 * drop_se + 1e-9:
+        raise ExportError(
+            f"the {target.name} file's top-1 accuracy is {100 * drop:.2f} points below {against}'s on "
+            f"{free['images']} held-out images, more than the {100 * drop_max:.2f} allowed for a subnet whose narrowest "
+            f"layer has {bits} bits (by over twice the standard error, {100 * drop_se:.2f} points); nothing was "
+            "written. --max-deploy-accuracy-drop accepts a larger drop knowingly (it is recorded)")
+    integer = report.get("integer_layers")
+    if integer is None and "delegation" in built.info:  # ExecuTorch: its delegation report, read when lowering
+        integer = built.info["delegation"]["integer_layers"]
+    if target.checked and integer is not None and integer < quantized:
+        raise ExportError(
+            f"{module.RUNTIME} ran {integer} of the {target.name} file's {quantized} quantized conv/linear layers on "
+            f"integer kernels (its executed graph: {report.get('executed')}); nothing was written. This is a bug in "
+            f"eqtools' {target.name} backend")
+    entry = {"file": target.file, "runtime": module.RUNTIME, "runtime_version": version, "checked": target.checked,
+             "file_bytes": len(data), "agreement": free["top1_agreement"], "agreement_against": "deployed arithmetic",
+             "agreement_min": threshold, "top1": free.get("accuracy"), "top1_fake_quant": vs_fake_quant.get("reference_accuracy"),
+             "parity": free, "parity_vs_fake_quant": vs_fake_quant, "accuracy_drop_max": drop_max,
+             "quantized_layers": quantized, "integer_layers": integer, "weight_codes_moved_to_127": moved,
+             "runtime_report": report, **built.info}
+    return entry, data
+
+
 # ------------------------------------------------------------------------------------------ kept plan
 def kept_deploy_ranges(source: Artifact) -> tuple[dict[str, Encoding], dict[str, Any]] | None:
     """The 8-bit ranges a ``calibrated`` artifact kept for its integer graph, with where they came
@@ -423,7 +531,9 @@ def export_subnet(
     calibration: Sequence[Tensor] | None = None,
     deploy_ranges: dict[str, Encoding] | None = None,
     deploy_cpu: str = "auto",
+    targets: Sequence[str] = ("onnxruntime",),
     threads: int = 2,
+    device: str = "cpu",
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export the active subnet of ``supernet`` into ``out_dir``; return the metrics.
@@ -436,7 +546,7 @@ def export_subnet(
     kernels cannot run the subnet (asymmetric weights); ``"exact"`` writes the QDQ graph that
     reproduces the fake-quant model, gated at ``agreement_min``. ``calibration`` (input batches,
     default: the check images) sets the ranges of the deployment's own 8-bit requantizations;
-    ``deploy_ranges`` (a plan the calibrate stage kept, :func:`eqtools.export._deploy.plan_from_dict`)
+    ``deploy_ranges`` (a plan the calibrate stage kept, :func:`eqtools.export.backends.onnxruntime.plan_from_dict`)
     takes them from there instead, so the file is the one whose accuracy was measured.
     ``deploy_cpu`` (:data:`DEPLOY_CPU_CHOICES`) is where the integer form must be exact: ``"any"`` x86
     CPU, or only CPUs with VNNI, whose kernels then run every weight as int8; ``"auto"`` (default)
@@ -445,7 +555,12 @@ def export_subnet(
     ``batches`` is a re-iterable of held-out ``(images [B, C, H, W], labels [B] or None)``: every
     file is checked on it against the fake-quant subnet (see the module docstring) and an
     :class:`ExportError` is raised, before anything is returned, if one does not pass. Writes
-    ``model.int.safetensors`` (``"int"`` in ``formats``) and ``model.onnx`` (``"onnx"``).
+    ``model.int.safetensors`` (``"int"`` in ``formats``) and, with ``"onnx"``, each of ``targets``' files
+    (:data:`eqtools.export.targets.TARGETS`; ``"all"``: every target this subnet allows and this machine
+    can build, the others recorded with why): ``model.onnx`` for onnxruntime, ``model.openvino.onnx``...
+    A named target that cannot run the subnet is refused (``ConfigError``) before anything is built.
+    ``device`` runs the fake-quant reference logits there (the layer-by-layer reference stays on the CPU,
+    whose float arithmetic the files are compared with to 1e-4).
     """
     log = log or (lambda message: None)
     formats = tuple(dict.fromkeys(("int", "onnx") if "all" in formats else formats))
@@ -471,6 +586,11 @@ def export_subnet(
     if not MIN_OPSET <= opset <= max_opset:
         raise ConfigError(f"--opset is {opset}; this export supports opsets {MIN_OPSET}..{max_opset} "
                           f"(INT4 weights and 4-bit activations need {INT4_OPSET} or later)")
+    every = "all" in targets
+    targets = tuple(TARGETS) if every else tuple(dict.fromkeys(targets))
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ConfigError(f"--target {unknown[0]!r} is not known; targets: {', '.join(TARGETS)} or all")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     supernet = supernet.eval()
@@ -486,7 +606,7 @@ def export_subnet(
     config = supernet.config
 
     log("running the fake-quant subnet on the check images")
-    reference = _logits(supernet, batches)
+    reference = _logits(supernet, batches, device=device)
     self_agreement = parity(reference, _logits(supernet, batches, channels_last=True))["top1_agreement"]
     metrics: dict[str, Any] = {
         "config": {"condition": config.condition, **dict(zip(("avg_w_bits", "avg_a_bits"),
@@ -500,21 +620,48 @@ def export_subnet(
 
     # the exact variant (BN kept as its own op) isolates what the integer form itself changes
     exact = extract_graph(supernet, example, bn_fold="none")
-    exact_logits = _logits(build_model(exact.graph, exact.tensors), batches)
+    exact_logits = _logits(build_model(exact), batches)
     exact_parity = parity(reference, exact_logits, labels)
     metrics["zero_points"] = {**_zero_point_report(supernet), "accuracy_change": exact_parity.get("accuracy_change"),
                               "bit_identical": exact_parity["bit_identical"], "unfolded_parity": exact_parity}
     graph = exact if bn_fold == "none" else extract_graph(supernet, example, bn_fold=bn_fold)
-    in_memory = build_model(graph.graph, graph.tensors)
+    # each target's constraints, checked before anything is built
+    skipped: dict[str, str] = {}
+    if "onnx" in formats:
+        for name in targets:
+            if name == "onnxruntime":
+                continue  # where its integer kernels cannot run the subnet, the exact form is written (below)
+            target = TARGETS[name]
+            reason = target.why_not if target.backend is None else target_blocker(graph, target)
+            if reason is None and every and backend(target).version() is None:
+                reason = f"its runtime ({backend(target).RUNTIME}) is not installed here: pip install 'eqtools[runtimes]'"
+            if reason is None:
+                continue
+            if not every:
+                raise ConfigError(f"--target {name} cannot run this subnet: {reason}")
+            skipped[name] = reason
+            log(f"{name}: skipped: {reason}")
+    in_memory = build_model(graph)
     graph_logits = exact_logits if graph is exact else _logits(in_memory, batches)
     metrics["bn_fold"] = {
         "mode": bn_fold,
-        "layers_folded": sum(1 for n in graph.layers() if n["weight"].get("bn")),
-        "batch_norms_unfolded": sum(1 for n in graph.nodes if n["op"] == "batch_norm"),
-        "requantized_layers": sum(1 for n in graph.layers() if n["weight"].get("bn") == "folded-requantized"),
+        "layers_folded": sum(1 for n in graph.layers() if n.weight is not None and n.weight.bn),
+        "batch_norms_unfolded": sum(1 for n in graph.nodes if n.op == "batch_norm"),
+        "requantized_layers": sum(1 for n in graph.layers() if n.weight is not None
+                                  and n.weight.bn == "folded-requantized"),
         "parity_vs_unfolded": parity(exact_logits, graph_logits, labels),
         "parity_vs_fake_quant": parity(reference, graph_logits, labels),
     }
+    # the exact files (the integer file, the exact ONNX form) keep a batch norm unfolded where its fold moves a
+    # code the next quantized layer reads (on the calibration images): there folding is not exact
+    exact_files = graph
+    if bn_fold == "scale" and graph is not exact:
+        probe = list(calibration) if calibration is not None else [x for x, _ in batches][:2]
+        kept = sorted(bn_folds_that_move_codes(graph, exact, probe))
+        if kept:
+            exact_files = extract_graph(supernet, example, bn_fold=bn_fold, keep_bn=set(kept))
+            log(f"batch norm kept unfolded in the exact files for {len(kept)} layer(s) whose fold moves a code")
+        metrics["bn_fold"]["kept_unfolded_in_exact_files"] = kept
     sizes = weight_bytes(graph)
     metrics["sizes"] = {**sizes, "weight_compression": sizes["fp32_weight_bytes"] / max(1, sizes["packed_weight_bytes"])}
 
@@ -531,18 +678,18 @@ def export_subnet(
     if "int" in formats:
         path = out_dir / FILE_NAME
         log(f"writing {path.name} and reloading it with the standalone loader")
-        size = write_int(graph, path)
+        size = write_int(exact_files, path)
         model = load_int(path)
         free = parity(gate_reference, _logits(model, batches), labels)
-        arrived, forced_logits = _teacher_forced_torch(model, graph, forced_ref, forced_x)
+        arrived, forced_logits = _teacher_forced_torch(model, exact_files, forced_ref, forced_x)
         forced = _teacher_forced_report(arrived, forced_ref, forced_logits, forced_ref_logits)
         _gate("the integer file's model", forced, free, agreement_min, against, self_agreement, bn_fold)
-        int32_bias = parity(reference, _logits(build_model(graph.graph, _int32_bias(graph)), batches), labels)
+        int32_bias = parity(reference, _logits(build_model(graph, _int32_bias(graph)), batches), labels)
         metrics["int"] = {"file": FILE_NAME, "file_bytes": size, "parity": free, "teacher_forced": forced,
                           "int32_bias_parity": int32_bias}
         metrics["sizes"]["int_file_bytes"] = size
 
-    if "onnx" in formats:
+    if "onnx" in formats and "onnxruntime" in targets:
         form, fallback = onnx_form, deploy_blocker(graph) if onnx_form == "deploy" else None
         if fallback is not None:
             log(f"onnx: writing the exact QDQ form, not the integer one: {fallback}")
@@ -556,9 +703,9 @@ def export_subnet(
             data = metrics["onnx"].pop("_data")
         else:
             log(f"building the exact ONNX QDQ graph (opset {opset}) and running it in onnxruntime")
-            data = build_onnx(graph, opset, error=ExportError).SerializeToString()
+            data = build_onnx(exact_files, opset, error=ExportError).SerializeToString()
             free = parity(gate_reference, run_onnx(data, [x for x, _ in batches], threads=threads), labels)
-            checking = build_onnx(graph, opset, error=ExportError, teacher_forced=True).SerializeToString()
+            checking = build_onnx(exact_files, opset, error=ExportError, teacher_forced=True).SerializeToString()
             arrived, forced_logits = run_onnx_teacher_forced(checking, forced_x, forced_ref, threads=threads)
             forced = _teacher_forced_report(arrived, forced_ref, forced_logits, forced_ref_logits)
             _gate(f"the ONNX file (opset {opset})", forced, free, agreement_min, against, self_agreement, bn_fold)
@@ -570,6 +717,25 @@ def export_subnet(
         fp32 = build_onnx(extract_graph(supernet, example, bn_fold="scale", quantized=False), opset, error=ExportError)
         metrics["sizes"]["onnx_file_bytes"] = len(data)
         metrics["sizes"]["fp32_onnx_file_bytes"] = len(fp32.SerializeToString())
+        metrics.setdefault("targets", {})["onnxruntime"] = _ort_entry(metrics["onnx"])
+    if "onnx" in formats:
+        for name in targets:
+            if name == "onnxruntime" or name in skipped:
+                continue
+            calib = [x for x, _ in batches] if calibration is None else list(calibration)
+            try:
+                entry, data = _target_file(TARGETS[name], graph, batches, calib, gate_reference, labels, against,
+                                           deploy_agreement_min, deploy_accuracy_drop_max, threads, log)
+            except ExportError as exc:
+                if not every:
+                    raise
+                skipped[name] = f"its file was not written: {exc}"  # --target all: the other files still are
+                log(f"{name}: skipped: {exc}")
+                continue
+            (out_dir / entry["file"]).write_bytes(data)
+            metrics.setdefault("targets", {})[name] = entry
+        if skipped:
+            metrics["targets_skipped"] = skipped
     return metrics
 
 
@@ -608,26 +774,66 @@ def _subnet_of(source: Artifact, log: Callable[[str], None] | None) -> tuple[Sup
     return supernet, config, [source]
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """The export stage's options, validated once (the CLI builds one; library callers may too).
+
+    ``targets`` are preset names (:data:`eqtools.export.targets.TARGETS`) or ``("all",)``; None means the
+    search artifact's preset where the subnet comes from a search that named one, else onnxruntime.
+    ``device`` is where the PyTorch-side checks run (the fake-quant reference logits).
+    """
+
+    formats: tuple[str, ...] = ("all",)
+    opset: int = DEFAULT_OPSET
+    bn_fold: str = "scale"
+    check_images: int = 2000
+    agreement_min: float = AGREEMENT_MIN
+    onnx_form: str = "deploy"
+    deploy_agreement_min: float | None = None
+    deploy_accuracy_drop_max: float | None = None
+    deploy_calibration_images: int | None = None
+    deploy_cpu: str = "auto"
+    targets: tuple[str, ...] | None = None
+    batch_size: int = 250
+    threads: int = 2
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for f in self.formats:
+            if f not in FORMATS:
+                raise ConfigError(f"--format is {f!r}; allowed: {', '.join(FORMATS)}")
+        if self.bn_fold not in BN_FOLD_MODES:
+            raise ConfigError(f"--bn-fold is {self.bn_fold!r}; allowed: {', '.join(BN_FOLD_MODES)}")
+        if self.onnx_form not in ONNX_FORMS:
+            raise ConfigError(f"--onnx-form is {self.onnx_form!r}; allowed: {', '.join(ONNX_FORMS)}")
+        if self.deploy_cpu not in DEPLOY_CPU_CHOICES:
+            raise ConfigError(f"--cpu is {self.deploy_cpu!r}; allowed: {', '.join(DEPLOY_CPU_CHOICES)} (see --help)")
+        if self.check_images < 1:
+            raise ConfigError(f"--check-images is {self.check_images}; it must be at least 1 (2000 or more for a "
+                              "99.9% check)")
+        for name in self.targets or ():
+            if name != "all" and name not in TARGETS:
+                raise ConfigError(f"--target {name!r} is not known; targets: {', '.join(TARGETS)}, or all")
+
+
+def default_targets(source: Artifact) -> tuple[str, ...]:
+    """The preset of the search the subnet comes from, where it named one; else onnxruntime."""
+    search = source.ancestor("search")
+    preset = None if search is None else (search.metrics or {}).get("preset")
+    return (preset,) if isinstance(preset, str) and preset in TARGETS else ("onnxruntime",)
+
+
 def export_artifact(
     source: Artifact,
+    options: ExportOptions | None = None,
     *,
-    formats: Sequence[str] = ("all",),
-    opset: int = DEFAULT_OPSET,
-    bn_fold: str = "scale",
     out: Path | str | None = None,
-    check_images: int = 2000,
-    agreement_min: float = AGREEMENT_MIN,
-    onnx_form: str = "deploy",
-    deploy_agreement_min: float | None = None,
-    deploy_accuracy_drop_max: float | None = None,
-    deploy_calibration_images: int | None = None,
-    deploy_cpu: str = "auto",
-    batch_size: int = 250,
-    threads: int = 2,
     log: Callable[[str], None] | None = None,
+    **kwargs: Any,
 ) -> Artifact:
     """Export a ``calibrated`` artifact (or a ``search`` one, calibrated in memory first) as an ``export`` artifact.
 
+    ``options`` (or its fields as keyword arguments) are :class:`ExportOptions`.
     The check images are ``check_images`` class-balanced images of the spec's held-out ``val``
     split. The integer ONNX form's 8-bit requantization ranges are the ones a ``calibrated`` artifact
     kept (``deploy_plan.json``: the graph whose accuracy the calibrate stage measured), with the
@@ -638,13 +844,26 @@ def export_artifact(
     each other; ``"auto"`` keeps the plain name, so a pipeline's paths do not depend on its CPU).
     Nothing is written unless every requested file passed its check.
     """
+    if options is None:
+        if "formats" in kwargs:
+            kwargs["formats"] = tuple(kwargs["formats"])
+        if kwargs.get("targets") is not None:
+            kwargs["targets"] = tuple(kwargs["targets"])
+        options = ExportOptions(**kwargs)
+    elif kwargs:
+        raise TypeError(f"export_artifact takes options or keyword options, not both ({sorted(kwargs)})")
+    o = options
+    formats, opset, bn_fold, check_images = o.formats, o.opset, o.bn_fold, o.check_images
+    agreement_min, onnx_form, deploy_cpu = o.agreement_min, o.onnx_form, o.deploy_cpu
+    deploy_agreement_min, deploy_accuracy_drop_max = o.deploy_agreement_min, o.deploy_accuracy_drop_max
+    deploy_calibration_images, batch_size, threads = o.deploy_calibration_images, o.batch_size, o.threads
+    targets = o.targets if o.targets is not None else default_targets(source)
     from eqtools.build import artifact_spec
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, config_tag
 
-    if check_images < 1:
-        raise ConfigError(f"--check-images is {check_images}; it must be at least 1 (2000 or more for a 99.9% check)")
-    deploying = onnx_form == "deploy" and any(f in ("onnx", "all") for f in formats)
+    deploying = onnx_form == "deploy" and any(f in ("onnx", "all") for f in formats) and \
+        any(t in ("onnxruntime", "all") for t in targets)
     spec = artifact_spec(source)
     if out is None and source.space is not None and source.kind in ("search", "calibrated"):
         # an explicit vnni file gets its own directory; auto's keeps the subnet's, whatever this CPU chose
@@ -664,7 +883,9 @@ def export_artifact(
         elif Calibrated.DEPLOY_PLAN in source.manifest.get("files", {}) and log:
             log(f"onnx: the calibrated artifact's deploy plan is for --bn-fold scale; calibrating the 8-bit ranges for "
                 f"--bn-fold {bn_fold} here")
-    calibration = None if kept is not None else deploy_calibration(
+    # train images: the 8-bit ranges of the integer files (where no kept plan gives them), the PT2E files' plan
+    # and the batch norms the exact files keep unfolded; never the check images
+    calibration = deploy_calibration(
         splits, spec.seed, DEPLOY_CALIBRATION_IMAGES if deploy_calibration_images is None else deploy_calibration_images,
         batch_size)
     # an explicit vnni file gets its own directory; auto's keeps the subnet's, whatever this CPU chose
@@ -677,7 +898,8 @@ def export_artifact(
                                 agreement_min=agreement_min, onnx_form=onnx_form,
                                 deploy_agreement_min=deploy_agreement_min,
                                 deploy_accuracy_drop_max=deploy_accuracy_drop_max, calibration=calibration,
-                                deploy_ranges=kept, deploy_cpu=deploy_cpu, threads=threads, log=log)
+                                deploy_ranges=kept, deploy_cpu=deploy_cpu, targets=targets, threads=threads,
+                                device=o.device, log=log)
         metrics["check"]["split"] = "val"
         if "onnx" in metrics and metrics["onnx"]["form"] == "deploy":
             metrics["onnx"]["deploy"]["calibration"] = (
@@ -694,6 +916,8 @@ def export_artifact(
             out, "export", move, spec=source.spec, space=supernet.space, parents=parents, metrics=metrics,
             extra={"config": config.to_dict(), "bn_fold": bn_fold, "opset": opset if ONNX_FILE in written else None,
                    "onnx_form": metrics["onnx"]["form"] if "onnx" in metrics else None,
-                   "files": {fmt: name for fmt, name in (("int", FILE_NAME), ("onnx", ONNX_FILE)) if name in written},
+                   "files": {**{fmt: name for fmt, name in (("int", FILE_NAME), ("onnx", ONNX_FILE)) if name in written},
+                             **{t: e["file"] for t, e in metrics.get("targets", {}).items() if t != "onnxruntime"}},
+                   "targets": sorted(metrics.get("targets", {})),
                    "file_bytes": sizes},
         )

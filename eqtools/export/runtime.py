@@ -1,10 +1,22 @@
-"""Loader for eqtools' packed-integer export (``model.int.safetensors``), free of eqtools' training code.
+"""The export IR, its op table and its interpreter; and the packed-integer file (``model.int.safetensors``).
 
 This module imports only ``torch``, ``safetensors`` and the standard library (``eqtools.errors`` is
 used for the error type when eqtools is installed, and nothing else of eqtools), so a deployment can
-copy this one file and call :func:`load_int` without installing eqtools. It is also where the file
-format is defined: packing, tensor names and the graph schema live here, next to the code that
-reads them, so the writer in :mod:`eqtools.export` cannot drift from the reader.
+copy this one file and call :func:`load_int` without installing eqtools. That is why the IR lives
+here and not in a module of its own: the graph the exporter builds, the graph the file stores and
+the graph the loader runs are one typed structure, and the interpreter that runs it is the one the
+exporter uses for its own checks (range sampling, the deployed-arithmetic simulation).
+
+The IR
+------
+A :class:`Graph` is a list of :class:`Node` in execution order, each ``op`` one of :data:`OPS`, its
+``inputs`` the names of earlier nodes (or the graph input, ``"input"``), its ``attrs`` plain JSON
+values and its ``shape`` with the batch as ``None``. A conv/linear node carries its weight's
+quantization (:class:`WeightQuant`) and its input activation's (:class:`ActQuant`). Tensors are kept
+beside the nodes, named ``<node>.<field>`` (below). :data:`OPS` declares every op once: its float
+semantics (what the fake-quant model computes), its integer semantics (how it acts on 8-bit codes,
+which the integer backends read) and its shape rule. Backends (``eqtools.export.backends``) lower
+the IR, one table of per-op lowerings each.
 
 The file
 --------
@@ -42,7 +54,8 @@ import json
 import math
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +71,23 @@ except ImportError:  # pragma: no cover - exercised by the standalone-load test 
 __all__ = [
     "FILE_NAME",
     "FORMAT",
+    "LAYER",
+    "LAYER_OPS",
     "METADATA_KEY",
+    "OPS",
+    "PASS",
+    "REQUANTIZE",
     "VERSION",
+    "ActQuant",
     "DeployedModel",
+    "Graph",
     "IntFormatError",
+    "Node",
+    "Op",
+    "WeightQuant",
     "build_model",
+    "infer_shape",
+    "integer_kind",
     "load_int",
     "pack_codes",
     "read_int",
@@ -122,6 +147,148 @@ def unpack_codes(packed: Tensor, bits: int, qmin: int, shape: tuple[int, ...] | 
         stream = ((part[:, None] >> shifts) & 1).reshape(-1)[: count * bits]
         out[start : start + count] = (stream.view(count, bits) * value_weights).sum(dim=1) + qmin
     return out.view(*shape)
+
+
+# ------------------------------------------------------------------------------------------ the IR
+LAYER_OPS = ("conv2d", "linear")
+
+
+@dataclass
+class WeightQuant:
+    """A conv/linear weight: float, or integer codes with ``scale * (code - zero_point)`` per output channel
+    (``granularity`` per-channel) or for the whole tensor. ``bn`` says how a batch norm was folded in."""
+
+    shape: list[int]
+    dtype: str  # "int" | "float"
+    bits: int | None = None
+    qmin: int | None = None
+    qmax: int | None = None
+    granularity: str | None = None
+    symmetry: str | None = None
+    bn: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"shape": list(self.shape), "bn": self.bn, "dtype": self.dtype}
+        if self.dtype == "int":
+            out.update(bits=self.bits, qmin=self.qmin, qmax=self.qmax, granularity=self.granularity,
+                       symmetry=self.symmetry)
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> WeightQuant:
+        return cls([int(s) for s in d["shape"]], str(d.get("dtype", "int")), d.get("bits"), d.get("qmin"),
+                   d.get("qmax"), d.get("granularity"), d.get("symmetry"), d.get("bn"))
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """A layer's input quantizer (per tensor): ``clip(round(x / scale) + zero_point, qmin, qmax)``."""
+
+    bits: int
+    signed: bool
+    qmin: int
+    qmax: int
+    symmetry: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bits": self.bits, "signed": self.signed, "qmin": self.qmin, "qmax": self.qmax,
+                "symmetry": self.symmetry}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ActQuant:
+        return cls(int(d["bits"]), bool(d["signed"]), int(d["qmin"]), int(d["qmax"]), str(d["symmetry"]))
+
+
+@dataclass
+class Node:
+    """One op of the graph. ``weight``, ``input_quant`` and ``bias`` belong to conv/linear nodes only."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    shape: list[int | None] | None = None
+    weight: WeightQuant | None = None
+    input_quant: ActQuant | None = None
+    bias: bool = False
+
+    @property
+    def is_layer(self) -> bool:
+        return self.op in LAYER_OPS
+
+    @property
+    def quantized(self) -> bool:
+        """A conv/linear with integer weights and a quantized input: what integer kernels run."""
+        return self.weight is not None and self.weight.dtype == "int" and self.input_quant is not None
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"name": self.name, "op": self.op, "inputs": list(self.inputs), "attrs": self.attrs, "shape": self.shape}
+        if self.is_layer:
+            out.update(weight=None if self.weight is None else self.weight.to_json(),
+                       input_quant=None if self.input_quant is None else self.input_quant.to_json(), bias=self.bias)
+        return out
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Node:
+        weight, quant = d.get("weight"), d.get("input_quant")
+        return cls(str(d["name"]), str(d["op"]), [str(i) for i in d.get("inputs", ())], dict(d.get("attrs") or {}),
+                   d.get("shape"), None if weight is None else WeightQuant.from_json(weight),
+                   None if quant is None else ActQuant.from_json(quant), bool(d.get("bias", False)))
+
+
+@dataclass
+class Graph:
+    """The exported subnet: nodes in execution order, the tensors they read, and what it was made from.
+
+    Quantized weights made by the exporter are held as unpacked int32 codes under
+    ``<node>.weight.codes``; the integer file stores them packed (``<node>.weight.packed``).
+    """
+
+    nodes: list[Node]
+    tensors: dict[str, Tensor]
+    output: str
+    input_shape: list[int | None]
+    input_name: str = "input"
+    quantized: bool = True
+    bn_fold: str | None = None
+    config: dict[str, Any] | None = None
+
+    def layers(self) -> list[Node]:
+        return [n for n in self.nodes if n.is_layer]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+    def shapes(self) -> dict[str, list[int | None] | None]:
+        """Every value's shape (batch as None), the graph input's included."""
+        return {self.input_name: self.input_shape, **{n.name: n.shape for n in self.nodes}}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        out: dict[str, list[Node]] = {}
+        for node in self.nodes:
+            for i in node.inputs:
+                out.setdefault(i, []).append(node)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The graph schema the integer file stores in its header (key order kept: the file is byte-stable)."""
+        return {"format": FORMAT, "version": VERSION,
+                "input": {"name": self.input_name, "shape": self.input_shape, "dtype": "float32"},
+                "output": self.output, "nodes": [n.to_json() for n in self.nodes], "quantized": self.quantized,
+                "bn_fold": self.bn_fold, "config": self.config}
+
+    @property
+    def graph(self) -> dict[str, Any]:
+        return self.to_json()
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> Graph:
+        return cls([Node.from_json(n) for n in d["nodes"]], dict(tensors), str(d["output"]),
+                   list(d["input"]["shape"]), str(d["input"]["name"]), bool(d.get("quantized", True)),
+                   d.get("bn_fold"), d.get("config"))
 
 
 # ------------------------------------------------------------------------------------------ modules
@@ -210,41 +377,109 @@ def _expand_batch(x: Tensor, like: Tensor) -> Tensor:
     return x.expand(like.shape[0], *x.shape[1:])
 
 
-_FUNCTIONS: dict[str, Any] = {
-    "identity": lambda x: x,
-    "relu": F.relu,
-    "clamp": lambda x, min=None, max=None: torch.clamp(x, min, max),
-    "sigmoid": torch.sigmoid,
-    "silu": F.silu,
-    "hardswish": F.hardswish,
-    "hardsigmoid": F.hardsigmoid,
-    "tanh": torch.tanh,
-    "add": _binary(operator.add),
-    "sub": _binary(operator.sub),
-    "mul": _binary(operator.mul),
-    "div": _binary(operator.truediv),
-    "adaptive_avg_pool2d": lambda x, output_size: F.adaptive_avg_pool2d(x, output_size),
-    "avg_pool2d": lambda x, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True: F.avg_pool2d(
-        x, kernel_size, stride, padding, ceil_mode, count_include_pad
-    ),
-    "max_pool2d": lambda x, kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False: F.max_pool2d(
-        x, kernel_size, stride, padding, dilation, ceil_mode
-    ),
-    "flatten": lambda x, start_dim=0, end_dim=-1: torch.flatten(x, start_dim, end_dim),
-    "reshape": _reshape,
-    "concat": lambda *xs, dim: torch.cat(xs, dim),
-    "mean": lambda x, dims, keepdim=False: x.mean(dims, keepdim=keepdim),
-    "pad": lambda x, pad, value=0.0: F.pad(x, pad, "constant", value),
-    "slice": _slice,
-    "select": lambda x, dim, index: x.select(dim, index),
-    "permute": lambda x, dims: x.permute(dims),
-    "expand_batch": _expand_batch,
-    "gelu": lambda x, approximate="none": F.gelu(x, approximate=approximate),
-    "softmax": lambda x, dim: torch.softmax(x, dim),
-    "matmul": torch.matmul,
+# ------------------------------------------------------------------------------------------ the op table
+# integer semantics: how an op acts on 8-bit codes (what the integer backends may do with it)
+PASS = "pass"  # it commutes with a monotone per-tensor quantizer: run on the codes, exact, same grid out
+REQUANTIZE = "requantize"  # integer inputs, an output rounded to an 8-bit grid of its own (sum, average)
+LAYER = "layer"  # codes times weight codes, accumulated in int32 (conv, linear)
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op of the IR, declared once.
+
+    ``run`` is the float semantics, ``fn(*inputs, **attrs)``, or None for ops that read the node's
+    tensors (their semantics are a module, ``module(node, tensors)``). ``integer(attrs)`` is the
+    integer semantics (:data:`PASS`, :data:`REQUANTIZE`, :data:`LAYER`, or None: float only).
+    ``shape(input_shapes, node)`` is the shape rule (batch as 1); None derives it from ``run`` on
+    meta tensors, so it cannot disagree with the float semantics.
+    """
+
+    run: Callable[..., Tensor] | None = None
+    integer: Callable[[Mapping[str, Any]], str | None] = lambda attrs: None
+    shape: Callable[[list[list[int]], Node], list[int]] | None = None
+    module: Callable[[Node, Mapping[str, Tensor]], nn.Module] | None = None
+
+
+def _always(kind: str) -> Callable[[Mapping[str, Any]], str]:
+    return lambda attrs: kind
+
+
+def _same_shape(shapes: list[list[int]], node: Node) -> list[int]:
+    return list(shapes[0])
+
+
+def _conv_shape(shapes: list[list[int]], node: Node) -> list[int]:
+    assert node.weight is not None
+    w = torch.empty(node.weight.shape, device="meta")
+    a = node.attrs
+    y = F.conv2d(torch.empty(shapes[0], device="meta"), w, None, a["stride"], a["padding"], a["dilation"], a["groups"])
+    return list(y.shape)
+
+
+def _linear_shape(shapes: list[list[int]], node: Node) -> list[int]:
+    assert node.weight is not None
+    return [*shapes[0][:-1], int(node.weight.shape[0])]
+
+
+OPS: dict[str, Op] = {
+    "conv2d": Op(integer=_always(LAYER), shape=_conv_shape, module=lambda n, t: _layer(n, t)),
+    "linear": Op(integer=_always(LAYER), shape=_linear_shape, module=lambda n, t: _layer(n, t)),
+    "batch_norm": Op(shape=_same_shape, module=lambda n, t: BatchNorm(
+        _tensor(t, f"{n.name}.mean", n.name), _tensor(t, f"{n.name}.var", n.name), t.get(f"{n.name}.weight"),
+        t.get(f"{n.name}.bias"), float(n.attrs["eps"]))),
+    "layer_norm": Op(shape=_same_shape, module=lambda n, t: LayerNorm(
+        n.attrs["normalized_shape"], t.get(f"{n.name}.weight"), t.get(f"{n.name}.bias"), float(n.attrs["eps"]))),
+    "constant": Op(shape=lambda shapes, n: [int(d) for d in n.shape or []],
+                   module=lambda n, t: Constant(_tensor(t, f"{n.name}.value", n.name))),
+    "identity": Op(lambda x: x, _always(PASS)),
+    "relu": Op(F.relu, _always(PASS)),
+    "clamp": Op(lambda x, min=None, max=None: torch.clamp(x, min, max), _always(PASS)),
+    "sigmoid": Op(torch.sigmoid),
+    "silu": Op(F.silu),
+    "hardswish": Op(F.hardswish),
+    "hardsigmoid": Op(F.hardsigmoid),
+    "tanh": Op(torch.tanh),
+    # a sum of two integer values is a QLinearAdd; with a scalar, or of a float value, it is float
+    "add": Op(_binary(operator.add), lambda attrs: REQUANTIZE if attrs.get("scalar") is None else None),
+    "sub": Op(_binary(operator.sub)),
+    "mul": Op(_binary(operator.mul)),
+    "div": Op(_binary(operator.truediv)),
+    "adaptive_avg_pool2d": Op(lambda x, output_size: F.adaptive_avg_pool2d(x, output_size),
+                              lambda attrs: REQUANTIZE if list(attrs["output_size"]) == [1, 1] else None),
+    "avg_pool2d": Op(lambda x, kernel_size, stride, padding, ceil_mode=False, count_include_pad=True: F.avg_pool2d(
+        x, kernel_size, stride, padding, ceil_mode, count_include_pad), _always(REQUANTIZE)),
+    "max_pool2d": Op(lambda x, kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False: F.max_pool2d(
+        x, kernel_size, stride, padding, dilation, ceil_mode), _always(PASS)),
+    "flatten": Op(lambda x, start_dim=0, end_dim=-1: torch.flatten(x, start_dim, end_dim), _always(PASS)),
+    "reshape": Op(_reshape, _always(PASS)),
+    "concat": Op(lambda *xs, dim: torch.cat(xs, dim)),
+    "mean": Op(lambda x, dims, keepdim=False: x.mean(dims, keepdim=keepdim)),
+    # a zero pad writes the zero code; any other value is not a code of the grid
+    "pad": Op(lambda x, pad, value=0.0: F.pad(x, pad, "constant", value),
+              lambda attrs: PASS if attrs.get("value", 0.0) == 0.0 else None),
+    "slice": Op(_slice, _always(PASS)),
+    "select": Op(lambda x, dim, index: x.select(dim, index), _always(PASS)),
+    "permute": Op(lambda x, dims: x.permute(dims), _always(PASS)),
+    "expand_batch": Op(_expand_batch),
+    "gelu": Op(lambda x, approximate="none": F.gelu(x, approximate=approximate)),
+    "softmax": Op(lambda x, dim: torch.softmax(x, dim)),
+    "matmul": Op(torch.matmul),
 }
 
-OPS = ("input", "conv2d", "linear", "batch_norm", "layer_norm", "constant", *sorted(_FUNCTIONS))
+
+def integer_kind(node: Node) -> str | None:
+    """The op's integer semantics for this node (:data:`PASS`, :data:`REQUANTIZE`, :data:`LAYER` or None)."""
+    return OPS[node.op].integer(node.attrs)
+
+
+def infer_shape(node: Node, shapes: list[list[int]]) -> list[int]:
+    """``node``'s output shape from its inputs' (batch as 1), by the op's shape rule."""
+    op = OPS[node.op]
+    if op.shape is not None:
+        return op.shape(shapes, node)
+    assert op.run is not None
+    return list(op.run(*(torch.empty(s, device="meta") for s in shapes), **node.attrs).shape)
 
 
 def _tensor(tensors: Mapping[str, Tensor], key: str, where: str) -> Tensor:
@@ -253,12 +488,14 @@ def _tensor(tensors: Mapping[str, Tensor], key: str, where: str) -> Tensor:
     return tensors[key]
 
 
-def _weight(node: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> Tensor:
+def _weight(node: Node, tensors: Mapping[str, Tensor]) -> Tensor:
     """The float weight a layer computes with: dequantized codes, or the stored float weight."""
-    name = node["name"]
-    spec = node["weight"]
-    shape = [int(s) for s in spec["shape"]]
-    if spec.get("dtype") == "float":
+    name = node.name
+    spec = node.weight
+    if spec is None:
+        raise IntFormatError(f"layer {name!r} has no weight section")
+    shape = [int(s) for s in spec.shape]
+    if spec.dtype == "float":
         w = _tensor(tensors, f"{name}.weight", f"layer {name!r}").float()
         if list(w.shape) != shape:
             raise IntFormatError(f"layer {name!r}: weight has shape {list(w.shape)}, the graph says {shape}")
@@ -267,8 +504,8 @@ def _weight(node: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> Tensor:
     if f"{key}.codes" in tensors:  # in-memory graphs (never written) carry unpacked codes
         codes = tensors[f"{key}.codes"].to(torch.int32).reshape(shape)
     else:
-        codes = unpack_codes(_tensor(tensors, f"{key}.packed", f"layer {name!r}"), int(spec["bits"]),
-                             int(spec["qmin"]), shape)
+        codes = unpack_codes(_tensor(tensors, f"{key}.packed", f"layer {name!r}"), int(spec.bits or 0),
+                             int(spec.qmin or 0), shape)
     scale = _tensor(tensors, f"{key}.scale", f"layer {name!r}").float()
     zero_point = _tensor(tensors, f"{key}.zero_point", f"layer {name!r}").float()
     for what, t in (("scale", scale), ("zero_point", zero_point)):
@@ -278,12 +515,12 @@ def _weight(node: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> Tensor:
     return (codes.float() - zero_point.view(view)) * scale.view(view)
 
 
-def _layer(node: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> nn.Module:
-    name = node["name"]
+def _layer(node: Node, tensors: Mapping[str, Tensor]) -> nn.Module:
+    name = node.name
     weight = _weight(node, tensors)
-    bias = tensors.get(f"{name}.bias") if node.get("bias") else None
-    attrs = node.get("attrs", {})
-    if node["op"] == "conv2d":
+    bias = tensors.get(f"{name}.bias") if node.bias else None
+    attrs = node.attrs
+    if node.op == "conv2d":
         out_c, in_per_group, kh, kw = weight.shape
         groups = int(attrs.get("groups", 1))
         layer: nn.Module = nn.Conv2d(
@@ -296,14 +533,14 @@ def _layer(node: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> nn.Module:
         layer.weight.copy_(weight)
         if bias is not None:
             layer.bias.copy_(bias.float())
-    quant = node.get("input_quant")
+    quant = node.input_quant
     if quant is None:
         return layer
     fq = FakeQuant(
         _tensor(tensors, f"{name}.input.scale", f"layer {name!r}"),
         _tensor(tensors, f"{name}.input.zero_point", f"layer {name!r}"),
-        int(quant["qmin"]),
-        int(quant["qmax"]),
+        quant.qmin,
+        quant.qmax,
     )
     return nn.Sequential(fq, layer)
 
@@ -312,59 +549,54 @@ def _module_key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
+# hooks of the interpreter: before(node, args) -> args, after(node, args, output) -> output
+Before = Callable[[Node, list[Tensor]], list[Tensor]]
+After = Callable[[Node, list[Tensor], Tensor], Tensor]
+
+
 class DeployedModel(nn.Module):
-    """A plain float model rebuilt from an exported graph: it runs the nodes in order.
+    """A plain float model rebuilt from an exported graph: the IR's interpreter.
 
     Quantized layers are ``nn.Sequential(FakeQuant, nn.Conv2d | nn.Linear)`` with the dequantized
-    (and, where chosen, batch-norm-folded) weights; the rest are torch functions. ``graph`` is the
-    parsed JSON the model was built from.
+    (and, where chosen, batch-norm-folded) weights; the other ops are their :data:`OPS` float
+    semantics. :meth:`run` is the one loop over the graph: the loader's forward, the exporter's range
+    sampling and its deployed-arithmetic simulation all call it, with hooks. ``ir`` is the
+    :class:`Graph` the model was built from, ``graph`` its JSON.
     """
 
-    def __init__(self, graph: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> None:
+    def __init__(self, graph: Graph, tensors: Mapping[str, Tensor] | None = None) -> None:
         super().__init__()
-        self.graph = dict(graph)
+        tensors = graph.tensors if tensors is None else tensors
+        self.ir = graph
+        self.graph = graph.to_json()
         self.layers = nn.ModuleDict()
-        self.input_name = graph["input"]["name"]
-        self.output_name = graph["output"]
-        self._steps: list[tuple[str, str, tuple[str, ...], dict[str, Any], str | None]] = []
+        self.input_name = graph.input_name
+        self.output_name = graph.output
+        self._steps: list[tuple[Node, str | None]] = []
         self._keys: dict[str, str] = {}
         known = {self.input_name}
-        for node in graph["nodes"]:
-            name, op = node["name"], node["op"]
-            inputs = tuple(node.get("inputs", ()))
-            for i in inputs:
+        for node in graph.nodes:
+            for i in node.inputs:
                 if i not in known:
-                    raise IntFormatError(f"node {name!r} reads {i!r}, which no earlier node produces")
-            attrs = dict(node.get("attrs", {}))
+                    raise IntFormatError(f"node {node.name!r} reads {i!r}, which no earlier node produces")
+            op = OPS.get(node.op)
+            if op is None:
+                raise IntFormatError(f"node {node.name!r} has unknown op {node.op!r}; this loader knows {sorted(OPS)}")
             key = None
-            if op in ("conv2d", "linear", "batch_norm", "layer_norm", "constant"):
-                key = _module_key(name)
+            if op.module is not None:
+                key = _module_key(node.name)
                 while key in self.layers:
                     key += "_"
-                if op == "batch_norm":
-                    self.layers[key] = BatchNorm(
-                        _tensor(tensors, f"{name}.mean", name), _tensor(tensors, f"{name}.var", name),
-                        tensors.get(f"{name}.weight"), tensors.get(f"{name}.bias"), float(attrs["eps"]),
-                    )
-                elif op == "layer_norm":
-                    self.layers[key] = LayerNorm(attrs["normalized_shape"], tensors.get(f"{name}.weight"),
-                                                 tensors.get(f"{name}.bias"), float(attrs["eps"]))
-                elif op == "constant":
-                    self.layers[key] = Constant(_tensor(tensors, f"{name}.value", name))
-                else:
-                    self.layers[key] = _layer(node, tensors)
-                attrs = {}
-                self._keys[name] = key
-            elif op not in _FUNCTIONS:
-                raise IntFormatError(f"node {name!r} has unknown op {op!r}; this loader knows {list(OPS)}")
-            self._steps.append((name, op, inputs, attrs, key))
-            known.add(name)
+                self.layers[key] = op.module(node, tensors)
+                self._keys[node.name] = key
+            self._steps.append((node, key))
+            known.add(node.name)
         if self.output_name not in known:
             raise IntFormatError(f"the graph's output {self.output_name!r} is not produced by any node")
         # free each intermediate after its last use: peak memory stays that of the float model
         last_use: dict[str, int] = {}
-        for i, (_, _, inputs, _, _) in enumerate(self._steps):
-            for name in inputs:
+        for i, (node, _) in enumerate(self._steps):
+            for name in node.inputs:
                 last_use[name] = i
         self._free = [
             tuple(n for n, last in last_use.items() if last == i and n != self.output_name)
@@ -377,28 +609,40 @@ class DeployedModel(nn.Module):
             raise KeyError(f"graph node {name!r} has no module; nodes with modules: {sorted(self._keys)[:8]}")
         return self.layers[self._keys[name]]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def run(self, x: Tensor, *, before: Before | None = None, after: After | None = None) -> Tensor:
+        """The graph on ``x``; ``before`` may replace a node's inputs, ``after`` its output."""
         env: dict[str, Tensor] = {self.input_name: x}
-        for (name, op, inputs, attrs, key), dead in zip(self._steps, self._free):
-            args = [env[i] for i in inputs]
+        for (node, key), dead in zip(self._steps, self._free):
+            args = [env[i] for i in node.inputs]
+            if before is not None:
+                args = before(node, args)
             if key is not None:
-                env[name] = self.layers[key](*args)
+                y = self.layers[key](*args)
             else:
-                env[name] = _FUNCTIONS[op](*args, **attrs)
+                y = OPS[node.op].run(*args, **node.attrs)  # type: ignore[misc]
+            env[node.name] = y if after is None else after(node, args, y)
             for n in dead:
                 env.pop(n, None)
         return env[self.output_name]
 
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run(x)
 
-def build_model(graph: Mapping[str, Any], tensors: Mapping[str, Tensor]) -> DeployedModel:
-    """A :class:`DeployedModel` in eval mode from a graph dict and its tensors."""
-    if graph.get("format") != FORMAT:
-        raise IntFormatError(f"graph format is {graph.get('format')!r}, expected {FORMAT!r}")
-    version = graph.get("version")
-    if not isinstance(version, int) or version > VERSION:
-        raise IntFormatError(
-            f"graph version {version!r} is newer than this loader reads (up to {VERSION}); upgrade the loader"
-        )
+
+def build_model(graph: Graph | Mapping[str, Any], tensors: Mapping[str, Tensor] | None = None) -> DeployedModel:
+    """A :class:`DeployedModel` in eval mode from a :class:`Graph` (or its JSON and tensors)."""
+    if not isinstance(graph, Graph):
+        if graph.get("format") != FORMAT:
+            raise IntFormatError(f"graph format is {graph.get('format')!r}, expected {FORMAT!r}")
+        version = graph.get("version")
+        if not isinstance(version, int) or version > VERSION:
+            raise IntFormatError(
+                f"graph version {version!r} is newer than this loader reads (up to {VERSION}); upgrade the loader"
+            )
+        try:
+            graph = Graph.from_json(graph, tensors or {})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntFormatError(f"the graph is malformed ({type(exc).__name__}: {exc})") from None
     try:
         return DeployedModel(graph, tensors).eval()
     except (KeyError, TypeError) as exc:

@@ -1,6 +1,10 @@
-"""The deployable ONNX form: an operator-oriented integer graph that onnxruntime runs on integer kernels.
+"""The onnxruntime backend: the integer graph (QLinearConv/QGemm) its integer kernels run, and running files.
 
-The exact form (:mod:`eqtools.export._onnx`) reproduces the fake-quant model but leaves every
+The integer graph is a table of per-op lowerings (:data:`INTEGER_LOWERINGS`) over the IR, for the ops
+whose integer semantics (``eqtools.export.runtime.OPS``) let them act on 8-bit codes; every other op
+takes its float lowering (:data:`eqtools.export.backends.qdq.LOWERINGS`) on dequantized inputs.
+
+The exact form (:mod:`eqtools.export.backends.qdq`) reproduces the fake-quant model but leaves every
 conv in float: onnxruntime only fuses QDQ patterns it recognises, and the fake-quant model has no
 quantizer at a conv's output. This form is written directly in onnxruntime's integer operators,
 so nothing depends on its pattern matcher:
@@ -64,17 +68,36 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eqtools.export._graph import DeployGraph
-from eqtools.export.runtime import _FUNCTIONS, build_model
+from eqtools.export.backends.qdq import OnnxEmitter
+from eqtools.export.runtime import LAYER, OPS, PASS, REQUANTIZE, Graph, Node, build_model, integer_kind
 from eqtools.vocab import DEPLOY_CPUS
 
-__all__ = ["DEPLOY_CPUS", "DEPLOY_OPSET", "PLAN_FORMAT", "REQUIRES_KEY", "Encoding", "build_deploy_onnx", "code_multiplier",
-           "deploy_blocker", "int8_code_limit", "integer_difference", "optimized_ops", "plan_encodings", "plan_from_dict",
-           "plan_to_dict", "simulate_deploy", "u8s8_saturation", "value_samples"]
+__all__ = [
+    "DEPLOY_CPUS",
+    "DEPLOY_OPSET",
+    "INTEGER_LOWERINGS",
+    "PLAN_FORMAT",
+    "REQUIRES_KEY",
+    "Encoding",
+    "IntegerGraph",
+    "build_deploy_onnx",
+    "code_multiplier",
+    "deploy_blocker",
+    "int8_code_limit",
+    "integer_difference",
+    "optimized_ops",
+    "plan_encodings",
+    "plan_from_dict",
+    "plan_to_dict",
+    "run_onnx",
+    "run_onnx_teacher_forced",
+    "simulate_deploy",
+    "u8s8_saturation",
+    "value_samples",
+]
 
 DEPLOY_OPSET = 13  # the lowest opset the form is built at: QLinearConv exists since 10, per-axis Q/DQ since 13
 _MS = "com.microsoft"
-_PASS_THROUGH = {"relu", "clamp", "identity", "flatten", "reshape", "slice", "max_pool2d", "pad", "permute", "select"}
 # a dense 1x1 identity conv does C multiply-adds per value copied; it beat onnxruntime's generic copies on
 # ResNet-20's 16- and 32-channel maps (BENCHMARKS.md); wider maps keep the generic ops, not measured
 IDENTITY_CONV_MAX_CHANNELS = 32
@@ -105,39 +128,41 @@ class Encoding:
         return np.float32(self.scale) == np.float32(other.scale) and self.zero == other.zero
 
 
-def _input_encoding(node: dict[str, Any], tensors: dict[str, Tensor]) -> Encoding:
+def _input_encoding(node: Node, tensors: dict[str, Tensor]) -> Encoding:
     """A quantized layer's input quantizer as a uint8 encoding: its codes shifted to start at 0.
 
     Signed codes shift by ``-qmin`` (128 at 8 bits, 8 at 4 bits), not by a fixed 128, so that narrow
     inputs keep small uint8 codes: the int8 weights they can multiply exactly grow as the codes shrink
     (:func:`int8_code_limit`).
     """
-    name, quant = node["name"], node["input_quant"]
-    shift = -int(quant["qmin"])
+    name, quant = node.name, node.input_quant
+    assert quant is not None
+    shift = -int(quant.qmin)
     zero = int(tensors[f"{name}.input.zero_point"].reshape(-1)[0]) + shift
-    return Encoding(float(tensors[f"{name}.input.scale"].reshape(-1)[0]), zero, int(quant["qmin"]) + shift,
-                    int(quant["qmax"]) + shift)
+    return Encoding(float(tensors[f"{name}.input.scale"].reshape(-1)[0]), zero, int(quant.qmin) + shift,
+                    int(quant.qmax) + shift)
 
 
-def deploy_blocker(graph: DeployGraph) -> str | None:
+def deploy_blocker(graph: Graph) -> str | None:
     """Why onnxruntime cannot run this graph's quantized layers on integer kernels, or None if it can.
 
     Decided from the integer view the file would store (weight zero points, activation range),
     not from the subnet's symmetry names: what matters is what the kernels will compute.
     """
     t = graph.tensors
-    shapes = {n["name"]: n.get("shape") for n in graph.nodes}
-    shapes["input"] = graph.graph["input"]["shape"]
+    shapes = {n.name: n.shape for n in graph.nodes}
+    shapes["input"] = graph.input_shape
     for node in graph.layers():
-        if node["weight"]["dtype"] != "int":
+        if not node.quantized:
             continue
-        name = node["name"]
-        if node["op"] == "linear" and not shapes.get(node["inputs"][0]):
+        assert node.weight is not None and node.input_quant is not None
+        name = node.name
+        if node.op == "linear" and not shapes.get(node.inputs[0]):
             return f"layer {name!r}: the shape of its input is not known"
         if bool(t[f"{name}.weight.zero_point"].any()):
             return (f"layer {name!r} has asymmetric weights (non-zero weight zero points); onnxruntime's integer "
                     "conv/gemm kernels need symmetric weights")
-        if node["weight"]["bits"] > 8 or node["input_quant"]["bits"] > 8:
+        if node.weight.bits > 8 or node.input_quant.bits > 8:
             return f"layer {name!r} has values wider than 8 bits"
         enc = _input_encoding(node, t)
         if not 0 <= enc.lo <= enc.zero <= enc.hi <= 255:
@@ -147,23 +172,24 @@ def deploy_blocker(graph: DeployGraph) -> str | None:
 
 # ------------------------------------------------------------------------------------------ calibration
 @torch.no_grad()
-def value_samples(graph: DeployGraph, batches: list[Tensor], per_batch: int = 16384) -> dict[str, Tensor]:
+def value_samples(graph: Graph, batches: list[Tensor], per_batch: int = 16384) -> dict[str, Tensor]:
     """Values of every node's output over ``batches`` as the exact (fake-quant-equal) model computes them.
 
     A seeded random subsample per batch plus each batch's exact minimum and maximum (the 8-bit
     ranges use the extremes; the sample keeps the choice of range open to a clipping search).
     """
-    model = build_model(graph.graph, graph.tensors)
+    model = build_model(graph)
     samples: dict[str, list[Tensor]] = {}
     g = torch.Generator().manual_seed(0)
+
+    def sample(node: Node, args: list[Tensor], y: Tensor) -> Tensor:
+        flat = y.detach().reshape(-1).float()
+        pick = flat[torch.randperm(flat.numel(), generator=g)[:per_batch]] if flat.numel() > per_batch else flat
+        samples.setdefault(node.name, []).append(torch.cat([pick, flat.min()[None], flat.max()[None]]))
+        return y
+
     for x in batches:
-        env: dict[str, Tensor] = {model.input_name: x}
-        for name, op, inputs, attrs, key in model._steps:
-            args = [env[i] for i in inputs]
-            env[name] = model.layers[key](*args) if key is not None else _FUNCTIONS[op](*args, **attrs)
-            flat = env[name].detach().reshape(-1).float()
-            pick = flat[torch.randperm(flat.numel(), generator=g)[:per_batch]] if flat.numel() > per_batch else flat
-            samples.setdefault(name, []).append(torch.cat([pick, flat.min()[None], flat.max()[None]]))
+        model.run(x, after=sample)
     return {name: torch.cat(parts) for name, parts in samples.items()}
 
 
@@ -220,28 +246,20 @@ def _with_zero(enc: Encoding) -> Encoding:
     return Encoding(enc.scale, enc.zero, min(enc.lo, enc.zero), max(enc.hi, enc.zero), enc.exact)
 
 
-def _consumers(graph: DeployGraph) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for node in graph.nodes:
-        for i in node["inputs"]:
-            out.setdefault(i, []).append(node)
-    return out
+def _quantized_layer(node: Node) -> bool:
+    return integer_kind(node) == LAYER and node.input_quant is not None
 
 
-def _quantized_layer(node: dict[str, Any]) -> bool:
-    return node["op"] in ("conv2d", "linear") and node.get("input_quant") is not None
+def _pass_through(node: Node) -> bool:
+    """An op that runs on the codes as they are (the op table's integer semantics)."""
+    return integer_kind(node) == PASS
 
 
-def _integer_op(node: dict[str, Any]) -> bool:
-    op, attrs = node["op"], node.get("attrs", {})
-    if op == "add":
-        return attrs.get("scalar") is None
-    if op == "adaptive_avg_pool2d":
-        return list(attrs["output_size"]) == [1, 1]
-    return op == "avg_pool2d"
+def _integer_op(node: Node) -> bool:
+    return integer_kind(node) == REQUANTIZE
 
 
-def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor] | None = None, *,
+def plan_encodings(graph: Graph, samples: dict[str, Tensor] | None = None, *,
                    ranges: dict[str, Encoding] | None = None) -> dict[str, Encoding | None]:
     """The encoding of every value a conv, linear, add or pooling node produces (None: it stays float).
 
@@ -258,25 +276,24 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor] | None = None,
     """
     if (samples is None) == (ranges is None):
         raise TypeError("plan_encodings takes exactly one of samples and ranges")
-    consumers = _consumers(graph)
-    output = graph.graph["output"]
+    consumers = graph.consumers()
+    output = graph.output
     plan: dict[str, Encoding | None] = {}
     # values that can travel as codes: quantized layer outputs, and what pass-through and integer ops make
     # of them. An add or pooling with a float operand (a transformer's residual stream after a float add
     # of the position embedding) runs in float, so what feeds it is not requantized for nothing.
     codes: set[str] = set()
     for node in graph.nodes:
-        ins = node["inputs"]
-        if _quantized_layer(node) and node["weight"]["dtype"] == "int":
-            codes.add(node["name"])
-        elif ins and ins[0] in codes and node["op"] in _PASS_THROUGH and \
-                (node["op"] != "pad" or node["attrs"].get("value", 0.0) == 0.0):
-            codes.add(node["name"])
+        ins = node.inputs
+        if node.quantized:
+            codes.add(node.name)
+        elif ins and ins[0] in codes and _pass_through(node):
+            codes.add(node.name)
         elif ins and _integer_op(node) and all(i in codes for i in ins):
-            codes.add(node["name"])
+            codes.add(node.name)
 
-    def runs_integer(node: dict[str, Any]) -> bool:
-        return _integer_op(node) and all(i in codes for i in node["inputs"])
+    def runs_integer(node: Node) -> bool:
+        return _integer_op(node) and all(i in codes for i in node.inputs)
 
     def readers(value: str, seen: set[str]) -> tuple[list[Encoding], bool, bool, tuple[float, float] | None]:
         """(input encodings of quantized readers, read by an integer op, read in float, clip bounds).
@@ -289,19 +306,19 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor] | None = None,
         integer, floating = False, value == output
         users = consumers.get(value, [])
         bounds: tuple[float, float] | None = None
-        if users and output != value and all(u["op"] in ("relu", "clamp") for u in users):
-            lows = [0.0 if u["op"] == "relu" else u["attrs"].get("min") for u in users]
-            highs = [None if u["op"] == "relu" else u["attrs"].get("max") for u in users]
+        if users and output != value and all(u.op in ("relu", "clamp") for u in users):
+            lows = [0.0 if u.op == "relu" else u.attrs.get("min") for u in users]
+            highs = [None if u.op == "relu" else u.attrs.get("max") for u in users]
             bounds = (-math.inf if any(v is None for v in lows) else min(lows),
                       math.inf if any(v is None for v in highs) else max(highs))
         for user in users:
-            if user["name"] in seen:
+            if user.name in seen:
                 continue
-            seen.add(user["name"])
+            seen.add(user.name)
             if _quantized_layer(user):
                 reqs.append(_input_encoding(user, graph.tensors))
-            elif user["op"] in _PASS_THROUGH and (user["op"] != "pad" or user["attrs"].get("value", 0.0) == 0.0):
-                r, i, f, _ = readers(user["name"], seen)
+            elif _pass_through(user):
+                r, i, f, _ = readers(user.name, seen)
                 reqs += r
                 integer |= i
                 floating |= f
@@ -312,10 +329,8 @@ def plan_encodings(graph: DeployGraph, samples: dict[str, Tensor] | None = None,
         return reqs, integer, floating, bounds
 
     for node in graph.nodes:
-        name = node["name"]
-        if not (node["op"] in ("conv2d", "linear") or runs_integer(node)):
-            continue
-        if node["op"] in ("conv2d", "linear") and node["weight"]["dtype"] != "int":
+        name = node.name
+        if not (node.quantized or runs_integer(node)):
             continue
         reqs, integer, floating, bounds = readers(name, set())
         distinct = {(np.float32(r.scale), r.zero, r.lo, r.hi) for r in reqs}
@@ -388,7 +403,7 @@ def int8_code_limit(max_input_code: int) -> int:
     multiplies exactly (128 when every int8 code is safe; -128 is the only code that wide).
 
     Activations of 7 bits or fewer (codes <= 127) leave room for every int8 code, so only a layer
-    with both 8-bit weights and wide inputs needs its weights as uint8 (see ``_Builder.layer``).
+    with both 8-bit weights and wide inputs needs its weights as uint8 (see ``IntegerGraph.layer``).
     """
     return min(128, INT16_MAX // (2 * max(1, max_input_code)))
 
@@ -490,61 +505,41 @@ def code_multiplier(codes: np.ndarray | Tensor) -> int:
     """The largest integer m with |code * m| <= INT8_CODE_MAX (1 for codes already beyond it, e.g. 8-bit ones).
 
     The deployed layer stores ``code * m`` at scale ``s_w / m``: the same products, an int32 bias
-    unit ``s_x * s_w / m`` that is m times finer (see ``_Builder.layer``).
+    unit ``s_x * s_w / m`` that is m times finer (see ``IntegerGraph.layer``).
     """
     values = codes.numpy() if isinstance(codes, Tensor) else codes
     peak = int(np.abs(values).max()) if values.size else 0
     return max(1, INT8_CODE_MAX // max(1, peak))
 
 
-class _Builder:
-    def __init__(self, graph: DeployGraph, plan: dict[str, Encoding | None], error: type[Exception],
+class IntegerGraph(OnnxEmitter):
+    """The integer graph's build: each value's encoding so far, and :data:`INTEGER_LOWERINGS` per op."""
+
+    def __init__(self, graph: Graph, plan: dict[str, Encoding | None], error: type[Exception],
                  opset: int, cpu: str = "any") -> None:
-        self.graph = graph
-        self.opset = opset
+        super().__init__(graph, opset, error)
         self.cpu = cpu
         self.plan = plan
-        self.error = error
-        self.nodes: list[Any] = []
-        self.initializers: list[Any] = []
-        self.enc: dict[str, Encoding | None] = {"input": None}
-        self.shapes: dict[str, Any] = {"input": graph.graph["input"]["shape"]}
-        self.counter = 0
+        self.enc: dict[str, Encoding | None] = {graph.input_name: None}
         self.stats: Counter[str] = Counter()
         self.dequantized: dict[str, str] = {}
         # requantized residual sums (and ReLU/clamp of them): how to rebuild them in another encoding
-        self.recipes: dict[str, tuple[str, Any, dict[str, Any]]] = {}
-        self.consumers = _consumers(graph)
+        self.recipes: dict[str, tuple[str, Any, Node]] = {}
+        self.consumers = graph.consumers()
         # spatial subsamplings left for the channel pad that reads them: (their input, strides); see subsample_pad
         self.deferred: dict[str, tuple[str, list[int]]] = {}
 
-    def node(self, op: str, inputs: list[str], output: str | None = None, domain: str | None = None, **attrs: Any) -> str:
-        from onnx import helper
-
-        self.counter += 1
-        output = output or f"{op}_{self.counter}"
-        extra = {"domain": domain} if domain else {}
-        self.nodes.append(helper.make_node(op, inputs, [output], name=f"{op}_{self.counter}", **extra, **attrs))
-        return output
-
-    def const(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        array = np.asarray(array)  # 0-d stays 0-d: the integer ops want scalar scales and zero points
-        self.initializers.append(numpy_helper.from_array(array if array.flags.c_contiguous else array.copy(), name))
-        return name
-
     def scale_zero(self, name: str, enc: Encoding) -> tuple[str, str]:
-        return (self.const(f"{name}.scale", np.array(enc.scale, np.float32)),
-                self.const(f"{name}.zero", np.array(enc.zero, np.uint8)))
+        return (self.tensor(f"{name}.scale", np.array(enc.scale, np.float32)),
+                self.tensor(f"{name}.zero", np.array(enc.zero, np.uint8)))
 
     def clip(self, value: str, enc: Encoding, lo: int, hi: int, name: str) -> tuple[str, Encoding]:
         """Narrow a uint8 value's codes to [lo, hi] (no-op if they already lie there)."""
         lo, hi = max(lo, enc.lo), min(hi, enc.hi)
         if (lo, hi) == (enc.lo, enc.hi):
             return value, enc
-        out = self.node("Clip", [value, self.const(f"{name}.lo", np.array(lo, np.uint8)),
-                                 self.const(f"{name}.hi", np.array(hi, np.uint8))], name)
+        out = self.node("Clip", [value, self.tensor(f"{name}.lo", np.array(lo, np.uint8)),
+                                 self.tensor(f"{name}.hi", np.array(hi, np.uint8))], name)
         return out, Encoding(enc.scale, enc.zero, lo, hi, enc.exact)
 
     def dequantize(self, value: str) -> str:
@@ -598,19 +593,19 @@ class _Builder:
         self.stats["identity_convs"] += 1
         xs, xz = self.scale_zero(f"{name}.x", enc)
         ys, yz = self.scale_zero(f"{name}.y", out)
-        return self.node("QLinearConv", [value, xs, xz, self.const(f"{name}.w", w),
-                                         self.const(f"{name}.w.scale", np.array(1.0, np.float32)),
-                                         self.const(f"{name}.w.zero", np.array(0, np.int8)), ys, yz],
+        return self.node("QLinearConv", [value, xs, xz, self.tensor(f"{name}.w", w),
+                                         self.tensor(f"{name}.w.scale", np.array(1.0, np.float32)),
+                                         self.tensor(f"{name}.w.zero", np.array(0, np.int8)), ys, yz],
                          name, kernel_shape=[1, 1], strides=strides, pads=[0, 0, 0, 0])
 
-    def subsample(self, ir: dict[str, Any]) -> list[int] | None:
+    def subsample(self, ir: Node) -> list[int] | None:
         """The strides of a slice that only subsamples a 4-D value's height and width from 0 (``x[:, :, ::2, ::2]``,
         a ResNet's option-A shortcut), or None."""
-        shape = self.shapes.get(ir["inputs"][0])
+        shape = self.shapes.get(ir.inputs[0])
         if shape is None or len(shape) != 4:
             return None
         strides = [1, 1]
-        for dim, start, stop, step in ir["attrs"]["slices"]:
+        for dim, start, stop, step in ir.attrs["slices"]:
             if dim not in (2, 3) or start not in (None, 0) or (stop is not None and stop < shape[dim]) \
                     or (step is not None and step < 1):
                 return None
@@ -618,26 +613,26 @@ class _Builder:
         return strides
 
     @staticmethod
-    def channel_pad(ir: dict[str, Any]) -> tuple[int, int] | None:
+    def channel_pad(ir: Node) -> tuple[int, int] | None:
         """(before, after) of a zero pad of a 4-D value's channels only, or None."""
-        pad = list(ir["attrs"]["pad"])
-        if len(pad) != 6 or any(pad[:4]) or min(pad[4:]) < 0 or ir["attrs"].get("value", 0.0) != 0.0:
+        pad = list(ir.attrs["pad"])
+        if len(pad) != 6 or any(pad[:4]) or min(pad[4:]) < 0 or ir.attrs.get("value", 0.0) != 0.0:
             return None
         return pad[4], pad[5]
 
-    def subsample_pad(self, ir: dict[str, Any]) -> None:
+    def subsample_pad(self, ir: Node) -> None:
         """A channel zero pad of a deferred spatial subsampling (option-A shortcut) as one strided identity conv.
 
         ``Slice`` with steps and ``Pad`` are generic copies in onnxruntime; one 1x1 ``QLinearConv``
         of stride 2 with an identity weight computes the same codes exactly (see :meth:`identity_conv`)
         on the integer conv kernel, in a fraction of their time.
         """
-        x, strides = self.deferred.pop(ir["inputs"][0])
+        x, strides = self.deferred.pop(ir.inputs[0])
         before, after = self.channel_pad(ir)  # checked when the subsampling was deferred for this pad
         enc, channels = self.enc[x], int(self.shapes[x][1])
-        self.identity_conv(x, enc, enc, channels, channels + before + after, before, strides, ir["name"])
+        self.identity_conv(x, enc, enc, channels, channels + before + after, before, strides, ir.name)
         self.stats["shortcut_convs"] += 1
-        self.enc[ir["name"]] = _with_zero(enc)
+        self.enc[ir.name] = _with_zero(enc)
 
     def recompute(self, value: str, target: Encoding, name: str) -> tuple[str, Encoding] | None:
         """``value`` rebuilt straight in ``target``'s encoding, if it is a residual sum (through ReLU/clamp).
@@ -675,80 +670,88 @@ class _Builder:
         hi = 255 if attrs.get("max") is None else int(min(255, max(0, round(attrs["max"] / e.scale) + e.zero)))
         return lo, hi
 
-    def emit_float(self, ir: dict[str, Any]) -> None:
-        """A node without an integer form: run the exact form's lowering on dequantized inputs."""
-        from eqtools.export._onnx import _Builder as ExactBuilder
-
-        exact = ExactBuilder(self.graph, self.opset, False, self.error, False)
-        exact.shapes = self.shapes
-        renamed = dict(ir, inputs=[self.dequantize(i) for i in ir["inputs"]])
-        exact.counter = self.counter
-        exact.emit(renamed)
-        self.counter = exact.counter + 1
-        self.nodes += exact.nodes
-        self.initializers += exact.initializers
-        self.enc[ir["name"]] = None
+    def emit_float(self, ir: Node) -> None:
+        """A node without an integer form: its float lowering on dequantized inputs."""
+        self.lower_float(ir, [self.dequantize(i) for i in ir.inputs])
+        self.counter += 1
+        self.enc[ir.name] = None
         self.stats["float_nodes"] += 1
 
-    # ---------------------------------------------------------------------------- ops
-    def emit(self, ir: dict[str, Any]) -> None:
-        op, name = ir["op"], ir["name"]
-        inputs = list(ir["inputs"])
-        attrs = ir.get("attrs", {})
-        encs = [self.enc[i] for i in inputs]
-        if op in ("conv2d", "linear") and ir["weight"]["dtype"] == "int":
+    def emit(self, ir: Node) -> None:
+        encs = [self.enc[i] for i in ir.inputs]
+        if ir.quantized:
             self.layer(ir)
-        elif all(e is None for e in encs) or op not in _PASS_THROUGH | {"add", "adaptive_avg_pool2d", "avg_pool2d"}:
+        elif all(e is None for e in encs) or integer_kind(ir) not in (PASS, REQUANTIZE):
             self.emit_float(ir)
-        elif op in ("relu", "clamp"):
-            self.passthrough(name, *self.clip(inputs[0], encs[0], *self.clamp_codes(op, attrs, encs[0]), name))
-            if inputs[0] in self.recipes:
-                self.recipes[name] = (op, inputs[0], attrs)
-        elif op == "pad" and attrs.get("value", 0.0) != 0.0:
-            self.emit_float(ir)
-        elif op == "slice" and (strides := self.fusable_subsample(ir)) is not None:
-            self.deferred[name] = (inputs[0], strides)
-            self.enc[name] = encs[0]
-        elif op == "pad" and inputs[0] in self.deferred:
-            self.subsample_pad(ir)
-        elif op in ("identity", "flatten", "reshape", "slice", "max_pool2d", "pad", "permute", "select"):
-            self.shape_op(ir, encs[0])
-        elif op == "add" and len(inputs) == 2 and all(e is not None for e in encs) and self.plan.get(name):
-            out = self.plan[name]
-            sa, za = self.scale_zero(f"{name}.a", encs[0])
-            sb, zb = self.scale_zero(f"{name}.b", encs[1])
-            sc, zc = self.scale_zero(f"{name}.out", out)
-            y = self.node("QLinearAdd", [inputs[0], sa, za, inputs[1], sb, zb, sc, zc], f"{name}.raw", domain=_MS)
-            if not out.exact:
-                self.recipes[name] = ("add", (inputs[0], inputs[1]), {})
-            self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
-                                              f"{name}.clip"))
-        elif op in ("adaptive_avg_pool2d", "avg_pool2d") and encs[0] is not None and self.plan.get(name):
-            out = self.plan[name]
-            sx, zx = self.scale_zero(f"{name}.x", encs[0])
-            sy, zy = self.scale_zero(f"{name}.y", out)
-            if op == "adaptive_avg_pool2d":
-                y = self.node("QLinearGlobalAveragePool", [inputs[0], sx, zx, sy, zy], f"{name}.raw", domain=_MS,
-                              channels_last=0)
-            else:
-                ph, pw = attrs["padding"]
-                y = self.node("QLinearAveragePool", [inputs[0], sx, zx, sy, zy], f"{name}.raw", domain=_MS,
-                              kernel_shape=attrs["kernel_size"], strides=attrs["stride"], pads=[ph, pw, ph, pw],
-                              ceil_mode=int(attrs["ceil_mode"]), count_include_pad=int(attrs["count_include_pad"]))
-            self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
-                                              f"{name}.clip"))
         else:
-            self.emit_float(ir)
-        self.shapes[name] = ir.get("shape")
+            INTEGER_LOWERINGS.get(ir.op, IntegerGraph.emit_float)(self, ir)
+        self.shapes[ir.name] = ir.shape
 
-    def fusable_subsample(self, ir: dict[str, Any]) -> list[int] | None:
+    # ---------------------------------------------------------------------------- integer lowerings
+    def clamp(self, ir: Node) -> None:
+        x, enc = ir.inputs[0], self.enc[ir.inputs[0]]
+        assert enc is not None
+        self.passthrough(ir.name, *self.clip(x, enc, *self.clamp_codes(ir.op, ir.attrs, enc), ir.name))
+        if x in self.recipes:
+            self.recipes[ir.name] = (ir.op, x, ir.attrs)
+
+    def slice(self, ir: Node) -> None:
+        strides = self.fusable_subsample(ir)
+        if strides is None:
+            self.shape_op(ir)
+            return
+        self.deferred[ir.name] = (ir.inputs[0], strides)
+        self.enc[ir.name] = self.enc[ir.inputs[0]]
+
+    def pad(self, ir: Node) -> None:
+        if ir.inputs[0] in self.deferred:
+            self.subsample_pad(ir)
+        else:
+            self.shape_op(ir)
+
+    def add(self, ir: Node) -> None:
+        name, inputs = ir.name, ir.inputs
+        encs = [self.enc[i] for i in inputs]
+        out = self.plan.get(name)
+        if len(inputs) != 2 or any(e is None for e in encs) or not out:
+            self.emit_float(ir)
+            return
+        sa, za = self.scale_zero(f"{name}.a", encs[0])  # type: ignore[arg-type]
+        sb, zb = self.scale_zero(f"{name}.b", encs[1])  # type: ignore[arg-type]
+        sc, zc = self.scale_zero(f"{name}.out", out)
+        y = self.node("QLinearAdd", [inputs[0], sa, za, inputs[1], sb, zb, sc, zc], f"{name}.raw", domain=_MS)
+        if not out.exact:
+            self.recipes[name] = ("add", (inputs[0], inputs[1]), {})
+        self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
+                                          f"{name}.clip"))
+
+    def pool(self, ir: Node) -> None:
+        name, inputs, attrs = ir.name, ir.inputs, ir.attrs
+        enc, out = self.enc[inputs[0]], self.plan.get(name)
+        if enc is None or not out:
+            self.emit_float(ir)
+            return
+        sx, zx = self.scale_zero(f"{name}.x", enc)
+        sy, zy = self.scale_zero(f"{name}.y", out)
+        if ir.op == "adaptive_avg_pool2d":
+            y = self.node("QLinearGlobalAveragePool", [inputs[0], sx, zx, sy, zy], f"{name}.raw", domain=_MS,
+                          channels_last=0)
+        else:
+            ph, pw = attrs["padding"]
+            y = self.node("QLinearAveragePool", [inputs[0], sx, zx, sy, zy], f"{name}.raw", domain=_MS,
+                          kernel_shape=attrs["kernel_size"], strides=attrs["stride"], pads=[ph, pw, ph, pw],
+                          ceil_mode=int(attrs["ceil_mode"]), count_include_pad=int(attrs["count_include_pad"]))
+        self.passthrough(name, *self.clip(y, Encoding(out.scale, out.zero, 0, 255, out.exact), out.lo, out.hi,
+                                          f"{name}.clip"))
+
+    def fusable_subsample(self, ir: Node) -> list[int] | None:
         """The strides of a subsampling whose one reader is a channel zero pad (emitted together by
         :meth:`subsample_pad`), or None."""
-        users = self.consumers.get(ir["name"], [])
+        users = self.consumers.get(ir.name, [])
         strides = self.subsample(ir)
-        if strides is None or ir["name"] == self.graph.graph["output"] or len(users) != 1 \
-                or users[0]["op"] != "pad" or self.channel_pad(users[0]) is None \
-                or self.shapes[ir["inputs"][0]][1] > IDENTITY_CONV_MAX_CHANNELS:
+        if strides is None or ir.name == self.graph.output or len(users) != 1 \
+                or users[0].op != "pad" or self.channel_pad(users[0]) is None \
+                or self.shapes[ir.inputs[0]][1] > IDENTITY_CONV_MAX_CHANNELS:
             return None
         return strides
 
@@ -757,29 +760,26 @@ class _Builder:
             self.node("Identity", [value], name)
         self.enc[name] = enc
 
-    def shape_op(self, ir: dict[str, Any], enc: Encoding) -> None:
-        """A shape/selection op on uint8 codes: the exact form's lowering, with the zero code as pad value."""
-        from eqtools.export._onnx import _Builder as ExactBuilder
+    def shape_op(self, ir: Node) -> None:
+        """A shape/selection op on uint8 codes: its float lowering, with the zero code as pad value."""
+        enc = self.enc[ir.inputs[0]]
+        assert enc is not None
+        first = len(self.initializers)
+        self.lower_float(ir, list(ir.inputs))
+        self.counter += 1
+        if ir.op == "pad":
+            from onnx import numpy_helper
 
-        exact = ExactBuilder(self.graph, self.opset, False, self.error, False)
-        exact.shapes = self.shapes
-        exact.counter = self.counter
-        exact.emit(ir)
-        self.counter = exact.counter + 1
-        for init in exact.initializers:
-            if ir["op"] == "pad" and init.name == f"{ir['name']}.value":
-                from onnx import numpy_helper
+            for i in range(first, len(self.initializers)):
+                if self.initializers[i].name == f"{ir.name}.value":
+                    self.initializers[i] = numpy_helper.from_array(np.array(enc.zero, np.uint8), f"{ir.name}.value")
+        self.enc[ir.name] = _with_zero(enc) if ir.op == "pad" else enc
 
-                init = numpy_helper.from_array(np.array(enc.zero, np.uint8), init.name)
-            self.initializers.append(init)
-        self.nodes += exact.nodes
-        self.enc[ir["name"]] = _with_zero(enc) if ir["op"] == "pad" else enc
-
-    def layer(self, ir: dict[str, Any]) -> None:
-        name, attrs, spec = ir["name"], ir.get("attrs", {}), ir["weight"]
+    def layer(self, ir: Node) -> None:
+        name, attrs, spec = ir.name, ir.attrs, ir.weight
         t = self.graph.tensors
         target = _input_encoding(ir, t)
-        x, x_enc = self.quantize(ir["inputs"][0], target, f"{name}.input", ir["op"] == "conv2d")
+        x, x_enc = self.quantize(ir.inputs[0], target, f"{name}.input", ir.op == "conv2d")
         codes = t[f"{name}.weight.codes"].numpy().astype(np.int32)
         w_scale = t[f"{name}.weight.scale"].float().numpy().reshape(-1)
         # the int32 bias has the accumulator's unit s_x * s_w, which at low bit-widths is coarse next to
@@ -789,7 +789,7 @@ class _Builder:
         m = code_multiplier(codes)
         codes, w_scale = codes * m, (w_scale / np.float32(m)).astype(np.float32)
         self.stats["code_multiplier_max"] = max(self.stats["code_multiplier_max"], m)
-        out_channels = int(spec["shape"][0])
+        out_channels = int(spec.shape[0])
         per_channel = w_scale.size > 1
         # codes past the int8 limit of the layer's input range (8-bit weights on inputs whose codes pass
         # 128, where m is 1) would saturate the int16 pair sums, so such a layer's weights travel as
@@ -800,11 +800,11 @@ class _Builder:
         wide = not fits_int8(codes, limit)
         self.stats["uint8_weight_layers"] += int(wide)
         dtype, zero = (np.uint8, 128) if wide else (np.int8, 0)
-        w = self.const(f"{name}.weight.q", (codes + zero).astype(dtype))
-        ws = self.const(f"{name}.weight.scale", w_scale if per_channel else np.array(w_scale[0], np.float32))
-        wz = self.const(f"{name}.weight.zero", np.full(w_scale.size, zero, dtype) if per_channel else np.array(zero, dtype))
+        w = self.tensor(f"{name}.weight.q", (codes + zero).astype(dtype))
+        ws = self.tensor(f"{name}.weight.scale", w_scale if per_channel else np.array(w_scale[0], np.float32))
+        wz = self.tensor(f"{name}.weight.zero", np.full(w_scale.size, zero, dtype) if per_channel else np.array(zero, dtype))
         xs, xz = self.scale_zero(f"{name}.input", x_enc)
-        bias = t.get(f"{name}.bias") if ir.get("bias") else None
+        bias = t.get(f"{name}.bias") if ir.bias else None
         unit = (np.float32(x_enc.scale) * np.broadcast_to(w_scale, (out_channels,))).astype(np.float32)
         bias_q = np.zeros(out_channels, np.int32) if bias is None else np.round(
             bias.float().numpy() / unit).astype(np.int64).clip(-(2**31), 2**31 - 1).astype(np.int32)
@@ -812,17 +812,17 @@ class _Builder:
         # a quantized output needs the bias in the int32 accumulator (at the unit s_x * s_w / m); a float
         # output (read only by float ops) gets the float32 bias added after scaling, as the fake-quant
         # model adds it: no bias rounding at all
-        b = self.const(f"{name}.bias.q", bias_q) if out is not None else ""
+        b = self.tensor(f"{name}.bias.q", bias_q) if out is not None else ""
 
         def float_bias(y: str, shape: tuple[int, ...]) -> None:
             if bias is None:
                 self.node("Identity", [y], name)
             else:
-                self.node("Add", [y, self.const(f"{name}.bias", bias.float().numpy().reshape(shape))], name)
+                self.node("Add", [y, self.tensor(f"{name}.bias", bias.float().numpy().reshape(shape))], name)
             self.enc[name] = None
 
-        if ir["op"] == "conv2d":
-            kh, kw = spec["shape"][2:]
+        if ir.op == "conv2d":
+            kh, kw = spec.shape[2:]
             ph, pw = attrs["padding"]
             conv = {"kernel_shape": [kh, kw], "strides": attrs["stride"], "pads": [ph, pw, ph, pw],
                     "dilations": attrs["dilation"], "group": attrs["groups"]}
@@ -833,10 +833,10 @@ class _Builder:
                 # accumulator of ConvInteger is scaled to float instead
                 # ConvInteger takes one weight zero point for the whole tensor (the codes' shift is uniform);
                 # given even where it is 0, so that the int8 and uint8 forms of a layer differ only in values
-                w_zero = self.const(f"{name}.weight.zero.tensor", np.array(zero, dtype))
+                w_zero = self.tensor(f"{name}.weight.zero.tensor", np.array(zero, dtype))
                 acc = self.node("Cast", [self.node("ConvInteger", [x, w, xz, w_zero], f"{name}.acc", **conv)], f"{name}.acc.f",
                                 to=1)  # FLOAT
-                float_bias(self.node("Mul", [acc, self.const(f"{name}.unit", unit.reshape(-1, 1, 1))],
+                float_bias(self.node("Mul", [acc, self.tensor(f"{name}.unit", unit.reshape(-1, 1, 1))],
                                      f"{name}.nobias"), (-1, 1, 1))
                 return
             ys, yz = self.scale_zero(f"{name}.out", out)
@@ -844,16 +844,16 @@ class _Builder:
         else:
             # QGemm takes matrices: a [B, ..., in] input (a transformer's tokens) is viewed as
             # [B * ..., in] codes (a reshape of uint8 codes, exact) and the result viewed back
-            rank = len(self.shapes[ir["inputs"][0]])
+            rank = len(self.shapes[ir.inputs[0]])
             if rank != 2:
-                x = self.node("Reshape", [x, self.const(f"{name}.rows", np.array([-1, int(spec["shape"][1])], np.int64))],
+                x = self.node("Reshape", [x, self.tensor(f"{name}.rows", np.array([-1, int(spec.shape[1])], np.int64))],
                               f"{name}.input.rows")
             inputs = [x, xs, xz, w, ws, wz, b]
             if out is not None:
                 inputs += list(self.scale_zero(f"{name}.out", out))
             y = self.node("QGemm", inputs, f"{name}.raw", domain=_MS, transB=1)
             if rank != 2:
-                y = self.node("Reshape", [y, self.const(f"{name}.tokens", np.array([-1, *ir["shape"][1:]], np.int64))],
+                y = self.node("Reshape", [y, self.tensor(f"{name}.tokens", np.array([-1, *ir.shape[1:]], np.int64))],
                               f"{name}.unrows")
             self.stats["integer_gemms"] += 1
             if out is None:
@@ -865,7 +865,26 @@ class _Builder:
                                           f"{name}.clip"))
 
 
-def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = None, *,
+# the integer graph's per-op lowerings (ops whose integer semantics is PASS or REQUANTIZE, on integer inputs);
+# quantized layers are IntegerGraph.layer, every other op its float lowering (qdq.LOWERINGS) on dequantized inputs
+INTEGER_LOWERINGS: dict[str, Callable[[IntegerGraph, Node], None]] = {
+    "relu": IntegerGraph.clamp,
+    "clamp": IntegerGraph.clamp,
+    "slice": IntegerGraph.slice,
+    "pad": IntegerGraph.pad,
+    "identity": IntegerGraph.shape_op,
+    "flatten": IntegerGraph.shape_op,
+    "reshape": IntegerGraph.shape_op,
+    "max_pool2d": IntegerGraph.shape_op,
+    "permute": IntegerGraph.shape_op,
+    "select": IntegerGraph.shape_op,
+    "add": IntegerGraph.add,
+    "adaptive_avg_pool2d": IntegerGraph.pool,
+    "avg_pool2d": IntegerGraph.pool,
+}
+
+
+def build_deploy_onnx(graph: Graph, calibration: list[Tensor] | None = None, *,
                       ranges: dict[str, Encoding] | None = None, opset: int = DEPLOY_OPSET, cpu: str = "any",
                       error: type[Exception] = ValueError) -> tuple[Any, dict[str, Any], dict[str, Encoding | None]]:
     """The deployable integer ONNX model of ``graph`` and what its build decided.
@@ -882,9 +901,7 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
     if cpu not in DEPLOY_CPUS:
         raise error(f"--cpu is {cpu!r}; allowed: {', '.join(DEPLOY_CPUS)}")
     import onnx
-    from onnx import TensorProto, helper
-
-    from eqtools import __version__
+    from onnx import helper
 
     if ranges is None:
         if calibration is None:
@@ -896,22 +913,12 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
         except ValueError as exc:
             raise error(f"{exc}; the plan was made for another subnet or export setting. Recalibrate the subnet "
                         "(`eqtools calibrate`) to keep a new one") from None
-    b = _Builder(graph, plan, error, opset, cpu)
+    b = IntegerGraph(graph, plan, error, opset, cpu)
     for ir in graph.nodes:
         b.emit(ir)
-    b.node("Identity", [b.dequantize(graph.graph["output"])], "output")
-    in_shape = ["batch", *graph.graph["input"]["shape"][1:]]
-    out_shape = next((n.get("shape") for n in graph.nodes if n["name"] == graph.graph["output"]), None)
-    g = helper.make_graph(
-        b.nodes, "eqtools_deploy", [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT,
-                                       None if out_shape is None else ["batch", *out_shape[1:]])],
-        initializer=b.initializers,
-    )
-    opsets = [helper.make_opsetid("", opset), helper.make_opsetid(_MS, 1)]
-    model = helper.make_model(g, opset_imports=opsets, producer_name="eqtools", producer_version=__version__)
-    model.ir_version = helper.find_min_ir_version_for(opsets[:1])
-    model.doc_string = "eqtools deployable integer ONNX (QLinearConv/QGemm/QLinearAdd); see docs/export.md"
+    b.node("Identity", [b.dequantize(graph.output)], "output")
+    model = b.model("eqtools_deploy", "eqtools deployable integer ONNX (QLinearConv/QGemm/QLinearAdd); see docs/export.md",
+                    [helper.make_opsetid("", opset), helper.make_opsetid(_MS, 1)])
     if cpu == "vnni":  # the file is wrong elsewhere: say so where any reader of the file can see it
         helper.set_model_props(model, {REQUIRES_KEY: _VNNI_REQUIREMENT})
     onnx.checker.check_model(model)
@@ -932,6 +939,44 @@ def build_deploy_onnx(graph: DeployGraph, calibration: list[Tensor] | None = Non
         "shortcut_convs": b.stats["shortcut_convs"],
     }
     return model, info, plan
+
+
+def _session(model_bytes: bytes, threads: int) -> Any:
+    import onnxruntime as ort
+
+    from eqtools.export import ExportError
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for unsupported graphs
+        raise ExportError(
+            f"onnxruntime {ort.__version__} cannot load the exported ONNX graph ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); try an older --opset (17 avoids INT4) or --format int"
+        ) from None
+
+
+def run_onnx(model_bytes: bytes, batches: list[Tensor], threads: int = 2) -> Tensor:
+    """Logits of ``model_bytes`` in onnxruntime (CPU, default graph optimizations) over ``batches``."""
+    session = _session(model_bytes, threads)
+    return torch.cat([torch.from_numpy(session.run(["output"], {"input": x.numpy()})[0]) for x in batches])
+
+
+def run_onnx_teacher_forced(model_bytes: bytes, x: Tensor, reference: dict[str, Tensor],
+                            threads: int = 2) -> tuple[dict[str, Tensor], Tensor]:
+    """Run a ``teacher_forced`` build: ``(what arrived at each quantized layer, logits)``."""
+    session = _session(model_bytes, threads)
+    feeds = {"input": x.numpy()}
+    for i in session.get_inputs():
+        if i.name.endswith(".reference"):
+            feeds[i.name] = reference[i.name[: -len(".reference")]].numpy()
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(names, feeds)))
+    arrived = {n[: -len(".arrived")]: torch.from_numpy(v) for n, v in values.items() if n.endswith(".arrived")}
+    return arrived, torch.from_numpy(values["output"])
+
 
 
 def optimized_ops(model_bytes: bytes, threads: int = 2) -> dict[str, int]:
@@ -955,8 +1000,9 @@ def optimized_ops(model_bytes: bytes, threads: int = 2) -> dict[str, int]:
 
 
 @torch.no_grad()
-def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batches: list[Tensor], *,
-                    requantize: bool | set[str] = True, int32_bias: bool = True,
+def simulate_deploy(graph: Graph, plan: dict[str, Encoding | None], batches: list[Tensor], *,
+                    requantize: bool | set[str] = True, int32_bias: bool = True, bias_multiplier: bool = True,
+                    recompute_sums: bool = True,
                     observe: Callable[[str, str, list[Tensor]], None] | None = None) -> Tensor:
     """Logits of the deployed arithmetic simulated in PyTorch, one rounding at a time if asked.
 
@@ -965,47 +1011,51 @@ def simulate_deploy(graph: DeployGraph, plan: dict[str, Encoding | None], batche
     output to int32 at the deployed accumulator's unit ``s_x * s_w / m`` (:func:`code_multiplier`;
     a layer with a float output adds its float bias). With both on this is what the integer ONNX graph computes (up to float
     rounding), so the cost of each rounding is measured separately, on the same images.
-    ``observe(name, op, inputs)`` sees every node's inputs as the simulation computes them (what a
+    ``recompute_sums=False`` feeds a layer a requantized residual sum as its 8-bit value (a file that does not
+    compute the sum again on the layer's grid). ``bias_multiplier=False`` takes the unit ``s_x * s_w`` (files whose weight codes are not scaled by m:
+    LiteRT, ExecuTorch). ``observe(name, op, inputs)`` sees every node's inputs as the simulation computes them (what a
     batch-norm node receives under the deployed arithmetic, for instance).
     """
     tensors = dict(graph.tensors)
     if int32_bias:
         for node in graph.layers():
-            name = node["name"]
-            if node.get("input_quant") is None or not node.get("bias") or plan.get(name) is None:
-                continue  # a layer with a float output adds its float bias (see _Builder.layer)
-            m = code_multiplier(tensors[f"{name}.weight.codes"])
+            name = node.name
+            if node.input_quant is None or not node.bias or plan.get(name) is None:
+                continue  # a layer with a float output adds its float bias (see IntegerGraph.layer)
+            m = code_multiplier(tensors[f"{name}.weight.codes"]) if bias_multiplier else 1
             unit = (tensors[f"{name}.input.scale"] * tensors[f"{name}.weight.scale"] / m).abs()
             bias = tensors[f"{name}.bias"]
             unit = unit.expand_as(bias) if unit.numel() == 1 else unit
             tensors[f"{name}.bias"] = torch.round(bias / unit) * unit
     # in float64: the integer graph accumulates exactly in int32, so a float32 simulation would put its own
     # summation error (not the deployment's) next to every rounding boundary
-    model = build_model(graph.graph, tensors).double()
+    model = build_model(Graph(graph.nodes, tensors, graph.output, graph.input_shape, graph.input_name)).double()
     points = {n: e for n, e in plan.items() if e is not None and not e.exact
               and (requantize is True or (isinstance(requantize, set) and n in requantize))}
-    integer_layers = {n["name"] for n in graph.layers() if _quantized_layer(n) and n["weight"]["dtype"] == "int"}
+    integer_layers = {n.name for n in graph.layers() if n.quantized}
+    # a requantized residual sum as it was before the 8-bit rounding, and ReLU/clamp of it: the integer
+    # graph hands a quantized layer the sum rounded once, to the layer's own grid (IntegerGraph.recompute)
+    unrounded: dict[str, Tensor] = {}
+
+    def before(node: Node, args: list[Tensor]) -> list[Tensor]:
+        if recompute_sums and node.name in integer_layers and node.inputs[0] in unrounded:
+            args = [unrounded[node.inputs[0]], *args[1:]]
+        if observe is not None:
+            observe(node.name, node.op, args)
+        return args
+
+    def after(node: Node, args: list[Tensor], y: Tensor) -> Tensor:
+        enc = points.get(node.name)
+        if node.op in ("relu", "clamp") and node.inputs[0] in unrounded:
+            unrounded[node.name] = OPS[node.op].run(unrounded[node.inputs[0]], **node.attrs)  # type: ignore[misc]
+        if enc is not None:
+            if node.op == "add":
+                unrounded[node.name] = y
+            y = (torch.clamp(torch.round(y / enc.scale) + enc.zero, 0, 255) - enc.zero) * enc.scale
+        return y
+
     out = []
     for x in batches:
-        env: dict[str, Tensor] = {model.input_name: x.double()}
-        # a requantized residual sum as it was before the 8-bit rounding, and ReLU/clamp of it: the integer
-        # graph hands a quantized layer the sum rounded once, to the layer's own grid (_Builder.recompute)
-        unrounded: dict[str, Tensor] = {}
-        for name, op, inputs, attrs, key in model._steps:
-            if key is not None and name in integer_layers and inputs[0] in unrounded:
-                args = [unrounded[inputs[0]], *(env[i] for i in inputs[1:])]
-            else:
-                args = [env[i] for i in inputs]
-            if observe is not None:
-                observe(name, op, args)
-            y = model.layers[key](*args) if key is not None else _FUNCTIONS[op](*args, **attrs)
-            enc = points.get(name)
-            if op in ("relu", "clamp") and inputs[0] in unrounded:
-                unrounded[name] = _FUNCTIONS[op](unrounded[inputs[0]], **attrs)
-            if enc is not None:
-                if op == "add":
-                    unrounded[name] = y
-                y = (torch.clamp(torch.round(y / enc.scale) + enc.zero, 0, 255) - enc.zero) * enc.scale
-            env[name] = y
-        out.append(env[model.output_name].float())
+        unrounded.clear()
+        out.append(model.run(x.double(), before=before, after=after).float())
     return torch.cat(out)

@@ -1,0 +1,189 @@
+"""The IR as a PT2E-style quantized PyTorch graph: what LiteRT's and ExecuTorch's converters take.
+
+PyTorch's PT2E flow ends in a graph of float ops between ``quantized_decomposed`` quantize/dequantize
+pairs; both ``litert-torch`` and ExecuTorch's XNNPACK partitioner turn such a graph into integer
+kernels. Rather than let a PT2E quantizer re-calibrate the float network (its scales would not be
+the subnet's), the graph is written directly from the IR with the subnet's own quantization:
+
+- a quantized layer reads its input quantized to its own grid, int8 (the uint8 codes of
+  :class:`~eqtools.export.backends.onnxruntime.Encoding` shifted by -128: the same values), its
+  weight is int8 codes in [-127, 127] at zero point 0 (per channel) scaled by the integer m of
+  :func:`~eqtools.export.backends.onnxruntime.code_multiplier` (the same products, a finer bias unit), its
+  float bias is left to the converter, which stores it as int32 at ``s_x * s_w / m``;
+- every value the integer graph carries in integer is quantized where onnxruntime's integer graph
+  quantizes it (the same plan, :func:`~eqtools.export.backends.onnxruntime.plan_encodings`), so the
+  two files compute the same roundings; a layer whose output is read only in float (the logits) gets
+  an 8-bit output grid of its own, since these runtimes' int8 conv/linear kernels have an int8 output;
+- a b-bit value in its 8-bit container keeps its bit-width by an explicit ``clamp`` between two
+  quantize/dequantize pairs: these converters keep a tensor's scale and zero point, not its range;
+- a residual sum read by a layer on another grid reaches it through its 8-bit grid (an int8 requantize):
+  that grid's step is the layer's over an odd k where the plan can nest them, so the two roundings are
+  the one the fake-quant model does (onnxruntime's file computes the sum a second time instead; the
+  converter would merge two equal sums into one float ADD).
+
+:func:`deployed_arithmetic` is the PyTorch simulation of what such a file computes
+(:func:`~eqtools.export.backends.onnxruntime.simulate_deploy` with this plan, int32 biases at
+``s_x * s_w / m``, and residual sums reaching layers through their 8-bit grids).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.ao.quantization.fx._decomposed  # registers torch.ops.quantized_decomposed
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from eqtools.export.backends.onnxruntime import (
+    Encoding,
+    _calibrated,
+    _input_encoding,
+    _with_zero,
+    code_multiplier,
+    plan_encodings,
+    simulate_deploy,
+    value_samples,
+)
+from eqtools.export.runtime import OPS, PASS, REQUANTIZE, Graph, Node, build_model, integer_kind
+
+__all__ = ["Pt2eGraph", "deployed_arithmetic", "pt2e_plan"]
+
+
+def pt2e_plan(graph: Graph, calibration: list[Tensor]) -> dict[str, Encoding | None]:
+    """onnxruntime's plan, plus an 8-bit output grid for every quantized layer whose output it keeps float."""
+    samples = value_samples(graph, calibration)
+    plan = plan_encodings(graph, samples)
+    for node in graph.layers():
+        if node.quantized and plan.get(node.name) is None:
+            plan[node.name] = _calibrated(samples[node.name], None)
+    return plan
+
+
+def deployed_arithmetic(graph: Graph, plan: dict[str, Encoding | None], batches: list[Tensor]) -> Tensor:
+    """What the PT2E file computes, simulated in float64 (int32 biases at ``s_x * s_w``, the plan's roundings)."""
+    return simulate_deploy(graph, plan, batches, recompute_sums=False)
+
+
+def _clamp_codes(op: str, attrs: dict[str, Any], e: Encoding) -> tuple[int, int]:
+    """The uint8 code interval a ReLU or clamp keeps in ``e`` (as onnxruntime's integer graph clips it)."""
+    if op == "relu":
+        return e.zero, 255
+    lo = 0 if attrs.get("min") is None else int(min(255, max(0, round(attrs["min"] / e.scale) + e.zero)))
+    hi = 255 if attrs.get("max") is None else int(min(255, max(0, round(attrs["max"] / e.scale) + e.zero)))
+    return lo, hi
+
+
+class Pt2eGraph(nn.Module):
+    """The graph as float ops between int8 quantize/dequantize pairs (exportable with ``torch.export``)."""
+
+    def __init__(self, graph: Graph, plan: dict[str, Encoding | None], int8_weights: bool = True,
+                 clamp_first: bool = False) -> None:
+        """``int8_weights``: weights as int8 buffers read by ``dequantize_per_channel`` (what PT2E's convert step
+        leaves, ExecuTorch's form); False: float buffers of the same values quantized in the graph (the
+        form litert-torch folds into int8 constants)."""
+        super().__init__()
+        self.int8_weights = int8_weights
+        self.clamp_first = clamp_first
+        self.ir = graph
+        self.plan = plan
+        self.trace: dict[str, Tensor] | None = None  # every node's output, when set to a dict (checks, tests)
+        whole = build_model(graph)
+        # batch/layer norms and constants keep their float modules; quantized layers are built below
+        self.float_ops = nn.ModuleDict({whole._keys[n.name]: whole.layer(n.name) for n in graph.nodes
+                                        if n.name in whole._keys and not n.quantized})
+        self._float_keys = {n.name: whole._keys[n.name] for n in graph.nodes if n.name in whole._keys and not n.quantized}
+        t = graph.tensors
+        self._keys: dict[str, str] = {}
+        self._inputs = {n.name: _input_encoding(n, t) for n in graph.layers() if n.quantized}
+        for i, node in enumerate(graph.layers()):
+            if not node.quantized:
+                continue
+            key = f"l{i}"
+            self._keys[node.name] = key
+            # codes scaled by m, the scale by 1/m: the same products, and an int32 bias unit s_x * s_w / m fine
+            # enough at low bit-widths (as onnxruntime's file does, IntegerGraph.layer)
+            m = code_multiplier(t[f"{node.name}.weight.codes"])
+            codes = t[f"{node.name}.weight.codes"] * m
+            scale = t[f"{node.name}.weight.scale"].float().reshape(-1) / m
+            channels = codes.shape[0]
+            scale = scale.expand(channels).contiguous() if scale.numel() == 1 else scale
+            # int8 codes, as PT2E's convert step leaves a weight; converters read scales and zero points from
+            # buffers (placeholders), not computed nodes
+            if int8_weights:
+                self.register_buffer(f"{key}_w", codes.to(torch.int8))
+            else:
+                self.register_buffer(f"{key}_w", codes.float() * scale.view((-1,) + (1,) * (codes.dim() - 1)))
+            self.register_buffer(f"{key}_s", scale)
+            self.register_buffer(f"{key}_z", torch.zeros(channels, dtype=torch.int64))
+            bias = t.get(f"{node.name}.bias") if node.bias else None
+            self.register_buffer(f"{key}_b", None if bias is None else bias.float().clone())
+
+    def qdq(self, x: Tensor, e: Encoding, lo: int | None = None, hi: int | None = None) -> Tensor:
+        """``x`` rounded to ``e``'s grid as an int8 tensor, its codes kept in [lo, hi] by an explicit clamp
+        (before the rounding where ``clamp_first``: the bounds are grid points, so the codes are the same)."""
+        qd = torch.ops.quantized_decomposed
+        scale, zero = float(e.scale), int(e.zero) - 128
+        lo, hi = (e.lo if lo is None else lo) - 128, (e.hi if hi is None else hi) - 128
+        if self.clamp_first and (lo, hi) != (-128, 127):
+            x = torch.clamp(x, scale * (lo - zero), scale * (hi - zero))
+            return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
+                                            scale, zero, -128, 127, torch.int8)
+        x = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
+                                     scale, zero, -128, 127, torch.int8)
+        if (lo, hi) != (-128, 127):
+            x = torch.clamp(x, scale * (lo - zero), scale * (hi - zero))
+            x = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
+                                         scale, zero, -128, 127, torch.int8)
+        return x
+
+    def _layer(self, node: Node, x: Tensor) -> Tensor:
+        qd = torch.ops.quantized_decomposed
+        key = self._keys[node.name]
+        x = self.qdq(x, self._inputs[node.name])
+        s, z = getattr(self, f"{key}_s"), getattr(self, f"{key}_z")
+        w = getattr(self, f"{key}_w")
+        if not self.int8_weights:
+            w = qd.quantize_per_channel(w, s, z, 0, -127, 127, torch.int8)
+        w = qd.dequantize_per_channel(w, s, z, 0, -127, 127, torch.int8)
+        b = getattr(self, f"{key}_b")
+        if node.op == "conv2d":
+            a = node.attrs
+            return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
+        return F.linear(x, w, b)
+
+    def forward(self, x: Tensor) -> Tensor:
+        graph, plan = self.ir, self.plan
+        env: dict[str, Tensor] = {graph.input_name: x}
+        enc: dict[str, Encoding | None] = {graph.input_name: None}
+        for node in graph.nodes:
+            args = [env[i] for i in node.inputs]
+            kind = integer_kind(node)
+            out: Encoding | None = None
+            lo = hi = None
+            if node.quantized:
+                y = self._layer(node, args[0])
+                out = plan[node.name]
+            elif node.name in self._float_keys:
+                y = self.float_ops[self._float_keys[node.name]](*args)
+            else:
+                y = OPS[node.op].run(*args, **node.attrs)  # type: ignore[misc]
+                ins = [enc.get(i) for i in node.inputs]
+                if kind == PASS and ins and ins[0] is not None:
+                    out = ins[0]
+                    if node.op in ("relu", "clamp"):
+                        lo, hi = _clamp_codes(node.op, node.attrs, out)
+                        lo, hi = max(lo, out.lo), min(hi, out.hi)
+                        out = dataclasses.replace(out, lo=lo, hi=hi)
+                    elif node.op == "pad":
+                        out = _with_zero(out)
+                elif kind == REQUANTIZE and all(e is not None for e in ins) and plan.get(node.name) is not None:
+                    out = plan[node.name]
+            if out is not None:
+                y = self.qdq(y, out)
+            env[node.name] = y
+            enc[node.name] = out
+            if self.trace is not None:
+                self.trace[node.name] = y
+        return env[graph.output]
