@@ -91,7 +91,7 @@ def command(
     ] = None,
     target: Annotated[
         str | None,
-        typer.Option("--target", help="Deployment target (a search --preset name: onnxruntime, openvino, tensorrt, "
+        typer.Option("--target", metavar="<target>", help="Deployment target (a search --preset name: onnxruntime, openvino, tensorrt, "
                                       "tflite, xnnpack, ...) or all: the file that target's runtime runs, checked in "
                                       "that runtime where it runs here. A subnet the target cannot run is refused "
                                       "with what to search for instead; all writes every file the subnet allows. "
