@@ -36,6 +36,8 @@ SECTIONS: list[tuple[str, str]] = [
     ("write_failures", "Write failures"),
 ]
 TITLES = dict(SECTIONS)
+MAX_LINES = 40  # of a section's figures, for the questions above
+MAX_LINES_OTHER = 12  # for results of other questions, which follow them
 
 HEADER = """# Benchmarks
 
@@ -75,7 +77,17 @@ def _section(result: dict[str, Any]) -> str:
     if result.get("source"):
         source = result["source"]
         about.append(source[0].upper() + source[1:].rstrip(".") + ".")
-    return "\n".join([f"## {title}", "", " ".join(about), "", result["markdown"].rstrip(), ""])
+    body = result["markdown"].rstrip().splitlines()
+    limit = MAX_LINES if result["name"] in TITLES else MAX_LINES_OTHER
+    if len(body) > limit + 2:  # the file stays short enough to read; the whole result is one click away
+        cut = limit
+        while cut > 1 and body[cut - 1].startswith("|") and body[cut - 2].startswith("|---"):
+            cut -= 2  # never end on a table's header alone
+        while cut > 1 and not body[cut - 1].strip():
+            cut -= 1
+        body = [*body[:cut], "", f"({len(body) - cut} more lines in [benchmarks/results/{result['name']}.json]"
+                f"(benchmarks/results/{result['name']}.json).)"]
+    return "\n".join([f"## {title}", "", " ".join(about), "", *body, ""])
 
 
 def render(folder: Path = RESULTS) -> str:

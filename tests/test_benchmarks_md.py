@@ -68,3 +68,12 @@ def test_write_result_writes_what_render_reads(tmp_path, monkeypatch):
     assert path == tmp_path / "sample.json" and result["figures"] == {"subnets_per_min": 51.0}
     assert result["machine"].startswith("a shared machine; load average ") and result["commit"] and result["date"]
     assert "## Sampling" in _render.render(tmp_path)
+
+
+def test_a_long_result_is_cut_with_a_link_to_the_whole(tmp_path):
+    _result(tmp_path, "faults", markdown="\n".join(f"line {i}" for i in range(200)) + "\n")
+    _result(tmp_path, "other", markdown="\n".join(f"row {i}" for i in range(200)) + "\n")
+    text = _render.render(tmp_path)
+    assert "line 39" in text and "line 40" not in text and "row 11" in text and "row 12" not in text
+    assert "(160 more lines in [benchmarks/results/faults.json](benchmarks/results/faults.json).)" in text
+    assert "(188 more lines in [benchmarks/results/other.json]" in text

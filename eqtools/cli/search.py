@@ -34,7 +34,7 @@ def command(
     predictor_path: Annotated[Path | None, typer.Option(
         "--predictor", help="predictor artifact (default: the newest under artifacts/).")] = None,
     w_bits: Annotated[float | None, typer.Option(
-        "--w-bits", help="Average weight bits X: the search keeps it in (X-0.5, X]. Required unless --pareto.")] = None,
+        "--w-bits", help="Average weight bits X: the search keeps it in (X-0.5, X]. Required unless --pareto, --max-size-mb or --max-bops.")] = None,
     a_bits: Annotated[float | None, typer.Option(
         "--a-bits", help="Average activation bits Y, window (Y-0.5, Y]; default: X.")] = None,
     granularity: Annotated[Granularity | None, typer.Option(
@@ -155,6 +155,19 @@ def command(
         for row in outcome.verified:
             echo(f"  predicted #{row['predicted_rank']}: predicted {100 * row['predicted_accuracy']:.2f}%, "
                  f"measured {100 * row['measured_top1']:.2f}% on {row['eval_images']} {row['split']} images")
+    baseline = outcome.uniform_baseline
+    if outcome.verified and baseline is not None:
+        ubits = "W{}A{}".format(*baseline["uniform_bits"])
+        where = f"{outcome.verified[0]['eval_images']} {outcome.verified[0]['split']} images"
+        if outcome.best.to_dict() == baseline["config"]:
+            echo(f"kept the uniform {ubits} config: none of the {len(outcome.top)} searched candidates measured above it "
+                 f"on the {where}")
+        else:
+            echo(f"the pick measured above the uniform {ubits} config on the {where}")
+        if not baseline["in_budget"]:
+            echo(f"  (no uniform config lies in the budget's windows; uniform {ubits} is the largest under its upper bounds)")
+    elif outcome.verified:
+        echo("no uniform config fits this budget, so --verify had no uniform subnet to compare the pick with")
     if outcome.vs_uniform is not None:
         v = outcome.vs_uniform
         echo(f"pick minus uniform on {v['images']} test images (paired): {100 * v['difference']:+.2f} points, "
