@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=Path("specs/r20-fmnist.json"))
     parser.add_argument("--work", type=Path, default=Path("artifacts/repro"))
-    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")
     parser.add_argument("--bits", type=lambda v: tuple(int(b) for b in v.split(",")), default=BITS,
                         help="uniform W=A bit-widths to measure (default 2,4,8)")
     parser.add_argument("--forms", default=None, help="comma-separated forms G/WS/AS to measure (default: all of the space's)")

@@ -498,7 +498,8 @@ def _finish(args: argparse.Namespace, title: str, lines: list[str]) -> int:
     body = "\n".join(lines) + "\n"
     print(body)
     if args.record:
-        record(title, command_line(), machine_line(args.threads, "; shared with other jobs"), body)
+        record(title, command_line(), machine_line(args.threads, "; shared with other jobs"), body,
+               name="search_vs_uniform" if title.startswith("search vs uniform") else "predictor")
     return 0
 
 

@@ -4,7 +4,8 @@ The sampler (see docs/sample.md for the full argument)
 ------------------------------------------------------
 Drawing every layer's bits independently and uniformly puts the *average* bit-width of a config
 near the middle of the range (a sum of independent draws concentrates: with ResNet-20's 18 elastic
-layers, 87 % of uniform draws average 4 to 6 weight bits and fewer than 0.1 % below 3 or above 7).
+layers nearly every uniform draw averages 4 to 6 weight bits and almost none fall below 3 or above 7;
+docs/sample.md works the numbers out).
 A predictor trained on such data has never seen the low-bit corner where the search usually ends
 up. So the draw is stratified on the
 quantities the search constrains:
@@ -57,7 +58,7 @@ from typing import Any
 from eqtools.artifacts import MANIFEST, Artifact, Samples, claim_out, default_out, read_artifact, write_artifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import ElasticSpace, SubnetConfig
-from eqtools.vocab import form_key
+from eqtools.vocab import form_key, parse_forms
 
 __all__ = [
     "SAMPLER",
@@ -94,28 +95,7 @@ def parse_conditions(value: str | Sequence[str] | None, space: ElasticSpace) -> 
     ``granularity/symmetry`` for both symmetries alike (``per-tensor/asym``). Returns machine keys
     (:func:`eqtools.vocab.form_key`) in the order given (``all``: the space's order).
     """
-    allowed = [form_key(*form) for form in space.conditions]
-    if value is None:
-        return tuple(allowed)
-    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
-    items = [v for v in items if v]
-    if items == ["all"]:
-        return tuple(allowed)
-    if not items:
-        raise ConfigError(f"--conditions is empty; give 'all' or some of {allowed}")
-    seen: list[str] = []
-    for item in items:
-        parts = item.split("/")
-        key = form_key(parts[0], parts[1], parts[1]) if len(parts) == 2 else item
-        if key not in allowed:
-            raise ConfigError(
-                f"condition {item!r} is not in this supernet's space; allowed: 'all' or {allowed} "
-                "(granularity/w_symmetry/a_symmetry, or granularity/symmetry for both)"
-            )
-        if key in seen:
-            raise ConfigError(f"condition {item!r} is listed twice")
-        seen.append(key)
-    return tuple(seen)
+    return parse_forms(value, [form_key(*form) for form in space.conditions], "--conditions")
 
 
 def filter_conditions(

@@ -929,11 +929,12 @@ def _preferred(kind: str, manifest: dict[str, Any]) -> bool:
     return True
 
 
-def find_latest(kind: str, root: Path | str = WORKSPACE) -> Path:
+def find_latest(kind: str, root: Path | str = WORKSPACE, *, flag: str = "--from") -> Path:
     """The newest artifact of ``kind`` under the workspace (by manifest creation time).
 
     For ``supernet`` an elastic supernet is preferred over static-QAT baselines; a baseline is
-    returned only when no elastic supernet exists.
+    returned only when no elastic supernet exists. ``flag`` is the option of the calling command
+    that names the artifact instead, so the hint in the error is one the user can type.
     """
     root = Path(root)
     best: tuple[bool, str, Path] | None = None
@@ -949,17 +950,18 @@ def find_latest(kind: str, root: Path | str = WORKSPACE) -> Path:
     if best is None:
         raise ArtifactError(
             f"no '{kind}' artifact found under {root}/; make one with `{MADE_BY[kind]}` first, "
-            "or pass its directory with --from"
+            f"or pass its directory with {flag}"
         )
     return best[2]
 
 
 def resolve_input(path: Path | str | None, kind: str | tuple[str, ...], root: Path | str = WORKSPACE,
-                  echo: Callable[[str], None] | None = None) -> Artifact:
-    """Open ``path`` or, when it is None, the newest artifact of (the first of) ``kind``."""
+                  echo: Callable[[str], None] | None = None, *, flag: str = "--from") -> Artifact:
+    """Open ``path`` or, when it is None, the newest artifact of (the first of) ``kind``
+    (``flag``: the option that passes ``path``, named in the error when there is none)."""
     kinds = (kind,) if isinstance(kind, str) else kind
     if path is None:
-        path = find_latest(kinds[0], root)
+        path = find_latest(kinds[0], root, flag=flag)
         if echo is not None:
             echo(f"using {kinds[0]} artifact {path}")
     return read_artifact(path, kinds)

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import FORCE_HELP, DeviceOption, choices, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.vocab import SPLITS, Granularity, Symmetry
 
 
 @handle_errors
@@ -25,11 +26,11 @@ def command(
     ] = None,
     a_bits: Annotated[int | None, typer.Option("--a-bits", help="Uniform subnet: activation bits. Default: --w-bits.")] = None,
     granularity: Annotated[
-        str | None, typer.Option("--granularity", help="With --w-bits: per-channel or per-tensor weight steps.")
+        Granularity | None, typer.Option("--granularity", help="With --w-bits: weight steps per channel or per tensor.")
     ] = None,
-    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --w-bits: sym or asym, for weights and activations both.")] = None,
-    w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="With --w-bits: weight symmetry, sym or asym.")] = None,
-    a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="With --w-bits: activation symmetry, sym or asym.")] = None,
+    symmetry: Annotated[Symmetry | None, typer.Option("--symmetry", help="With --w-bits: for weights and activations both.")] = None,
+    w_symmetry: Annotated[Symmetry | None, typer.Option("--w-symmetry", help="With --w-bits: weight symmetry.")] = None,
+    a_symmetry: Annotated[Symmetry | None, typer.Option("--a-symmetry", help="With --w-bits: activation symmetry.")] = None,
     from_search: Annotated[
         Path | None, typer.Option("--from-search", help="A search artifact: calibrate its best config (best_config.json).")
     ] = None,
@@ -41,11 +42,11 @@ def command(
         typer.Option("--images", min=1, help="Training images for the BN statistics. Default: the spec's calibrate.images."),
     ] = None,
     split: Annotated[
-        str, typer.Option("--split", help="Where accuracy is measured: test (default), val (held-out train), unseen (val plus the training images a train_subset leaves out) or train.")
+        str, typer.Option("--split", metavar=choices(SPLITS), help="Where accuracy is measured: test, val (held-out train), unseen (val plus the training images a train_subset leaves out) or train.")
     ] = "test",
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output directory. Default: artifacts/<spec>/calibrated-<w3a3-per-tensor-asym|mixed-HASH-...>."),
+        typer.Option("--out", metavar="<dir>", help="Output directory. Default: calibrated-<subnet> in artifacts/<spec>/, <subnet> naming its bits and form, or mixed-<hash> (docs/calibrate.md)."),
     ] = None,
     deployed: Annotated[
         bool,
@@ -77,7 +78,7 @@ def command(
     if searched:
         if from_search is not None:
             raise ConfigError("give either --searched or --from-search SEARCH, not both")
-        from_search = find_latest("search")
+        from_search = find_latest("search", flag="--from-search")
         echo(f"using search artifact {from_search}")
 
     supernet = None

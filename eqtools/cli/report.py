@@ -12,8 +12,9 @@ from eqtools.cli._common import DeviceOption, echo, emit_json, handle_errors
 
 @handle_errors
 def command(
-    spec_name: Annotated[str | None, typer.Option("--spec", help="Spec name (folder under the workspace); default: that of the newest supernet.")] = None,
-    root: Annotated[Path, typer.Option("--root", help="Workspace directory.")] = Path("artifacts"),
+    spec_name: Annotated[str | None, typer.Option("--spec", metavar="<name>", help="Spec name (folder under the workspace); default: that of the newest supernet.")] = None,
+    root: Annotated[Path, typer.Option("--root", metavar="<dir>", help="Workspace directory the artifacts are read from.")] = Path("artifacts"),
+    forms: Annotated[str, typer.Option("--forms", metavar="<forms>", help="'all', or the comma-separated forms the uniform table shows (granularity/w_symmetry/a_symmetry, e.g. per-channel/sym/sym,per-tensor/asym/asym); each costs three calibrations.")] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress notes.")] = False,
     device: DeviceOption = "auto",
@@ -30,7 +31,7 @@ def command(
     from eqtools.report import build_report, format_report
 
     device = resolve_device(device)
-    report = build_report(root, spec_name, log=lambda m: echo(m, quiet), device=device)
+    report = build_report(root, spec_name, forms=forms, log=lambda m: echo(m, quiet), device=device)
     if as_json:
         emit_json(report)
         _refuse_damaged(report)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, progress
+from eqtools.vocab import Granularity, Symmetry
 
 
 def _duration(seconds: float) -> str:
@@ -63,16 +64,16 @@ def command(
     ] = None,
     conditions: Annotated[
         str,
-        typer.Option("--conditions", help="'all', or comma-separated forms granularity/w_symmetry/a_symmetry, e.g. per-channel/sym/asym,per-tensor/asym/asym (granularity/symmetry means both symmetries alike)."),
+        typer.Option("--conditions", metavar="<forms>", help="'all', or comma-separated forms granularity/w_symmetry/a_symmetry, e.g. per-channel/sym/asym,per-tensor/asym/asym (granularity/symmetry means both symmetries alike)."),
     ] = "all",
     granularity: Annotated[
-        str | None, typer.Option("--granularity", help="Keep only forms with this weight granularity (per-channel or per-tensor).")
+        Granularity | None, typer.Option("--granularity", help="Keep only forms with this weight granularity.")
     ] = None,
     symmetry: Annotated[
-        str | None, typer.Option("--symmetry", help="Keep only forms with this symmetry for weights and activations both (sym or asym).")
+        Symmetry | None, typer.Option("--symmetry", help="Keep only forms with this symmetry for weights and activations both.")
     ] = None,
-    w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="Keep only forms with this weight symmetry.")] = None,
-    a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="Keep only forms with this activation symmetry.")] = None,
+    w_symmetry: Annotated[Symmetry | None, typer.Option("--w-symmetry", help="Keep only forms with this weight symmetry.")] = None,
+    a_symmetry: Annotated[Symmetry | None, typer.Option("--a-symmetry", help="Keep only forms with this activation symmetry.")] = None,
     subset: Annotated[
         int | None,
         typer.Option("--subset", min=1, help="Class-balanced held-out (val) images each subnet is evaluated on. Default: spec sample.subset."),
@@ -80,7 +81,7 @@ def command(
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the config draw. Default: the spec's seed.")] = None,
     shard: Annotated[
         str | None,
-        typer.Option("--shard", help="K/N: evaluate only the K-th of N interleaved slices of the same draw (one job per slice)."),
+        typer.Option("--shard", metavar="<k/n>", help="K/N: evaluate only the K-th of N interleaved slices of the same draw (one job per slice)."),
     ] = None,
     merge: Annotated[
         bool, typer.Option("--merge", help="Join the shard artifacts given as arguments into one samples artifact.")

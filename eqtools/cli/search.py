@@ -46,7 +46,7 @@ def command(
     a_symmetry: Annotated[Symmetry | None, typer.Option(
         "--a-symmetry", help="Activation symmetry to search at (with --w-symmetry, instead of --symmetry).")] = None,
     preset: Annotated[str | None, typer.Option(
-        "--preset", help="Deployment target that fixes the conditions: " + _preset_help() + " (sources in docs/search.md).")] = None,
+        "--preset", metavar="<target>", help="Deployment target that fixes the conditions: " + _preset_help() + " (sources in docs/search.md).")] = None,
     max_size_mb: Annotated[float | None, typer.Option(
         "--max-size-mb", help="Cap on packed Conv/Linear weight size, in MB (10^6 bytes).")] = None,
     max_bops: Annotated[float | None, typer.Option(
@@ -101,7 +101,7 @@ def command(
     if verify and uniform:
         raise ConfigError("--verify measures searched candidates; with --uniform calibrate the config instead "
                           "(`eqtools calibrate --w-bits ...`)")
-    art = resolve_input(predictor_path, "predictor", echo=echo)
+    art = resolve_input(predictor_path, "predictor", echo=echo, flag="--predictor")
     predictor = load_predictor(art)
     spec = art.spec or {}
     try:

@@ -51,7 +51,7 @@ def find_supernet(predictor: Predictor, path: Path | str | None = None,
         supernet = art.ancestor("supernet") if art is not None else None
         how = "the predictor's lineage"
         if supernet is None:
-            supernet = read_artifact(find_latest("supernet"), "supernet")
+            supernet = read_artifact(find_latest("supernet", flag="--supernet"), "supernet")
             how = "the newest: the predictor's lineage records none"
         if echo is not None:
             echo(f"verifying on supernet {supernet.path} ({how})")
