@@ -46,8 +46,8 @@ SECTIONS: list[tuple[str, str]] = [
     ("precision_accuracy", "bf16 training accuracy"),
 ]
 TITLES = dict(SECTIONS)
-MAX_LINES = 24  # of a section's figures, for the questions above
-MAX_LINES_OTHER = 12  # for results of other questions, which follow them
+MAX_LINES = 12  # of a section's figures, for the questions above
+MAX_LINES_OTHER = 8  # for results of other questions, which follow them
 
 HEADER = """# Benchmarks
 
