@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     flags = cpu_flags()
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
-    machine = machine_line(args.threads, "; shared machine (other jobs running)")
+    machine = machine_line(args.threads)
     if args.step:
         times = step_times(args.rounds, args.threads)
         ratio = paired_ratio(times["bf16"], times["fp32"])

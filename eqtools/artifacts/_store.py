@@ -237,8 +237,15 @@ def claim_out(out: Path | str, kind: str, inputs: Iterable[Artifact | Mapping[st
             "eqtools did not write them, so it does not replace the directory, not even with --force. Move them "
             "out of the artifact, or choose another --out"
         )
+    found = manifest.get("kind", "?")
+    if found != kind and _FORCE.get():
+        raise ArtifactError(
+            f"{out} holds a '{found}' artifact created {manifest.get('created', 'at an unknown time')}, and this "
+            f"command writes a '{kind}' artifact; --force replaces only an artifact of the kind the command writes "
+            "(another kind at the output path is most likely a mistyped --out). Choose another --out, or remove "
+            "that artifact yourself first"
+        )
     if not _FORCE.get():
-        found = manifest.get("kind", "?")
         also = "" if found == kind else f" (this command writes a '{kind}' artifact)"
         raise ArtifactError(
             f"{out} already holds a '{found}' artifact created {manifest.get('created', 'at an unknown time')}"
