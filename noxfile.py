@@ -1,4 +1,5 @@
-"""Sessions: `nox -s tests` (the default suite), `lint`, `slow` (long tests), `gpu` (CUDA-only)."""
+"""Sessions: `nox -s tests` (the default suite), `lint`, `slow` (long tests), `gpu` (the GPU check, benchmarks/gpu_check.py),
+`bench` (the benchmark suite, then BENCHMARKS.md rendered from its results; `nox -s bench -- --quick` or `-- NAME ...`)."""
 
 import nox
 
@@ -27,8 +28,15 @@ def slow(session: nox.Session) -> None:
 
 @nox.session
 def gpu(session: nox.Session) -> None:
+    """The whole GPU check in one go (<= 8 min on one GPU): CUDA tests, r20-fmnist fp32 vs bf16, sample, export."""
     _install(session)
-    session.run("pytest", "-m", "gpu", *session.posargs)
+    session.run("python", "benchmarks/gpu_check.py", "--record", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    _install(session)
+    session.run("python", "-m", "benchmarks", *session.posargs)
 
 
 @nox.session

@@ -1,5 +1,7 @@
 """Shared by the benchmark scripts: describe the machine and write each benchmark's result.
 
+``python -m benchmarks`` runs the suite and ``python -m benchmarks render`` writes BENCHMARKS.md.
+
 A benchmark writes one JSON result per question with :func:`write_result` (command, machine, CPU
 flags, commit, date, figures and the Markdown it is rendered as); BENCHMARKS.md is regenerated from
 the latest result of each question, so it holds current figures only and the history stays in git.
@@ -27,7 +29,7 @@ def timing_arguments(parser: Any, rounds: int, min_runs: int, min_time: float) -
                         help=f"timed runs per measurement at least (default {min_runs})")
     parser.add_argument("--min-time", type=float, default=min_time,
                         help=f"seconds per measurement at least (default {min_time})")
-    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
@@ -96,25 +98,26 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [script, *sys.argv[1:]])
 
 
-def record(title: str, command: str, machine: str, body: str) -> Path:
-    """Append ``body`` under a heading with the command, machine and date."""
-    path = ROOT / "BENCHMARKS.md"
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    prefix = "" if path.is_file() else "# Benchmarks\n\nEvery figure below was measured by the command shown, on the machine shown.\n"
-    with open(path, "a") as fh:
-        fh.write(f"{prefix}\n## {title}\n\n- command: `{command}`\n- machine: {machine}\n- date: {date}\n\n{body.rstrip()}\n")
-    print(f"appended to {path}", file=sys.stderr)
-    return path
+def result_name(script: str | None = None) -> str:
+    """The result a script writes by default: its file name without ``bench_`` (``bench_sample.py`` -> ``sample``)."""
+    stem = Path(script or sys.argv[0]).stem
+    return stem.removeprefix("bench_")
 
 
-def append(text: str) -> Path:
-    """Append a section the script formatted itself (it must name its command, machine and date)."""
-    path = ROOT / "BENCHMARKS.md"
-    prefix = "" if path.is_file() else "# Benchmarks\n\nEvery figure below was measured by the command shown, on the machine shown.\n"
-    with open(path, "a") as fh:
-        fh.write(prefix + "\n" + text.rstrip() + "\n")
-    print(f"appended to {path}", file=sys.stderr)
-    return path
+def record(title: str, command: str, machine: str, body: str, *, name: str | None = None,
+           figures: dict[str, Any] | None = None) -> Path:
+    """Write ``body`` as this script's result (:func:`write_result`) under ``title``.
+
+    Kept for the scripts that print a Markdown body: BENCHMARKS.md is no longer appended to, it is
+    rendered from the results (``python -m benchmarks render``).
+    """
+    return write_result(name or result_name(), title, figures or {}, body, machine=machine, command=command)
+
+
+def append(text: str, *, name: str | None = None, figures: dict[str, Any] | None = None) -> Path:
+    """Write a section the script formatted itself (its first line a ``#`` heading) as this script's result."""
+    first, _, rest = text.strip().partition("\n")
+    return write_result(name or result_name(), first.lstrip("#").strip(), figures or {}, rest.strip())
 
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -147,29 +150,45 @@ def git_commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def _load_note() -> str:
+    """The machine's load when the result is written: a figure timed beside other jobs says so."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    return f"; load average {load:.1f} when written"
+
+
 def write_result(name: str, question: str, figures: dict[str, Any], markdown: str,
-                 threads: int | None = None) -> Path:
+                 threads: int | None = None, *, machine: str | None = None, command: str | None = None) -> Path:
     """Write ``benchmarks/results/<name>.json``: the one current answer to ``question``.
 
     ``figures`` holds the raw numbers (JSON-serialisable), ``markdown`` the table or lines that
     BENCHMARKS.md shows for them. Command, machine, CPU flags, commit and date are filled in here so
-    that no result can lack them.
+    that no result can lack them (``machine``/``command`` replace the detected ones where a script
+    knows better, e.g. "shared with other jobs"). A run of ``python -m benchmarks --quick`` says so.
+    A probe (a script under ``benchmarks/probes/``) writes beside itself, outside the rendered suite.
     """
     import json
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    folder = RESULTS
+    if Path(sys.argv[0]).resolve().parent.name == "probes":
+        folder = ROOT / "benchmarks" / "probes" / "results"
+    folder.mkdir(parents=True, exist_ok=True)
     result = {
         "name": name,
         "question": question,
-        "command": command_line(),
-        "machine": machine_line(threads),
+        "command": command or command_line(),
+        "machine": (machine or machine_line(threads)) + _load_note(),
         "cpu_flags": cpu_flags(),
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "figures": figures,
         "markdown": markdown.rstrip() + "\n",
     }
-    path = RESULTS / f"{name}.json"
+    if os.environ.get("EQTOOLS_BENCH_QUICK"):
+        result["mode"] = "quick"
+    path = folder / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     tmp.replace(path)

@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         command = command_line()
         record("deploy: integer ONNX vs FP32 vs onnxruntime quantize_static", command,
-               machine_line(args.threads, f", onnxruntime {ort.__version__}"), body)
+               machine_line(args.threads, f", onnxruntime {ort.__version__}"), body, name="onnx_int8")
     return 0
 
 

@@ -124,9 +124,16 @@ def main() -> None:
         before = digest(w / "notes.txt")
         t.case("writes", "`calibrate --out FILE` (a plain file)", run([*writers["calibrate"], "--out", "notes.txt", "--force"], w),
                at_risk=(w / "notes.txt",), before=before)
-        target = w / "existing-search"
-        t.case("writes", "`search --out ARTIFACT --force` replaces it", run([*writers["search"], "--out", target.name, "--force"], w),
-               expect=0, check=lambda: json.loads((target / "manifest.json").read_text())["kind"] == "search")
+        other = w / "existing-search"  # a copy of the samples artifact
+        before = digest(other)
+        t.case("writes", "`search --out ARTIFACT-OF-ANOTHER-KIND --force` (a samples artifact)",
+               run([*writers["search"], "--out", other.name, "--force"], w), at_risk=(other,), before=before)
+        target = w / "old-search"
+        shutil.copytree(w / arts["search"], target)
+        t.case("writes", "`search --out SEARCH-ARTIFACT --force` replaces it",
+               run([*writers["search"], "--out", target.name, "--force"], w), expect=0,
+               check=lambda: json.loads((target / "manifest.json").read_text())["created"]
+               != json.loads((w / arts["search"] / "manifest.json").read_text())["created"])
         inputs = {"calibrate": "supernet", "sample": "supernet", "fit-predictor": "samples", "search": "predictor",
                   "export": "calibrated"}
         for name, kind in inputs.items():  # --force never replaces what the command reads

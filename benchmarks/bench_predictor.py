@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import MALLOC_ENV, ROOT, command_line, machine_line, record
+from _record import MALLOC_ENV, ROOT, command_line, machine_line, record, write_result
 
 from eqtools.vocab import VERIFY_SPLITS
 
@@ -352,6 +352,12 @@ def evaluate(args: argparse.Namespace) -> int:
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
 
+    if args.result:
+        write_result(args.result, f"predictor ranking against held-out labels on {h_meta['images']} {h_meta['split']} "
+                     f"images (`{art.path}`)",
+                     {"supernet": str(art.path), "heldout_subnets": len(h_cfg), "label_images": h_meta["images"],
+                      "label_split": h_meta["split"], "pool_subnets": len(p_cfg), "pool_images": p_meta["images"],
+                      "ceiling": ceiling, "variants": results}, "\n".join(lines), threads=args.threads)
     return _finish(args, f"predictor ranking against low-noise held-out labels: `{art.path}`", lines)
 
 
@@ -385,24 +391,42 @@ def search(args: argparse.Namespace) -> int:
              + (" on val | on unseen |" if args.choice_ci else ""),
              "|---|---|---|---|---|---|" + ("---|---|" if args.choice_ci else "")]
     bench = VerifyBench.load(art)  # one load of the supernet and its data for every search below
+    _cache_measurements(bench, _cache_dir(args.supernet, "measured"))
     unseen = bench.meter("unseen") if args.choice_ci and args.verify_split != "unseen" else None
 
     def interval(a: np.ndarray, b: np.ndarray) -> str:
         v = paired_bootstrap(a, b, seed=0)
         return f"{100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, {100 * v['ci_high']:+.2f}]"
 
-    for form in args.forms.split(","):
+    from eqtools.search.costs import CostModel
+
+    costs = CostModel.for_space(space)
+    forms = ["/".join(f) for f in space.conditions] if args.forms == "all" else args.forms.split(",")
+    figures: list[dict[str, Any]] = []
+    for form in forms:
         g, ws, as_ = form.split("/")
-        for bits in args.bits:
+        budgets = [(f"{bits:g}/{bits:g}", {"w_bits": bits}) for bits in args.bits]
+        for bits in args.size_of_uniform:  # weights under uniform W<bits>'s packed size, activations in (bits - 0.5, bits]
+            size = costs.describe(*costs.bits_of(space.uniform(bits, bits, g, ws, as_)))["size_bytes"]
+            budgets.append((f"size ≤ W{bits} ({size / 1e6:.4f} MB)/{bits}", {"max_size_mb": size / 1e6, "a_bits": bits}))
+        for name, budget in budgets:
             t = time.perf_counter()
-            outcome = run_search(predictor, SearchOptions(w_bits=bits, granularity=g, w_symmetry=ws, a_symmetry=as_,
+            outcome = run_search(predictor, SearchOptions(**budget, granularity=g, w_symmetry=ws, a_symmetry=as_,
                                                           population=args.population, generations=args.generations,
                                                           top_k=args.top_k))
-            verify_outcome(outcome, art, split=args.verify_split, bench=bench)
+            verify_outcome(outcome, art, split=args.verify_split, eval_images=args.verify_images, bench=bench)
             v = outcome.vs_uniform
             what = "uniform" if v["pick_is_uniform"] else f"mixed {outcome.best_costs['avg_w_bits']:.2f}/" \
                 f"{outcome.best_costs['avg_a_bits']:.2f}"
-            lines.append(f"| {form} | {bits:g}/{bits:g} | {what} | {100 * v['pick_top1']:.2f}% | "
+            figures.append({"form": form, "budget": name, "options": budget, "pick_is_uniform": v["pick_is_uniform"],
+                            "pick_avg_w_bits": outcome.best_costs["avg_w_bits"], "pick_avg_a_bits": outcome.best_costs["avg_a_bits"],
+                            "pick_size_bytes": outcome.best_costs["size_bytes"],
+                            "uniform_bits": outcome.uniform_baseline["uniform_bits"],
+                            "pick_config": outcome.best.to_dict(), "vs_uniform": v,
+                            "selection": outcome.vs_uniform_selection,
+                            "verified": [{k: r[k] for k in ("predicted_rank", "predicted_accuracy", "measured_top1",
+                                                            "eval_images", "split")} for r in outcome.verified]})
+            lines.append(f"| {form} | {name} | {what} | {100 * v['pick_top1']:.2f}% | "
                          f"{100 * v['uniform_top1']:.2f}% | {100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, "
                          f"{100 * v['ci_high']:+.2f}] |")
             if args.choice_ci and v["pick_is_uniform"]:
@@ -420,7 +444,53 @@ def search(args: argparse.Namespace) -> int:
             if args.save_picks is not None:
                 args.save_picks.mkdir(parents=True, exist_ok=True)
                 (args.save_picks / f"{g}-{ws}-{as_}-{bits:g}.json").write_text(outcome.best.to_json() + "\n")
+    wins = [f for f in figures if f["vs_uniform"]["ci_low"] > 0 and f["vs_uniform"]["difference"] >= 0.005]
+    lines += ["", f"Pick beats uniform by ≥ 0.5 points with a 95 % interval above zero in {len(wins)} of {len(figures)} "
+              "searches: " + (", ".join(f"{f['form']} {f['budget']}" for f in wins) or "none") + "."]
+    if args.result:
+        write_result(args.result, f"search vs uniform at fixed budgets, paired on test images (`{art.path}`)",
+                     {"supernet": str(art.path), "variant": args.variant, "pool_subnets": len(p_cfg),
+                      "verify_split": args.verify_split, "verify_images": args.verify_images, "top_k": args.top_k,
+                      "population": args.population, "generations": args.generations, "searches": figures},
+                     "\n".join(lines), threads=args.threads)
     return _finish(args, f"search vs uniform, paired on test images: `{art.path}`", lines)
+
+
+def _cache_measurements(bench: Any, cache: Path) -> None:
+    """Make every meter of ``bench`` keep each subnet's per-image results under ``cache`` and reuse them.
+
+    A search measures the uniform config of its budget on the test split, and the same uniform
+    config recurs across budgets (W4A4 at 4 bits and at uniform W4's size); searches split over
+    several processes (``--forms``) then merged into one result by a run over all forms meet the
+    same subnets again. The key is the config, the split, the image count and the calibration
+    images, so a hit is the same measurement.
+    """
+    import hashlib
+
+    make = bench.meter
+
+    def meter(split: str, eval_images: int | None = None) -> Any:
+        m = make(split, eval_images)
+        measure = m.measure
+
+        def cached(config: Any, per_image: bool = False) -> dict[str, Any]:
+            key = f"{config.to_json(indent=None)}|{split}|{eval_images}|{bench.calib.images}"
+            path = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+            if path.is_file():
+                with np.load(path) as z:
+                    return {"top1": float(z["top1"]), "loss": float(z["loss"]), "images": int(z["images"]),
+                            "correct": z["correct"], "image_loss": z["image_loss"]}
+            r = measure(config, per_image=True)
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, top1=r["top1"], loss=r["loss"], images=r["images"], correct=r["correct"], image_loss=r["image_loss"])
+            os.replace(tmp, path)
+            return r
+
+        m.measure = cached
+        return m
+
+    bench.meter = meter
 
 
 def _finish(args: argparse.Namespace, title: str, lines: list[str]) -> int:
@@ -428,7 +498,8 @@ def _finish(args: argparse.Namespace, title: str, lines: list[str]) -> int:
     body = "\n".join(lines) + "\n"
     print(body)
     if args.record:
-        record(title, command_line(), machine_line(args.threads, "; shared with other jobs"), body)
+        record(title, command_line(), machine_line(args.threads, "; shared with other jobs"), body,
+               name="search_vs_uniform" if title.startswith("search vs uniform") else "predictor")
     return 0
 
 
@@ -477,12 +548,18 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--curve-images", type=lambda s: [int(v) for v in s.split(",")], default=[250, 500, 1000, 2000])
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    e.add_argument("--result", default=None, metavar="NAME", help="write benchmarks/results/NAME.json")
     s = sub.add_parser("search", help="searched vs uniform at a budget, paired on test images")
     s.add_argument("supernet", type=Path)
     _pool_arguments(s)
     s.add_argument("--variant", default="ensemble")
-    s.add_argument("--forms", default="per-channel/sym/sym")
+    s.add_argument("--forms", default="per-channel/sym/sym", help="comma-separated forms, or all")
     s.add_argument("--bits", type=lambda v: [float(b) for b in v.split(",")], default=[3.0, 4.0])
+    s.add_argument("--size-of-uniform", type=lambda v: [int(b) for b in v.split(",")], default=[],
+                   help="also search under the packed weight size of uniform W<B> (--max-size-mb) with activations at B bits")
+    s.add_argument("--verify-images", type=int, default=None,
+                   help="--verify on a class-balanced subset of this many --verify-split images (default all)")
+    s.add_argument("--result", default=None, metavar="NAME", help="write benchmarks/results/NAME.json")
     s.add_argument("--population", type=int, default=100)
     s.add_argument("--generations", type=int, default=500)
     s.add_argument("--top-k", type=int, default=5)

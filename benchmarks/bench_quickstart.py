@@ -5,7 +5,7 @@ from earlier runs helps), optionally after creating a fresh virtual environment 
 eqtools into it exactly as the README does. Records the wall time of every stage, the mean epoch
 time of the supernet and of the static-QAT baselines, and the `eqtools report` table.
 
-Run: python benchmarks/bench_quickstart.py [--with-install] --record
+Run: python benchmarks/bench_quickstart.py [--with-install] [--with-baselines] --record
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import ROOT, machine_line, record
+from _record import ROOT, write_result
 
 STEP = re.compile(r"== (.+) \((\d+)s elapsed\)")
 
@@ -31,15 +31,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", default="specs/quick.json")
     parser.add_argument("--with-install", action="store_true", help="also time a fresh venv + pip install")
-    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--with-baselines", action="store_true", help="pass --with-baselines to the quickstart")
+    parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")
     parser.add_argument("--keep", action="store_true",
                         help="copy the run's workspace into ./artifacts afterwards (other benchmarks reuse it)")
+    parser.add_argument("--log", type=Path, help="instead of running: summarise the output of a run made by hand "
+                        "(README command 1 in a fresh clone), with --workspace, --total-s and --command")
+    parser.add_argument("--workspace", type=Path, help="with --log: the run's artifacts/<spec> folder")
+    parser.add_argument("--total-s", type=float, help="with --log: the command's wall time, install included")
+    parser.add_argument("--command", help="with --log: how the run was made, for the record")
     args = parser.parse_args()
+    if args.log is not None:
+        output = args.log.read_text()
+        pipeline_s = float(re.findall(r"finished in (\d+) s", output)[-1])
+        install_s = None if args.total_s is None else args.total_s - pipeline_s
+        figures, body = summarise(output, pipeline_s, install_s, args.workspace, args.spec, args.with_baselines)
+        print(body)
+        if args.record:
+            write_result("quickstart", QUESTION, figures, body, threads=2, command=args.command)
+        return
     with tempfile.TemporaryDirectory() as tmpdir:
         work = Path(tmpdir)
         for folder in ("specs", "scripts"):
             shutil.copytree(ROOT / folder, work / folder)
-        env = {**os.environ, "COLUMNS": "140"}
+        env = {**os.environ, "COLUMNS": "250"}  # wide enough that no table cell wraps
         install_s = None
         bindir = Path(sys.executable).parent
         if args.with_install:
@@ -51,45 +66,82 @@ def main() -> None:
             bindir = work / ".venv/bin"
         env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
         start = time.monotonic()
-        proc = subprocess.run(["bash", "scripts/quickstart.sh", args.spec], cwd=work, env=env, capture_output=True,
-                              text=True)
+        extra = ["--with-baselines"] if args.with_baselines else []
+        proc = subprocess.run(["bash", "scripts/quickstart.sh", *extra, args.spec], cwd=work, env=env,
+                              capture_output=True, text=True)
         pipeline_s = time.monotonic() - start
         (ROOT / "artifacts").mkdir(exist_ok=True)
         (ROOT / "artifacts" / "quickstart-benchmark.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             sys.exit(f"quickstart failed ({proc.returncode}); log in artifacts/quickstart-benchmark.log")
-        marks = [(m.group(1), int(m.group(2))) for m in STEP.finditer(proc.stdout + proc.stderr)]
-        stages = []
-        for (name, at), (_, nxt) in zip(marks, [*marks[1:], ("end", int(pipeline_s))]):
-            stages.append((name, nxt - at))
-        output = proc.stdout + proc.stderr
-        table = output[output.rindex("== report"):].split("\n", 1)[1]
-        table = table[: table.rindex("finished in")].strip()
-        epochs = {}
         spec_dir = next(p for p in (work / "artifacts").iterdir() if p.is_dir())
+        figures, body = summarise(proc.stdout + proc.stderr, pipeline_s, install_s, spec_dir, args.spec,
+                                  args.with_baselines)
         if args.keep:
             target = ROOT / "artifacts" / spec_dir.name
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(spec_dir, target, symlinks=True)
-        for d in sorted(spec_dir.glob("supernet*")):
-            rows = [json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()]
-            epochs[d.name] = sum(r["time_s"] for r in rows) / len(rows)
+    print(body)
+    if args.record:
+        write_result("quickstart", QUESTION, figures, body, threads=2)
+
+
+QUESTION = "How long does README command 1 take on 2 CPU cores, and what does its report say"
+
+
+def summarise(output: str, pipeline_s: float, install_s: float | None, workspace: Path | None, spec: str,
+              with_baselines: bool) -> tuple[dict, str]:
+    """The figures and the Markdown of one quickstart run, from its output and its workspace."""
+    marks = [(m.group(1), int(m.group(2))) for m in STEP.finditer(output)]
+    stages = [(name, nxt - at) for (name, at), (_, nxt) in zip(marks, [*marks[1:], ("end", int(pipeline_s))])]
+    table = output[output.rindex("== report"):].split("\n", 1)[1]
+    table = table[: table.rindex("finished in")].strip()
+    epochs = {}
+    for d in sorted(workspace.glob("supernet*")) if workspace is not None else []:
+        rows = [json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()]
+        epochs[d.name] = sum(r["time_s"] for r in rows) / len(rows)
+    figures = {"spec": spec, "with_baselines": with_baselines, "install_s": install_s,
+               "pipeline_s": round(pipeline_s, 1), "stages_s": dict(stages), "mean_epoch_s": epochs,
+               "report": markdown_tables(table)}
     lines = ["| stage | wall time |", "|---|---|"]
     if install_s is not None:
         lines.append(f"| fresh venv + pip install (README command) | {install_s:.0f} s |")
     lines += [f"| {name} | {seconds} s |" for name, seconds in stages]
-    total = pipeline_s + (install_s or 0)
-    lines.append(f"| **total{' with install' if install_s is not None else ' (pipeline only)'}** | **{total:.0f} s "
-                 f"({total / 60:.1f} min)** |")
-    lines += ["", "Mean epoch wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in epochs.items()), "",
-              "Final table of the run (`eqtools report`):", "", "```", table.rstrip(), "```"]
-    body = "\n".join(lines)
-    print(body)
-    if args.record:
-        record("Quickstart: the whole pipeline on specs/quick.json",
-               f"python benchmarks/bench_quickstart.py{' --with-install' if args.with_install else ''} --record",
-               machine_line(2), body)
+    lines.append(f"| **pipeline** | **{pipeline_s:.0f} s ({pipeline_s / 60:.1f} min)** |")
+    if install_s is not None:
+        total = pipeline_s + install_s
+        lines.append(f"| **total with install** | **{total:.0f} s ({total / 60:.1f} min)** |")
+    if epochs:
+        lines += ["", "Mean epoch wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in epochs.items())]
+    lines += ["", "The run's `eqtools report`:", ""]
+    for title, rows in figures["report"]:
+        lines += [f"**{title}**", "", *rows, ""]
+    return figures, "\n".join(lines)
+
+
+def markdown_tables(text: str) -> list[tuple[str, list[str]]]:
+    """The report's rich tables as (title, Markdown rows): the title lines above each box, its cells."""
+    tables: list[tuple[str, list[str]]] = []
+    title: list[str] = []
+    rows: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(("┃", "│")):
+            cells = [c.strip() for c in line.strip("┃│ ").replace("┃", "│").split("│")]
+            if not rows:
+                rows = ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
+            elif line.startswith("│") and cells and cells[0] == "" and rows:  # a wrapped cell continues the row above
+                last = rows[-1].strip("| ").split(" | ")
+                rows[-1] = "| " + " | ".join(f"{a} {b}".strip() for a, b in zip(last, cells)) + " |"
+            else:
+                rows.append("| " + " | ".join(cells) + " |")
+        elif line.startswith(("┏", "┡", "└", "┗")):
+            if line.startswith(("└", "┗")):
+                tables.append((" ".join(title).strip(), rows))
+                title, rows = [], []
+        elif line.strip():
+            title.append(line.strip())
+    return tables
 
 
 if __name__ == "__main__":

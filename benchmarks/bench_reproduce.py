@@ -10,7 +10,7 @@ then measures every model after BN calibration on the test split:
   paper Table 4) against the independently learned per-tensor steps.
 
 Each training run is skipped when its artifact already exists, so an interrupted benchmark
-resumes where it stopped. The results go to BENCHMARKS.md beside the paper's CIFAR-10 numbers;
+resumes where it stopped. The result (benchmarks/results/reproduce.json) sets them beside the paper's CIFAR-10 numbers;
 they are another dataset and a scaled recipe, so compare the *relative* claims.
 
 Run: python benchmarks/bench_reproduce.py --record [--spec specs/r20-fmnist.json] [--work artifacts/repro]
@@ -77,7 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=Path("specs/r20-fmnist.json"))
     parser.add_argument("--work", type=Path, default=Path("artifacts/repro"))
-    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")
     args = parser.parse_args()
     import torch
 

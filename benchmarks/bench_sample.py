@@ -10,7 +10,7 @@ Measures
 
 Usage
   python benchmarks/bench_sample.py artifacts/quick/supernet            # print the results
-  python benchmarks/bench_sample.py artifacts/quick/supernet --record   # and append them to BENCHMARKS.md
+  python benchmarks/bench_sample.py artifacts/quick/supernet --record   # and write benchmarks/results/sample.json
 
 Run it on a quiet machine: other processes on the same cores distort every number here. The
 script re-executes itself with glibc malloc settings that keep eval throughput steady (see
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also print the K most expensive torch ops of one subnet")
     parser.add_argument("--compare", action="store_true",
                         help="time today's eager path and the compiled SubnetMeter side by side on the same subnets")
-    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")
     args = parser.parse_args(argv)
 
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):

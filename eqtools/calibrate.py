@@ -35,6 +35,7 @@ def calibrate_artifact(
     splits: Splits | None = None,
     on_stage: Callable[[str], None] | None = None,
     deployed: bool = True,
+    device: str = "cpu",
 ) -> Artifact:
     """Calibrate one subnet of a supernet artifact, evaluate it before and after, save it.
 
@@ -54,6 +55,8 @@ def calibrate_artifact(
       (:func:`eqtools.export.measure_deployed`; ``metrics.deployed``), and keep that graph's 8-bit
       ranges in ``deploy_plan.json`` for export to build the same file. Skipped, with the reason
       recorded, for forms onnxruntime cannot run on integer kernels (asymmetric weights).
+    - ``device``: where the supernet runs (``cpu``, ``cuda``, ``cuda:N``; resolved by
+      :func:`eqtools.device.resolve_device`). The deployed measurement runs onnxruntime on the CPU.
 
     The artifact's ``weights.safetensors`` is the whole supernet state_dict after recalibration (so
     :func:`eqtools.build.load_supernet` reads it as it reads a supernet), ``config.json`` the
@@ -75,7 +78,7 @@ def calibrate_artifact(
         splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     supernet, metrics = measure_subnet(
         supernet_artifact, config, images=images, split=split, batch_size=batch_size, eval_images=eval_images,
-        supernet=supernet, splits=splits, on_stage=on_stage,
+        supernet=supernet, splits=splits, on_stage=on_stage, device=device,
     )
     plan = None
     if deployed:

@@ -21,6 +21,15 @@ Splits
 The small datasets live in memory as uint8 tensors and are batched by index with augmentation done
 per batch, which is several times faster on two CPU cores than a per-sample DataLoader and makes
 the order a pure function of (seed, epoch): training can resume mid-run deterministically.
+
+ImageFolder images are decoded and augmented in ``data.workers`` processes by a
+``torch.utils.data.DataLoader`` (persistent workers, prefetching, pinned memory for a GPU), one
+pool per image tree shared by every split drawn from it. The main process still decides
+everything that must be reproducible: the batch order, and each image's augmentation seed, a
+function of (seed, epoch, image index) that the worker applies before transforming that image.
+So a batch is the same whatever the number of workers (0 decodes in the main process) and
+whichever worker decodes which image, and ``start`` resumes mid-epoch exactly
+(docs/decisions/0300-imagefolder-loader.md).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import io
 import os
 import pickle
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,8 +58,11 @@ __all__ = [
     "Splits",
     "balanced_indices",
     "dataset_info",
+    "default_workers",
     "load_splits",
 ]
+
+MAX_DEFAULT_WORKERS = 8  # beyond this a pool mostly costs memory and start-up time; set data.workers for more
 
 STANDARD_ROOTS = {
     "fashion-mnist": ["/usr/share/datasets/fashion-mnist"],
@@ -263,9 +275,9 @@ class Split:
     info: DatasetInfo
     images: Tensor | None = None
     labels: Tensor | None = None
-    folder: Any = None  # torchvision ImageFolder (for imagefolder datasets)
+    folder: Any = None  # _Folder (for imagefolder datasets): the image list and its decoding pool
     indices: Tensor | None = None  # subset of the folder
-    workers: int = 0
+    workers: int = 0  # decoding processes for ImageFolder data (0: the main process)
 
     def __len__(self) -> int:
         if self.images is not None:
@@ -303,11 +315,16 @@ class Split:
         start: int = 0,
         drop_last: bool = False,
         limit: int | None = None,
+        part: tuple[int, int] | None = None,
+        pin_memory: bool = False,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised float batches ``(x [B, C, S, S], y [B])``.
 
         Order and augmentation are a pure function of ``(seed, epoch)``; ``start`` skips that many
-        batches (for resuming), ``limit`` stops after that many batches.
+        batches (for resuming), ``limit`` stops after that many batches. ``part=(rank, world)``
+        yields only the images ``rank::world`` of each batch, exactly those rows of the whole
+        batch (one process of a distributed run decodes only its own share). ``pin_memory``
+        returns ImageFolder batches in page-locked memory, for fast copies to a GPU.
         """
         n = len(self)
         if shuffle:
@@ -316,36 +333,164 @@ class Split:
             order = torch.arange(n)
         count = n // batch_size if drop_last else -(-n // batch_size)
         stop = count if limit is None else min(count, start + limit)
+        if self.images is not None:
+            for b in range(start, stop):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                g = torch.Generator().manual_seed(_mix(seed, epoch, b)) if augment else None
+                x = _prepare(self.images[idx], self.info, augment, g)
+                y = self.labels[idx]
+                if part is not None:
+                    x, y = x[part[0] :: part[1]], y[part[0] :: part[1]]
+                yield x, y
+            return
+        plan = []
         for b in range(start, stop):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            if self.images is not None:
-                x = self.images[idx]
-                y = self.labels[idx]
-                g = torch.Generator().manual_seed(_mix(seed, epoch, b)) if augment else None
-                yield _prepare(x, self.info, augment, g), y
-            else:
-                yield self._folder_batch(idx, augment, _mix(seed, epoch, b))
+            if part is not None:
+                idx = idx[part[0] :: part[1]]
+            base = self.indices[idx] if self.indices is not None else idx
+            plan.append([(i, _mix(seed, epoch, i) if augment else -1) for i in base.tolist()])
+        yield from self.folder.batches(plan, self.workers, pin_memory)
 
-    def _folder_batch(self, idx: Tensor, augment: bool, seed: int) -> tuple[Tensor, Tensor]:
-        from torchvision.transforms import v2
 
-        size = self.info.image_size
-        norm = v2.Normalize(self.info.mean, self.info.std)
-        if augment:
-            tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
-                             v2.ToDtype(torch.float32, scale=True), norm])
+# ---------------------------------------------------------------------------------- ImageFolder decoding
+def default_workers() -> int:
+    """Decoding processes when the spec leaves ``data.workers`` unset: this process's cores, at most 8."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
+class _Decode:
+    """Image ``(index, seed)`` of a tree -> (normalised float image, label); picklable, runs in workers.
+
+    ``seed`` < 0 is the evaluation transform (resize, centre crop); otherwise the training
+    augmentation (RandomResizedCrop, horizontal flip) with torch's RNG seeded to ``seed`` just
+    before, inside ``fork_rng`` so the main process's own RNG stream (which a checkpoint saves) is
+    untouched when decoding happens there.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], loader: Any, info: DatasetInfo) -> None:
+        self.samples = samples
+        self.loader = loader
+        self.info = info
+        self._transforms: tuple[Any, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_transforms": None}
+
+    def transforms(self) -> tuple[Any, Any]:
+        if self._transforms is None:
+            from torchvision.transforms import v2
+
+            size = self.info.image_size
+            norm = v2.Normalize(self.info.mean, self.info.std)
+            train = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                                v2.ToDtype(torch.float32, scale=True), norm])
+            test = v2.Compose([v2.Resize(int(size * 256 / 224), antialias=True), v2.CenterCrop(size),
+                               v2.ToDtype(torch.float32, scale=True), norm])
+            self._transforms = (train, test)
+        return self._transforms
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
+        from torchvision.transforms.v2.functional import to_image
+
+        index, seed = key
+        path, label = self.samples[index]
+        image = to_image(self.loader(path))
+        train, test = self.transforms()
+        if seed < 0:
+            return test(image), label
+        if torch.utils.data.get_worker_info() is not None:  # a worker process: its RNG is its own
+            torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from
+            return train(image), label
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from
+            return train(image), label
+
+
+class _Plan(torch.utils.data.Sampler):
+    """The batches (lists of ``(index, seed)``) the next pass over a persistent loader decodes.
+
+    A DataLoader's batch sampler is fixed when it is built; this one is refilled before each pass
+    (the main process iterates it), so one pool of workers serves every epoch, split and order.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _collate(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+    # default_collate stacks straight into shared memory inside a worker: no copy on the way to the main process
+    x, y = torch.utils.data.default_collate(items)
+    return x, y
+
+
+class _Folder:
+    """One image tree (torchvision's ImageFolder listing) and its decoding pools, built on first use.
+
+    A pool is a DataLoader with persistent workers over :class:`_Decode`, one per ``(workers,
+    pin_memory)``; a pass that starts while another pass over the same pool is unfinished (two
+    interleaved iterators) gets a one-off loader instead of disturbing the first.
+    """
+
+    def __init__(self, root: Path, info: DatasetInfo) -> None:
+        from torchvision.datasets import ImageFolder
+
+        tree = ImageFolder(str(root))
+        self.root = root
+        self.samples = tree.samples
+        self.targets = tree.targets
+        self.classes = tree.classes
+        self.decode = _Decode(tree.samples, tree.loader, info)
+        self._pools: dict[tuple[int, bool], tuple[Any, _Plan]] = {}
+        self._busy: set[tuple[int, bool]] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _loader(self, workers: int, pin_memory: bool, persistent: bool) -> tuple[Any, _Plan]:
+        plan = _Plan()
+        loader = torch.utils.data.DataLoader(
+            self.decode, batch_sampler=plan, num_workers=workers, collate_fn=_collate, pin_memory=pin_memory,
+            persistent_workers=persistent, prefetch_factor=2,
+        )
+        return loader, plan
+
+    def batches(self, plan: list[list[tuple[int, int]]], workers: int,
+                pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+        if not plan:
+            return
+        if workers == 0:
+            for keys in plan:
+                x, y = _collate([self.decode[k] for k in keys])
+                yield (x.pin_memory(), y) if pin_memory else (x, y)
+            return
+        key = (workers, pin_memory)
+        if key in self._busy:
+            loader, holder = self._loader(workers, pin_memory, persistent=False)
         else:
-            tf = v2.Compose([v2.Resize(int(size * 256 / 224), antialias=True), v2.CenterCrop(size),
-                             v2.ToDtype(torch.float32, scale=True), norm])
-        base = self.indices[idx] if self.indices is not None else idx
-        torch.manual_seed(seed)  # augmentation draws: deterministic per (seed, epoch, batch)
-        xs, ys = [], []
-        for i in base.tolist():
-            path, label = self.folder.samples[i]
-            img = v2.functional.to_image(self.folder.loader(path))
-            xs.append(tf(img))
-            ys.append(label)
-        return torch.stack(xs), torch.tensor(ys)
+            if key not in self._pools:
+                self._pools[key] = self._loader(workers, pin_memory, persistent=True)
+            loader, holder = self._pools[key]
+            self._busy.add(key)
+        holder.batches = plan
+        try:
+            yield from loader
+        finally:
+            if self._pools.get(key, (None, None))[1] is holder:
+                self._busy.discard(key)
 
 
 def _mix(*values: int) -> int:
@@ -394,11 +539,10 @@ def load_splits(data: Any, seed: int, num_classes: int | None = None) -> Splits:
     """Read the dataset named by ``data`` (a DataSpec) and split it deterministically by ``seed``."""
     info = dataset_info(data, num_classes)
     if data.name == "imagefolder":
-        from torchvision.datasets import ImageFolder
-
         root = _imagefolder_root(data)
-        train_all = Split("train", info, folder=ImageFolder(str(root / "train")), workers=data.workers)
-        test = Split("test", info, folder=ImageFolder(str(root / "val")), workers=data.workers)
+        workers = default_workers() if data.workers is None else data.workers
+        train_all = Split("train", info, folder=_Folder(root / "train", info), workers=workers)
+        test = Split("test", info, folder=_Folder(root / "val", info), workers=workers)
     else:
         if data.name in ("fashion-mnist", "mnist"):
             xtr, ytr, xte, yte = _load_idx(data)

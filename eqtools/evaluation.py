@@ -636,11 +636,13 @@ def measure_subnet(
     supernet: Supernet | None = None,
     splits: Splits | None = None,
     on_stage: Callable[[str], None] | None = None,
+    device: str = "cpu",
 ) -> tuple[Supernet, dict[str, Any]]:
     """Calibrate one subnet and measure it before and after, without writing anything.
 
     Returns the supernet (``config`` active, BN recalibrated) and the metrics of a ``calibrated``
-    artifact. Arguments as for :func:`eqtools.calibrate.calibrate_artifact`.
+    artifact. Arguments as for :func:`eqtools.calibrate.calibrate_artifact`; ``device`` is where
+    a supernet loaded here runs (one passed in stays where it is).
     """
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
@@ -666,7 +668,7 @@ def measure_subnet(
 
     if supernet is None:
         say(f"loading supernet {supernet_artifact.path}")
-        supernet = load_supernet(supernet_artifact).use_channels_last()
+        supernet = load_supernet(supernet_artifact, map_location=device).use_channels_last()
     elif supernet.space.fingerprint != space.fingerprint:
         raise ArtifactError(f"the supernet passed in was not loaded from {supernet_artifact.path} (its space differs)")
     if splits is None:

@@ -19,6 +19,7 @@ from eqtools.artifacts import MANIFEST, WORKSPACE, Artifact, Search, candidates,
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import SubnetConfig
 from eqtools.stats import paired_bootstrap
+from eqtools.vocab import form_key, parse_forms
 
 __all__ = ["build_report", "format_report"]
 
@@ -81,15 +82,27 @@ def build_report(
     spec_name: str | None = None,
     bits: Sequence[int] = (2, 4, 8),
     *,
+    forms: str | Sequence[str] | None = None,
     log: Callable[[str], None] = lambda message: None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Measure and collect everything the summary table shows (calibrating subnets as needed)."""
+    """Measure and collect everything the summary table shows (calibrating subnets as needed) on ``device``.
+
+    ``forms`` narrows the uniform table to some of the supernet's forms (``"all"`` or None: every
+    one; otherwise form keys or ``--forms`` text), the report's cost being one calibration per
+    subnet shown; the report records which forms it compared out of how many.
+    """
     from eqtools.build import artifact_spec, load_supernet
     from eqtools.data import load_splits
 
     root = Path(root)
     folder = root / spec_name if spec_name else None
-    supernet_art = read_artifact(find_latest("supernet", folder or root), "supernet")
+    try:
+        latest = find_latest("supernet", folder or root)
+    except ArtifactError:
+        raise ArtifactError(f"no 'supernet' artifact found under {folder or root}/; make one with `eqtools train SPEC` "
+                            "first, or point --root at the workspace that holds one (--spec at its spec's folder)") from None
+    supernet_art = read_artifact(latest, "supernet")
     if supernet_art.extra.get("mode") == "static":
         raise ArtifactError(f"no elastic supernet under {folder or root}; train one with `eqtools train SPEC`")
     folder = supernet_art.path.parent
@@ -97,7 +110,7 @@ def build_report(
     space = supernet_art.space
     log(f"report for spec '{spec.name}': supernet {supernet_art.path}")
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
-    supernet = load_supernet(supernet_art).use_channels_last()
+    supernet = load_supernet(supernet_art, map_location=device).use_channels_last()
 
     # every subnet of the report (the supernet's and the static baselines') is calibrated on the same
     # images and scored on the same test images, decoded once: calibrate_and_evaluate as measure_subnet
@@ -123,13 +136,16 @@ def build_report(
         return result["top1"], result["correct"]
 
     damaged: list[dict[str, str]] = []
+    shown = parse_forms(forms, [form_key(*form) for form in space.conditions], "--forms")
     report: dict[str, Any] = {"spec": spec.name, "supernet": str(supernet_art.path), "split": "test",
-                              "test_images": len(splits.test), "uniform": [], "damaged": damaged}
+                              "test_images": len(splits.test), "calib_images": spec.calibrate.images,
+                              "forms": list(shown), "space_forms": len(space.conditions), "uniform": [],
+                              "damaged": damaged}
     statics = _static_baselines(folder, damaged)
     for b in bits:
         if b not in space.w_bits or b not in space.a_bits:
             continue
-        for form in space.conditions:  # every form the one supernet serves
+        for form in (tuple(key.split("/")) for key in shown):  # the forms asked for, of those the one supernet serves
             config = space.uniform(b, b, *form)
             log(f"calibrating the supernet's uniform {b}-bit subnet ({config.label})")
             row: dict[str, Any] = {"bits": b, "condition": config.condition, "label": config.label,
@@ -137,7 +153,7 @@ def build_report(
             static = statics.get((b, config.condition))
             if static is not None:
                 log(f"calibrating the static {b}-bit baseline {static.path}")
-                model = load_supernet(static).use_channels_last()
+                model = load_supernet(static, map_location=device).use_channels_last()
                 row["static_top1"] = measure(static, SubnetConfig.from_dict(static.extra["config"]), model)
                 row["static_path"] = str(static.path)
             report["uniform"].append(row)
@@ -172,7 +188,11 @@ def build_report(
                 row["uniform_top1"], uniform_correct = measure_per_image(uniform)
             # the same test images score both: a paired difference, with its bootstrap interval
             row["vs_uniform"] = paired_bootstrap(searched_correct, uniform_correct, seed=spec.seed)
-        row["verified"] = bool(search.metrics.get("verified"))
+        verified = search.metrics.get("verified") or []
+        row["verified"] = bool(verified)
+        if verified:  # what --verify chose on: how many candidates, measured on which images
+            row["verify"] = {"candidates": len(verified), "images": verified[0].get("eval_images"),
+                             "split": verified[0].get("split")}
         top = _ga_top_pick(search)
         if top is not None and top[0] != best:
             # --verify re-ranked the GA's candidates: show the predictor's own favourite as well, so
@@ -220,15 +240,24 @@ def format_report(report: dict[str, Any]) -> list[tuple[str, list[str], list[lis
         gap = None if r.get("static_top1") is None else r["supernet_top1"] - r["static_top1"]
         rows.append([f"W{r['bits']}A{r['bits']}", r.get("label", r["condition"]), pct(r["supernet_top1"]),
                      pct(r.get("static_top1")), "-" if gap is None else f"{100 * gap:+.2f}"])
-    tables.append((f"Uniform subnets of one supernet vs static QAT ({report['spec']}, {report['test_images']} test images, "
-                   "after BN calibration)", ["bits", "form", "supernet", "static QAT", "difference (points)"], rows))
+    forms = report.get("forms")
+    of = f"{len(forms)} of its {report['space_forms']} forms, " if forms and len(forms) < report.get("space_forms", 0) else ""
+    calib = f" on {report['calib_images']} training images" if report.get("calib_images") else ""
+    none = "" if any(r.get("static_top1") is not None for r in report["uniform"]) else (
+        "; no static-QAT baseline in this workspace: `eqtools train SPEC --static-bits B` trains one")
+    tables.append((f"Uniform subnets of one supernet vs static QAT ({report['spec']}, {of}{report['test_images']} test "
+                   f"images, after BN calibration{calib}{none})", ["bits", "form", "supernet", "static QAT",
+                                                                  "difference (points)"], rows))
     if "search" in report:
         s = report["search"]
         rows = []
         if "ga_top1" in s:
             rows.append([f"GA's top-predicted mixed precision ({s['ga_avg_w_bits']:.2f} W / {s['ga_avg_a_bits']:.2f} A)",
                          s.get("label", s["condition"]), pct(s["ga_top1"]), pct(s.get("ga_predicted_top1"))])
-        how = "after --verify" if s.get("verified") else "by predicted accuracy"
+        v = s.get("verify")
+        how = "by predicted accuracy" if not s.get("verified") else (
+            f"after --verify measured {v['candidates']} candidates on {v['images']} {v['split']} images" if v and v.get("images")
+            else "after --verify")
         what = f"uniform {s.get('uniform_bits')}-bit" if s.get("pick_is_uniform") else "mixed precision"
         rows.append([f"search's pick {how}: {what} ({s['avg_w_bits']:.2f} W / {s['avg_a_bits']:.2f} A)",
                      s.get("label", s["condition"]),

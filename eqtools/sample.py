@@ -4,7 +4,8 @@ The sampler (see docs/sample.md for the full argument)
 ------------------------------------------------------
 Drawing every layer's bits independently and uniformly puts the *average* bit-width of a config
 near the middle of the range (a sum of independent draws concentrates: with ResNet-20's 18 elastic
-layers, 87 % of uniform draws average 4 to 6 weight bits and fewer than 0.1 % below 3 or above 7).
+layers nearly every uniform draw averages 4 to 6 weight bits and almost none fall below 3 or above 7;
+docs/sample.md works the numbers out).
 A predictor trained on such data has never seen the low-bit corner where the search usually ends
 up. So the draw is stratified on the
 quantities the search constrains:
@@ -57,7 +58,7 @@ from typing import Any
 from eqtools.artifacts import MANIFEST, Artifact, Samples, claim_out, default_out, read_artifact, write_artifact
 from eqtools.errors import ArtifactError, ConfigError
 from eqtools.space import ElasticSpace, SubnetConfig
-from eqtools.vocab import form_key
+from eqtools.vocab import form_key, parse_forms
 
 __all__ = [
     "SAMPLER",
@@ -94,28 +95,7 @@ def parse_conditions(value: str | Sequence[str] | None, space: ElasticSpace) -> 
     ``granularity/symmetry`` for both symmetries alike (``per-tensor/asym``). Returns machine keys
     (:func:`eqtools.vocab.form_key`) in the order given (``all``: the space's order).
     """
-    allowed = [form_key(*form) for form in space.conditions]
-    if value is None:
-        return tuple(allowed)
-    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
-    items = [v for v in items if v]
-    if items == ["all"]:
-        return tuple(allowed)
-    if not items:
-        raise ConfigError(f"--conditions is empty; give 'all' or some of {allowed}")
-    seen: list[str] = []
-    for item in items:
-        parts = item.split("/")
-        key = form_key(parts[0], parts[1], parts[1]) if len(parts) == 2 else item
-        if key not in allowed:
-            raise ConfigError(
-                f"condition {item!r} is not in this supernet's space; allowed: 'all' or {allowed} "
-                "(granularity/w_symmetry/a_symmetry, or granularity/symmetry for both)"
-            )
-        if key in seen:
-            raise ConfigError(f"condition {item!r} is listed twice")
-        seen.append(key)
-    return tuple(seen)
+    return parse_forms(value, [form_key(*form) for form in space.conditions], "--conditions")
 
 
 def filter_conditions(
@@ -472,6 +452,7 @@ def sample_artifact(
     restart: bool = False,
     compile: bool | None = None,
     integer: bool | None = None,
+    device: str = "cpu",
     on_stage: Callable[[str], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -498,8 +479,22 @@ def sample_artifact(
     measures the same way as the run it resumes.
     ``integer`` is :class:`~eqtools.evaluation.SubnetMeter`'s (None: int8 convs when compiled and
     exact here; True where they cannot run raises ConfigError).
+
+    ``device`` is where the supernet runs. Started by ``torchrun`` (``WORLD_SIZE`` > 1), the draw
+    is split over the processes instead (:func:`_sample_distributed`); every rank returns the
+    artifact.
     """
     from eqtools.build import artifact_spec
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if shard is not None:
+            raise ConfigError("under torchrun each process samples its own shard of the draw; leave out --shard "
+                              "(use --shard K/N for separate jobs without torchrun)")
+        return _sample_distributed(
+            supernet_artifact, n=n, conditions=conditions, subset=subset, seed=seed, out=out,
+            calib_images=calib_images, batch_size=batch_size, restart=restart, compile=compile, integer=integer,
+            device=device, on_stage=on_stage, on_start=on_start, on_row=on_row,
+        )
 
     spec = artifact_spec(supernet_artifact)
     space, params, shard = _sample_params(supernet_artifact, spec, n=n, conditions=conditions, subset=subset,
@@ -528,7 +523,7 @@ def sample_artifact(
         todo = [i for i in indices if i not in rows]
         use_compile = _use_compile(compile, params.n)
         evaluate, meter, used = _row_evaluator(supernet_artifact, spec, space, params, say, use_compile,
-                                             integer) if todo else (None, None, None)
+                                             integer, device) if todo else (None, None, None)
         if on_start is not None:
             on_start(len(rows), len(indices))
         if evaluate is not None:
@@ -549,6 +544,105 @@ def sample_artifact(
         raise
     work.remove()
     return artifact
+
+
+def _sample_distributed(supernet_artifact: Artifact, *, n: int | None, conditions: str | Sequence[str] | None,
+                        subset: int | None, seed: int | None, out: Path | str | None, calib_images: int | None,
+                        batch_size: int | None, restart: bool, compile: bool | None, integer: bool | None,
+                        device: str, on_stage: Callable[[str], None] | None,
+                        on_start: Callable[[int, int], None] | None,
+                        on_row: Callable[[dict[str, Any]], None] | None) -> Artifact:
+    """One shard of the draw per ``torchrun`` process, merged by rank 0 into the unsharded artifact.
+
+    Rank ``r`` of ``W`` samples shard ``r+1/W`` (the same interleaved rounds as ``--shard``) into
+    a hidden directory beside ``out``, resumably as any shard; once all have finished, rank 0
+    writes at ``out`` the artifact an unsharded run writes (the same rows, the same parameters,
+    the supernet as its parent) and removes the shards. torch.distributed (gloo on the CPU, NCCL
+    on GPUs) carries only the barrier and each rank's outcome, so one rank's error stops all of
+    them with its message instead of leaving the others waiting. A plain ``cuda`` device becomes
+    ``cuda:<LOCAL_RANK>``.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from eqtools.build import artifact_spec
+
+    spec = artifact_spec(supernet_artifact)
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(device))
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        return _sample_ranks(supernet_artifact, spec, dist, n=n, conditions=conditions, subset=subset, seed=seed,
+                             out=out, calib_images=calib_images, batch_size=batch_size, restart=restart,
+                             compile=compile, integer=integer, device=device, on_stage=on_stage, on_start=on_start,
+                             on_row=on_row)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _sample_ranks(supernet_artifact: Artifact, spec: Any, dist: Any, *, n: int | None,
+                  conditions: str | Sequence[str] | None, subset: int | None, seed: int | None,
+                  out: Path | str | None, calib_images: int | None, batch_size: int | None, restart: bool,
+                  compile: bool | None, integer: bool | None, device: str, on_stage: Callable[[str], None] | None,
+                  on_start: Callable[[int, int], None] | None,
+                  on_row: Callable[[dict[str, Any]], None] | None) -> Artifact:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    space, params, _ = _sample_params(supernet_artifact, spec, n=n, conditions=conditions, subset=subset, seed=seed,
+                                      shard=None, calib_images=calib_images, batch_size=batch_size)
+    out = Path(out) if out is not None else default_out(spec.name, "samples")
+    shards = out.parent / f".{out.name}.ranks"
+    mine = shards / f"shard{rank + 1}of{world}"
+    say = on_stage if rank == 0 and on_stage is not None else (lambda message: None)
+    if rank == 0:
+        say(f"{world} processes: each samples one shard of the {params.n}-subnet draw on its own {device}")
+    use_compile = _use_compile(compile, params.n)  # decided on the whole draw, as the unsharded run does
+    outcome: dict[str, Any] = {"ok": True}
+    try:
+        if rank == 0:
+            claim_out(out, "samples")  # before any subnet is evaluated, as a single process does
+        os.environ["WORLD_SIZE"] = "1"  # the shard itself is an ordinary single-process run
+        try:
+            part = sample_artifact(
+                supernet_artifact, n=params.n, conditions=params.conditions, subset=params.subset, seed=params.seed,
+                out=mine, shard=(rank + 1, world), calib_images=params.calib_images, batch_size=params.batch_size,
+                restart=restart, compile=use_compile, integer=integer, device=device,
+                on_stage=say if rank == 0 else None, on_start=on_start if rank == 0 else None,
+                on_row=on_row if rank == 0 else None)
+        finally:
+            os.environ["WORLD_SIZE"] = str(world)
+        outcome.update(path=str(part.path), compiled=part.metrics.get("compiled"),
+                       integer_convs=part.metrics.get("integer_convs"),
+                       eval_time_s=float(part.metrics.get("eval_time_s") or 0.0), data=part.metrics.get("data"))
+    except Exception as exc:  # reported by every rank below, so none waits for a peer that is gone
+        outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "exception": exc}
+    outcomes: list[Any] = [None] * world
+    dist.all_gather_object(outcomes, {k: v for k, v in outcome.items() if k != "exception"})
+    failed = [(r, o["error"]) for r, o in enumerate(outcomes) if not o["ok"]]
+    if failed:
+        if not outcome["ok"]:
+            raise outcome["exception"]
+        raise ConfigError(f"sampling process {failed[0][0]} of {world} failed: {failed[0][1]}")
+    if rank == 0:
+        rows: list[dict[str, Any]] = []
+        for o in outcomes:
+            rows.extend(read_samples(o["path"]))
+        rows.sort(key=lambda r: r["index"])
+        if [r["index"] for r in rows] != list(range(params.n)):
+            raise ArtifactError(f"the processes' shards do not cover draws 0..{params.n - 1} exactly once")
+        extra = {**params.to_dict(), "shard": None, "eval_split": "val"}
+        eval_time = max(o["eval_time_s"] for o in outcomes)  # the processes ran side by side
+        compiled = any(o["compiled"] for o in outcomes)
+        integer_convs = None if all(o["integer_convs"] is None for o in outcomes) else all(
+            bool(o["integer_convs"]) for o in outcomes)
+        _write_samples(out, spec, space, rows, eval_time, [supernet_artifact], extra, compiled=compiled,
+                       integer_convs=integer_convs, data=outcomes[0]["data"])
+        shutil.rmtree(shards, ignore_errors=True)
+    dist.barrier()
+    return read_artifact(out, "samples")
 
 
 def _sample_params(
@@ -649,6 +743,7 @@ def _row_evaluator(
     supernet_artifact: Artifact, spec: Any, space: ElasticSpace, params: SampleParams, say: Callable[[str], None],
     compile: bool = False,
     integer: bool | None = None,
+    device: str = "cpu",
 ) -> tuple[Callable[[int, SubnetConfig], dict[str, Any]], Any, dict[str, Any]]:
     """Load the supernet and decode both image sets once; return what measures one row, its meter and
     the data actually used."""
@@ -657,7 +752,7 @@ def _row_evaluator(
     from eqtools.evaluation import BatchSource, SubnetMeter, calibration_source, subnet_costs
 
     say(f"loading supernet {supernet_artifact.path} and {spec.data.name}")
-    supernet = load_supernet(supernet_artifact).use_channels_last()
+    supernet = load_supernet(supernet_artifact, map_location=device).use_channels_last()
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     calib = calibration_source(splits, params.calib_images, params.batch_size, spec.seed)
     if params.subset > len(splits.val):

@@ -59,7 +59,11 @@ class DataSpec(_Strict):
     )
     test_subset: Annotated[int, Field(ge=10)] | None = Field(default=None, description="evaluate on a class-balanced subset of the test split")
     augment: bool = True
-    workers: Annotated[int, Field(ge=0, le=64)] = 0
+    workers: Annotated[int, Field(ge=0, le=64)] | None = Field(
+        default=None,
+        description="processes decoding and augmenting ImageFolder images (0: the main process); default: this "
+        "machine's cores, at most 8. In-memory datasets ignore it",
+    )
 
 
 class SpaceSpec(_Strict):
@@ -168,6 +172,11 @@ class TrainSpec(_Strict):
     init_images: Annotated[int, Field(ge=1)] = 256
     init_p: Annotated[float, Field(ge=1.0, le=4.0)] = 2.4
     compile: Literal["auto", "on", "off"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="autocast dtype of the forward passes (fp16 adds a gradient scaler); quantizer steps, offsets "
+        "and rounding stay in fp32, so a subnet's integer codes do not depend on it",
+    )
     fp_epochs: Annotated[int, Field(ge=0)] = Field(
         default=0, description="float pre-training epochs before QAT when no pretrained weights are given"
     )

@@ -12,6 +12,7 @@ and both symmetries holds 2 × 2 × 2 = 8 forms.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from eqtools.errors import ConfigError
@@ -33,6 +34,7 @@ __all__ = [
     "form_key",
     "form_label",
     "form_tag",
+    "parse_forms",
     "resolve_symmetry_flags",
 ]
 
@@ -73,6 +75,37 @@ def form_tag(granularity: str, w_symmetry: str, a_symmetry: str) -> str:
     The capitals keep the two symmetries apart at a glance (a lower-case ``-wsym-asym`` reads as "asym").
     """
     return f"{granularity}-W{w_symmetry}-A{a_symmetry}"
+
+
+def parse_forms(value: str | Sequence[str] | None, allowed: Sequence[str], flag: str = "--conditions") -> tuple[str, ...]:
+    """``all`` (or None) or comma-separated forms, each one of ``allowed`` (machine keys).
+
+    A form is ``granularity/w_symmetry/a_symmetry`` (``per-channel/sym/asym``) or the shorthand
+    ``granularity/symmetry`` for both symmetries alike (``per-tensor/asym``). Returns machine keys
+    (:func:`form_key`) in the order given (``all``: the order of ``allowed``).
+    """
+    allowed = list(allowed)
+    if value is None:
+        return tuple(allowed)
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    items = [v for v in items if v]
+    if items == ["all"]:
+        return tuple(allowed)
+    if not items:
+        raise ConfigError(f"{flag} is empty; give 'all' or some of {allowed}")
+    seen: list[str] = []
+    for item in items:
+        parts = item.split("/")
+        key = form_key(parts[0], parts[1], parts[1]) if len(parts) == 2 else item
+        if key not in allowed:
+            raise ConfigError(
+                f"{flag}: condition {item!r} is not in this supernet's space; allowed: 'all' or {allowed} "
+                "(granularity/w_symmetry/a_symmetry, or granularity/symmetry for both)"
+            )
+        if key in seen:
+            raise ConfigError(f"{flag}: condition {item!r} is listed twice")
+        seen.append(key)
+    return tuple(seen)
 
 
 def resolve_symmetry_flags(

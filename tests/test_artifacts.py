@@ -142,9 +142,9 @@ def test_failed_writer_leaves_nothing_and_keeps_the_old_artifact(tmp_path):
 
 
 def test_replacing_an_artifact_is_complete(tmp_path):
-    _write(tmp_path / "s")
-    new = _write(tmp_path / "s", kind="samples")
-    assert read_artifact(tmp_path / "s").kind == "samples" == new.kind
+    first = _write(tmp_path / "s")
+    new = _write(tmp_path / "s")
+    assert read_artifact(tmp_path / "s").created == new.created != first.created
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 
@@ -222,6 +222,18 @@ def test_replacing_an_artifact_needs_force_and_names_kind_and_time(tmp_path):
     assert (tmp_path / "s" / "manifest.json").read_bytes() == before
     with replace_policy(True):
         assert _write(tmp_path / "s").created != first.created
+
+
+def test_force_never_replaces_an_artifact_of_another_kind(tmp_path):
+    from eqtools.artifacts import replace_policy
+
+    _write(tmp_path / "s")
+    before = (tmp_path / "s" / "manifest.json").read_bytes()
+    with replace_policy(True), pytest.raises(ArtifactError) as err:
+        _write(tmp_path / "s", kind="samples")
+    text = " ".join(str(err.value).split())
+    assert "holds a 'supernet' artifact" in text and "writes a 'samples' artifact" in text and "mistyped --out" in text
+    assert (tmp_path / "s" / "manifest.json").read_bytes() == before
 
 
 REPLACER = """

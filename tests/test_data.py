@@ -187,3 +187,70 @@ def test_every_split_the_vocabulary_names_can_be_had(idx_root) -> None:
     assert set(VERIFY_SPLITS) <= set(SPLITS) and "test" not in VERIFY_SPLITS
     with pytest.raises(DataError, match="splits are train, val, test, unseen"):
         splits.get("holdout")
+
+
+# ------------------------------------------------------------------------------------- ImageFolder decoding
+@pytest.fixture(scope="module")
+def jpeg_root(tmp_path_factory):
+    from imagetree import make_tree
+
+    return make_tree(tmp_path_factory.mktemp("jpegs"), classes=3, train_per_class=14, val_per_class=3)
+
+
+def _folder_splits(root, workers):
+    return load_splits(DataSpec(name="imagefolder", root=str(root), image_size=24, val_size=12, workers=workers), seed=0)
+
+
+def test_imagefolder_batches_do_not_depend_on_workers_and_resume_exactly(jpeg_root):
+    """Order and augmentation are a pure function of (seed, epoch, batch): decoding in 0 or 2 worker
+    processes, resuming at a batch, or decoding one rank's share gives the very same tensors."""
+    serial = _folder_splits(jpeg_root, 0).train
+    parallel = _folder_splits(jpeg_root, 2).train
+    kwargs = {"shuffle": True, "augment": True, "seed": 5, "epoch": 1}
+    a = list(serial.batches(8, **kwargs))
+    b = list(parallel.batches(8, **kwargs))
+    assert [len(y) for _, y in a] == [8, 8, 8, 6]
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    resumed = list(parallel.batches(8, start=2, **kwargs))
+    assert all(torch.equal(x, a[2 + i][0]) for i, (x, _) in enumerate(resumed)) and len(resumed) == 2
+    again = list(parallel.batches(8, **kwargs))  # the persistent pool serves a second pass the same way
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(a, again, strict=True))
+    halves = [list(parallel.batches(8, part=(r, 2), **kwargs)) for r in (0, 1)]
+    assert torch.equal(halves[0][0][0], a[0][0][0::2]) and torch.equal(halves[1][0][0], a[0][0][1::2])
+    other_epoch = next(parallel.batches(8, **{**kwargs, "epoch": 2}))
+    assert not torch.equal(other_epoch[1], a[0][1])
+    flips = [x for x, _ in serial.batches(8, shuffle=False, augment=True, seed=5, epoch=1, limit=1)]
+    plain = [x for x, _ in serial.batches(8, shuffle=False, augment=False, limit=1)]
+    assert not torch.equal(flips[0], plain[0])  # augmentation is on
+
+
+def test_decoding_in_the_main_process_leaves_its_rng_alone(jpeg_root):
+    """The training loop checkpoints torch's RNG state: seeding each image's augmentation must not move it."""
+    train = _folder_splits(jpeg_root, 0).train
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    list(train.batches(8, shuffle=True, augment=True, seed=1, limit=2))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_interleaved_passes_over_one_pool_do_not_disturb_each_other(jpeg_root):
+    splits = _folder_splits(jpeg_root, 2)
+    alone = list(splits.train.batches(8, augment=False))
+    first = splits.train.batches(8, augment=False)
+    second = splits.val.batches(8, augment=False)  # val is drawn from the same tree: the same pool
+    mixed = [next(first), next(second), *list(first)]
+    assert torch.equal(mixed[0][0], alone[0][0])
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(mixed[2:], alone[1:], strict=True))
+    assert torch.equal(mixed[1][0], next(_folder_splits(jpeg_root, 0).val.batches(8, augment=False))[0])
+
+
+def test_workers_default_to_the_cores_capped(jpeg_root, monkeypatch):
+    from eqtools.data import MAX_DEFAULT_WORKERS, default_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)))
+    assert default_workers() == MAX_DEFAULT_WORKERS
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert default_workers() == 2
+    assert _folder_splits(jpeg_root, None).train.workers == 2
+    assert load_splits(DataSpec(name="digits", val_size=100), seed=0).train.workers == 0  # in memory: no pool

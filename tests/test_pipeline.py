@@ -25,10 +25,11 @@ run fit           eqtools fit-predictor --model mlp --json
 run fit_xgb       eqtools fit-predictor --model xgb --json
 run search_ort    eqtools search --w-bits 4 --preset onnxruntime --json
 run calibrate_ort eqtools calibrate --w-bits 4 --granularity per-channel --w-symmetry sym --a-symmetry asym --json
-run search        eqtools search --w-bits 4 --granularity per-tensor --symmetry asym --json
+run search        eqtools search --w-bits 4 --granularity per-tensor --symmetry asym --top-k 2 --verify --verify-split val --eval-images 60 --json
 run calibrate     eqtools calibrate --searched --json
 run export        eqtools export --format all --json
 run report        eqtools report --json -q
+run report_forms  eqtools report --forms per-channel/sym/asym,per-tensor/asym --json -q
 # bad input in a pipeline: a clear message and exit status 2, never a traceback
 set +e
 eqtools search --w-bits 1 --granularity per-tensor --symmetry asym > out/infeasible.json 2> out/infeasible.log
@@ -80,10 +81,21 @@ def test_shell_pipeline_with_defaults_and_json(tmp_path: Path):
     assert [(row["bits"], row["condition"]) for row in report["uniform"]] == [
         (b, f"{g}/{w}/{a}") for b in (2, 4, 8) for g in ("per-channel", "per-tensor")
         for w in ("sym", "asym") for a in ("sym", "asym")]
+    assert report["forms"] == [f"{g}/{w}/{a}" for g in ("per-channel", "per-tensor") for w in ("sym", "asym")
+                               for a in ("sym", "asym")] and report["space_forms"] == 8
+    # --forms narrows the uniform table to the forms asked for, in that order, with the same figures
+    narrow = out["report_forms"]
+    assert narrow["forms"] == ["per-channel/sym/asym", "per-tensor/asym/asym"] and narrow["space_forms"] == 8
+    assert [(r["bits"], r["condition"], r["supernet_top1"]) for r in narrow["uniform"]] == [
+        (r["bits"], r["condition"], r["supernet_top1"]) for b in (2, 4, 8) for c in narrow["forms"]
+        for r in report["uniform"] if (r["bits"], r["condition"]) == (b, c)]
     with_static = [r for r in report["uniform"] if "static_top1" in r]
     assert [(r["bits"], r["condition"]) for r in with_static] == [(4, "per-channel/sym/sym")]
     assert report["damaged"] == []
     assert report["search"]["searched_top1"] > 0.1 and "export" in report and "predictor" in report
+    # the report says what --verify chose on: how many candidates, on how many images of which split
+    verified = out["search"]["metrics"]["verified"]
+    assert report["search"]["verify"] == {"candidates": len(verified), "images": 60, "split": "val"}
     # the report measures a subnet exactly as `eqtools calibrate` does (same calibration and test images)
     row = next(r for r in report["uniform"] if (r["bits"], r["condition"]) == (4, "per-channel/sym/asym"))
     assert row["supernet_top1"] == out["calibrate_ort"]["metrics"]["top1"]

@@ -67,3 +67,25 @@ def test_paired_interval_of_pick_minus_uniform_is_shown_in_points() -> None:
     assert last[0].startswith("pick minus uniform, paired on 2000 test images (bootstrap 95% CI")
     assert last[2] == f"{100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, {100 * v['ci_high']:+.2f}] points"
     assert v["ci_low"] > 0  # fixing a tenth of the errors is a clear gain on 2000 images
+
+
+def test_uniform_title_says_which_forms_and_images_it_compared() -> None:
+    row = {"bits": 4, "condition": "per-channel/sym/sym", "label": "per-channel W-sym A-sym", "supernet_top1": 0.8}
+    report = {"spec": "quick", "test_images": 5000, "calib_images": 2048, "uniform": [row],
+              "forms": ["per-channel/sym/sym", "per-tensor/asym/asym"], "space_forms": 8}
+    title = format_report(report)[0][0]
+    assert "2 of its 8 forms" in title and "5000 test images" in title and "2048 training images" in title
+    assert "no static-QAT baseline in this workspace" in title
+    with_static = format_report({**report, "uniform": [{**row, "static_top1": 0.81}]})[0][0]
+    assert "no static-QAT baseline" not in with_static
+    title = format_report({**report, "forms": [f"f{i}" for i in range(8)]})[0][0]
+    assert "of its" not in title  # every form shown: nothing to qualify
+
+
+def test_verified_pick_says_how_many_candidates_on_which_images() -> None:
+    rows = _search_rows({
+        "condition": "per-tensor/asym", "avg_w_bits": 3.0, "avg_a_bits": 3.0, "searched_top1": 0.80,
+        "predicted_top1": 0.79, "uniform_bits": 3, "uniform_top1": 0.80, "verified": True, "pick_is_uniform": True,
+        "verify": {"candidates": 6, "images": 5000, "split": "val"},
+    })
+    assert rows[0][0] == "search's pick after --verify measured 6 candidates on 5000 val images: uniform 3-bit (3.00 W / 3.00 A)"

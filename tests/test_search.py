@@ -526,6 +526,89 @@ def test_selection_interval_pairs_the_verification_images(tiny_supernet_artifact
         assert got[key] == pytest.approx(expected[key], abs=1e-12), key
 
 
+def _scripted_meter(monkeypatch, accuracy_of) -> None:
+    """SubnetMeter.measure reporting ``accuracy_of(config)`` on 200 images (the first k correct), so which
+    config --verify keeps is decided by the script, not by a tiny supernet's noise."""
+    from eqtools.evaluation import SubnetMeter
+
+    def measure(self, config, per_image: bool = False):
+        acc = accuracy_of(config)
+        correct = np.zeros(200, dtype=bool)
+        correct[: round(200 * acc)] = True
+        return {"top1": float(correct.mean()), "loss": 1.0 - acc, "images": 200,
+                **({"correct": correct, "image_loss": 1.0 - correct.astype(np.float32)} if per_image else {})}
+
+    monkeypatch.setattr(SubnetMeter, "measure", measure)
+
+
+@pytest.mark.parametrize("candidates_measure", ["below", "equal"])
+def test_verify_keeps_the_uniform_config_unless_a_candidate_measures_above_it(
+        tiny_supernet_artifact: Path, tmp_path: Path, monkeypatch, candidates_measure: str) -> None:
+    """The quickstart's promise: --verify never ends on a pick that measured worse than the uniform
+    subnet of the same budget, and says so when it keeps the uniform one (a tie keeps it too)."""
+    supernet = read_artifact(tiny_supernet_artifact, "supernet")
+    monkeypatch.chdir(tmp_path)
+    samples = write_synthetic_samples(tmp_path / "artifacts/digits-test/samples", supernet.space, 40, seed=0,
+                                      spec=supernet.spec, parents=[supernet])
+    fit_predictor(samples, tmp_path / "artifacts/digits-test/predictor-mlp",
+                  FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2, hidden=16, layers=2))
+    uniform = supernet.space.uniform(3, 3, "per-tensor", "sym", "asym")
+    below = candidates_measure == "below"
+    _scripted_meter(monkeypatch, lambda c: 0.60 if c == uniform else (0.55 if below else 0.60))
+    result = runner.invoke(app, ["search", "--w-bits", "3", "--granularity", "per-tensor", "--w-symmetry", "sym",
+                                 "--a-symmetry", "asym", "--generations", "3", "--population", "8", "--top-k", "3",
+                                 "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "kept the uniform W3A3 config: none of the 3 searched candidates measured above it" in result.output
+    art = read_artifact(next((tmp_path / "artifacts/digits-test").glob("search-*")), "search")
+    assert SubnetConfig.load(art.path / "best_config.json") == uniform
+    assert art.metrics["vs_uniform"]["pick_is_uniform"] and art.metrics["vs_uniform"]["difference"] == 0.0
+    rows = art.metrics["verified"]
+    assert len(rows) == 4 and rows[0]["measured_top1"] == max(r["measured_top1"] for r in rows)
+    # and a candidate that does measure above it is kept, with the CLI saying so
+    _scripted_meter(monkeypatch, lambda c: 0.60 if c == uniform else 0.65)
+    result = runner.invoke(app, ["search", "--w-bits", "3", "--granularity", "per-tensor", "--w-symmetry", "sym",
+                                 "--a-symmetry", "asym", "--generations", "3", "--population", "8", "--top-k", "3",
+                                 "--verify", "--out", str(tmp_path / "s2")])
+    assert result.exit_code == 0, result.output
+    assert "the pick measured above the uniform W3A3 config" in result.output
+    assert SubnetConfig.load(tmp_path / "s2" / "best_config.json") != uniform
+
+
+def test_a_size_cap_alone_is_a_budget_with_the_largest_uniform_config_under_it(tiny_supernet_artifact: Path) -> None:
+    """--max-size-mb without --w-bits searches under the cap, and the uniform config it must beat is the
+    largest one that fits (at the size of uniform W4: uniform W4 with the activation budget's bits)."""
+    supernet = read_artifact(tiny_supernet_artifact, "supernet")
+    space = supernet.space
+    samples_dir = Path(tiny_supernet_artifact).parent
+    from eqtools.search.costs import CostModel
+
+    costs = CostModel.for_space(space)
+    w4 = costs.describe(*costs.bits_of(space.uniform(4, 4, "per-channel", "sym", "sym")))["size_bytes"]
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=samples_dir) as tmp:
+        samples = write_synthetic_samples(Path(tmp) / "samples", space, 40, seed=0, spec=supernet.spec)
+        art = fit_predictor(samples, Path(tmp) / "predictor", FitOptions(model="mlp", encoding="onehot", rank_weight=0.0,
+                                                                         target="accuracy", epochs=2, hidden=16, layers=2))
+        predictor = load_predictor(art.path)
+    outcome = run_search(predictor, SearchOptions(max_size_mb=w4 / 1e6, a_bits=4, granularity="per-channel",
+                                                  symmetry="sym", generations=3, population=8))
+    base = outcome.uniform_baseline
+    assert base is not None and base["uniform_bits"] == [4, 4] and base["in_budget"]
+    assert outcome.best_costs["size_bytes"] <= w4 and 3.5 < outcome.best_costs["avg_a_bits"] <= 4
+    # no activation budget: the largest uniform config under the cap keeps 8-bit activations
+    outcome = run_search(predictor, SearchOptions(max_size_mb=w4 / 1e6, granularity="per-channel", symmetry="sym",
+                                                  generations=3, population=8))
+    assert outcome.uniform_baseline["uniform_bits"] == [4, 8]
+    # a fractional budget has no uniform config in its window: the largest under its upper bounds, marked so
+    outcome = run_search(predictor, SearchOptions(w_bits=3.6, a_bits=3.6, granularity="per-channel", symmetry="sym",
+                                                  generations=3, population=8))
+    assert outcome.uniform_baseline["uniform_bits"] == [3, 3] and not outcome.uniform_baseline["in_budget"]
+    with pytest.raises(ConfigError, match="--w-bits is required"):
+        run_search(predictor, SearchOptions(granularity="per-channel", symmetry="sym"))
+
+
 def test_verify_measures_what_calibrate_reports(tiny_supernet_artifact: Path) -> None:
     """A verified row's accuracy is the one `eqtools calibrate --split S --eval-images N` reports for that
     config: the choice is made on numbers a user can reproduce."""

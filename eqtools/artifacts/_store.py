@@ -237,8 +237,15 @@ def claim_out(out: Path | str, kind: str, inputs: Iterable[Artifact | Mapping[st
             "eqtools did not write them, so it does not replace the directory, not even with --force. Move them "
             "out of the artifact, or choose another --out"
         )
+    found = manifest.get("kind", "?")
+    if found != kind and _FORCE.get():
+        raise ArtifactError(
+            f"{out} holds a '{found}' artifact created {manifest.get('created', 'at an unknown time')}, and this "
+            f"command writes a '{kind}' artifact; --force replaces only an artifact of the kind the command writes "
+            "(another kind at the output path is most likely a mistyped --out). Choose another --out, or remove "
+            "that artifact yourself first"
+        )
     if not _FORCE.get():
-        found = manifest.get("kind", "?")
         also = "" if found == kind else f" (this command writes a '{kind}' artifact)"
         raise ArtifactError(
             f"{out} already holds a '{found}' artifact created {manifest.get('created', 'at an unknown time')}"
@@ -929,11 +936,12 @@ def _preferred(kind: str, manifest: dict[str, Any]) -> bool:
     return True
 
 
-def find_latest(kind: str, root: Path | str = WORKSPACE) -> Path:
+def find_latest(kind: str, root: Path | str = WORKSPACE, *, flag: str = "--from") -> Path:
     """The newest artifact of ``kind`` under the workspace (by manifest creation time).
 
     For ``supernet`` an elastic supernet is preferred over static-QAT baselines; a baseline is
-    returned only when no elastic supernet exists.
+    returned only when no elastic supernet exists. ``flag`` is the option of the calling command
+    that names the artifact instead, so the hint in the error is one the user can type.
     """
     root = Path(root)
     best: tuple[bool, str, Path] | None = None
@@ -949,17 +957,18 @@ def find_latest(kind: str, root: Path | str = WORKSPACE) -> Path:
     if best is None:
         raise ArtifactError(
             f"no '{kind}' artifact found under {root}/; make one with `{MADE_BY[kind]}` first, "
-            "or pass its directory with --from"
+            f"or pass its directory with {flag}"
         )
     return best[2]
 
 
 def resolve_input(path: Path | str | None, kind: str | tuple[str, ...], root: Path | str = WORKSPACE,
-                  echo: Callable[[str], None] | None = None) -> Artifact:
-    """Open ``path`` or, when it is None, the newest artifact of (the first of) ``kind``."""
+                  echo: Callable[[str], None] | None = None, *, flag: str = "--from") -> Artifact:
+    """Open ``path`` or, when it is None, the newest artifact of (the first of) ``kind``
+    (``flag``: the option that passes ``path``, named in the error when there is none)."""
     kinds = (kind,) if isinstance(kind, str) else kind
     if path is None:
-        path = find_latest(kinds[0], root)
+        path = find_latest(kinds[0], root, flag=flag)
         if echo is not None:
             echo(f"using {kinds[0]} artifact {path}")
     return read_artifact(path, kinds)

@@ -13,20 +13,33 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
+from eqtools.device import DEVICE_HELP
 from eqtools.errors import EqtoolsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USER_ERROR = 2
 
+# every stage that runs the model takes the same --device (resolved by eqtools.device.resolve_device)
+DeviceOption = Annotated[str, typer.Option("--device", metavar="DEVICE", help=DEVICE_HELP)]
+
 
 def debug_enabled() -> bool:
     """``--debug`` (which sets EQTOOLS_DEBUG for this process and its workers) or the variable itself."""
     return os.environ.get("EQTOOLS_DEBUG", "") not in ("", "0")
+
+
+def choices(values: Any) -> str:
+    """The metavar of an option that takes one of ``values``: ``<a|b|c>``, as typer shows an enum's.
+
+    For options whose command checks the value itself (with its own one-paragraph error naming the
+    allowed values), so help shows the choices without typer's generic refusal taking over.
+    """
+    return "<" + "|".join(values) + ">"
 
 
 def print_error(message: str) -> None:
@@ -39,7 +52,11 @@ def print_error(message: str) -> None:
 
 
 def handle_errors(fn: F) -> F:
-    """Turn :class:`EqtoolsError` into one paragraph on stderr and exit status 2."""
+    """Turn :class:`EqtoolsError` into one paragraph on stderr and exit status 2.
+
+    With ``--debug`` the traceback is printed first; the status stays 2, so a script sees the same
+    outcome whether or not someone was debugging it.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -52,7 +69,9 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except EqtoolsError as exc:
             if debug_enabled():
-                raise
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
             print_error(str(exc))
             raise typer.Exit(EXIT_USER_ERROR) from None
 
@@ -126,7 +145,10 @@ def progress(description: str, total: int | None, enabled: bool = True) -> Itera
             state["last"] = now
             info = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
             of = f"/{total}" if total is not None else ""
-            print(f"{description}: {state['done']}{of}  {now - start:.0f}s  {info}".rstrip(), file=sys.stderr, flush=True)
+            eta = ""
+            if total is not None and 0 < state["done"] < total and "ETA" not in fields:  # sample gives its own
+                eta = f"  ETA {(now - start) * (total - state['done']) / state['done']:.0f}s"
+            print(f"{description}: {state['done']}{of}  {now - start:.0f}s{eta}  {info}".rstrip(), file=sys.stderr, flush=True)
 
     yield advance_plain
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.cli._common import FORCE_HELP, DeviceOption, choices, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.vocab import SPLITS, Granularity, Symmetry
 
 
 @handle_errors
@@ -25,11 +26,11 @@ def command(
     ] = None,
     a_bits: Annotated[int | None, typer.Option("--a-bits", help="Uniform subnet: activation bits. Default: --w-bits.")] = None,
     granularity: Annotated[
-        str | None, typer.Option("--granularity", help="With --w-bits: per-channel or per-tensor weight steps.")
+        Granularity | None, typer.Option("--granularity", help="With --w-bits: weight steps per channel or per tensor.")
     ] = None,
-    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --w-bits: sym or asym, for weights and activations both.")] = None,
-    w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="With --w-bits: weight symmetry, sym or asym.")] = None,
-    a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="With --w-bits: activation symmetry, sym or asym.")] = None,
+    symmetry: Annotated[Symmetry | None, typer.Option("--symmetry", help="With --w-bits: for weights and activations both.")] = None,
+    w_symmetry: Annotated[Symmetry | None, typer.Option("--w-symmetry", help="With --w-bits: weight symmetry.")] = None,
+    a_symmetry: Annotated[Symmetry | None, typer.Option("--a-symmetry", help="With --w-bits: activation symmetry.")] = None,
     from_search: Annotated[
         Path | None, typer.Option("--from-search", help="A search artifact: calibrate its best config (best_config.json).")
     ] = None,
@@ -41,11 +42,11 @@ def command(
         typer.Option("--images", min=1, help="Training images for the BN statistics. Default: the spec's calibrate.images."),
     ] = None,
     split: Annotated[
-        str, typer.Option("--split", help="Where accuracy is measured: test (default), val (held-out train), unseen (val plus the training images a train_subset leaves out) or train.")
+        str, typer.Option("--split", metavar=choices(SPLITS), help="Where accuracy is measured: test, val (held-out train), unseen (val plus the training images a train_subset leaves out) or train.")
     ] = "test",
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output directory. Default: artifacts/<spec>/calibrated-<w3a3-per-tensor-asym|mixed-HASH-...>."),
+        typer.Option("--out", metavar="<dir>", help="Output directory. Default: calibrated-<subnet> in artifacts/<spec>/, <subnet> naming its bits and form, or mixed-<hash> (docs/calibrate.md)."),
     ] = None,
     deployed: Annotated[
         bool,
@@ -55,6 +56,7 @@ def command(
                           "8-bit ranges so export builds that same file. Skipped for asymmetric weights, which "
                           "export writes in the exact form."),
     ] = True,
+    device: DeviceOption = "auto",
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, config, metrics) on stdout.")] = False,
 ) -> None:
@@ -67,13 +69,16 @@ def command(
     """
     from eqtools.artifacts import find_latest, read_artifact, resolve_input
     from eqtools.calibrate import calibrate_artifact
+    from eqtools.device import resolve_device
     from eqtools.errors import ConfigError
     from eqtools.evaluation import resolve_config
+
+    device = resolve_device(device)
 
     if searched:
         if from_search is not None:
             raise ConfigError("give either --searched or --from-search SEARCH, not both")
-        from_search = find_latest("search")
+        from_search = find_latest("search", flag="--from-search")
         echo(f"using search artifact {from_search}")
 
     supernet = None
@@ -97,7 +102,8 @@ def command(
                                         else [])])
     subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
                             symmetry=symmetry, w_symmetry=w_symmetry, a_symmetry=a_symmetry, search=from_search)
-    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed)
+    result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed,
+                                device=device)
     m = result.metrics
     if as_json:
         emit_artifact(result, config=subnet.to_dict())

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, human_bytes
-from eqtools.vocab import form_label
+from eqtools.cli._common import FORCE_HELP, DeviceOption, choices, echo, emit_artifact, handle_errors, human_bytes
+from eqtools.vocab import BN_FOLD_MODES, DEPLOY_CPU_CHOICES, ONNX_FORMS, form_label
+from eqtools.vocab import EXPORT_FORMATS as FORMATS
 
 
 def _parity_line(name: str, p: dict[str, Any], against: str) -> str:
@@ -28,12 +29,12 @@ def command(
     ] = None,
     fmt: Annotated[
         str,
-        typer.Option("--format", help="int: packed integer weights + scales/zero points (safetensors); "
+        typer.Option("--format", metavar=choices(FORMATS), help="int: packed integer weights + scales/zero points (safetensors); "
                                       "onnx: ONNX QuantizeLinear/DequantizeLinear graph; all: both."),
     ] = "all",
     onnx_form: Annotated[
         str,
-        typer.Option("--onnx-form", help="deploy: an integer graph (QLinearConv/QGemm/QLinearAdd) that onnxruntime "
+        typer.Option("--onnx-form", metavar=choices(ONNX_FORMS), help="deploy: an integer graph (QLinearConv/QGemm/QLinearAdd) that onnxruntime "
                                          "runs on integer kernels, checked against the fake-quant subnet at the "
                                          "fidelity targets (99.5% agreement, 99% below 4 bits); exact: the QDQ "
                                          "graph that reproduces the fake-quant model, its convs in float. Subnets "
@@ -41,7 +42,7 @@ def command(
     ] = "deploy",
     cpu: Annotated[
         str,
-        typer.Option("--cpu", help="Where the integer ONNX form must compute exactly. any: every x86 CPU; layers "
+        typer.Option("--cpu", metavar=choices(DEPLOY_CPU_CHOICES), help="Where the integer ONNX form must compute exactly. any: every x86 CPU; layers "
                                    "with 8-bit weights on 8-bit inputs store uint8 weights, since CPUs without VNNI "
                                    "sum u8 x s8 products in saturating int16. vnni: only CPUs whose u8 x s8 kernels "
                                    "sum in int32 (AVX512-VNNI, AVX-VNNI, AMX); every weight int8, faster there, "
@@ -58,7 +59,7 @@ def command(
     ] = 21,
     bn_fold: Annotated[
         str,
-        typer.Option("--bn-fold", help="scale: fold batch norm into the weight scales, exact (a per-tensor layer "
+        typer.Option("--bn-fold", metavar=choices(BN_FOLD_MODES), help="scale: fold batch norm into the weight scales, exact (a per-tensor layer "
                                        "gets a per-channel scale vector); requantize: per-tensor layers are "
                                        "requantized after folding, so they stay per-tensor (costs accuracy, reported); "
                                        "none: keep batch norm as its own op."),
@@ -90,13 +91,14 @@ def command(
     ] = None,
     target: Annotated[
         str | None,
-        typer.Option("--target", help="Deployment target (a search --preset name: onnxruntime, openvino, tensorrt, "
+        typer.Option("--target", metavar="<target>", help="Deployment target (a search --preset name: onnxruntime, openvino, tensorrt, "
                                       "tflite, xnnpack, ...) or all: the file that target's runtime runs, checked in "
                                       "that runtime where it runs here. A subnet the target cannot run is refused "
                                       "with what to search for instead; all writes every file the subnet allows. "
                                       "Default: the search's --preset where the subnet comes from one, else "
                                       "onnxruntime."),
     ] = None,
+    device: DeviceOption = "auto",
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Output directory. Default: artifacts/<spec>/export-<config tag>."),
@@ -114,9 +116,10 @@ def command(
     docs/export.md.
     """
     from eqtools.artifacts import resolve_input
+    from eqtools.device import resolve_device
     from eqtools.export import ExportOptions, export_artifact
 
-    options = ExportOptions(formats=(fmt,), opset=opset, bn_fold=bn_fold, check_images=check_images,
+    options = ExportOptions(device=resolve_device(device), formats=(fmt,), opset=opset, bn_fold=bn_fold, check_images=check_images,
                             agreement_min=min_agreement, onnx_form=onnx_form, deploy_agreement_min=min_deploy_agreement,
                             deploy_accuracy_drop_max=max_deploy_accuracy_drop, deploy_cpu=cpu,
                             targets=None if target is None else (target,))

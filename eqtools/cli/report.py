@@ -7,15 +7,17 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import echo, emit_json, handle_errors
+from eqtools.cli._common import DeviceOption, echo, emit_json, handle_errors
 
 
 @handle_errors
 def command(
-    spec_name: Annotated[str | None, typer.Option("--spec", help="Spec name (folder under the workspace); default: that of the newest supernet.")] = None,
-    root: Annotated[Path, typer.Option("--root", help="Workspace directory.")] = Path("artifacts"),
+    spec_name: Annotated[str | None, typer.Option("--spec", metavar="<name>", help="Spec name (folder under the workspace); default: that of the newest supernet.")] = None,
+    root: Annotated[Path, typer.Option("--root", metavar="<dir>", help="Workspace directory the artifacts are read from.")] = Path("artifacts"),
+    forms: Annotated[str, typer.Option("--forms", metavar="<forms>", help="'all', or the comma-separated forms the uniform table shows (granularity/w_symmetry/a_symmetry, e.g. per-channel/sym/sym,per-tensor/asym/asym); each costs three calibrations.")] = "all",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress notes.")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Summarise what a workspace achieved, measured afresh on the test split.
 
@@ -25,9 +27,11 @@ def command(
     predictor's rank correlation, the searched subnet vs the uniform one at the same budget, and
     export parity. An artifact that fails verification is listed, and the command then exits 2.
     """
+    from eqtools.device import resolve_device
     from eqtools.report import build_report, format_report
 
-    report = build_report(root, spec_name, log=lambda m: echo(m, quiet))
+    device = resolve_device(device)
+    report = build_report(root, spec_name, forms=forms, log=lambda m: echo(m, quiet), device=device)
     if as_json:
         emit_json(report)
         _refuse_damaged(report)

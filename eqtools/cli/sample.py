@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, progress
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, progress
+from eqtools.vocab import Granularity, Symmetry
 
 
 def _duration(seconds: float) -> str:
@@ -62,16 +64,16 @@ def command(
     ] = None,
     conditions: Annotated[
         str,
-        typer.Option("--conditions", help="'all', or comma-separated forms granularity/w_symmetry/a_symmetry, e.g. per-channel/sym/asym,per-tensor/asym/asym (granularity/symmetry means both symmetries alike)."),
+        typer.Option("--conditions", metavar="<forms>", help="'all', or comma-separated forms granularity/w_symmetry/a_symmetry, e.g. per-channel/sym/asym,per-tensor/asym/asym (granularity/symmetry means both symmetries alike)."),
     ] = "all",
     granularity: Annotated[
-        str | None, typer.Option("--granularity", help="Keep only forms with this weight granularity (per-channel or per-tensor).")
+        Granularity | None, typer.Option("--granularity", help="Keep only forms with this weight granularity.")
     ] = None,
     symmetry: Annotated[
-        str | None, typer.Option("--symmetry", help="Keep only forms with this symmetry for weights and activations both (sym or asym).")
+        Symmetry | None, typer.Option("--symmetry", help="Keep only forms with this symmetry for weights and activations both.")
     ] = None,
-    w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="Keep only forms with this weight symmetry.")] = None,
-    a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="Keep only forms with this activation symmetry.")] = None,
+    w_symmetry: Annotated[Symmetry | None, typer.Option("--w-symmetry", help="Keep only forms with this weight symmetry.")] = None,
+    a_symmetry: Annotated[Symmetry | None, typer.Option("--a-symmetry", help="Keep only forms with this activation symmetry.")] = None,
     subset: Annotated[
         int | None,
         typer.Option("--subset", min=1, help="Class-balanced held-out (val) images each subnet is evaluated on. Default: spec sample.subset."),
@@ -79,7 +81,7 @@ def command(
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Seed of the config draw. Default: the spec's seed.")] = None,
     shard: Annotated[
         str | None,
-        typer.Option("--shard", help="K/N: evaluate only the K-th of N interleaved slices of the same draw (one job per slice)."),
+        typer.Option("--shard", metavar="<k/n>", help="K/N: evaluate only the K-th of N interleaved slices of the same draw (one job per slice)."),
     ] = None,
     merge: Annotated[
         bool, typer.Option("--merge", help="Join the shard artifacts given as arguments into one samples artifact.")
@@ -105,6 +107,7 @@ def command(
         bool | None,
         typer.Option("--int8-convs/--no-int8-convs", help="Run the quantized convs on oneDNN's int8 kernel (exact integer sums of the codes; pays off compiled). Default: when compiled on a CPU whose int8 kernel sums 8-bit products exactly. Asking for it where it cannot run is an error."),
     ] = None,
+    device: DeviceOption = "auto",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, metrics, parameters) on stdout.")] = False,
@@ -138,9 +141,11 @@ def command(
                 "(the supernet goes after --from)"
             )
         from eqtools.artifacts import resolve_input
+        from eqtools.device import resolve_device
         from eqtools.sample import filter_conditions, parse_conditions, parse_shard, sample_artifact
         from eqtools.vocab import resolve_symmetry_flags
 
+        device = resolve_device(device)
         supernet = resolve_input(from_, "supernet", echo=echo)
         w_sym, a_sym = resolve_symmetry_flags(symmetry, w_symmetry, a_symmetry)
         if granularity or w_sym or a_sym:
@@ -156,8 +161,10 @@ def command(
             result = sample_artifact(
                 supernet, n=n, conditions=conditions, subset=subset, seed=seed, out=out, shard=parse_shard(shard),
                 calib_images=calib_images, batch_size=batch_size, restart=restart,
-                compile=compile_, integer=int8_convs, on_stage=echo, on_start=bar.on_start, on_row=bar.on_row,
+                compile=compile_, integer=int8_convs, device=device, on_stage=echo, on_start=bar.on_start, on_row=bar.on_row,
             )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only the first process reports
+        return
     m = result.metrics
     if as_json:
         emit_artifact(result, parameters=result.extra)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, progress
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, progress
 from eqtools.vocab import GRANULARITIES, SYMMETRIES, VERIFY_SPLITS
 
 # choices derived from the one vocabulary (typer needs an Enum to list them in --help)
@@ -34,7 +34,7 @@ def command(
     predictor_path: Annotated[Path | None, typer.Option(
         "--predictor", help="predictor artifact (default: the newest under artifacts/).")] = None,
     w_bits: Annotated[float | None, typer.Option(
-        "--w-bits", help="Average weight bits X: the search keeps it in (X-0.5, X]. Required unless --pareto.")] = None,
+        "--w-bits", help="Average weight bits X: the search keeps it in (X-0.5, X]. Required unless --pareto, --max-size-mb or --max-bops.")] = None,
     a_bits: Annotated[float | None, typer.Option(
         "--a-bits", help="Average activation bits Y, window (Y-0.5, Y]; default: X.")] = None,
     granularity: Annotated[Granularity | None, typer.Option(
@@ -46,7 +46,7 @@ def command(
     a_symmetry: Annotated[Symmetry | None, typer.Option(
         "--a-symmetry", help="Activation symmetry to search at (with --w-symmetry, instead of --symmetry).")] = None,
     preset: Annotated[str | None, typer.Option(
-        "--preset", help="Deployment target that fixes the conditions: " + _preset_help() + " (sources in docs/search.md).")] = None,
+        "--preset", metavar="<target>", help="Deployment target that fixes the conditions: " + _preset_help() + " (sources in docs/search.md).")] = None,
     max_size_mb: Annotated[float | None, typer.Option(
         "--max-size-mb", help="Cap on packed Conv/Linear weight size, in MB (10^6 bytes).")] = None,
     max_bops: Annotated[float | None, typer.Option(
@@ -76,6 +76,7 @@ def command(
         "--eval-images", min=10, help="With --verify: evaluate on a class-balanced subset of this many --verify-split images (default: all of them).")] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Output directory (default: artifacts/<spec>/search-<budget>-<condition>).")] = None,
+    device: DeviceOption = "auto",
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")] = False,
 ) -> None:
@@ -93,10 +94,14 @@ def command(
     from eqtools.specs import SearchSpec
     from eqtools.vocab import form_label
 
+    if verify:
+        from eqtools.device import resolve_device
+
+        device = resolve_device(device)  # only --verify runs the model
     if verify and uniform:
         raise ConfigError("--verify measures searched candidates; with --uniform calibrate the config instead "
                           "(`eqtools calibrate --w-bits ...`)")
-    art = resolve_input(predictor_path, "predictor", echo=echo)
+    art = resolve_input(predictor_path, "predictor", echo=echo, flag="--predictor")
     predictor = load_predictor(art)
     spec = art.spec or {}
     try:
@@ -134,11 +139,12 @@ def command(
     with progress(f"search ({what})", options.generations, enabled=not as_json and not uniform) as advance:
         outcome = run_search(predictor, options, progress=advance)
     if verify and supernet is not None:
-        from eqtools.search.verify import verify_candidates, verify_outcome
+        from eqtools.search.verify import VerifyBench, verify_candidates, verify_outcome
 
+        bench = VerifyBench.load(supernet, device=device)
         with progress("verify", len(verify_candidates(outcome)), enabled=not as_json) as advance:
             verify_outcome(outcome, supernet, split=verify_split.value, eval_images=eval_images, on_stage=None if as_json else echo,
-                           progress=advance)
+                           progress=advance, bench=bench)
     artifact = write_search(outcome, out, predictor, parents=[supernet] if supernet is not None and verify else [])
     if as_json:
         emit_artifact(artifact, best_config=outcome.best.to_dict())
@@ -155,6 +161,19 @@ def command(
         for row in outcome.verified:
             echo(f"  predicted #{row['predicted_rank']}: predicted {100 * row['predicted_accuracy']:.2f}%, "
                  f"measured {100 * row['measured_top1']:.2f}% on {row['eval_images']} {row['split']} images")
+    baseline = outcome.uniform_baseline
+    if outcome.verified and baseline is not None:
+        ubits = "W{}A{}".format(*baseline["uniform_bits"])
+        where = f"{outcome.verified[0]['eval_images']} {outcome.verified[0]['split']} images"
+        if outcome.best.to_dict() == baseline["config"]:
+            echo(f"kept the uniform {ubits} config: none of the {len(outcome.top)} searched candidates measured above it "
+                 f"on the {where}")
+        else:
+            echo(f"the pick measured above the uniform {ubits} config on the {where}")
+        if not baseline["in_budget"]:
+            echo(f"  (no uniform config lies in the budget's windows; uniform {ubits} is the largest under its upper bounds)")
+    elif outcome.verified:
+        echo("no uniform config fits this budget, so --verify had no uniform subnet to compare the pick with")
     if outcome.vs_uniform is not None:
         v = outcome.vs_uniform
         echo(f"pick minus uniform on {v['images']} test images (paired): {100 * v['difference']:+.2f} points, "

@@ -8,25 +8,28 @@ from typing import Annotated
 
 import typer
 
-from eqtools.cli._common import FORCE_HELP, echo, emit_artifact, handle_errors, print_error, progress
+from eqtools.cli._common import FORCE_HELP, DeviceOption, echo, emit_artifact, handle_errors, print_error, progress
+from eqtools.vocab import Granularity, Symmetry
 
 
 @handle_errors
 def command(
     spec_path: Annotated[Path, typer.Argument(metavar="SPEC", help="Spec file, e.g. specs/quick.json.")],
     out: Annotated[Path | None, typer.Option("--out", help="Artifact directory. Default: artifacts/<spec>/supernet[-<tag>].")] = None,
-    tag: Annotated[str | None, typer.Option("--tag", help="Suffix for the default output directory.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", metavar="<tag>", help="Suffix for the default output directory.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Discard an interrupted run's checkpoint and start over.")] = False,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override train.epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Quantization-aware epochs (train.epochs), after the float warm-up.")] = None,
+    fp_epochs: Annotated[int | None, typer.Option("--fp-epochs", min=0, help="Float warm-up epochs before them (train.fp_epochs; 0: none). Skipped when the spec names a pretrained model or the same warm-up is cached.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, max=2**31 - 1, help="Override the spec's seed.")] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOption = "auto",
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32, bf16 or fp16 autocast for the forward passes (fp16 adds a gradient scaler). Default: the spec's train.precision, fp32.")] = None,
     compile_: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Force torch.compile on or off (default: the spec's train.compile, 'auto').")] = None,
     static_bits: Annotated[str | None, typer.Option("--static-bits", metavar="W[/A]", help="Train a static-QAT baseline of one uniform config instead of a supernet (e.g. 4 or 4/8).")] = None,
-    granularity: Annotated[str | None, typer.Option("--granularity", help="With --static-bits: per-channel or per-tensor.")] = None,
-    symmetry: Annotated[str | None, typer.Option("--symmetry", help="With --static-bits: sym or asym, for weights and activations both.")] = None,
-    w_symmetry: Annotated[str | None, typer.Option("--w-symmetry", help="With --static-bits: weight symmetry (sym or asym).")] = None,
-    a_symmetry: Annotated[str | None, typer.Option("--a-symmetry", help="With --static-bits: activation symmetry (sym or asym).")] = None,
+    granularity: Annotated[Granularity | None, typer.Option("--granularity", help="With --static-bits: weight granularity.")] = None,
+    symmetry: Annotated[Symmetry | None, typer.Option("--symmetry", help="With --static-bits: for weights and activations both.")] = None,
+    w_symmetry: Annotated[Symmetry | None, typer.Option("--w-symmetry", help="With --static-bits: weight symmetry.")] = None,
+    a_symmetry: Annotated[Symmetry | None, typer.Option("--a-symmetry", help="With --static-bits: activation symmetry.")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", metavar="KEY=VALUE", help="Override any spec field, e.g. --set train.sandwich.distill=false (repeatable).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse to train if a weight matmul the spec did not pin to \"fp\" would stay in floating point.")] = False,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
@@ -37,23 +40,30 @@ def command(
 
     Each step trains the largest subnet, random subnets and the smallest subnet (sandwich rule)
     with group progressive guidance (KL from larger to smaller) and weight distribution
-    regularisation. Checkpoints every epoch (and on Ctrl-C) so --resume continues exactly.
+    regularisation, after train.fp_epochs epochs of float warm-up (none with a pretrained model).
+    Checkpoints every epoch, warm-up included (and on Ctrl-C), so --resume continues exactly.
     Multi-process: torchrun --nproc_per_node 2 -m eqtools train SPEC.
     """
     from eqtools.artifacts import default_out
     from eqtools.build import resolve_spec
     from eqtools.cli.overrides import apply_overrides
+    from eqtools.device import resolve_device
     from eqtools.specs import load_spec, parse_spec
     from eqtools.train import TrainingInterrupted, TrainOptions, run_training
     from eqtools.vocab import form_tag, resolve_symmetry_flags
 
+    device = resolve_device(device)  # before anything is read: a missing GPU is a one-line refusal
     spec = load_spec(spec_path)
     data = spec.to_dict()
     assignments = list(overrides or [])
     if epochs is not None:
         assignments.append(f"train.epochs={epochs}")
+    if fp_epochs is not None:
+        assignments.append(f"train.fp_epochs={fp_epochs}")
     if seed is not None:
         assignments.append(f"seed={seed}")
+    if precision is not None:
+        assignments.append(f"train.precision={precision}")
     if compile_ is not None:
         assignments.append(f"train.compile={'on' if compile_ else 'off'}")
     if static_bits is not None:

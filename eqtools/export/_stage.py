@@ -742,12 +742,15 @@ def export_subnet(
 
 
 # ------------------------------------------------------------------------------------------ artifacts
-def _subnet_of(source: Artifact, log: Callable[[str], None] | None) -> tuple[Supernet, SubnetConfig, list[Artifact]]:
+def _subnet_of(source: Artifact, log: Callable[[str], None] | None,
+               device: str = "cpu") -> tuple[Supernet, SubnetConfig, list[Artifact]]:
     """The subnet to export, BN-calibrated, with the artifacts it comes from.
 
     A ``calibrated`` artifact is read as it is. A ``search`` artifact's best config is calibrated
     in memory by the shared library (:func:`eqtools.evaluation.measure_subnet`, on the ``val``
-    split), not by the calibrate stage: export writes only its own artifact, and says so.
+    split), not by the calibrate stage: export writes only its own artifact, and says so. That
+    calibration runs on ``device``; the subnet is returned on the CPU, where the file checks run
+    (they compare against CPU runtimes to 1e-4, which a GPU's TF32 convolutions would not meet).
     """
     from eqtools.build import load_supernet
     from eqtools.evaluation import measure_subnet
@@ -763,8 +766,9 @@ def _subnet_of(source: Artifact, log: Callable[[str], None] | None) -> tuple[Sup
         if log:
             log(f"calibrating the search's best config in memory on supernet {supernet_artifact.path} (val split); "
                 "no calibrated artifact is written (`eqtools calibrate --from-search` keeps one)")
-        supernet, _ = measure_subnet(supernet_artifact, config, split="val", supernet=load_supernet(supernet_artifact))
-        return supernet, config, [source, supernet_artifact]
+        supernet, _ = measure_subnet(supernet_artifact, config, split="val",
+                                     supernet=load_supernet(supernet_artifact, map_location=device))
+        return supernet.cpu(), config, [source, supernet_artifact]
     if source.kind != "calibrated":
         raise ArtifactError(f"{source.path} is a '{source.kind}' artifact; export reads 'calibrated' or 'search' ones")
     config = Calibrated.config(source)
@@ -844,7 +848,8 @@ def export_artifact(
     the check images). ``out`` defaults to ``artifacts/<spec>/export-<config tag>`` (with ``-vnni``
     after it for an explicit ``deploy_cpu="vnni"``, so the two files of one subnet do not replace
     each other; ``"auto"`` keeps the plain name, so a pipeline's paths do not depend on its CPU).
-    Nothing is written unless every requested file passed its check.
+    Nothing is written unless every requested file passed its check. ``device`` is where a search
+    artifact's config is calibrated; the checks run on the CPU (see :func:`_subnet_of`).
     """
     if options is None:
         if "formats" in kwargs:
@@ -874,7 +879,7 @@ def export_artifact(
                           + ("-vnni" if deploying and deploy_cpu == "vnni" else ""))
     if out is not None:
         claim_out(out, "export", [source])  # before anything is calibrated or converted
-    supernet, config, parents = _subnet_of(source, log)
+    supernet, config, parents = _subnet_of(source, log, o.device)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     held_out = splits.val.balanced(check_images, spec.seed, "val")
     batches = BatchSource(held_out, batch_size)

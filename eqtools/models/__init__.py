@@ -58,4 +58,4 @@ def get_model(name: str, num_classes: int = 1000, in_channels: int = 3, **kwargs
     return models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
 
 
-from eqtools.models import resnet_cifar, tiny, vit  # noqa: E402,F401  (registers the models)
+from eqtools.models import mobilenet, resnet_cifar, tiny, vit  # noqa: E402,F401  (registers the models)

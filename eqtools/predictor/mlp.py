@@ -12,8 +12,9 @@ available for comparison.
 
 Inference runs the same few matrix products with torch on one thread: the genetic search calls
 the predictor 500 times on ~75 configs, and at that size extra BLAS threads only fight over the
-cores (measured on a busy 2-core machine: numpy/OpenBLAS with 2 threads 28 ms a call, one thread
-2.2 ms, torch on one thread 1.1 ms). :func:`one_thread` scopes that setting to a block.
+cores (on a busy 2-core machine one torch thread was the fastest of numpy/OpenBLAS and torch with
+one or two threads, by an order of magnitude against two BLAS threads; BENCHMARKS.md, "Search",
+times the search). :func:`one_thread` scopes that setting to a block.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def train_mlp(
         return loss
 
     net.train()
-    # a 200-wide MLP gains nothing from intra-op threads, and on a busy machine they cost 10x
+    # a 200-wide MLP gains nothing from intra-op threads, and on a busy machine they cost many times over
     with one_thread():
         _epochs(net, opt, loss_fn, xt, yt, epochs, batch_size, gen, on_epoch)
     net.eval()

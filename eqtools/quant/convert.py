@@ -238,6 +238,19 @@ def _route_functional_calls(model: nn.Module, callers: Mapping[str, str]) -> Non
         module._eq_routes = tuple(layers)  # a tuple of modules is not registered: no duplicate keys
 
 
+def _batch_inputs(batch: Any) -> Tensor:
+    """The input tensor of one batch: the batch itself, or the first item of an (inputs, labels) pair."""
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        return batch[0]
+    if isinstance(batch, Tensor):
+        return batch
+    raise ConfigError(
+        f"init_from_data takes batches of input tensors [B, C, H, W] or (inputs, labels) pairs, as a "
+        f"torch.utils.data.DataLoader yields them; got a {type(batch).__name__}"
+        + (f" of {[type(v).__name__ for v in batch][:3]}" if isinstance(batch, (tuple, list, dict)) else "")
+    )
+
+
 def quantize_model(
     model: nn.Module,
     space: ElasticSpace | Mapping[str, Any],
@@ -359,8 +372,8 @@ class Supernet(nn.Module):
     def use_channels_last(self) -> Supernet:
         """Keep conv weights and inputs in NHWC layout.
 
-        oneDNN's convolutions are much faster in it on CPU (measured on ResNet-20 at 28x28, 2
-        threads: quantized evaluation +57%, a sandwich training step -17%; see BENCHMARKS.md). The
+        oneDNN's convolutions are much faster in it on CPU, in quantized evaluation and in a sandwich
+        training step alike (ResNet-20 at 28x28; BENCHMARKS.md, "Training step", times the step). The
         parameters stay the same objects, so optimisers built before or after both work; results
         differ from NCHW only by float summation order.
         """
@@ -418,12 +431,15 @@ class Supernet(nn.Module):
         return all(q.ready for q in self.quantizers())
 
     @torch.no_grad()
-    def init_from_data(self, batches: Iterable[Tensor], p: float = 2.4) -> int:
+    def init_from_data(self, batches: Iterable[Any], p: float = 2.4) -> int:
         """Initialise every form of every quantizer; returns the number of images seen.
 
-        Weight steps come from an L_p clipping search on the weights; activation steps from the
-        same search on the layer inputs of a float forward pass over ``batches`` (the reference
-        uses 256 images). The model runs in eval mode so batch norm uses its running statistics.
+        ``batches`` yields input tensors ``[B, C, H, W]`` (``[B, ...]`` for other models) or
+        ``(inputs, labels)`` pairs, so a ``torch.utils.data.DataLoader`` over a labelled dataset
+        works as it is; labels are ignored. Weight steps come from an L_p clipping search on the
+        weights; activation steps from the same search on the layer inputs of a float forward pass
+        over ``batches`` (the reference uses 256 images). The model runs in eval mode so batch norm
+        uses its running statistics.
         """
         acts = [layer.act_quant for layer in self._layers.values()]
         for layer in self._layers.values():
@@ -434,7 +450,8 @@ class Supernet(nn.Module):
         seen = 0
         try:
             self.eval()
-            for x in batches:
+            for batch in batches:
+                x = _batch_inputs(batch)
                 self.model(x)
                 seen += x.shape[0]
             if seen == 0:

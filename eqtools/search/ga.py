@@ -16,8 +16,9 @@ A genome is the elastic layers' bit-width *indices* (weights, then activations).
 Why numpy and not DEAP's operators here: the variation operators are exactly DEAP's
 ``tools.mutUniformInt`` and ``tools.cxUniform`` (gene-wise, inside each gene's range, so every
 child is a config of the space), applied to the whole brood as array operations. DEAP's
-per-individual versions cost about 65 µs a child; with the constraint rejection a generation
-draws a few hundred children, which alone would take the 100 × 500 search past its 15 s target.
+per-individual versions cost tens of microseconds a child; with the constraint rejection a
+generation draws a few hundred children, which alone would take the 100 × 500 search past its time
+target (BENCHMARKS.md, "Search", times it).
 DEAP does the work where it is the better tool: NSGA-II's non-dominated sorting and crowding
 (:mod:`eqtools.search.pareto`). Randomness comes from one seeded ``numpy.random.Generator``, so a
 seed fully determines the result and no global state is touched.

@@ -157,9 +157,10 @@ def run_search(
     *form, preset = resolve_conditions(space, options.granularity, options.symmetry, options.preset,
                                        w_symmetry=options.w_symmetry, a_symmetry=options.a_symmetry)
     form = tuple(form)
-    if options.w_bits is None and not options.pareto:
+    if options.w_bits is None and not options.pareto and options.max_size_mb is None and options.max_bops is None:
         raise ConfigError("--w-bits is required (the average weight-bit budget X: the search keeps the average in "
-                          "(X - 0.5, X]); or use --pareto to see every budget at once")
+                          "(X - 0.5, X]) unless --max-size-mb or --max-bops bounds the weights; or use --pareto to "
+                          "see every budget at once")
     a_target = options.a_bits if options.a_bits is not None else options.w_bits
     budget = Budget(
         w_bits=options.w_bits,
@@ -204,7 +205,8 @@ def _search(predictor: Predictor, options: SearchOptions, costs: CostModel, feas
         res_ga = run_ga(fitness, feas, population=options.population, generations=options.generations,
                         mutation_prob=options.mutation_prob, parent_fraction=options.parent_fraction,
                         seed=options.seed, on_generation=on_generation, progress=progress,
-                        seeds=[] if baseline is None else [costs.bits_of(SubnetConfig.from_dict(baseline["config"]))])
+                        seeds=[] if baseline is None or not baseline["in_budget"]
+                        else [costs.bits_of(SubnetConfig.from_dict(baseline["config"]))])
         best_genes, best_acc = res_ga.best, res_ga.best_fitness
         archive = res_ga.archive
         all_genes, all_acc = archive.genes(2 * n), archive.fitness()
@@ -277,18 +279,40 @@ def _uniform_seeds(costs: CostModel) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def _uniform_baseline(predictor: Predictor, costs: CostModel, feas: Feasibility, options: SearchOptions,
                       form: Form) -> dict[str, Any] | None:
-    """The uniform config at the budget (when it exists and is feasible), to compare the search with."""
-    w, a = options.w_bits, options.a_bits if options.a_bits is not None else options.w_bits
+    """The uniform config the search must beat, which ``--verify`` measures beside the candidates and
+    falls back to: the uniform config with the most bits (weights and activations summed, then
+    weights) among those that meet the whole budget. For ``--w-bits X --a-bits Y`` with X and Y in
+    the space that is uniform X/Y; for a size or BOPs cap alone it is the largest uniform config
+    under the cap. When no uniform config lies in the budget's windows (fractional budgets such as
+    ``--w-bits 3.5``), it is the largest one under the budget's upper bounds, marked
+    ``in_budget: False`` (a user asking for 3.5 bits would still take a uniform 3-bit subnet that
+    beats every candidate). None for ``--pareto``, or when no uniform config fits even the upper
+    bounds.
+    """
+    if options.pareto:
+        return None
     space = costs.space
-    if options.pareto or w is None or a is None or not float(w).is_integer() or not float(a).is_integer():
-        return None
-    if int(w) not in space.w_bits or int(a) not in space.a_bits:
-        return None
-    config = space.uniform(int(w), int(a), *form)
-    wb, ab = costs.bits_of(config)
-    if not feas.mask(wb[None], ab[None])[0]:
-        return None
-    return _point(costs, wb, ab, float(predictor.predict([config])[0]), form, predictor)
+    grid = [(w, a) for w in space.w_bits for a in space.a_bits]
+    bits = [costs.bits_of(space.uniform(w, a, *form)) for w, a in grid]
+    w_arr = np.stack([b[0] for b in bits])
+    a_arr = np.stack([b[1] for b in bits])
+    in_budget = True
+    ok = feas.mask(w_arr, a_arr)
+    if not ok.any():
+        in_budget = False
+        try:
+            caps = check_budget(costs, Budget(w_bits=feas.budget.w_bits, a_bits=feas.budget.a_bits,
+                                              max_size_bytes=feas.budget.max_size_bytes,
+                                              max_bops=feas.budget.max_bops, upper_only=True))
+        except InfeasibleError:
+            return None
+        ok = caps.mask(w_arr, a_arr)
+        if not ok.any():
+            return None
+    best = max((i for i in range(len(grid)) if ok[i]), key=lambda i: (grid[i][0] + grid[i][1], grid[i][0]))
+    config = space.uniform(*grid[best], *form)
+    point = _point(costs, w_arr[best], a_arr[best], float(predictor.predict([config])[0]), form, predictor)
+    return {**point, "uniform_bits": list(grid[best]), "in_budget": in_budget}
 
 
 def _uniform(predictor: Predictor, costs: CostModel, budget: Budget, options: SearchOptions, form: Form,

@@ -51,7 +51,7 @@ def find_supernet(predictor: Predictor, path: Path | str | None = None,
         supernet = art.ancestor("supernet") if art is not None else None
         how = "the predictor's lineage"
         if supernet is None:
-            supernet = read_artifact(find_latest("supernet"), "supernet")
+            supernet = read_artifact(find_latest("supernet", flag="--supernet"), "supernet")
             how = "the newest: the predictor's lineage records none"
         if echo is not None:
             echo(f"verifying on supernet {supernet.path} ({how})")
@@ -76,13 +76,13 @@ class VerifyBench:
     calib: Any
 
     @classmethod
-    def load(cls, supernet_artifact: Artifact) -> VerifyBench:
+    def load(cls, supernet_artifact: Artifact, device: str = "cpu") -> VerifyBench:
         from eqtools.build import artifact_spec, load_supernet
         from eqtools.data import load_splits
         from eqtools.evaluation import calibration_source
 
         spec = artifact_spec(supernet_artifact)
-        supernet = load_supernet(supernet_artifact).use_channels_last()
+        supernet = load_supernet(supernet_artifact, map_location=device).use_channels_last()
         splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
         calib = calibration_source(splits, spec.calibrate.images, spec.calibrate.batch_size, spec.seed)
         return cls(spec, supernet, splits, calib)
@@ -164,8 +164,10 @@ def verify_outcome(
 ) -> SearchOutcome:
     """Measure the top-K and the uniform config at the budget; make the best *measured* one the pick.
 
-    The uniform config is measured too: a search that cannot beat it on held-out images returns
-    it, so ``--verify`` never ships a subnet worse than the obvious choice. The GA's own best
+    The uniform config is measured too (for budgets without one in their windows, the largest
+    uniform config under their upper bounds; see ``run._uniform_baseline``): a search none of whose
+    candidates measures *above* it on held-out images returns it, a tie included, so ``--verify``
+    never ships a subnet that measured worse than the obvious choice. The GA's own best
     prediction is kept in ``search_best_predicted`` so reports can tell prediction from measurement.
     ``bench`` lets a caller verifying many searches on one supernet load it and its data once.
     """
@@ -179,6 +181,11 @@ def verify_outcome(
     rows = verify_configs(supernet_artifact, configs, [p["predicted_accuracy"] for p in candidates],
                           split=split, eval_images=eval_images, on_stage=on_stage, progress=progress, bench=bench,
                           per_image=True)
+    baseline = outcome.uniform_baseline
+    if baseline is not None:  # a tie goes to the uniform config: a candidate must beat it to be kept
+        index = next(i for i, row in enumerate(rows) if row["config"] == baseline["config"])
+        if rows[index]["measured_top1"] >= rows[0]["measured_top1"]:
+            rows.insert(0, rows.pop(index))
     outcome.verified_correct = [row.pop("correct") for row in rows]
     outcome.search_best_predicted = outcome.best_predicted
     outcome.verified = rows

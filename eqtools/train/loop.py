@@ -19,10 +19,10 @@ import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from eqtools.train.step import sample_sandwich, sandwich_step, static_step, wdr_
 __all__ = ["TrainOptions", "TrainingInterrupted", "monitor_images", "quantizer_init_images", "run_training"]
 
 CHECKPOINT = "checkpoint.pt"
+FP_CHECKPOINT = "fp-checkpoint.pt"  # the float warm-up's, while it runs
 Progress = Callable[..., None]
 
 
@@ -60,6 +61,52 @@ class TrainOptions:
 
 
 # --------------------------------------------------------------------------------- utilities
+class Precision:
+    """Mixed precision of the training forward passes: autocast, and a gradient scaler for fp16.
+
+    Parameters, optimiser state and gradients stay fp32; autocast runs convolutions and matmuls in
+    the lower dtype. The quantizers divide, clip and round in fp32 whatever the autocast dtype
+    (:func:`eqtools.quant.quantizer.fake_quantize`), so precision changes the arithmetic around the
+    codes, never which code a value gets. fp16's five exponent bits underflow small gradients,
+    hence the scaler; bf16 has fp32's range and needs none.
+    """
+
+    DTYPES: ClassVar[dict[str, torch.dtype | None]] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, name: str, device: str) -> None:
+        self.name = name
+        self.device_type = torch.device(device).type
+        self.dtype = self.DTYPES[name]
+        self.scaler = torch.amp.GradScaler(self.device_type) if name == "fp16" else None
+
+    def autocast(self) -> AbstractContextManager:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, opt: torch.optim.Optimizer, params: Any, grad_clip: float | None) -> None:
+        """Clip (after unscaling) and step; with fp16 the scaler skips a step whose gradients overflowed."""
+        if self.scaler is not None:
+            self.scaler.unscale_(opt)
+        if grad_clip:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            opt.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scaler.state_dict() if self.scaler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)
+
+
 @dataclass
 class _Dist:
     rank: int = 0
@@ -195,14 +242,27 @@ def _accuracy(model: nn.Module, split: Split, batch_size: int, device: str, limi
 # --------------------------------------------------------------------------------- float warm-up
 def _fp_cache_key(spec: Spec) -> str:
     t = spec.train
-    key = {"model": spec.model.model_dump(), "data": spec.data.model_dump(), "seed": spec.seed,
-           "epochs": t.fp_epochs, "batch": t.batch_size, "lr": t.lr, "optimizer": t.optimizer}
+    data = spec.data.model_dump()
+    data["workers"] = 0  # decoding in parallel changes nothing in the batches (0: the keys made before it was read)
+    # Every field the warm-up reads: a cached warm-up made with other steps, schedule or clipping is
+    # another float model, and reusing it would silently change what the run starts from.
+    key = {"model": spec.model.model_dump(), "data": data, "seed": spec.seed,
+           "epochs": t.fp_epochs, "batch": t.batch_size, "lr": t.lr, "optimizer": t.optimizer,
+           "steps_per_epoch": t.steps_per_epoch, "weight_decay": t.weight_decay, "schedule": t.schedule,
+           "grad_clip": t.grad_clip, "precision": t.precision}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, opts: TrainOptions, dist: _Dist) -> dict:
+def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, opts: TrainOptions, dist: _Dist,
+                    work: Path) -> dict:
     """Train the float model for ``fp_epochs`` (cached beside the output: static baselines of the
-    same spec reuse it). Returns summary metrics."""
+    same spec reuse it). Returns summary metrics.
+
+    Checkpointed like the QAT epochs (``work/fp-checkpoint.pt`` at every warm-up epoch end and at the
+    current step on SIGINT/SIGTERM), so ``--resume`` continues an interrupted warm-up exactly: the
+    data order is a pure function of (seed, epoch, batch) and the optimiser, schedule and RNG state
+    are restored. The checkpoint goes once the float weights are cached.
+    """
     cache = opts.out.parent / ".fp-cache" / f"{_fp_cache_key(spec)}.safetensors"
     if cache.is_file():
         model.load_state_dict(load_safetensors(cache), strict=True)
@@ -213,25 +273,60 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
     model.to(device).train()
     model.to(memory_format=torch.channels_last)  # faster convolutions (see Supernet.use_channels_last)
     opt = _make_optimizer(spec, list(model.parameters()), [])
+    amp = Precision(t.precision, device)
     steps = len(splits.train) // t.batch_size
     if t.steps_per_epoch:
         steps = min(steps, t.steps_per_epoch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * t.fp_epochs, 0, t.schedule))
+    ckpt_path = work / FP_CHECKPOINT
+    start_epoch = start_step = 0
+    if opts.resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state.get("spec") != spec.to_dict():
+            raise EqtoolsError(f"the float warm-up checkpoint at {ckpt_path} was made with a different spec; resume "
+                               "with the same spec and flags, or pass --restart")
+        model.load_state_dict(state["model"], strict=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        amp.load_state_dict(state.get("scaler") or {})
+        start_epoch, start_step = state["epoch"], state["step_in_epoch"]
+        opts.log(f"float warm-up: resuming from {ckpt_path} (epoch {start_epoch}, step {start_step})")
+
+    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+        if not dist.main:
+            return
+        work.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save({"spec": spec.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+                            "scaler": amp.state_dict(), "epoch": epoch, "step_in_epoch": step_in_epoch}, ckpt_path)
+
     progress = opts.progress or _null_progress
     start = time.monotonic()
-    for epoch in range(t.fp_epochs):
-        with progress(f"float warm-up {epoch + 1}/{t.fp_epochs}", steps) as advance:
-            for x, y in splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed + 7,
-                                             epoch=epoch, drop_last=True, limit=steps):
-                opt.zero_grad(set_to_none=True)
-                x = x.to(device).contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(model(x), y.to(device))
-                loss.backward()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
-                sched.step()
-                advance(1, loss=loss.item())
+    with _interrupt_flag() as flag:
+        for epoch in range(start_epoch, t.fp_epochs):
+            first = start_step if epoch == start_epoch else 0
+            with progress(f"float warm-up {epoch + 1}/{t.fp_epochs}", steps - first) as advance:
+                for i, (x, y) in enumerate(
+                    splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed + 7,
+                                         epoch=epoch, start=first, drop_last=True, limit=steps - first),
+                    start=first,
+                ):
+                    opt.zero_grad(set_to_none=True)
+                    x = x.to(device).contiguous(memory_format=torch.channels_last)
+                    with amp.autocast():
+                        loss = F.cross_entropy(model(x).float(), y.to(device))
+                    amp.backward(loss)
+                    amp.step(opt, model.parameters(), t.grad_clip)
+                    sched.step()
+                    advance(1, loss=loss.item())
+                    if flag["stop"]:
+                        save_checkpoint(epoch, i + 1)
+                        raise TrainingInterrupted(
+                            f"training interrupted in float warm-up epoch {epoch + 1}, step {i + 1}/{steps}; the "
+                            f"checkpoint is saved at {ckpt_path}. Continue with the same command plus --resume"
+                        )
+            save_checkpoint(epoch + 1, 0)
     top1 = _accuracy(model, splits.val, 500, device, 2000, spec.seed)
     model.train()
     model.to(memory_format=torch.contiguous_format)
@@ -240,6 +335,7 @@ def _pretrain_float(model: nn.Module, spec: Spec, splits: Splits, device: str, o
         tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
         save_safetensors(tmp, model.state_dict())
         os.replace(tmp, cache)
+        ckpt_path.unlink(missing_ok=True)
     opts.log(f"float warm-up: {t.fp_epochs} epochs in {time.monotonic() - start:.0f}s, val top-1 {top1:.4f}")
     return {"fp_cached": False, "fp_val_top1": top1, "fp_time_s": time.monotonic() - start}
 
@@ -262,7 +358,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
     torch.manual_seed(spec.seed)
     splits = load_splits(spec.data, spec.seed, spec.model.num_classes)
     summary: dict[str, Any] = {}
-    supernet = _starting_supernet(spec, splits, device, opts, dist, checkpoint, summary)
+    supernet = _starting_supernet(spec, splits, device, opts, dist, checkpoint, summary, work)
     supernet.use_channels_last()
     mode = t.mode
     fixed = static_config(spec, supernet) if mode == "static" else None
@@ -280,8 +376,11 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
     total_steps = steps * t.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total_steps, int(t.warmup_epochs * steps), t.schedule))
     rng = random.Random(spec.seed)
+    amp = Precision(t.precision, device)
+    summary["precision"] = t.precision
     start_epoch, start_step, rows = 0, 0, []
     if checkpoint is not None:
+        amp.load_state_dict(checkpoint.get("scaler") or {})
         opt.load_state_dict(checkpoint["optimizer"])
         sched.load_state_dict(checkpoint["scheduler"])
         rng.setstate(_to_tuple(checkpoint["rng"]))
@@ -317,6 +416,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
             "model": supernet.state_dict(),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
+            "scaler": amp.state_dict(),
             "epoch": epoch,
             "step_in_epoch": step_in_epoch,
             "rng": _to_lists(rng.getstate()),
@@ -330,6 +430,7 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
         f"training {spec.model.name} ({mode}) on {spec.data.name}: {t.epochs} epochs x {steps} steps of "
         f"{t.batch_size} images, {len(supernet.space.layer_names)} quantized layers"
         f"{', compiled' if use_compile else ''}{f', {dist.world} processes' if dist.world > 1 else ''}"
+        f"{f', {t.precision} autocast' if t.precision != 'fp32' else ''}"
     )
     run_start = time.monotonic()
     with _interrupt_flag() as flag, out_of_memory_advice("training", "train.batch_size", t.batch_size):
@@ -343,25 +444,24 @@ def run_training(spec: Spec, opts: TrainOptions) -> Artifact | None:
             with progress(f"epoch {epoch + 1}/{t.epochs}", steps - first) as advance:
                 for i, (x, y) in enumerate(
                     splits.train.batches(t.batch_size, shuffle=True, augment=spec.data.augment, seed=spec.seed,
-                                         epoch=epoch, start=first, drop_last=True, limit=steps - first),
+                                         epoch=epoch, start=first, drop_last=True, limit=steps - first,
+                                         part=(dist.rank, dist.world) if dist.world > 1 else None,
+                                         pin_memory=device.startswith("cuda")),
                     start=first,
                 ):
-                    if dist.world > 1:
-                        x, y = x[dist.rank :: dist.world], y[dist.rank :: dist.world]
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     step_start = time.monotonic()
                     opt.zero_grad(set_to_none=True)
                     if mode == "static":
-                        losses = static_step(forward_model, x, y)
+                        losses = static_step(forward_model, x, y, autocast=amp.autocast, backward=amp.backward)
                     else:
                         configs = sample_sandwich(supernet.space, rng, t.sandwich.num_random)
                         digest.update("".join(c.to_json(indent=None) for c in configs).encode())
                         losses = sandwich_step(forward_model, supernet, x, y, configs, kd_lambda=t.sandwich.kd_lambda,
-                                               temperature=t.sandwich.temperature, distill=t.sandwich.distill, wdr=wdr)
+                                               temperature=t.sandwich.temperature, distill=t.sandwich.distill, wdr=wdr,
+                                               autocast=amp.autocast, backward=amp.backward)
                     _check_finite_loss(losses, epoch, i, steps, ckpt_path, t.lr, dist, device)  # before the step spreads it
-                    if t.grad_clip:
-                        nn.utils.clip_grad_norm_(supernet.parameters(), t.grad_clip)
-                    opt.step()
+                    amp.step(opt, supernet.parameters(), t.grad_clip)
                     sched.step()
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
@@ -438,18 +538,20 @@ def _check_finite_weights(supernet: nn.Module, epoch: int, steps: int, ckpt_path
 def _open_checkpoint(spec: Spec, opts: TrainOptions, dist: _Dist, work: Path) -> dict[str, Any] | None:
     """The checkpoint to resume from (``--resume``), after refusing to clobber one silently."""
     ckpt_path = work / CHECKPOINT
-    if ckpt_path.exists() and not (opts.resume or opts.restart):
-        raise EqtoolsError(
-            f"an unfinished training run is checkpointed at {ckpt_path}; pass --resume to continue it or "
-            "--restart to discard it and start again"
-        )
+    for found in (ckpt_path, work / FP_CHECKPOINT):
+        if found.exists() and not (opts.resume or opts.restart):
+            raise EqtoolsError(
+                f"an unfinished training run is checkpointed at {found}; pass --resume to continue it or "
+                "--restart to discard it and start again"
+            )
     if opts.restart and dist.main:
         shutil.rmtree(work, ignore_errors=True)
     dist.barrier()
     if not opts.resume:
         return None
     if not ckpt_path.exists():
-        opts.log(f"no checkpoint at {ckpt_path}; starting a new run")
+        if not (work / FP_CHECKPOINT).exists():
+            opts.log(f"no checkpoint at {ckpt_path}; starting a new run")
         return None
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -471,13 +573,13 @@ def _open_checkpoint(spec: Spec, opts: TrainOptions, dist: _Dist, work: Path) ->
 
 
 def _starting_supernet(spec: Spec, splits: Splits, device: str, opts: TrainOptions, dist: _Dist,
-                       checkpoint: dict[str, Any] | None, summary: dict[str, Any]) -> Supernet:
+                       checkpoint: dict[str, Any] | None, summary: dict[str, Any], work: Path) -> Supernet:
     """The supernet the first step sees: float warm-up (if asked), conversion, and quantizers
     initialised from class-balanced training images, or everything restored from the checkpoint."""
     t = spec.train
     model = build_float_model(spec)
     if checkpoint is None and t.fp_epochs and not spec.model.pretrained:
-        summary.update(_pretrain_float(model, spec, splits, device, opts, dist))
+        summary.update(_pretrain_float(model, spec, splits, device, opts, dist, work))
     supernet = build_supernet(spec, model).to(device)
     if checkpoint is None:
         per = min(t.batch_size, t.init_images)
@@ -543,11 +645,12 @@ COMPILE_MIN_CPU_SUBNET_PASSES = 1800
 
 
 def _compile_pays_off(device: str, subnet_passes: int) -> bool:
-    """On two CPU cores compiling the supernet costs about 75 s and saves about 40 % of each sandwich
-    step (three subnets), so it pays off after about 190 steps (BENCHMARKS.md, "Training speed on the
-    quick spec"). The threshold, counted in subnet forward/backward passes so that a static run's
-    one-subnet steps need three times as many, is 600 sandwich steps: a 3x margin for slower
-    machines, where compilation takes longer."""
+    """On two CPU cores compiling the supernet costs a minute or more once and saves part of each
+    sandwich step (three subnets), so it pays off only after a few hundred steps (BENCHMARKS.md,
+    "Training speed", has the measured cost, saving and break-even). The threshold, counted in
+    subnet forward/backward passes so that a static run's one-subnet steps need three times as many,
+    is 600 sandwich steps: about three times the measured break-even, a margin for slower machines,
+    where compilation takes longer."""
     if device.startswith("cuda"):
         return True
     return subnet_passes >= COMPILE_MIN_CPU_SUBNET_PASSES

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -24,6 +24,12 @@ from eqtools.space import ElasticSpace, SubnetConfig
 from eqtools.train.losses import kl_distill, wdr_loss
 
 __all__ = ["sample_sandwich", "sandwich_step", "static_step", "wdr_weights"]
+
+Backward = Callable[[Tensor], None]
+
+
+def _backward(loss: Tensor) -> None:
+    loss.backward()
 
 
 def sample_sandwich(space: ElasticSpace, rng: random.Random, num_random: int) -> list[SubnetConfig]:
@@ -66,6 +72,8 @@ def sandwich_step(
     temperature: float = 1.0,
     distill: bool = True,
     wdr: dict[str, Any] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    backward: Backward = _backward,
 ) -> dict[str, float]:
     """Forward/backward every member of the group; gradients accumulate, the caller steps.
 
@@ -73,7 +81,9 @@ def sandwich_step(
     is the module whose subnet is switched. ``wdr`` holds ``weights`` (tensors), ``skewness``,
     ``kurtosis`` and ``target``; None disables it. Returns named losses (floats): ``loss`` (the
     sum that was back-propagated), ``ce_max``, ``ce_random``, ``kd_random``, ``ce_min``,
-    ``kd_min``, ``wdr``.
+    ``kd_min``, ``wdr``. ``autocast`` wraps each forward and its losses (mixed precision: the
+    backward runs outside it, as torch.amp asks); ``backward`` back-propagates a loss (a gradient
+    scaler's ``scale(loss).backward()`` for fp16).
     """
     out: dict[str, float] = {"ce_random": 0.0, "kd_random": 0.0, "ce_min": 0.0, "kd_min": 0.0}
     total = 0.0
@@ -83,32 +93,44 @@ def sandwich_step(
         supernet.apply(config)
         last = i == len(configs) - 1
         with _no_sync(model, last):
-            logits = model(x)
-            ce = F.cross_entropy(logits, y)
-            if teacher is None:
-                loss = ce
-                out["ce_max"] = ce.item()
-            else:
-                kd = kl_distill(logits, teacher, temperature) if distill else torch.zeros(())
-                loss = kd_lambda * kd + (1.0 - kd_lambda) * ce if distill else ce
-                key = "min" if last else "random"
-                out[f"ce_{key}"] += ce.item() / (1 if last else n_random)
-                out[f"kd_{key}"] += kd.item() / (1 if last else n_random)
-            if last:
-                reg = torch.zeros(())
-                if wdr is not None:
-                    reg = wdr_loss(wdr["weights"], wdr["skewness"], wdr["kurtosis"], wdr["target"])
-                    loss = loss + reg
-                out["wdr"] = reg.item()
-            loss.backward()
+            with autocast():
+                loss, logits = _member_loss(model, x, y, teacher, last, n_random, out, kd_lambda, temperature,
+                                            distill, wdr)
+            backward(loss)
         total += loss.item()
         teacher = logits.detach()
     out["loss"] = total
     return out
 
 
-def static_step(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float]:
+def _member_loss(model: nn.Module, x: Tensor, y: Tensor, teacher: Tensor | None, last: bool, n_random: int,
+                 out: dict[str, float], kd_lambda: float, temperature: float, distill: bool,
+                 wdr: dict[str, Any] | None) -> tuple[Tensor, Tensor]:
+    logits = model(x).float()  # losses in fp32 under autocast (a no-op otherwise)
+    ce = F.cross_entropy(logits, y)
+    if teacher is None:
+        loss = ce
+        out["ce_max"] = ce.item()
+    else:
+        kd = kl_distill(logits, teacher, temperature) if distill else torch.zeros(())
+        loss = kd_lambda * kd + (1.0 - kd_lambda) * ce if distill else ce
+        key = "min" if last else "random"
+        out[f"ce_{key}"] += ce.item() / (1 if last else n_random)
+        out[f"kd_{key}"] += kd.item() / (1 if last else n_random)
+    if last:
+        reg = torch.zeros(())
+        if wdr is not None:
+            reg = wdr_loss(wdr["weights"], wdr["skewness"], wdr["kurtosis"], wdr["target"])
+            loss = loss + reg
+        out["wdr"] = reg.item()
+    return loss, logits
+
+
+def static_step(model: nn.Module, x: Tensor, y: Tensor, *,
+                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                backward: Backward = _backward) -> dict[str, float]:
     """Plain QAT of the one active config: the baseline every table compares against."""
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
+    with autocast():
+        loss = F.cross_entropy(model(x).float(), y)
+    backward(loss)
     return {"loss": loss.item(), "ce_max": loss.item()}

@@ -13,8 +13,8 @@ under ``torch.compile``. A real deployed graph would add the range clamps and re
 this is a lower bound on that path's latency.
 
 Usage
-  python benchmarks/probe_onednn_runtime.py artifacts/repro/eqnet            # print
-  python benchmarks/probe_onednn_runtime.py artifacts/repro/eqnet --record   # and append to BENCHMARKS.md
+  python benchmarks/probes/probe_onednn_runtime.py artifacts/repro/eqnet            # print
+  python benchmarks/probes/probe_onednn_runtime.py artifacts/repro/eqnet --record   # and append to BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # _record and bench_deploy live one level up
+
 from _record import command_line, machine_line, median_ms, record, timing_arguments, with_malloc_settings
 from bench_deploy import _latency, _ort_static, _session, float_network, float_onnx
 

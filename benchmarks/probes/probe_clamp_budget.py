@@ -17,7 +17,7 @@ None of the variants is a product: they are timing and accuracy probes of a form
 ship (see BENCHMARKS.md, "Issue 13, eighth pass").
 
 Usage
-  python benchmarks/probe_clamp_budget.py artifacts/repro/eqnet EXPORT/model.onnx \
+  python benchmarks/probes/probe_clamp_budget.py artifacts/repro/eqnet EXPORT/model.onnx \
       --baseline /tmp/baselines/ort-w8.onnx [--bound 0.001] [--record]
 """
 
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # _record and bench_deploy live one level up
+
 from _record import command_line, machine_line, paired_ratio, record, timing_arguments, with_malloc_settings
 from bench_deploy import _latency, _logits, _session
 

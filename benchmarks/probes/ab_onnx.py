@@ -6,7 +6,7 @@ rounds of the ratio A/B within a round, with its interquartile range. The logits
 compared on the same inputs first (max |difference|, top-1 agreement).
 
 Usage
-  python benchmarks/ab_onnx.py OLD.onnx NEW.onnx [--label TEXT] [--record]
+  python benchmarks/probes/ab_onnx.py OLD.onnx NEW.onnx [--label TEXT] [--record]
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # _record and bench_deploy live one level up
+
 from _record import command_line, machine_line, paired_ratio, record, timing_arguments, with_malloc_settings
 from bench_deploy import _latency, _session
 

@@ -17,7 +17,7 @@ different, and what statistics taken under the deployed arithmetic would change:
    top-1 is measured again in onnxruntime on the same test images.
 
 Usage
-  python benchmarks/bench_bn_deployed.py artifacts/repro/cal-deployed-w2 [more calibrated artifacts] [--record]
+  python benchmarks/probes/bench_bn_deployed.py artifacts/repro/cal-deployed-w2 [more calibrated artifacts] [--record]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # _record and bench_deploy live one level up
+
 from _record import command_line, machine_line, record
 
 
@@ -126,7 +128,7 @@ def measure(path: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", type=Path, nargs="+", help="'calibrated' artifacts with a kept deploy plan")
-    parser.add_argument("--record", action="store_true", help="append the results to BENCHMARKS.md")
+    parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")
     args = parser.parse_args(argv)
     import torch
 

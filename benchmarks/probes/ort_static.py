@@ -6,7 +6,7 @@ activations, QInt8 per-channel weights, 512 training images), kept on disk so th
 ``ab_onnx.py`` can time an exported file against them, paired, as often as the noise needs.
 
 Usage
-  python benchmarks/ort_static.py artifacts/repro/eqnet --out /tmp/baselines   # fp32.onnx, ort-w8.onnx
+  python benchmarks/probes/ort_static.py artifacts/repro/eqnet --out /tmp/baselines   # fp32.onnx, ort-w8.onnx
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # _record and bench_deploy live one level up
+
 from bench_deploy import _ort_static, float_network, float_onnx
 
 
