@@ -224,45 +224,39 @@ def test_litert_file_runs_int8_convs_and_fully_connected_in_litert(tiny, tmp_pat
     pytest.importorskip("ai_edge_litert")
     supernet, batches = tiny
     supernet.apply(supernet.space.uniform(bits, bits, granularity, "sym", "asym"))
-    # the gate at this fixture's level: its 300 digits sit near ties (see test_export_deploy.py); the targets
-    # are measured on ResNet-20 by benchmarks/bench_deploy.py
     metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("tflite",),
-                            deploy_agreement_min=0.95)
+                            deploy_agreement_min=0.0)
     entry = metrics["targets"]["tflite"]
     executed = entry["runtime_report"]["executed"]
     # the interpreter's own op list: every conv and the linear layer take int8 inputs, nothing float
     assert entry["integer_layers"] == entry["quantized_layers"] == 4 and entry["runtime_report"]["float_layers"] == 0
     assert "float32" not in executed.get("CONV_2D", {}) and executed.get("FULLY_CONNECTED") == {"int8": 1}
-    assert entry["agreement"] >= {8: 0.99, 4: 0.975, 2: 0.955}[bits], entry["parity"]
+    # a value moves to a layer's grid through an identity conv, never an int8 -> int8 QUANTIZE (XNNPACK computes
+    # that with an 8-bit multiplier) nor a merged quantize chain
+    assert "int8" not in executed.get("QUANTIZE", {}), executed
+    # the issue's targets: 99.5 % at >= 4 bits, 99 % at 2-3 bits
+    assert entry["agreement"] >= {8: 0.995, 4: 0.995, 2: 0.99}[bits], entry["parity"]
     assert (tmp_path / "model.tflite").stat().st_size == entry["file_bytes"]
 
 
 
 # ------------------------------------------------------------------------------------------ ExecuTorch
-@pytest.mark.parametrize("bits,granularity", [(8, "per-channel"), (8, "per-tensor")])
+@pytest.mark.parametrize("bits,granularity", [(8, "per-channel"), (8, "per-tensor"), (4, "per-channel"),
+                                              (2, "per-tensor")])
 def test_executorch_delegates_every_quantized_layer_to_xnnpack(tiny, tmp_path, bits, granularity):
+    """Below 8 bits a value read by a residual add and by the identity conv that moves it to a layer's grid
+    must not share one dequantize, or XNNPACK's partitioner finds a cycle between partitions."""
     pytest.importorskip("executorch")
     supernet, batches = tiny
     supernet.apply(supernet.space.uniform(bits, bits, granularity, "sym", "asym"))
-    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("xnnpack",))
+    metrics = export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("xnnpack",),
+                            deploy_agreement_min=0.0)
     entry = metrics["targets"]["xnnpack"]
     delegation = entry["delegation"]
     assert entry["integer_layers"] == entry["quantized_layers"] == 4 and delegation["float_layers"] == 0, delegation
-    assert entry["agreement"] >= 0.995, entry["parity"]
+    # the issue's targets: 99.5 % at >= 4 bits, 99 % at 2-3 bits
+    assert entry["agreement"] >= {8: 0.995, 4: 0.995, 2: 0.99}[bits], entry["parity"]
     assert (tmp_path / "model.pte").stat().st_size == entry["file_bytes"]
-
-
-def test_executorch_below_8_bits_is_refused_with_why(tiny, tmp_path):
-    """XNNPACK's partitioner (executorch 1.5) rejects the graph once a value is requantized to a narrower layer
-    grid ("Invalid partition, found dependency cycles"): the stage says so and writes nothing."""
-    pytest.importorskip("executorch")
-    from eqtools.export import ExportError
-
-    supernet, batches = tiny
-    supernet.apply(supernet.space.uniform(4, 4, "per-channel", "sym", "asym"))
-    with pytest.raises(ExportError, match="ExecuTorch cannot lower the graph"):
-        export_subnet(supernet, batches, tmp_path, formats=("onnx",), targets=("xnnpack",))
-    assert not (tmp_path / "model.pte").exists()
 
 
 def test_the_default_target_is_the_searchs_preset():

@@ -4,7 +4,9 @@ The same PT2E graph as LiteRT's (:mod:`eqtools.export.backends.pt2e`: int8 weigh
 by ``dequantize_per_channel``, the subnet's own activation grids, explicit clamps below 8 bits) is
 exported with ``torch.export`` and lowered by ``to_edge_transform_and_lower`` with the
 ``XnnpackPartitioner``, which takes each dequantize -> conv/linear -> quantize pattern as one
-quantized (QS8) XNNPACK operator. No graph is written by hand.
+quantized (QS8) XNNPACK operator. No graph is written by hand; the one change made to the exported
+graph is to give each reader of a quantized value its own dequantize (:func:`_dequantize_per_reader`),
+the form PT2E's own convert step leaves, without which the partitioner refuses graphs below 8 bits.
 
 The check runs the ``.pte`` in ExecuTorch's own runtime (``executorch.runtime``). What ran on
 integer kernels is read from ExecuTorch's delegation report (``get_delegation_info``: the
@@ -59,11 +61,12 @@ def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[T
     if not calibration:
         raise error("the ExecuTorch file needs calibration images for its 8-bit ranges")
     plan = pt2e_plan(graph, calibration)
-    module = Pt2eGraph(graph, plan, clamp_first=True).eval()
+    module = Pt2eGraph(graph, plan).eval()
     example = calibration[0][:1].expand(batch, *calibration[0].shape[1:]).contiguous()
     try:
         with torch.no_grad():
             program = torch.export.export(module, (example,))
+            _dequantize_per_reader(program.graph_module)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=True)])
             table = get_delegation_info(edge.exported_program().graph_module).get_operator_delegation_dataframe()
             data = bytes(edge.to_executorch().buffer)
@@ -78,7 +81,34 @@ def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[T
                   # a weighted op inside an XNNPACK partition with its int8 weight's dequantize: a QS8 operator
                   "integer_layers": min(sum(v[0] for v in weighted.values()), dequantized),
                   "float_layers": sum(v[1] for v in weighted.values())}
-    return Built(data, lambda xs: deployed_arithmetic(graph, plan, xs), {"delegation": delegation})
+    return Built(data, lambda xs: deployed_arithmetic(graph, plan, xs),
+                 {"delegation": delegation, "identity_layers": len(module.identity_layers)})
+
+
+def _dequantize_per_reader(gm: torch.fx.GraphModule) -> int:
+    """Give every reader of a quantized value its own dequantize node (what PT2E's convert step leaves).
+
+    The partitioner takes a reader's input dequantize into that reader's partition; a dequantize shared
+    by two readers in different partitions (a value read by a residual add and by the identity conv that
+    moves it to a layer's grid, which only happens below 8 bits) then puts a path out of one partition
+    and back into it ("Invalid partition, found dependency cycles"). The module keeps one
+    dequantized tensor per value, read by all its readers, so the copies are made on the exported graph.
+    Returns how many dequantize nodes were added.
+    """
+    dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    added = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target != dequantize or len(node.users) < 2:
+            continue
+        for user in list(node.users)[1:]:
+            with gm.graph.inserting_after(node):
+                copy = gm.graph.node_copy(node)
+            user.replace_input_with(node, copy)
+            added += 1
+    if added:
+        gm.graph.lint()
+        gm.recompile()
+    return added
 
 
 def run(data: bytes, batches: list[Tensor], threads: int = 2) -> tuple[Tensor, dict[str, Any]]:

@@ -76,7 +76,8 @@ def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[T
     except Exception as exc:  # the converter raises its own types
         raise error(f"litert-torch cannot convert the graph ({type(exc).__name__}: {str(exc)[:300]})") from None
     return Built(bytes(edge.model_content()), lambda xs: deployed_arithmetic(graph, plan, xs),
-                 {"requantized_values": sum(1 for e in plan.values() if e is not None and not e.exact)})
+                 {"requantized_values": sum(1 for e in plan.values() if e is not None and not e.exact),
+                  "identity_layers": len(module.identity_layers)})
 
 
 def _interpreter(data: bytes, threads: int) -> Any:

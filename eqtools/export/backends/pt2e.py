@@ -16,10 +16,12 @@ the subnet's), the graph is written directly from the IR with the subnet's own q
   an 8-bit output grid of its own, since these runtimes' int8 conv/linear kernels have an int8 output;
 - a b-bit value in its 8-bit container keeps its bit-width by an explicit ``clamp`` between two
   quantize/dequantize pairs: these converters keep a tensor's scale and zero point, not its range;
-- a residual sum read by a layer on another grid reaches it through its 8-bit grid (an int8 requantize):
-  that grid's step is the layer's over an odd k where the plan can nest them, so the two roundings are
-  the one the fake-quant model does (onnxruntime's file computes the sum a second time instead; the
-  converter would merge two equal sums into one float ADD).
+- a value read by a layer on another grid (a residual sum on its 8-bit grid, a wider layer's output)
+  reaches it through a 1x1 identity conv (or linear) whose output is the layer's grid, never through a
+  bare quantize of a quantized value (:meth:`Pt2eGraph.requantize` says why); that grid's step is the
+  layer's over an odd k where the plan can nest them, so the two roundings are the one the fake-quant
+  model does (onnxruntime's file computes the sum a second time instead; the converter would merge two
+  equal sums into one float ADD).
 
 :func:`deployed_arithmetic` is the PyTorch simulation of what such a file computes
 (:func:`~eqtools.export.backends.onnxruntime.simulate_deploy` with this plan, int32 biases at
@@ -79,13 +81,15 @@ class Pt2eGraph(nn.Module):
     """The graph as float ops between int8 quantize/dequantize pairs (exportable with ``torch.export``)."""
 
     def __init__(self, graph: Graph, plan: dict[str, Encoding | None], int8_weights: bool = True,
-                 clamp_first: bool = False) -> None:
+                 identity_requantize: bool = True) -> None:
         """``int8_weights``: weights as int8 buffers read by ``dequantize_per_channel`` (what PT2E's convert step
         leaves, ExecuTorch's form); False: float buffers of the same values quantized in the graph (the
-        form litert-torch folds into int8 constants)."""
+        form litert-torch folds into int8 constants). ``identity_requantize``: a layer input on another
+        grid is moved to the layer's by an identity layer (:meth:`requantize`), not a bare quantize."""
         super().__init__()
         self.int8_weights = int8_weights
-        self.clamp_first = clamp_first
+        self.identity_requantize = identity_requantize
+        self.identity_layers: set[str] = set()  # layers whose input an identity layer requantized (set by forward)
         self.ir = graph
         self.plan = plan
         self.trace: dict[str, Tensor] | None = None  # every node's output, when set to a dict (checks, tests)
@@ -95,6 +99,21 @@ class Pt2eGraph(nn.Module):
                                         if n.name in whole._keys and not n.quantized})
         self._float_keys = {n.name: whole._keys[n.name] for n in graph.nodes if n.name in whole._keys and not n.quantized}
         t = graph.tensors
+        # identity weights (code 1, scale 1) for every layer input width, for requantize(); buffers in the layer's
+        # own weight shape, since the converters take a constant read by the dequantize (XNNPACK's partitioner
+        # leaves a conv whose weight passes through a view in float), not tensors made in the graph
+        shapes = graph.shapes()
+        for node in graph.layers():
+            shape = shapes.get(node.inputs[0]) or []
+            if node.quantized and len(shape) >= 2:
+                channels = int(shape[1] if len(shape) == 4 else shape[-1])
+                key = f"eye{channels}d{4 if len(shape) == 4 else 2}"
+                if not hasattr(self, f"{key}_w"):
+                    eye = torch.eye(channels)
+                    eye = eye.view(channels, channels, 1, 1) if len(shape) == 4 else eye
+                    self.register_buffer(f"{key}_w", eye.to(torch.int8) if int8_weights else eye)
+                    self.register_buffer(f"{key}_s", torch.ones(channels))
+                    self.register_buffer(f"{key}_z", torch.zeros(channels, dtype=torch.int64))
         self._keys: dict[str, str] = {}
         self._inputs = {n.name: _input_encoding(n, t) for n in graph.layers() if n.quantized}
         for i, node in enumerate(graph.layers()):
@@ -121,15 +140,14 @@ class Pt2eGraph(nn.Module):
             self.register_buffer(f"{key}_b", None if bias is None else bias.float().clone())
 
     def qdq(self, x: Tensor, e: Encoding, lo: int | None = None, hi: int | None = None) -> Tensor:
-        """``x`` rounded to ``e``'s grid as an int8 tensor, its codes kept in [lo, hi] by an explicit clamp
-        (before the rounding where ``clamp_first``: the bounds are grid points, so the codes are the same)."""
+        """``x`` rounded to ``e``'s grid as an int8 tensor, its codes kept in [lo, hi] by an explicit clamp.
+
+        The clamp reads the rounded value (quantize -> dequantize -> clamp -> quantize), so every converter
+        sees it as an op on a quantized tensor: XNNPACK's partitioner leaves a conv whose float output goes
+        to a clamp before its quantize outside the delegate."""
         qd = torch.ops.quantized_decomposed
         scale, zero = float(e.scale), int(e.zero) - 128
         lo, hi = (e.lo if lo is None else lo) - 128, (e.hi if hi is None else hi) - 128
-        if self.clamp_first and (lo, hi) != (-128, 127):
-            x = torch.clamp(x, scale * (lo - zero), scale * (hi - zero))
-            return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
-                                            scale, zero, -128, 127, torch.int8)
         x = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
                                      scale, zero, -128, 127, torch.int8)
         if (lo, hi) != (-128, 127):
@@ -138,10 +156,37 @@ class Pt2eGraph(nn.Module):
                                          scale, zero, -128, 127, torch.int8)
         return x
 
-    def _layer(self, node: Node, x: Tensor) -> Tensor:
+    def requantize(self, x: Tensor, e: Encoding, target: Encoding) -> Tensor:
+        """``x`` (codes on ``e``'s grid) moved to ``target``'s grid by an identity layer (1x1 conv or linear).
+
+        A bare quantize of a quantized value (quantize -> dequantize -> quantize) goes wrong twice:
+        litert-torch's static mode merges the chain into its first quantize, so the layer reads the value
+        on the grid before while its int32 bias is scaled for the layer's grid; and where a converter keeps
+        it as an int8 -> int8 requantization, XNNPACK (LiteRT's and ExecuTorch's CPU kernels) computes that
+        with a multiplier of 8 fractional bits (``xnn_init_qs8_cvt_scalar_params``), which at a ratio of
+        1/9 between two nested grids moves large codes by up to a third of a step. An identity layer is a
+        conv/linear whose output is requantized at float32 precision, so the value is rounded once to
+        ``target``'s grid, as the simulation rounds it.
+        """
+        qd = torch.ops.quantized_decomposed
+        channels = x.shape[1] if x.dim() == 4 else x.shape[-1]
+        key = f"eye{channels}d{4 if x.dim() == 4 else 2}"
+        eye, ones, zeros = (getattr(self, f"{key}_{part}") for part in ("w", "s", "z"))
+        if not self.int8_weights:
+            eye = qd.quantize_per_channel(eye, ones, zeros, 0, -127, 127, torch.int8)
+        w = qd.dequantize_per_channel(eye, ones, zeros, 0, -127, 127, torch.int8)
+        y = F.conv2d(x, w) if x.dim() == 4 else F.linear(x, w)
+        return self.qdq(y, target)
+
+    def _layer(self, node: Node, x: Tensor, x_enc: Encoding | None = None) -> Tensor:
         qd = torch.ops.quantized_decomposed
         key = self._keys[node.name]
-        x = self.qdq(x, self._inputs[node.name])
+        target = self._inputs[node.name]
+        if self.identity_requantize and x_enc is not None and not x_enc.same_grid(target):
+            x = self.requantize(x, x_enc, target)
+            self.identity_layers.add(node.name)
+        else:
+            x = self.qdq(x, target)
         s, z = getattr(self, f"{key}_s"), getattr(self, f"{key}_z")
         w = getattr(self, f"{key}_w")
         if not self.int8_weights:
@@ -163,7 +208,7 @@ class Pt2eGraph(nn.Module):
             out: Encoding | None = None
             lo = hi = None
             if node.quantized:
-                y = self._layer(node, args[0])
+                y = self._layer(node, args[0], enc.get(node.inputs[0]))
                 out = plan[node.name]
             elif node.name in self._float_keys:
                 y = self.float_ops[self._float_keys[node.name]](*args)
