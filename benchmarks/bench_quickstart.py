@@ -121,25 +121,40 @@ def summarise(output: str, pipeline_s: float, install_s: float | None, workspace
 
 
 def markdown_tables(text: str) -> list[tuple[str, list[str]]]:
-    """The report's rich tables as (title, Markdown rows): the title lines above each box, its cells."""
+    """The report's rich tables as (title, Markdown rows): the title lines above each box, its cells.
+
+    A narrow terminal wraps a cell over several lines, the header's too: every header line before
+    the rule continues the header, and a line whose first cell is empty continues the row above it
+    (record a run at 250 columns: a wrapped first column cannot be told from a new row). The
+    report's progress notes (``calibrating ...``) share the output and are not titles.
+    """
     tables: list[tuple[str, list[str]]] = []
     title: list[str] = []
-    rows: list[str] = []
+    rows: list[list[str]] = []
+    in_header = False
+
+    def merge(row: list[str], cells: list[str]) -> list[str]:
+        return [f"{a} {b}".strip() for a, b in zip(row, cells)]
+
     for line in text.splitlines():
         if line.startswith(("┃", "│")):
-            cells = [c.strip() for c in line.strip("┃│ ").replace("┃", "│").split("│")]
+            cells = [c.strip() for c in line.strip().replace("┃", "│")[1:-1].split("│")]
             if not rows:
-                rows = ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
-            elif line.startswith("│") and cells and cells[0] == "" and rows:  # a wrapped cell continues the row above
-                last = rows[-1].strip("| ").split(" | ")
-                rows[-1] = "| " + " | ".join(f"{a} {b}".strip() for a, b in zip(last, cells)) + " |"
+                rows, in_header = [cells], True
+            elif in_header:
+                rows[0] = merge(rows[0], cells)
+            elif cells and cells[0] == "":
+                rows[-1] = merge(rows[-1], cells)
             else:
-                rows.append("| " + " | ".join(cells) + " |")
+                rows.append(cells)
         elif line.startswith(("┏", "┡", "└", "┗")):
+            if line.startswith("┡"):
+                in_header = False
             if line.startswith(("└", "┗")):
-                tables.append((" ".join(title).strip(), rows))
+                lines = ["| " + " | ".join(r) + " |" for r in rows]
+                tables.append((" ".join(title).strip(), [lines[0], "|" + "---|" * len(rows[0]), *lines[1:]]))
                 title, rows = [], []
-        elif line.strip():
+        elif line.strip() and not line.startswith(("calibrating ", "report for spec ")):
             title.append(line.strip())
     return tables
 

@@ -77,3 +77,26 @@ def test_a_long_result_is_cut_with_a_link_to_the_whole(tmp_path):
     assert "line 11" in text and "line 12" not in text and "row 7" in text and "row 8" not in text
     assert "(188 more lines in [benchmarks/results/faults.json](benchmarks/results/faults.json).)" in text
     assert "(192 more lines in [benchmarks/results/other.json]" in text
+
+
+def test_the_quickstart_record_reads_a_report_table_a_narrow_terminal_wrapped():
+    from io import StringIO
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from benchmarks import bench_quickstart
+
+    table = Table(title="Export parity")
+    for name in ("file", "agreement with fake-quant", "top-1"):
+        table.add_column(name)
+    table.add_row("int", "100.00% of the check images", "81.15%")
+    table.add_row("onnx", "99.90%", "81.10%")
+    out = StringIO()
+    Console(file=out, width=34, color_system=None).print(table)
+    text = "calibrating the searched subnet\n" + out.getvalue()
+    assert len(text.splitlines()) > 8  # the header and a cell did wrap
+    [(title, rows)] = bench_quickstart.markdown_tables(text)
+    assert title == "Export parity"
+    assert rows == ["| file | agreement with fake-quant | top-1 |", "|---|---|---|",
+                    "| int | 100.00% of the check images | 81.15% |", "| onnx | 99.90% | 81.10% |"]
