@@ -46,7 +46,7 @@ SECTIONS: list[tuple[str, str]] = [
     ("precision_accuracy", "bf16 training accuracy"),
 ]
 TITLES = dict(SECTIONS)
-MAX_LINES = 12  # of a section's figures, for the questions above
+MAX_LINES = 10  # of a section's figures, for the questions above
 MAX_LINES_OTHER = 8  # for results of other questions, which follow them
 
 HEADER = """# Benchmarks

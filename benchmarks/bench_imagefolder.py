@@ -133,7 +133,7 @@ def main() -> None:
         rates = train_rates(args.tree, args.rounds, args.workers, args.steps, args.batch_size)
         base, par = rates["0"], rates[str(args.workers)]
         ratio = paired_ratio(par, base)
-        machine = machine_line(extra="; shared machine (other jobs running)")
+        machine = machine_line()
         md = (f"`eqtools train specs/r18.json` (ResNet-18 supernet, sandwich of 3 subnets) on the generated tree of "
               f"375x500 JPEGs at 48 px, {args.steps} steps of batch {args.batch_size}, `images_per_s` of the epoch "
               f"row, {args.rounds} runs each alternating.\n\n| data.workers | img/s (median) |\n|---|---|\n"
@@ -174,7 +174,7 @@ def main() -> None:
     med = {n: statistics.median(v) for n, v in rates.items()}
     vs_today = paired_ratio(rates["eqtools"], rates["today"])
     vs_plain = paired_ratio(rates["eqtools"], rates["plain"])
-    machine = machine_line(extra=f"; {args.workers} decoding workers; shared machine (other jobs running)")
+    machine = machine_line(extra=f"; {args.workers} decoding workers")
     md = (
         f"Generated tree of {len(train)} training JPEGs at 375x500, r18 training transforms "
         f"(RandomResizedCrop 224, flip, normalise), batch {args.batch_size}, {args.workers} workers, "
