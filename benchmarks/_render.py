@@ -45,7 +45,8 @@ SECTIONS: list[tuple[str, str, int]] = [
     ("imagefolder_pipeline", "ImageFolder decoding", 10),
     ("imagefolder_train", "ImageFolder training", 4),
     ("precision_step", "bf16 training step", 8),
-    ("precision_accuracy", "bf16 training accuracy", 4),
+    ("precision_accuracy", "bf16 training accuracy", 8),
+    ("precision_accuracy_seed1", "bf16 training accuracy, another seed", 8),
 ]
 TITLES = {name: title for name, title, _ in SECTIONS}
 SHOWN = {name: lines for name, _, lines in SECTIONS}
