@@ -398,7 +398,6 @@ class _Decode:
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
-
         index, seed = key
         path, label = self.samples[index]
         image = _read_rgb(path, self.loader)
