@@ -79,7 +79,22 @@ def train_and_measure(work: Path, precision: str, overrides: list[str]) -> dict:
     from eqtools.evaluation import measure_subnet
 
     out = work / f"supernet-{precision}"
-    if not (out / "manifest.json").is_file():
+    if (out / "manifest.json").is_file():  # reuse a supernet only if it was trained with these overrides
+        import json
+
+        recorded = json.loads((out / "manifest.json").read_text())["spec"]
+        for item in overrides:
+            key, _, value = item.partition("=")
+            node = recorded
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            try:
+                wanted = json.loads(value)
+            except ValueError:
+                wanted = value
+            if node != wanted:
+                sys.exit(f"{out} was trained with {key}={node!r}, not {value}; give another --work")
+    else:
         cmd = [sys.executable, "-m", "eqtools", "train", str(SPEC), "--precision", precision, "--device", "cpu",
                "--out", str(out), "--restart", "-q"]
         for item in overrides:
@@ -117,6 +132,8 @@ def main() -> None:
                         help="spec override for both trainings (repeatable): a shortened recipe")
     parser.add_argument("--work", type=Path, default=ROOT / "artifacts" / "bench-precision")
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/precision_*.json")
+    parser.add_argument("--result", default="precision_accuracy", metavar="NAME",
+                        help="--accuracy: the result's name (another seed: --set seed=1 --result precision_accuracy_seed1)")
     args = parser.parse_args()
     flags = cpu_flags()
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
@@ -151,7 +168,7 @@ def main() -> None:
               "(QAT epochs, not paired: the machine's load moved between the two runs)\n")
         print(md + "\n" + machine)
         if args.record:
-            write_result("precision_accuracy", "r20-fmnist top-1 at 2/4/8 bits, bf16 vs fp32 training",
+            write_result(args.result, "r20-fmnist top-1 at 2/4/8 bits, bf16 vs fp32 training",
                          {"results": results, "overrides": args.overrides, "cpu_bf16": native}, md,
                          threads=args.threads)
     if not (args.step or args.accuracy):

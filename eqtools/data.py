@@ -398,11 +398,9 @@ class _Decode:
         return len(self.samples)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
-        from torchvision.transforms.v2.functional import to_image
-
         index, seed = key
         path, label = self.samples[index]
-        image = to_image(self.loader(path))
+        image = _read_rgb(path, self.loader)
         train, test = self.transforms()
         if seed < 0:
             return test(image), label
@@ -412,6 +410,23 @@ class _Decode:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from
             return train(image), label
+
+
+def _read_rgb(path: str, fallback: Any) -> Tensor:
+    """An image file as uint8 ``[3, H, W]`` RGB.
+
+    torchvision.io decodes JPEG, PNG, WebP and GIF straight into a tensor with libjpeg-turbo /
+    libpng, the same libraries PIL uses, so the pixels are PIL's (tested) without a PIL image and
+    its copy in between (benchmarks/results/imagefolder_pipeline.json). Any other format
+    ImageFolder admits (BMP, TIFF, PPM, ...) goes through ``fallback``, ImageFolder's own PIL loader.
+    """
+    from torchvision.io import ImageReadMode, decode_image, read_file
+    from torchvision.transforms.v2.functional import to_image
+
+    try:
+        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    except RuntimeError:  # a format torchvision.io does not decode
+        return to_image(fallback(path))
 
 
 class _Plan(torch.utils.data.Sampler):

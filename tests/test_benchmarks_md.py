@@ -74,9 +74,9 @@ def test_a_long_result_is_cut_with_a_link_to_the_whole(tmp_path):
     _result(tmp_path, "faults", markdown="\n".join(f"line {i}" for i in range(200)) + "\n")
     _result(tmp_path, "other", markdown="\n".join(f"row {i}" for i in range(200)) + "\n")
     text = _render.render(tmp_path)
-    assert "line 9" in text and "line 10" not in text and "row 7" in text and "row 8" not in text
-    assert "(190 more lines in [benchmarks/results/faults.json](benchmarks/results/faults.json).)" in text
-    assert "(192 more lines in [benchmarks/results/other.json]" in text
+    assert "line 0" in text and "line 1\n" not in text and "row 3" in text and "row 4" not in text
+    assert "(199 more lines in [benchmarks/results/faults.json](benchmarks/results/faults.json).)" in text
+    assert "(196 more lines in [benchmarks/results/other.json]" in text
 
 
 def test_the_quickstart_record_reads_a_report_table_a_narrow_terminal_wrapped():

@@ -254,3 +254,33 @@ def test_workers_default_to_the_cores_capped(jpeg_root, monkeypatch):
     assert default_workers() == 2
     assert _folder_splits(jpeg_root, None).train.workers == 2
     assert load_splits(DataSpec(name="digits", val_size=100), seed=0).train.workers == 0  # in memory: no pool
+
+
+def test_imagefolder_pixels_are_pils_in_every_format(tmp_path):
+    """The decoder (torchvision.io where it reads the format, PIL otherwise) gives the pixels ImageFolder's PIL
+    loader gives, for RGB, grayscale and CMYK JPEG, RGBA and palette PNG, and BMP (a format torchvision.io lacks)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    rng = np.random.default_rng(0)
+    rgb = lambda: Image.fromarray(rng.integers(0, 256, (37, 45, 3), dtype=np.uint8))  # noqa: E731
+    files = {"a.jpg": rgb(), "b.jpg": rgb().convert("L"), "c.jpg": rgb().convert("CMYK"), "d.png": rgb().convert("RGBA"),
+             "e.png": rgb().convert("P"), "f.bmp": rgb()}
+    for split, copies in (("train", 3), ("val", 1)):
+        for name, image in files.items():
+            folder = tmp_path / split / name.split(".")[0]
+            folder.mkdir(parents=True)
+            for k in range(copies):
+                image.save(folder / f"{k}{name}")
+    test = load_splits(DataSpec(name="imagefolder", root=str(tmp_path), image_size=24, val_size=12, workers=0), seed=0).test
+    info = test.info
+    reference = ImageFolder(str(tmp_path / "val"), transform=v2.Compose([
+        v2.ToImage(), v2.Resize(int(24 * 256 / 224), antialias=True), v2.CenterCrop(24),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)]))
+    x, y = next(test.batches(6))
+    assert len(test) == 6
+    for i in range(6):
+        image, label = reference[int(torch.nonzero(torch.tensor(reference.targets) == y[i])[0])]
+        assert torch.equal(x[i], image), sorted(files)[label]

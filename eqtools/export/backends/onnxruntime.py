@@ -127,6 +127,14 @@ class Encoding:
     def same_grid(self, other: Encoding) -> bool:
         return np.float32(self.scale) == np.float32(other.scale) and self.zero == other.zero
 
+    def clamp_codes(self, op: str, attrs: dict[str, Any]) -> tuple[int, int]:
+        """The code interval a ReLU or clamp keeps on this grid (every backend clips to the same codes)."""
+        if op == "relu":
+            return self.zero, 255
+        lo = 0 if attrs.get("min") is None else int(min(255, max(0, round(attrs["min"] / self.scale) + self.zero)))
+        hi = 255 if attrs.get("max") is None else int(min(255, max(0, round(attrs["max"] / self.scale) + self.zero)))
+        return lo, hi
+
 
 def _input_encoding(node: Node, tensors: dict[str, Tensor]) -> Encoding:
     """A quantized layer's input quantizer as a uint8 encoding: its codes shifted to start at 0.
@@ -658,17 +666,8 @@ class IntegerGraph(OnnxEmitter):
         if inner is None:
             return None
         y, enc = inner
-        lo, hi = self.clamp_codes(op, attrs, enc)
+        lo, hi = enc.clamp_codes(op, attrs)
         return self.clip(y, enc, lo, hi, f"{name}.{op}")
-
-    @staticmethod
-    def clamp_codes(op: str, attrs: dict[str, Any], e: Encoding) -> tuple[int, int]:
-        """The code interval a ReLU or clamp keeps in encoding ``e``."""
-        if op == "relu":
-            return e.zero, 255
-        lo = 0 if attrs.get("min") is None else int(min(255, max(0, round(attrs["min"] / e.scale) + e.zero)))
-        hi = 255 if attrs.get("max") is None else int(min(255, max(0, round(attrs["max"] / e.scale) + e.zero)))
-        return lo, hi
 
     def emit_float(self, ir: Node) -> None:
         """A node without an integer form: its float lowering on dequantized inputs."""
@@ -691,7 +690,7 @@ class IntegerGraph(OnnxEmitter):
     def clamp(self, ir: Node) -> None:
         x, enc = ir.inputs[0], self.enc[ir.inputs[0]]
         assert enc is not None
-        self.passthrough(ir.name, *self.clip(x, enc, *self.clamp_codes(ir.op, ir.attrs, enc), ir.name))
+        self.passthrough(ir.name, *self.clip(x, enc, *enc.clamp_codes(ir.op, ir.attrs), ir.name))
         if x in self.recipes:
             self.recipes[ir.name] = (ir.op, x, ir.attrs)
 

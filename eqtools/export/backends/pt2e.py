@@ -31,7 +31,6 @@ the subnet's), the graph is written directly from the IR with the subnet's own q
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 import torch.ao.quantization.fx._decomposed  # registers torch.ops.quantized_decomposed
@@ -66,15 +65,6 @@ def pt2e_plan(graph: Graph, calibration: list[Tensor]) -> dict[str, Encoding | N
 def deployed_arithmetic(graph: Graph, plan: dict[str, Encoding | None], batches: list[Tensor]) -> Tensor:
     """What the PT2E file computes, simulated in float64 (int32 biases at ``s_x * s_w``, the plan's roundings)."""
     return simulate_deploy(graph, plan, batches, recompute_sums=False)
-
-
-def _clamp_codes(op: str, attrs: dict[str, Any], e: Encoding) -> tuple[int, int]:
-    """The uint8 code interval a ReLU or clamp keeps in ``e`` (as onnxruntime's integer graph clips it)."""
-    if op == "relu":
-        return e.zero, 255
-    lo = 0 if attrs.get("min") is None else int(min(255, max(0, round(attrs["min"] / e.scale) + e.zero)))
-    hi = 255 if attrs.get("max") is None else int(min(255, max(0, round(attrs["max"] / e.scale) + e.zero)))
-    return lo, hi
 
 
 class Pt2eGraph(nn.Module):
@@ -218,7 +208,7 @@ class Pt2eGraph(nn.Module):
                 if kind == PASS and ins and ins[0] is not None:
                     out = ins[0]
                     if node.op in ("relu", "clamp"):
-                        lo, hi = _clamp_codes(node.op, node.attrs, out)
+                        lo, hi = out.clamp_codes(node.op, node.attrs)
                         lo, hi = max(lo, out.lo), min(hi, out.hi)
                         out = dataclasses.replace(out, lo=lo, hi=hi)
                     elif node.op == "pad":
