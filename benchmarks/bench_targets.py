@@ -97,6 +97,157 @@ def _fp32_file(target: str, supernet: Any, example: Any) -> bytes:
         return bytes(to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer)
 
 
+# --- the runtimes' own post-training int8 of the float network (``--against-ptq``) ---------------------------
+
+PTQ_TOOLS = {
+    "onnxruntime": "onnxruntime.quantization.quantize_static (QDQ, QUInt8 activations, per-channel QInt8 weights)",
+    "openvino": "nncf.quantize on OpenVINO's FP32 model (default preset, per-channel int8 weights, bias "
+                "correction off)",
+    "tflite": "PT2E: litert-torch's PT2EQuantizer (its copy of XNNPACKQuantizer), per-channel symmetric, "
+              "prepare_pt2e / convert_pt2e, litert_torch.convert",
+    "xnnpack": "PT2E: XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True), prepare_pt2e / "
+               "convert_pt2e, to_edge_transform_and_lower(XnnpackPartitioner)",
+}
+
+
+def _pt2e_calibrated(model: Any, quantizer: Any, example: Any, calibration: list[Any], fold: bool) -> Any:
+    """``prepare_pt2e`` on the exported float net, calibrated image by image (the graph is exported at batch 1,
+    the batch the LiteRT and ExecuTorch files are built for), then ``convert_pt2e``."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    with torch.no_grad():
+        prepared = prepare_pt2e(torch.export.export(model, (example[:1],)).module(), quantizer)
+        for x in calibration:
+            for i in range(len(x)):
+                prepared(x[i:i + 1])
+        return convert_pt2e(prepared, fold_quantize=fold)
+
+
+def own_ptq_file(target: str, supernet: Any, example: Any, calibration: list[Any], folder: Path) -> Path:
+    """The runtime's own W8A8 post-training quantization of the float network (``supernet`` as
+    ``_fp32_file`` leaves it), calibrated on ``calibration`` (the images eqtools' files are calibrated on),
+    written under ``folder``: the baseline the speed target names."""
+    import torch
+
+    from eqtools.export import extract_graph
+    from eqtools.export.runtime import build_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    graph = extract_graph(supernet, example[:2], quantized=False)
+    if target == "onnxruntime":
+        from bench_deploy import _ort_static
+
+        from eqtools.export import build_onnx
+
+        fp32 = folder / "fp32.onnx"
+        fp32.write_bytes(build_onnx(graph, 17).SerializeToString())
+        out = folder / "ort-ptq.onnx"
+        why = _ort_static(fp32, out, calibration, "QInt8")
+        if why is not None:
+            raise RuntimeError(f"quantize_static: {why}")
+        return out
+    if target == "openvino":
+        import nncf
+        import openvino as ov
+
+        from eqtools.export import build_onnx
+
+        model = ov.Core().read_model(build_onnx(graph, 17).SerializeToString(), b"")
+        images = [x[i:i + 1].numpy() for x in calibration for i in range(len(x))]  # NNCF's items are single images
+        # NNCF's bias correction (fast or full) stops with a reshape error on this graph (nncf 3.4: the
+        # constant it finds behind a conv's bias has another shape), so it is off: the ranges are NNCF's own,
+        # only its bias shift is not applied
+        off = nncf.AdvancedQuantizationParameters(disable_bias_correction=True)
+        quantized = nncf.quantize(model, nncf.Dataset(images), subset_size=len(images), advanced_parameters=off)
+        out = folder / "nncf-ptq.xml"
+        ov.save_model(quantized, out, compress_to_fp16=False)
+        return out
+    model = build_model(graph).eval()
+    if target == "tflite":
+        import litert_torch
+        from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+        from litert_torch.quantize.quant_config import QuantConfig
+
+        quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+        converted = _pt2e_calibrated(model, quantizer, example, calibration, fold=False)
+        with torch.no_grad():
+            edge = litert_torch.convert(converted, (example[:1],), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        out = folder / "pt2e-ptq.tflite"
+        out.write_bytes(bytes(edge.model_content()))
+        return out
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    converted = _pt2e_calibrated(model, quantizer, example, calibration, fold=True)
+    with torch.no_grad():
+        program = torch.export.export(converted, (example[:1],))
+        data = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    out = folder / "pt2e-ptq.pte"
+    out.write_bytes(bytes(data))
+    return out
+
+
+def _openvino_ir(path: Path, threads: int) -> Any:
+    """An OpenVINO IR (NNCF's output) compiled as the eqtools file is (``backends.openvino._compile``)."""
+    import openvino as ov
+
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(path)), "CPU",
+                              {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+
+
+def ptq_runner(target: str, path: Path, threads: int) -> tuple[Any, int]:
+    """``_runner`` for a runtime's own PTQ file."""
+    if target == "openvino":
+        request = _openvino_ir(path, threads).create_infer_request()
+        return (lambda x: request.infer({0: x})), 0
+    return _runner(target, path.read_bytes(), threads)
+
+
+def ptq_check(target: str, path: Path, batches: list[tuple[Any, Any]], threads: int) -> dict[str, Any]:
+    """Top-1 of a runtime's own PTQ file on the check images, and its quantized layers by the runtime's report."""
+    import torch
+
+    xs = [x for x, _ in batches]
+    labels = torch.cat([y for _, y in batches])
+    integer: int | None = None
+    if target == "onnxruntime":
+        from eqtools.export.backends.onnxruntime import optimized_ops, run_onnx
+
+        data = path.read_bytes()
+        logits = run_onnx(data, xs, threads)
+        ops = optimized_ops(data, threads)
+        integer = sum(n for op, n in ops.items() if op in ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger",
+                                                           "MatMulInteger"))
+    elif target == "openvino":
+        import numpy as np
+
+        from eqtools.export.backends.openvino import _INTEGER_PRECISIONS, _WEIGHTED, executed_layers
+
+        compiled = _openvino_ir(path, threads)
+        request = compiled.create_infer_request()
+        logits = torch.cat([torch.from_numpy(np.array(request.infer({0: x.numpy()})[0])) for x in xs])
+        integer = sum(n for k, v in executed_layers(compiled).items() if k in _WEIGHTED
+                      for p, n in v.items() if p in _INTEGER_PRECISIONS)
+    elif target == "tflite":
+        from eqtools.export.backends.litert import run
+
+        logits, report = run(path.read_bytes(), xs, threads)
+        integer = report["integer_layers"]
+    else:
+        from eqtools.export.backends.executorch import run
+
+        logits, _ = run(path.read_bytes(), xs, threads)
+    return {"top1": float((logits.argmax(1) == labels).float().mean()), "integer_layers": integer,
+            "file_bytes": path.stat().st_size, "tool": PTQ_TOOLS[target]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="a 'supernet' artifact directory")
@@ -108,9 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds per timing at least (default 0.3)")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/deploy.json")
+    parser.add_argument("--against-ptq", action="store_true",
+                        help="W8A8 only: time each runtime's own post-training int8 of the float network against "
+                        "eqtools' W8A8 file (paired), record its top-1, and merge both into the rows of the existing "
+                        "deploy.json (its other figures are kept)")
     parser.add_argument("--rows-from", type=Path, help="a log of an interrupted run: table and record the rows it "
                         "printed (marked partial) instead of measuring")
     args = parser.parse_args(argv)
+    if args.against_ptq and ([b.strip() for b in args.bits.split(",")] != ["8"] or args.config):
+        parser.error(f"--against-ptq compares 8-bit files only: the runtimes' own post-training quantization is "
+                     f"8-bit, so use it with --bits 8 and no --config (got --bits {args.bits}"
+                     f"{' and --config' if args.config else ''})")
     if args.rows_from is not None:
         import ast
 
@@ -144,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     subnets = [(f"W{b}A{b}", supernet.space.uniform(int(b), int(b), *form)) for b in args.bits.split(",")]
     for path in args.config:
         subnets.append((f"searched ({path.name})", resolve_config(supernet.space, config_file=path)))
-    if not args.config:
+    if not args.config and not args.against_ptq:
         subnets.append(("mixed (random draw, not searched)", supernet.space.random(random.Random(0), *form)))
 
     # the runtimes' own FP32 files of the float network (the 8-bit subnet's weights, BN calibrated on it)
@@ -158,6 +317,23 @@ def main(argv: list[str] | None = None) -> int:
             fp32[r] = _fp32_file(r, supernet, example)
         except Exception as exc:  # a runtime that cannot take the float net leaves its rows without a speed
             missing[r] = f"its FP32 file could not be built ({type(exc).__name__}: {str(exc)[:120]})"
+    ptq: dict[str, Any] = {}  # runtime -> its own PTQ file, or why there is none
+    ptq_dir = Path(tempfile.mkdtemp(prefix="own-ptq-"))
+    float_top1 = None
+    if args.against_ptq:
+        from eqtools.export import extract_graph
+        from eqtools.export.runtime import build_model
+
+        with torch.no_grad():
+            net = build_model(extract_graph(supernet, example[:2], quantized=False)).eval()
+            float_top1 = float(torch.cat([net(x).argmax(1) == y for x, y in check]).float().mean())
+        for r in runtimes:
+            if r in missing:
+                continue
+            try:
+                ptq[r] = own_ptq_file(r, supernet, example, calibration, ptq_dir / r)
+            except Exception as exc:  # recorded: the row says why there is no baseline
+                ptq[r] = f"{type(exc).__name__}: {str(exc)[:160]}"
 
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
                            file_bytes=t["file_bytes"], fp32_bytes=len(fp32[r]))
                 data = (out / t["file"]).read_bytes()
                 run_q, fixed = _runner(r, data, args.threads)
+                if args.against_ptq:
+                    _time_against_ptq(row, r, ptq[r], run_q, fixed, check, example, args)
+                    print(row, flush=True)
+                    continue
                 run_f, fixed_f = _runner(r, fp32[r], args.threads)
                 for b in (1, 64):
                     if (fixed and b != fixed) or (fixed_f and b != fixed_f):
@@ -197,7 +377,93 @@ def main(argv: list[str] | None = None) -> int:
                     row[f"speed_vs_fp32_b{b}"] = paired_ratio(base, cand)
                     row[f"ms_b{b}"] = float(np.median(cand))
                 print(row, flush=True)
+    if args.against_ptq:
+        return _merge_ptq(rows, args, float_top1)
     return _report(rows, args, partial=False)
+
+
+def _time_against_ptq(row: dict[str, Any], target: str, ptq: Path | str, run_q: Any, fixed: int,
+                      check: list[Any], example: Any, args: Any) -> None:
+    """Add to ``row`` the runtime's own PTQ file (top-1 on the check images, integer layers, size) and
+    eqtools' file's speed against it: median [IQR] of PTQ time / eqtools time, the two alternating in
+    every round (> 1: eqtools' file is faster)."""
+    import numpy as np
+
+    if isinstance(ptq, str):
+        row["own_ptq"] = {"error": ptq}
+        return
+    info = ptq_check(target, ptq, check, args.threads)
+    if target == "openvino":  # the IR's weights are in the .bin beside it
+        info["file_bytes"] += ptq.with_suffix(".bin").stat().st_size
+    row["own_ptq"] = info
+    run_p, fixed_p = ptq_runner(target, ptq, args.threads)
+    for b in (1, 64):
+        if (fixed and b != fixed) or (fixed_p and b != fixed_p):
+            continue
+        x = np.ascontiguousarray(example[:1].repeat(b, 1, 1, 1).numpy())
+        base, cand = [], []
+        for _ in range(args.rounds):  # alternating, so drift on the shared machine hits both
+            base.append(median_ms(lambda f=run_p, x=x: f(x), 5, args.min_time))
+            cand.append(median_ms(lambda f=run_q, x=x: f(x), 5, args.min_time))
+        row[f"speed_vs_own_ptq_b{b}"] = paired_ratio(base, cand)
+        row[f"own_ptq_ms_b{b}"] = float(np.median(base))
+        row[f"ms_b{b}_vs_ptq"] = float(np.median(cand))
+
+
+def _merge_ptq(rows: list[dict[str, Any]], args: Any, float_top1: float | None) -> int:
+    """Table the PTQ comparison, and with ``--record`` merge it into the W8A8 rows of the existing deploy.json:
+    the other figures of those rows, and every other row, are the earlier run's (its command, commit and date
+    are kept in ``figures.rows_run``)."""
+    import json
+
+    from _record import RESULTS, command_line
+
+    def pct(v: Any) -> str:
+        return "—" if v is None else f"{100 * v:.2f} %"
+
+    lines = ["| runtime | its own PTQ (W8A8) | PTQ int8 conv/linear | PTQ top-1 | eqtools W8A8 top-1 | "
+             "eqtools W8A8 vs PTQ speed, b1 | b64 | PTQ size | eqtools size |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        own = row.get("own_ptq")
+        if row.get("loads") != "yes" or own is None or "error" in own:
+            why = row.get("loads") if row.get("loads") != "yes" else (own or {}).get("error", "not measured")
+            lines.append(f"| {row['runtime']} | {why} | | | | | | | |")
+            continue
+        integer = "—" if own["integer_layers"] is None else f"{own['integer_layers']}/{row['quantized_layers']}"
+        lines.append(f"| {row['runtime']} {row['runtime_version']} | {own['tool']} | {integer} | {pct(own['top1'])} | "
+                     f"{pct(row['top1'])} | {row.get('speed_vs_own_ptq_b1', '—')} | "
+                     f"{row.get('speed_vs_own_ptq_b64', '—')} | {own['file_bytes'] / 1024:.0f} kB | "
+                     f"{row['file_bytes'] / 1024:.0f} kB |")
+    note = (f"Against each runtime's own post-training int8 (W8A8, per-channel weights, the 512 calibration images "
+            f"eqtools' files use) of the float network (its top-1: {pct(float_top1)}): speed = median [IQR] over "
+            f"{args.rounds} rounds of PTQ time / eqtools time, the two files alternating in each round (> 1: eqtools' "
+            f"file is faster; the target is ≥ 0.95); LiteRT and ExecuTorch files have batch 1; {args.check_images} val "
+            f"images; {machine_line(args.threads)}; the machine was shared with other work.\n\n")
+    markdown = note + "\n".join(lines)
+    print(markdown)
+    if not args.record:
+        return 0
+    path = RESULTS / "deploy.json"
+    old = json.loads(path.read_text())
+    figures = old["figures"]
+    figures.setdefault("rows_run", {k: old[k] for k in ("command", "commit", "date", "machine")})
+    for new in rows:
+        match = [r for r in figures["rows"] if r["subnet"] == new["subnet"] and r["runtime"] == new["runtime"]]
+        keys = {k: v for k, v in new.items() if "ptq" in k}
+        if match:
+            match[0].update(keys)
+        else:
+            figures["rows"].append(new)
+    figures["against_ptq"] = {"float_top1": float_top1, "rounds": args.rounds, "check_images": args.check_images,
+                              "command": command_line()}
+    base = old["markdown"].split("\n\nAgainst each runtime's own")[0].rstrip()
+    rows_note = (f" The table above is the run of {figures['rows_run']['date']} (commit "
+                 f"{figures['rows_run']['commit'][:7]}); the one below was measured later and merged.")
+    question = old["question"].split(" And how fast")[0] + (" And how fast is the W8A8 file next to that runtime's "
+                                                            "own post-training int8?")
+    write_result("deploy", question, figures,
+                 base + rows_note * (rows_note not in base) + "\n\n" + markdown, threads=args.threads)
+    return 0
 
 
 def _report(rows: list[dict[str, Any]], args: Any, partial: bool) -> int:
