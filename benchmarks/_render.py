@@ -34,7 +34,7 @@ SECTIONS: list[tuple[str, str, int]] = [
     ("mbv2-search-4bit-verify10k", "MobileNetV2: 4-bit search, verified", 22),
     ("mbv2-predictor", "MobileNetV2: predictor", 4),
     ("mbv2-forms", "MobileNetV2: forms and static QAT", 4),
-    ("deploy", "Deploy per runtime", 24),
+    ("deploy", "Deploy per runtime", 29),
     ("onnx_int8", "ONNX integer vs quantize_static", 4),
     ("export", "Export", 11),
     ("transformers", "Transformers", 4),
