@@ -438,7 +438,7 @@ def _merge_ptq(rows: list[dict[str, Any]], args: Any, float_top1: float | None) 
             f"eqtools' files use) of the float network (its top-1: {pct(float_top1)}): speed = median [IQR] over "
             f"{args.rounds} rounds of PTQ time / eqtools time, the two files alternating in each round (> 1: eqtools' "
             f"file is faster; the target is ≥ 0.95); LiteRT and ExecuTorch files have batch 1; {args.check_images} val "
-            f"images; {machine_line(args.threads)}; the machine was shared with other work.\n\n")
+            f"images; {machine_line(args.threads)}.\n\n")
     markdown = note + "\n".join(lines)
     print(markdown)
     if not args.record:
@@ -482,8 +482,7 @@ def _report(rows: list[dict[str, Any]], args: Any, partial: bool) -> int:
                      f"{row.get('speed_vs_fp32_b1', '—')} | {row.get('speed_vs_fp32_b64', '—')} | "
                      f"{row['file_bytes'] / 1024:.0f} kB vs {row['fp32_bytes'] / 1024:.0f} kB |")
     markdown = "\n".join(lines) + (f"\n\n{machine_line(args.threads)}; {args.check_images} val images; speed = median "
-                                   f"[IQR] over {args.rounds} alternating rounds of FP32 time / file time; the machine "
-                                   "was shared with other work." + (" Partial: the run was stopped before every row "
+                                   f"[IQR] over {args.rounds} alternating rounds of FP32 time / file time." + (" Partial: the run was stopped before every row "
                                                                     "was measured; the rows shown are all it measured."
                                                                     if partial else ""))
     print(markdown)
