@@ -67,7 +67,7 @@ def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[T
         with torch.no_grad():
             program = torch.export.export(module, (example,))
             _dequantize_per_reader(program.graph_module)
-            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(per_op_mode=True)])
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             table = get_delegation_info(edge.exported_program().graph_module).get_operator_delegation_dataframe()
             data = bytes(edge.to_executorch().buffer)
     except Exception as exc:  # ExecuTorch raises its own types
