@@ -82,18 +82,12 @@ def train_and_measure(work: Path, precision: str, overrides: list[str]) -> dict:
     if (out / "manifest.json").is_file():  # reuse a supernet only if it was trained with these overrides
         import json
 
+        from eqtools.cli.overrides import apply_overrides
+
         recorded = json.loads((out / "manifest.json").read_text())["spec"]
         for item in overrides:
-            key, _, value = item.partition("=")
-            node = recorded
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            try:
-                wanted = json.loads(value)
-            except ValueError:
-                wanted = value
-            if node != wanted:
-                sys.exit(f"{out} was trained with {key}={node!r}, not {value}; give another --work")
+            if apply_overrides(recorded, [item]) != recorded:
+                sys.exit(f"{out} was not trained with {item}; give another --work")
     else:
         cmd = [sys.executable, "-m", "eqtools", "train", str(SPEC), "--precision", precision, "--device", "cpu",
                "--out", str(out), "--restart", "-q"]

@@ -366,20 +366,33 @@ def main(argv: list[str] | None = None) -> int:
                     print(row, flush=True)
                     continue
                 run_f, fixed_f = _runner(r, fp32[r], args.threads)
-                for b in (1, 64):
-                    if (fixed and b != fixed) or (fixed_f and b != fixed_f):
-                        continue
-                    x = np.ascontiguousarray(example[:1].repeat(b, 1, 1, 1).numpy())
-                    base, cand = [], []
-                    for _ in range(args.rounds):  # alternating, so drift on the shared machine hits both
-                        base.append(median_ms(lambda f=run_f, x=x: f(x), 5, args.min_time))
-                        cand.append(median_ms(lambda f=run_q, x=x: f(x), 5, args.min_time))
+                for b, (base, cand) in _paired_times(run_f, fixed_f, run_q, fixed, example, args).items():
                     row[f"speed_vs_fp32_b{b}"] = paired_ratio(base, cand)
                     row[f"ms_b{b}"] = float(np.median(cand))
                 print(row, flush=True)
     if args.against_ptq:
         return _merge_ptq(rows, args, float_top1)
     return _report(rows, args, partial=False)
+
+
+def _paired_times(run_base: Any, fixed_base: int, run_cand: Any, fixed_cand: int, example: Any,
+                  args: Any) -> dict[int, tuple[list[float], list[float]]]:
+    """Per batch (1 and 64, where both files take it; a fixed batch is a file's only one): the baseline's
+    and the candidate's times in ms over ``args.rounds`` rounds, the two alternating in every round so the
+    machine's drift hits both."""
+    import numpy as np
+
+    times = {}
+    for b in (1, 64):
+        if (fixed_cand and b != fixed_cand) or (fixed_base and b != fixed_base):
+            continue
+        x = np.ascontiguousarray(example[:1].repeat(b, 1, 1, 1).numpy())
+        base, cand = [], []
+        for _ in range(args.rounds):
+            base.append(median_ms(lambda f=run_base, x=x: f(x), 5, args.min_time))
+            cand.append(median_ms(lambda f=run_cand, x=x: f(x), 5, args.min_time))
+        times[b] = (base, cand)
+    return times
 
 
 def _time_against_ptq(row: dict[str, Any], target: str, ptq: Path | str, run_q: Any, fixed: int,
@@ -397,14 +410,7 @@ def _time_against_ptq(row: dict[str, Any], target: str, ptq: Path | str, run_q: 
         info["file_bytes"] += ptq.with_suffix(".bin").stat().st_size
     row["own_ptq"] = info
     run_p, fixed_p = ptq_runner(target, ptq, args.threads)
-    for b in (1, 64):
-        if (fixed and b != fixed) or (fixed_p and b != fixed_p):
-            continue
-        x = np.ascontiguousarray(example[:1].repeat(b, 1, 1, 1).numpy())
-        base, cand = [], []
-        for _ in range(args.rounds):  # alternating, so drift on the shared machine hits both
-            base.append(median_ms(lambda f=run_p, x=x: f(x), 5, args.min_time))
-            cand.append(median_ms(lambda f=run_q, x=x: f(x), 5, args.min_time))
+    for b, (base, cand) in _paired_times(run_p, fixed_p, run_q, fixed, example, args).items():
         row[f"speed_vs_own_ptq_b{b}"] = paired_ratio(base, cand)
         row[f"own_ptq_ms_b{b}"] = float(np.median(base))
         row[f"ms_b{b}_vs_ptq"] = float(np.median(cand))
