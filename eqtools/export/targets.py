@@ -86,10 +86,6 @@ def target_blocker(graph: Graph, target: Target) -> str | None:
                     f"symmetric quantizer after a ReLU); {target.name}'s INT8 activations are signed, so they hold "
                     "such a value at 7 bits at most: search with activations of at most 7 bits (--a-bits) at "
                     f"--preset {target.name}, or export this subnet for another target")
-    if target.backend is not None:
-        reason = backend(target).blocker(graph)
-        if reason is not None:
-            return f"{reason}; {search}"
     return None
 
 

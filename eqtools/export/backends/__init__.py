@@ -10,9 +10,11 @@
   :mod:`~eqtools.export.backends.litert` converts with ``litert-torch`` and
   :mod:`~eqtools.export.backends.executorch` lowers to XNNPACK.
 
-Adding a runtime adds a module here with ``RUNTIME``, ``FILE``, ``version()``, ``blocker(graph)``,
+Adding a runtime adds a module here with ``RUNTIME``, ``FILE``, ``version()``,
 ``build(graph, error, calibration) -> Built`` and ``run(data, batches, threads) -> (logits, report)``, where
-the report's ``integer_layers`` is counted from the runtime's own view of what it executes.
+the report's ``integer_layers`` is counted from the runtime's own view of what it executes. What subnets a
+target can run (bit-widths, weight and activation symmetry, weight range) is declared on its ``Target`` in
+:mod:`eqtools.export.targets` and checked there, before any backend is imported.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from torch import Tensor
 from eqtools.export.backends import Built
 from eqtools.export.runtime import Graph
 
-__all__ = ["FILE", "RUNTIME", "blocker", "build", "run", "version"]
+__all__ = ["FILE", "RUNTIME", "build", "run", "version"]
 
 RUNTIME = "executorch"
 FILE = "model.pte"
@@ -39,14 +39,6 @@ def version() -> str | None:
     except ImportError:
         return None
     return f"executorch {metadata.version('executorch')} (XNNPACK delegate)"
-
-
-def blocker(graph: Graph) -> str | None:
-    for node in graph.layers():
-        if node.quantized and bool(graph.tensors[f"{node.name}.weight.zero_point"].any()):
-            return (f"layer {node.name!r} has asymmetric weights; XNNPACK's QS8 operators take symmetric weights "
-                    "(zero point 0)")
-    return None
 
 
 def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[Tensor] | None = None,

@@ -23,7 +23,7 @@ from torch import Tensor
 from eqtools.export.backends import Built
 from eqtools.export.runtime import Graph
 
-__all__ = ["FILE", "RUNTIME", "blocker", "build", "run", "version"]
+__all__ = ["FILE", "RUNTIME", "build", "run", "version"]
 
 RUNTIME = "litert"
 FILE = "model.tflite"
@@ -40,14 +40,6 @@ def version() -> str | None:
     except ImportError:
         return None
     return f"ai-edge-litert {metadata.version('ai-edge-litert')} (litert-torch {metadata.version('litert-torch')})"
-
-
-def blocker(graph: Graph) -> str | None:
-    for node in graph.layers():
-        if node.quantized and bool(graph.tensors[f"{node.name}.weight.zero_point"].any()):
-            return (f"layer {node.name!r} has asymmetric weights; LiteRT's int8 kernels take symmetric weights "
-                    "(zero point 0) in [-127, 127]")
-    return None
 
 
 def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[Tensor] | None = None,

@@ -27,7 +27,7 @@ from eqtools.export.backends import Built, ir_arithmetic
 from eqtools.export.backends.qdq import build_onnx
 from eqtools.export.runtime import Graph
 
-__all__ = ["FILE", "OPSET", "RUNTIME", "blocker", "build", "executed_layers", "run", "version"]
+__all__ = ["FILE", "OPSET", "RUNTIME", "build", "executed_layers", "run", "version"]
 
 RUNTIME = "openvino"
 FILE = "model.openvino.onnx"
@@ -44,20 +44,6 @@ def version() -> str | None:
     except ImportError:
         return None
     return str(openvino.__version__).split("-")[0]
-
-
-def blocker(graph: Graph) -> str | None:
-    """Why OpenVINO cannot run this graph's quantized layers in int8, or None."""
-    for node in graph.layers():
-        if not node.quantized:
-            continue
-        if bool(graph.tensors[f"{node.name}.weight.zero_point"].any()):
-            return (f"layer {node.name!r} has asymmetric weights (non-zero weight zero points); OpenVINO fuses int8 "
-                    "convolutions only for int8 weight codes at zero point 0")
-        assert node.weight is not None and node.input_quant is not None
-        if int(node.weight.bits or 0) > 8 or node.input_quant.bits > 8:
-            return f"layer {node.name!r} has values wider than 8 bits"
-    return None
 
 
 def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[Tensor] | None = None) -> Built:

@@ -18,7 +18,7 @@ from eqtools.export.backends import Built, ir_arithmetic
 from eqtools.export.backends.qdq import build_onnx
 from eqtools.export.runtime import Graph
 
-__all__ = ["FILE", "OPSET", "RUNTIME", "blocker", "build", "run", "version"]
+__all__ = ["FILE", "OPSET", "RUNTIME", "build", "run", "version"]
 
 RUNTIME = "tensorrt"
 FILE = "model.tensorrt.onnx"
@@ -32,23 +32,6 @@ def version() -> str | None:
     except ImportError:  # pragma: no cover - a dependency
         return None
     return f"onnxruntime {onnxruntime.__version__} (ONNX semantics only; TensorRT unchecked)"
-
-
-def blocker(graph: Graph) -> str | None:
-    """Why TensorRT's INT8 layers cannot run this graph as it is, or None."""
-    t = graph.tensors
-    for node in graph.layers():
-        if not node.quantized:
-            continue
-        assert node.input_quant is not None
-        if bool(t[f"{node.name}.weight.zero_point"].any()):
-            return f"layer {node.name!r} has asymmetric weights; TensorRT quantizes weights symmetrically (zero point 0)"
-        zero = int(t[f"{node.name}.input.zero_point"].reshape(-1)[0])
-        if zero != 0 or node.input_quant.qmin < -128 or node.input_quant.qmax > 127:
-            return (f"layer {node.name!r} has an activation quantizer with zero point {zero} and codes "
-                    f"[{node.input_quant.qmin}, {node.input_quant.qmax}]; TensorRT's activations are signed INT8 "
-                    "with zero point 0")
-    return None
 
 
 def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[Tensor] | None = None) -> Built:
