@@ -67,6 +67,39 @@ def deployed_arithmetic(graph: Graph, plan: dict[str, Encoding | None], batches:
     return simulate_deploy(graph, plan, batches, recompute_sums=False)
 
 
+FULL = (-128, 127)  # the int8 codes a quantize can give
+
+
+def top_shift(e: Encoding) -> int:
+    """How far ``e``'s codes move up in the int8 container so that its top code is 127.
+
+    The real values an encoding represents do not depend on where its codes sit in the container (codes
+    and zero point move together), and at the top the int8 quantize's own saturation is the upper
+    bound, so no clamp op is needed for it. An encoding whose top code is below its zero point (every
+    value negative) would need a zero point above 127: it stays where it is."""
+    return 255 - int(e.hi) if int(e.zero) <= int(e.hi) else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Placed:
+    """A value in the int8 graph: its plan encoding ``enc`` (uint8 codes, what grids are compared on), its
+    int8 zero point ``zero`` (``enc.zero - 128`` moved by the placement), and the int8 codes ``[lo, hi]``
+    it is known to lie in (what decides whether a clamp can change it)."""
+
+    enc: Encoding
+    zero: int
+    lo: int
+    hi: int
+
+    @property
+    def shift(self) -> int:
+        return self.zero - (int(self.enc.zero) - 128)
+
+    def code(self, c: int) -> int:
+        """The int8 code of ``enc``'s uint8 code ``c`` here."""
+        return int(c) - 128 + self.shift
+
+
 class Pt2eGraph(nn.Module):
     """The graph as float ops between int8 quantize/dequantize pairs (exportable with ``torch.export``)."""
 
@@ -129,25 +162,48 @@ class Pt2eGraph(nn.Module):
             bias = t.get(f"{node.name}.bias") if node.bias else None
             self.register_buffer(f"{key}_b", None if bias is None else bias.float().clone())
 
-    def qdq(self, x: Tensor, e: Encoding, lo: int | None = None, hi: int | None = None) -> Tensor:
-        """``x`` rounded to ``e``'s grid as an int8 tensor, its codes kept in [lo, hi] by an explicit clamp.
+        # a layer whose output only ReLUs read computes the ReLU before its output's quantize (see forward)
+        consumers = graph.consumers()
+        self.relu_first = {n.name for n in graph.layers() if n.quantized and n.name != graph.output
+                           and consumers.get(n.name) and all(c.op == "relu" for c in consumers[n.name])
+                           and plan.get(n.name) is not None and plan[n.name].zero <= plan[n.name].hi}
+
+    def qdq(self, x: Tensor, e: Encoding, shift: int, known: tuple[int, int] = FULL) -> tuple[Tensor, Placed]:
+        """``x`` rounded to ``e``'s grid as an int8 tensor (``e``'s codes moved up by ``shift``), kept in ``e``'s
+        code range by an explicit clamp on each side that ``known`` (the int8 codes the rounding can give) crosses.
 
         The clamp reads the rounded value (quantize -> dequantize -> clamp -> quantize), so every converter
         sees it as an op on a quantized tensor: XNNPACK's partitioner leaves a conv whose float output goes
-        to a clamp before its quantize outside the delegate."""
-        qd = torch.ops.quantized_decomposed
-        scale, zero = float(e.scale), int(e.zero) - 128
-        lo, hi = (e.lo if lo is None else lo) - 128, (e.hi if hi is None else hi) - 128
-        x = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
-                                     scale, zero, -128, 127, torch.int8)
-        if (lo, hi) != (-128, 127):
-            x = torch.clamp(x, scale * (lo - zero), scale * (hi - zero))
-            x = qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
-                                         scale, zero, -128, 127, torch.int8)
-        return x
+        to a clamp before its quantize outside the delegate. A clamp is an int8 MINIMUM or MAXIMUM that
+        LiteRT's XNNPACK delegate does not take (each one cuts the delegate in two), hence the placement
+        (:func:`top_shift`) and the known intervals that leave out every clamp the codes cannot cross."""
+        placed = Placed(e, int(e.zero) + shift - 128, *known)
+        lo, hi = placed.code(e.lo), placed.code(e.hi)
+        x = self._round(x, float(e.scale), placed.zero)
+        low, high = (lo if known[0] < lo else None), (hi if known[1] > hi else None)
+        if low is not None or high is not None:
+            x = self._clip(x, placed, low, high)
+        return x, dataclasses.replace(placed, lo=max(known[0], lo), hi=min(known[1], hi))
 
-    def requantize(self, x: Tensor, e: Encoding, target: Encoding) -> Tensor:
-        """``x`` (codes on ``e``'s grid) moved to ``target``'s grid by an identity layer (1x1 conv or linear).
+    @staticmethod
+    def _round(x: Tensor, scale: float, zero: int) -> Tensor:
+        qd = torch.ops.quantized_decomposed
+        return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zero, -128, 127, torch.int8),
+                                        scale, zero, -128, 127, torch.int8)
+
+    def _clip(self, x: Tensor, p: Placed, low: int | None, high: int | None) -> Tensor:
+        """Codes of ``x`` (rounded, placed as ``p``) clipped to [low, high] (None: that side is not clipped):
+        a ReLU where the lower bound is the zero point and there is no upper one, else a clamp."""
+        scale = float(p.enc.scale)
+        if low == p.zero and high is None:
+            x = F.relu(x)
+        else:
+            x = torch.clamp(x, None if low is None else scale * (low - p.zero),
+                            None if high is None else scale * (high - p.zero))
+        return self._round(x, scale, p.zero)
+
+    def requantize(self, x: Tensor, p: Placed, target: Encoding) -> tuple[Tensor, Placed]:
+        """``x`` (codes placed as ``p``) moved to ``target``'s grid by an identity layer (1x1 conv or linear).
 
         A bare quantize of a quantized value (quantize -> dequantize -> quantize) goes wrong twice:
         litert-torch's static mode merges the chain into its first quantize, so the layer reads the value
@@ -156,7 +212,9 @@ class Pt2eGraph(nn.Module):
         with a multiplier of 8 fractional bits (``xnn_init_qs8_cvt_scalar_params``), which at a ratio of
         1/9 between two nested grids moves large codes by up to a third of a step. An identity layer is a
         conv/linear whose output is requantized at float32 precision, so the value is rounded once to
-        ``target``'s grid, as the simulation rounds it.
+        ``target``'s grid, as the simulation rounds it. Its accumulator is the input's code minus its zero
+        point, and the requantization is monotone and maps 0 to the zero point: a value known to be
+        non-negative stays at or above ``target``'s zero point, so no lower clamp is needed.
         """
         qd = torch.ops.quantized_decomposed
         channels = x.shape[1] if x.dim() == 4 else x.shape[-1]
@@ -166,17 +224,23 @@ class Pt2eGraph(nn.Module):
             eye = qd.quantize_per_channel(eye, ones, zeros, 0, -127, 127, torch.int8)
         w = qd.dequantize_per_channel(eye, ones, zeros, 0, -127, 127, torch.int8)
         y = F.conv2d(x, w) if x.dim() == 4 else F.linear(x, w)
-        return self.qdq(y, target)
+        shift = top_shift(target)
+        known = (int(target.zero) + shift - 128, 127) if p.lo >= p.zero else FULL
+        return self.qdq(y, target, shift, known)
 
-    def _layer(self, node: Node, x: Tensor, x_enc: Encoding | None = None) -> Tensor:
+    def _layer(self, node: Node, x: Tensor, p: Placed | None = None) -> Tensor:
         qd = torch.ops.quantized_decomposed
         key = self._keys[node.name]
         target = self._inputs[node.name]
-        if self.identity_requantize and x_enc is not None and not x_enc.same_grid(target):
-            x = self.requantize(x, x_enc, target)
+        if p is not None and p.enc.same_grid(target):
+            # the producer's placement (the same grid: its codes are the layer's), clipped to the layer's range
+            # only where the value can leave it
+            x, _ = self.qdq(x, target, p.shift, (p.lo, p.hi))
+        elif self.identity_requantize and p is not None:
+            x, _ = self.requantize(x, p, target)
             self.identity_layers.add(node.name)
         else:
-            x = self.qdq(x, target)
+            x, _ = self.qdq(x, target, top_shift(target))
         s, z = getattr(self, f"{key}_s"), getattr(self, f"{key}_z")
         w = getattr(self, f"{key}_w")
         if not self.int8_weights:
@@ -188,37 +252,55 @@ class Pt2eGraph(nn.Module):
             return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
         return F.linear(x, w, b)
 
+    def _pass(self, node: Node, x: Tensor, args: list[Tensor], p: Placed) -> tuple[Tensor, Placed]:
+        """A pass-through op on codes placed as ``p``: the output keeps the placement; a ReLU or clamp is
+        written only for the sides of its interval that the codes can cross (none: no op at all)."""
+        if node.op in ("relu", "clamp"):
+            lo, hi = p.enc.clamp_codes(node.op, node.attrs)
+            lo, hi = max(lo, p.enc.lo), min(hi, p.enc.hi)
+            lo8, hi8 = p.code(lo), p.code(hi)
+            low, high = (lo8 if p.lo < lo8 else None), (hi8 if p.hi > hi8 else None)
+            if low is not None or high is not None:
+                x = self._clip(x, p, low, high)
+            return x, Placed(dataclasses.replace(p.enc, lo=lo, hi=hi), p.zero, max(p.lo, lo8), min(p.hi, hi8))
+        y = self._round(OPS[node.op].run(*args, **node.attrs), float(p.enc.scale), p.zero)  # type: ignore[misc]
+        if node.op == "pad":  # a zero pad writes the zero code
+            return y, Placed(_with_zero(p.enc), p.zero, min(p.lo, p.zero), max(p.hi, p.zero))
+        return y, p
+
     def forward(self, x: Tensor) -> Tensor:
         graph, plan = self.ir, self.plan
         env: dict[str, Tensor] = {graph.input_name: x}
-        enc: dict[str, Encoding | None] = {graph.input_name: None}
+        placed: dict[str, Placed | None] = {graph.input_name: None}
         for node in graph.nodes:
             args = [env[i] for i in node.inputs]
             kind = integer_kind(node)
-            out: Encoding | None = None
-            lo = hi = None
+            p: Placed | None = None
             if node.quantized:
-                y = self._layer(node, args[0], enc.get(node.inputs[0]))
+                y = self._layer(node, args[0], placed.get(node.inputs[0]))
                 out = plan[node.name]
+                if out is not None:
+                    known = FULL
+                    if node.name in self.relu_first:
+                        # clamp(round(y/s) + z, max(lo, z), hi) == max(clamp(round(y/s) + z, lo, hi), z) for
+                        # z <= hi, and round(relu(y)/s) + z == max(round(y/s) + z, z): the converters fuse the
+                        # ReLU into the conv, which leaves the codes at or above the zero point
+                        y = F.relu(y)
+                        known = (int(out.zero) + top_shift(out) - 128, 127)
+                    y, p = self.qdq(y, out, top_shift(out), known)
             elif node.name in self._float_keys:
                 y = self.float_ops[self._float_keys[node.name]](*args)
             else:
-                y = OPS[node.op].run(*args, **node.attrs)  # type: ignore[misc]
-                ins = [enc.get(i) for i in node.inputs]
+                ins = [placed.get(i) for i in node.inputs]
                 if kind == PASS and ins and ins[0] is not None:
-                    out = ins[0]
-                    if node.op in ("relu", "clamp"):
-                        lo, hi = out.clamp_codes(node.op, node.attrs)
-                        lo, hi = max(lo, out.lo), min(hi, out.hi)
-                        out = dataclasses.replace(out, lo=lo, hi=hi)
-                    elif node.op == "pad":
-                        out = _with_zero(out)
-                elif kind == REQUANTIZE and all(e is not None for e in ins) and plan.get(node.name) is not None:
-                    out = plan[node.name]
-            if out is not None:
-                y = self.qdq(y, out)
+                    y, p = self._pass(node, args[0], args, ins[0])
+                else:
+                    y = OPS[node.op].run(*args, **node.attrs)  # type: ignore[misc]
+                    out = plan.get(node.name)
+                    if kind == REQUANTIZE and all(e is not None for e in ins) and out is not None:
+                        y, p = self.qdq(y, out, top_shift(out))
             env[node.name] = y
-            enc[node.name] = out
+            placed[node.name] = p
             if self.trace is not None:
                 self.trace[node.name] = y
         return env[graph.output]
