@@ -260,16 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtimes", default=",".join(RUNTIMES))
     parser.add_argument("--record", action="store_true", help="write benchmarks/results/deploy.json")
     parser.add_argument("--against-ptq", action="store_true",
-                        help="W8A8 only: time each runtime's own post-training int8 of the float network against "
-                        "eqtools' W8A8 file (paired), record its top-1, and merge both into the rows of the existing "
+                        help="time each runtime's own post-training int8 (W8A8) of the float network against eqtools' "
+                        "file of every subnet (paired), record its top-1, and merge both into the rows of the existing "
                         "deploy.json (its other figures are kept)")
     parser.add_argument("--rows-from", type=Path, help="a log of an interrupted run: table and record the rows it "
                         "printed (marked partial) instead of measuring")
     args = parser.parse_args(argv)
-    if args.against_ptq and ([b.strip() for b in args.bits.split(",")] != ["8"] or args.config):
-        parser.error(f"--against-ptq compares 8-bit files only: the runtimes' own post-training quantization is "
-                     f"8-bit, so use it with --bits 8 and no --config (got --bits {args.bits}"
-                     f"{' and --config' if args.config else ''})")
     if args.rows_from is not None:
         import ast
 
@@ -395,6 +391,9 @@ def _paired_times(run_base: Any, fixed_base: int, run_cand: Any, fixed_cand: int
     return times
 
 
+_PTQ_CHECKED: dict[str, dict[str, Any]] = {}
+
+
 def _time_against_ptq(row: dict[str, Any], target: str, ptq: Path | str, run_q: Any, fixed: int,
                       check: list[Any], example: Any, args: Any) -> None:
     """Add to ``row`` the runtime's own PTQ file (top-1 on the check images, integer layers, size) and
@@ -405,10 +404,12 @@ def _time_against_ptq(row: dict[str, Any], target: str, ptq: Path | str, run_q: 
     if isinstance(ptq, str):
         row["own_ptq"] = {"error": ptq}
         return
-    info = ptq_check(target, ptq, check, args.threads)
-    if target == "openvino":  # the IR's weights are in the .bin beside it
-        info["file_bytes"] += ptq.with_suffix(".bin").stat().st_size
-    row["own_ptq"] = info
+    if target not in _PTQ_CHECKED:  # one PTQ file per runtime, the baseline of every subnet's file: checked once
+        info = ptq_check(target, ptq, check, args.threads)
+        if target == "openvino":  # the IR's weights are in the .bin beside it
+            info["file_bytes"] += ptq.with_suffix(".bin").stat().st_size
+        _PTQ_CHECKED[target] = info
+    row["own_ptq"] = dict(_PTQ_CHECKED[target])
     run_p, fixed_p = ptq_runner(target, ptq, args.threads)
     for b, (base, cand) in _paired_times(run_p, fixed_p, run_q, fixed, example, args).items():
         row[f"speed_vs_own_ptq_b{b}"] = paired_ratio(base, cand)
@@ -417,7 +418,7 @@ def _time_against_ptq(row: dict[str, Any], target: str, ptq: Path | str, run_q: 
 
 
 def _merge_ptq(rows: list[dict[str, Any]], args: Any, float_top1: float | None) -> int:
-    """Table the PTQ comparison, and with ``--record`` merge it into the W8A8 rows of the existing deploy.json:
+    """Table the PTQ comparison, and with ``--record`` merge it into the rows of the existing deploy.json:
     the other figures of those rows, and every other row, are the earlier run's (its command, commit and date
     are kept in ``figures.rows_run``)."""
     import json
@@ -427,16 +428,16 @@ def _merge_ptq(rows: list[dict[str, Any]], args: Any, float_top1: float | None) 
     def pct(v: Any) -> str:
         return "—" if v is None else f"{100 * v:.2f} %"
 
-    lines = ["| runtime | its own PTQ (W8A8) | PTQ int8 conv/linear | PTQ top-1 | eqtools W8A8 top-1 | "
-             "eqtools W8A8 vs PTQ speed, b1 | b64 | PTQ size | eqtools size |", "|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
+    lines = ["| runtime | subnet | its own PTQ (W8A8) | PTQ int8 conv/linear | PTQ top-1 | eqtools top-1 | "
+             "eqtools vs PTQ speed, b1 | b64 | PTQ size | eqtools size |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda x: RUNTIMES.index(x["runtime"])):
         own = row.get("own_ptq")
         if row.get("loads") != "yes" or own is None or "error" in own:
             why = row.get("loads") if row.get("loads") != "yes" else (own or {}).get("error", "not measured")
-            lines.append(f"| {row['runtime']} | {why} | | | | | | | |")
+            lines.append(f"| {row['runtime']} | {row['subnet']} | {why} | | | | | | | |")
             continue
         integer = "—" if own["integer_layers"] is None else f"{own['integer_layers']}/{row['quantized_layers']}"
-        lines.append(f"| {row['runtime']} {row['runtime_version']} | {own['tool']} | {integer} | {pct(own['top1'])} | "
+        lines.append(f"| {row['runtime']} {row['runtime_version']} | {row['subnet']} | {own['tool']} | {integer} | {pct(own['top1'])} | "
                      f"{pct(row['top1'])} | {row.get('speed_vs_own_ptq_b1', '—')} | "
                      f"{row.get('speed_vs_own_ptq_b64', '—')} | {own['file_bytes'] / 1024:.0f} kB | "
                      f"{row['file_bytes'] / 1024:.0f} kB |")
@@ -465,8 +466,8 @@ def _merge_ptq(rows: list[dict[str, Any]], args: Any, float_top1: float | None) 
     base = old["markdown"].split("\n\nAgainst each runtime's own")[0].rstrip()
     rows_note = (f" The table above is the run of {figures['rows_run']['date']} (commit "
                  f"{figures['rows_run']['commit'][:7]}); the one below was measured later and merged.")
-    question = old["question"].split(" And how fast")[0] + (" And how fast is the W8A8 file next to that runtime's "
-                                                            "own post-training int8?")
+    question = old["question"].split(" And how fast")[0] + (" And how fast is each file next to that runtime's "
+                                                            "own post-training int8 (W8A8)?")
     write_result("deploy", question, figures,
                  base + rows_note * (rows_note not in base) + "\n\n" + markdown, threads=args.threads)
     return 0

@@ -240,6 +240,35 @@ def test_litert_file_runs_int8_convs_and_fully_connected_in_litert(tiny, tmp_pat
 
 
 
+def test_litert_keeps_b_bit_values_in_range_without_clamp_ops(tiny, tmp_path):
+    """Below 8 bits a value's codes sit at the top of the int8 container (the quantize's saturation is its upper
+    bound) and a ReLU after a layer fuses into it, so the file holds no int8 MINIMUM, MAXIMUM or RELU op (each
+    cut XNNPACK's delegate in two) and the delegate takes it in as many partitions as the W8A8 file; the
+    file still agrees with the deployed arithmetic."""
+    import random
+
+    pytest.importorskip("litert_torch")
+    pytest.importorskip("ai_edge_litert")
+    supernet, batches = tiny
+    form = ("per-channel", "sym", "asym")
+    subnets = {"W8A8": supernet.space.uniform(8, 8, *form), "W4A4": supernet.space.uniform(4, 4, *form),
+               "W2A2 signed": supernet.space.uniform(2, 2, "per-tensor", "sym", "sym"),
+               "mixed": supernet.space.random(random.Random(3), *form)}
+    delegates = {}
+    for label, config in subnets.items():
+        supernet.apply(config)
+        metrics = export_subnet(supernet, batches, tmp_path / label, formats=("onnx",), targets=("tflite",),
+                                deploy_agreement_min=0.0)
+        entry = metrics["targets"]["tflite"]
+        executed = entry["runtime_report"]["executed"]
+        assert not {"MINIMUM", "MAXIMUM", "RELU", "RELU_N1_TO_1", "RELU6"} & set(executed), (label, executed)
+        delegates[label] = sum(executed["DELEGATE"].values())
+        assert entry["integer_layers"] == entry["quantized_layers"] == 4, (label, executed)
+        assert entry["agreement"] >= (0.995 if "W2" not in label else 0.99), (label, entry["parity"])
+    assert len(set(delegates.values())) == 1, delegates
+
+
+
 # ------------------------------------------------------------------------------------------ ExecuTorch
 @pytest.mark.parametrize("bits,granularity", [(8, "per-channel"), (8, "per-tensor"), (4, "per-channel"),
                                               (2, "per-tensor")])
@@ -254,6 +283,8 @@ def test_executorch_delegates_every_quantized_layer_to_xnnpack(tiny, tmp_path, b
     entry = metrics["targets"]["xnnpack"]
     delegation = entry["delegation"]
     assert entry["integer_layers"] == entry["quantized_layers"] == 4 and delegation["float_layers"] == 0, delegation
+    # a b-bit value's range is the int8 saturation and fused ReLUs, not clamp ops inside the partition
+    assert "aten_clamp_default" not in delegation["delegated"], delegation
     # the issue's targets: 99.5 % at >= 4 bits, 99 % at 2-3 bits
     assert entry["agreement"] >= {8: 0.995, 4: 0.995, 2: 0.99}[bits], entry["parity"]
     assert (tmp_path / "model.pte").stat().st_size == entry["file_bytes"]
