@@ -14,8 +14,14 @@ the subnet's), the graph is written directly from the IR with the subnet's own q
   quantizes it (the same plan, :func:`~eqtools.export.backends.onnxruntime.plan_encodings`), so the
   two files compute the same roundings; a layer whose output is read only in float (the logits) gets
   an 8-bit output grid of its own, since these runtimes' int8 conv/linear kernels have an int8 output;
-- a b-bit value in its 8-bit container keeps its bit-width by an explicit ``clamp`` between two
-  quantize/dequantize pairs: these converters keep a tensor's scale and zero point, not its range;
+- a b-bit value sits at the top of its int8 container (:func:`top_shift`: codes and zero point moved
+  up together, the same real values), so the quantize's saturation is its upper bound; a layer read
+  only by ReLUs applies the ReLU before its output quantize (the converters fuse it into the conv), so
+  the zero point is the lower one. Every value carries the int8 codes it is known to lie in
+  (:class:`Placed`), and an explicit ``clamp`` between two quantize/dequantize pairs is written only on
+  a side the codes can cross: these converters keep a tensor's scale and zero point, not its range,
+  and each clamp is an int8 MINIMUM/MAXIMUM that cuts LiteRT's XNNPACK delegate in two. The plan's
+  encodings (uint8 codes, what grids are compared on) are not moved: only this graph places them;
 - a value read by a layer on another grid (a residual sum on its 8-bit grid, a wider layer's output)
   reaches it through a 1x1 identity conv (or linear) whose output is the layer's grid, never through a
   bare quantize of a quantized value (:meth:`Pt2eGraph.requantize` says why); that grid's step is the
