@@ -1,60 +1,68 @@
 #!/usr/bin/env bash
 # The measurements of specs/mbv2-fmnist.json after its supernet is trained (`eqtools train
-# specs/mbv2-fmnist.json`, plus the static-QAT baselines `--static-bits 4 --granularity per-channel
-# --symmetry sym` and `--static-bits 4 --granularity per-tensor --symmetry asym`). Sized for two
-# CPU cores shared with four other jobs (docs/decisions/0500-mbv2-fmnist.md). Each stage writes benchmarks/results/mbv2-*.json; the
-# benchmark caches under artifacts/bench-predictor/ make a rerun skip what is measured.
+# specs/mbv2-fmnist.json`): docs/decisions/0500-mbv2-fmnist-depthwise-recipe.md. Each stage writes
+# benchmarks/results/mbv2-*.json; the benchmark caches under artifacts/mbv2-fmnist/ make a rerun skip what
+# is measured.
 #
-#   bash benchmarks/run_mbv2_fmnist.sh [STAGE ...]     stages: sample search search4 heldout predictor forms
+#   bash benchmarks/run_mbv2_fmnist.sh [STAGE ...]
+#   stages (in this order by default): sample heldout predictor search search4 static forms
 #
-# Single-thread processes, three or four at a time, at the caller's nice level: the machine is shared.
+# Two single-thread processes at a time, one per core: on two cores, two processes of two threads each run
+# many times slower than one after the other (their threads wait on each other at every barrier).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
 SN=${SN:-artifacts/mbv2-fmnist/supernet}
-VARIANT=${VARIANT:-ensemble-costs-rank-loss}
+VARIANT=${VARIANT:-ensemble-loss}  # the best-ranked variant of the predictor stage (mbv2-predictor)
 PY=${PY:-python}
-stages=${*:-sample search heldout predictor forms}
+FORMS=(per-channel/sym/sym,per-channel/sym/asym,per-channel/asym/sym,per-channel/asym/asym
+       per-tensor/sym/sym,per-tensor/sym/asym,per-tensor/asym/sym,per-tensor/asym/asym)
+stages=${*:-sample heldout predictor search search4 static forms}
 for stage in $stages; do
   case $stage in
-    sample)  # the training pool (the sampler's protocol, 3 processes) beside the layer sensitivity
-      for k in 1 2 3; do
-        $PY benchmarks/bench_predictor.py build "$SN" --set pool -n 240 --no-compile --shard $k/3 &
+    sample)  # the predictor's training pool (the sampler's protocol), then the layer sensitivity
+      for k in 1 2; do
+        $PY benchmarks/bench_predictor.py build "$SN" --set pool -n 400 --no-compile --shard $k/2 &
       done
+      wait
       $PY benchmarks/bench_layer_sensitivity.py "$SN" --forms per-tensor/sym/sym,per-channel/sym/sym \
-        --out artifacts/mbv2-fmnist/sensitivity.json --result mbv2-sensitivity &
-      wait ;;
-    search)  # 4 processes of 2 forms each fill the measurement cache; the run over all forms writes the result
-      forms=(per-channel/sym/sym,per-channel/sym/asym per-channel/asym/sym,per-channel/asym/asym
-             per-tensor/sym/sym,per-tensor/sym/asym per-tensor/asym/sym,per-tensor/asym/asym)
-      for f in "${forms[@]}"; do
-        $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms "$f" --bits 3,4 --size-of-uniform 4 \
-          --top-k 3 --verify-images 2000 > "artifacts/mbv2-fmnist/search-${f//\//_}.log" 2>&1 &
-      done
-      wait
-      $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms all --bits 3,4 --size-of-uniform 4 \
-        --top-k 3 --verify-images 2000 --save-picks artifacts/mbv2-fmnist/picks --result mbv2-search ;;
-    search4)  # the 4-bit and uniform-W4-size budgets again, --verify on 10k unseen images and the top 5
-      forms=(per-channel/sym/sym,per-channel/sym/asym per-channel/asym/sym,per-channel/asym/asym
-             per-tensor/sym/sym,per-tensor/sym/asym per-tensor/asym/sym,per-tensor/asym/asym)
-      for f in "${forms[@]}"; do
-        $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms "$f" --bits 4 --size-of-uniform 4 \
-          --top-k 5 --verify-images 10000 > "artifacts/mbv2-fmnist/search4-${f//\//_}.log" 2>&1 &
-      done
-      wait
-      $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms all --bits 4 --size-of-uniform 4 \
-        --top-k 5 --verify-images 10000 --result mbv2-search-4bit-verify10k ;;
-    heldout)  # held-out subnets on the 10k test images (3 processes), then the predictor variants against them
-      for k in 1 2 3; do
-        $PY benchmarks/bench_predictor.py build "$SN" --set heldout --heldout-n 24 --uniform-bits 3,4 --no-compile --shard $k/3 &
+        --out artifacts/mbv2-fmnist/sensitivity.json --result mbv2-sensitivity ;;
+    heldout)  # held-out subnets measured on the 10k test images
+      for k in 1 2; do
+        $PY benchmarks/bench_predictor.py build "$SN" --set heldout --heldout-n 64 --uniform-bits 3,4 --no-compile --shard $k/2 &
       done
       wait ;;
     predictor)
       $PY benchmarks/bench_predictor.py evaluate "$SN" \
         --variants mlp,xgb,ensemble,ensemble-loss,ensemble-costs-rank-loss \
-        --curve-variant ensemble-costs-rank-loss --curve-n 100,240 --curve-images 1000 --result mbv2-predictor ;;
+        --curve-variant "$VARIANT" --curve-n 100,200,400 --curve-images 1000 --result mbv2-predictor ;;
+    search)  # two processes of four forms fill the measurement cache; the run over all forms writes the result
+      for f in "${FORMS[@]}"; do
+        $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms "$f" --bits 3,4 --size-of-uniform 4 \
+          --top-k 3 --verify-images 2000 > "artifacts/mbv2-fmnist/search-${f%%/*}.log" 2>&1 &
+      done
+      wait
+      $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms all --bits 3,4 --size-of-uniform 4 \
+        --top-k 3 --verify-images 2000 --save-picks artifacts/mbv2-fmnist/picks --result mbv2-search ;;
+    search4)  # the 4-bit and uniform-W4-size budgets again, --verify on 10k unseen images and the top 5
+      for f in "${FORMS[@]}"; do
+        $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms "$f" --bits 4 --size-of-uniform 4 \
+          --top-k 5 --verify-images 10000 > "artifacts/mbv2-fmnist/search4-${f%%/*}.log" 2>&1 &
+      done
+      wait
+      $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms all --bits 4 --size-of-uniform 4 \
+        --top-k 5 --verify-images 10000 --result mbv2-search-4bit-verify10k ;;
+    static)  # static-QAT W4A4 baselines in all 8 forms, from the same cached float warm-up, two at a time
+      n=0
+      for g in per-channel per-tensor; do for ws in sym asym; do for as in sym asym; do
+        $PY -m eqtools train specs/mbv2-fmnist.json --static-bits 4 --granularity $g --w-symmetry $ws \
+          --a-symmetry $as > "artifacts/mbv2-fmnist/static-4-$g-$ws-$as.log" 2>&1 &
+        n=$((n + 1)); if (( n % 2 == 0 )); then wait; fi
+      done; done; done
+      wait ;;
     forms)
-      $PY benchmarks/bench_forms.py --spec specs/mbv2-fmnist.json --work artifacts/mbv2-fmnist --bits 4 \
+      EQTOOLS_THREADS=1 $PY benchmarks/bench_forms.py --spec specs/mbv2-fmnist.json --work artifacts/mbv2-fmnist --bits 2,3,4,8 \
         --static artifacts/mbv2-fmnist/supernet-static-* --result mbv2-forms ;;
-    *) echo "unknown stage $stage" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages: sample heldout predictor search search4 static forms)" >&2; exit 2 ;;
   esac
 done
