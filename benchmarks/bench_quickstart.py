@@ -29,7 +29,7 @@ STEP = re.compile(r"== (.+) \((\d+)s elapsed\)")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--spec", default="specs/quick.json")
+    parser.add_argument("--spec", default="specs/mbv2-quick.json")
     parser.add_argument("--with-install", action="store_true", help="also time a fresh venv + pip install")
     parser.add_argument("--with-baselines", action="store_true", help="pass --with-baselines to the quickstart")
     parser.add_argument("--record", action="store_true", help="write the result to benchmarks/results/ (rendered into BENCHMARKS.md)")

@@ -2,7 +2,7 @@
 # The whole EQ-Net pipeline on one spec, chained through the artifacts/ workspace with each
 # command's defaults: every stage reads the newest artifact it needs and says which one it used.
 #
-#   bash scripts/quickstart.sh [--with-baselines] [--force] [SPEC]      (SPEC default: specs/quick.json)
+#   bash scripts/quickstart.sh [--with-baselines] [--force] [SPEC]      (SPEC default: specs/mbv2-quick.json)
 #
 # The first run is sized to take a few minutes on 2 CPU cores (README, BENCHMARKS.md "quickstart"):
 # the report compares the supernet's uniform 2/4/8-bit subnets in two of its forms (REPORT_FORMS)
@@ -11,7 +11,7 @@
 # supernet against a model trained for each bit-width alone (about 3 more minutes).
 # A second run refuses to start over the first one's artifacts; --force replaces them, stage by stage.
 set -euo pipefail
-SPEC=specs/quick.json
+SPEC=specs/mbv2-quick.json
 BASELINES=0
 FORCE=()
 for arg in "$@"; do
@@ -24,7 +24,7 @@ for arg in "$@"; do
   esac
 done
 if [ ! -f "$SPEC" ]; then
-  echo "quickstart.sh: no spec file at $SPEC (the bundled ones are in specs/, e.g. specs/quick.json)" >&2; exit 2
+  echo "quickstart.sh: no spec file at $SPEC (the bundled ones are in specs/, e.g. specs/mbv2-quick.json)" >&2; exit 2
 fi
 WORKSPACE=artifacts/$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["name"])' "$SPEC" 2>/dev/null || true)
 if [ ${#FORCE[@]} = 0 ] && [ "$WORKSPACE" != artifacts/ ] && [ -e "$WORKSPACE/supernet" ]; then

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(tmp_path: Path, *args: str) -> tuple[int, list[str], str]:
     """Run the script in ``tmp_path`` (its own specs/ and artifacts/), each eqtools call recorded."""
-    for name in ("quick", "other"):
+    for name in ("mbv2-quick", "other"):
         spec = tmp_path / "specs" / f"{name}.json"
         spec.parent.mkdir(exist_ok=True)
         spec.write_text(json.dumps({"name": name}))
@@ -35,7 +35,7 @@ def test_default_run_is_the_pipeline_without_baselines(tmp_path):
     assert code == 0
     assert [c.split()[0] for c in calls] == ["train", "sample", "fit-predictor", "search", "calibrate", "export",
                                             "report"]
-    assert calls[0] == "train specs/quick.json"
+    assert calls[0] == "train specs/mbv2-quick.json"
     assert "--verify" in calls[3] and "--verify-split val" in calls[3]
     assert calls[-1] == "report --forms per-channel/sym/sym,per-tensor/asym/asym"
 
@@ -56,16 +56,16 @@ def test_an_unknown_option_exits_2_before_anything_runs(tmp_path, args):
 
 
 def test_a_second_run_refuses_before_anything_runs_and_names_force(tmp_path):
-    (tmp_path / "artifacts" / "quick" / "supernet").mkdir(parents=True)
+    (tmp_path / "artifacts" / "mbv2-quick" / "supernet").mkdir(parents=True)
     code, calls, err = _run(tmp_path)
     assert code == 2 and calls == []
-    assert "artifacts/quick already holds a run" in err and "--force" in err and "eqtools report --spec quick" in err
+    assert "artifacts/mbv2-quick already holds a run" in err and "--force" in err and "eqtools report --spec mbv2-quick" in err
     code, calls, _ = _run(tmp_path, "specs/other.json")  # another spec's workspace is free
     assert code == 0 and calls[0] == "train specs/other.json"
 
 
 def test_force_is_passed_to_every_stage_that_writes(tmp_path):
-    (tmp_path / "artifacts" / "quick" / "supernet").mkdir(parents=True)
+    (tmp_path / "artifacts" / "mbv2-quick" / "supernet").mkdir(parents=True)
     code, calls, _ = _run(tmp_path, "--force", "--with-baselines")
     assert code == 0 and len(calls) == 13
     assert all(c.endswith(" --force") for c in calls[:-1]), calls
@@ -74,4 +74,4 @@ def test_force_is_passed_to_every_stage_that_writes(tmp_path):
 
 def test_a_missing_spec_exits_2_naming_the_bundled_ones(tmp_path):
     code, calls, err = _run(tmp_path, "specs/nope.json")
-    assert code == 2 and calls == [] and "specs/nope.json" in err and "specs/quick.json" in err
+    assert code == 2 and calls == [] and "specs/nope.json" in err and "specs/mbv2-quick.json" in err
