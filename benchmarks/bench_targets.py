@@ -99,6 +99,10 @@ def _fp32_file(target: str, supernet: Any, example: Any) -> bytes:
 
 # --- the runtimes' own post-training int8 of the float network (``--against-ptq``) ---------------------------
 
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * v:.2f} %"
+
+
 PTQ_TOOLS = {
     "onnxruntime": "onnxruntime.quantization.quantize_static (QDQ, QUInt8 activations, per-channel QInt8 weights)",
     "openvino": "nncf.quantize on OpenVINO's FP32 model (default preset, per-channel int8 weights, bias "
@@ -425,9 +429,6 @@ def _merge_ptq(rows: list[dict[str, Any]], args: Any, float_top1: float | None) 
 
     from _record import RESULTS, command_line
 
-    def pct(v: Any) -> str:
-        return "—" if v is None else f"{100 * v:.2f} %"
-
     lines = ["| runtime | subnet | its own PTQ (W8A8) | PTQ int8 conv/linear | PTQ top-1 | eqtools top-1 | "
              "eqtools vs PTQ speed, b1 | b64 | PTQ size | eqtools size |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda x: RUNTIMES.index(x["runtime"])):
@@ -437,12 +438,12 @@ def _merge_ptq(rows: list[dict[str, Any]], args: Any, float_top1: float | None) 
             lines.append(f"| {row['runtime']} | {row['subnet']} | {why} | | | | | | | |")
             continue
         integer = "—" if own["integer_layers"] is None else f"{own['integer_layers']}/{row['quantized_layers']}"
-        lines.append(f"| {row['runtime']} {row['runtime_version']} | {row['subnet']} | {own['tool']} | {integer} | {pct(own['top1'])} | "
-                     f"{pct(row['top1'])} | {row.get('speed_vs_own_ptq_b1', '—')} | "
+        lines.append(f"| {row['runtime']} {row['runtime_version']} | {row['subnet']} | {own['tool']} | {integer} | {_pct(own['top1'])} | "
+                     f"{_pct(row['top1'])} | {row.get('speed_vs_own_ptq_b1', '—')} | "
                      f"{row.get('speed_vs_own_ptq_b64', '—')} | {own['file_bytes'] / 1024:.0f} kB | "
                      f"{row['file_bytes'] / 1024:.0f} kB |")
     note = (f"Against each runtime's own post-training int8 (W8A8, per-channel weights, the 512 calibration images "
-            f"eqtools' files use) of the float network (its top-1: {pct(float_top1)}): speed = median [IQR] over "
+            f"eqtools' files use) of the float network (its top-1: {_pct(float_top1)}): speed = median [IQR] over "
             f"{args.rounds} rounds of PTQ time / eqtools time, the two files alternating in each round (> 1: eqtools' "
             f"file is faster; the target is ≥ 0.95); LiteRT and ExecuTorch files have batch 1; {args.check_images} val "
             f"images; {machine_line(args.threads)}.\n\n")
@@ -474,9 +475,6 @@ def _merge_ptq(rows: list[dict[str, Any]], args: Any, float_top1: float | None) 
 
 
 def _report(rows: list[dict[str, Any]], args: Any, partial: bool) -> int:
-    def pct(v: Any) -> str:
-        return "—" if v is None else f"{100 * v:.2f} %"
-
     lines = ["| runtime | subnet | loads | int8 conv/linear (runtime's report) | agreement with deployed arithmetic | "
              "top-1 (fake-quant) | speed vs its FP32, b1 | b64 | size vs FP32 |", "|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda x: RUNTIMES.index(x["runtime"])):
@@ -485,7 +483,7 @@ def _report(rows: list[dict[str, Any]], args: Any, partial: bool) -> int:
             continue
         integer = "—" if row["integer_layers"] is None else f"{row['integer_layers']}/{row['quantized_layers']}"
         lines.append(f"| {row['runtime']} {row['runtime_version']} | {row['subnet']} | yes | {integer} | "
-                     f"{pct(row['agreement'])} | {pct(row['top1'])} ({pct(row['top1_fake_quant'])}) | "
+                     f"{_pct(row['agreement'])} | {_pct(row['top1'])} ({_pct(row['top1_fake_quant'])}) | "
                      f"{row.get('speed_vs_fp32_b1', '—')} | {row.get('speed_vs_fp32_b64', '—')} | "
                      f"{row['file_bytes'] / 1024:.0f} kB vs {row['fp32_bytes'] / 1024:.0f} kB |")
     markdown = "\n".join(lines) + (f"\n\n{machine_line(args.threads)}; {args.check_images} val images; speed = median "

@@ -86,6 +86,12 @@ def top_shift(e: Encoding) -> int:
     return 255 - int(e.hi) if int(e.zero) <= int(e.hi) else 0
 
 
+def non_negative(e: Encoding) -> tuple[int, int]:
+    """The int8 codes a non-negative value can take on ``e``'s grid, top-placed: from the zero point up
+    (rounding maps 0 to the zero point and is monotone)."""
+    return int(e.zero) + top_shift(e) - 128, 127
+
+
 @dataclasses.dataclass(frozen=True)
 class Placed:
     """A value in the int8 graph: its plan encoding ``enc`` (uint8 codes, what grids are compared on), its
@@ -230,9 +236,7 @@ class Pt2eGraph(nn.Module):
             eye = qd.quantize_per_channel(eye, ones, zeros, 0, -127, 127, torch.int8)
         w = qd.dequantize_per_channel(eye, ones, zeros, 0, -127, 127, torch.int8)
         y = F.conv2d(x, w) if x.dim() == 4 else F.linear(x, w)
-        shift = top_shift(target)
-        known = (int(target.zero) + shift - 128, 127) if p.lo >= p.zero else FULL
-        return self.qdq(y, target, shift, known)
+        return self.qdq(y, target, top_shift(target), non_negative(target) if p.lo >= p.zero else FULL)
 
     def _layer(self, node: Node, x: Tensor, p: Placed | None = None) -> Tensor:
         qd = torch.ops.quantized_decomposed
@@ -258,9 +262,10 @@ class Pt2eGraph(nn.Module):
             return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
         return F.linear(x, w, b)
 
-    def _pass(self, node: Node, x: Tensor, args: list[Tensor], p: Placed) -> tuple[Tensor, Placed]:
+    def _pass(self, node: Node, args: list[Tensor], p: Placed) -> tuple[Tensor, Placed]:
         """A pass-through op on codes placed as ``p``: the output keeps the placement; a ReLU or clamp is
         written only for the sides of its interval that the codes can cross (none: no op at all)."""
+        x = args[0]
         if node.op in ("relu", "clamp"):
             lo, hi = p.enc.clamp_codes(node.op, node.attrs)
             lo, hi = max(lo, p.enc.lo), min(hi, p.enc.hi)
@@ -292,14 +297,14 @@ class Pt2eGraph(nn.Module):
                         # z <= hi, and round(relu(y)/s) + z == max(round(y/s) + z, z): the converters fuse the
                         # ReLU into the conv, which leaves the codes at or above the zero point
                         y = F.relu(y)
-                        known = (int(out.zero) + top_shift(out) - 128, 127)
+                        known = non_negative(out)
                     y, p = self.qdq(y, out, top_shift(out), known)
             elif node.name in self._float_keys:
                 y = self.float_ops[self._float_keys[node.name]](*args)
             else:
                 ins = [placed.get(i) for i in node.inputs]
                 if kind == PASS and ins and ins[0] is not None:
-                    y, p = self._pass(node, args[0], args, ins[0])
+                    y, p = self._pass(node, args, ins[0])
                 else:
                     y = OPS[node.op].run(*args, **node.attrs)  # type: ignore[misc]
                     out = plan.get(node.name)
