@@ -22,10 +22,8 @@ def test_benchmarks_md_is_the_rendering_of_the_results():
 
 
 def test_benchmarks_md_is_short():
-    """The current figures, not a log: sections show only the lines the README quotes or a reader needs
-    first (the deploy section holds two 16-row tables: every runtime x subnet against FP32 and against
-    the runtime's own PTQ)."""
-    assert len((ROOT / "BENCHMARKS.md").read_text().splitlines()) <= 420
+    """The current figures, not a log: sections show only the lines the README quotes or a reader needs first."""
+    assert len((ROOT / "BENCHMARKS.md").read_text().splitlines()) <= 400
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks" / "results").glob("*.json")), ids=lambda p: p.stem)
