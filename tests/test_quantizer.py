@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from eqtools.errors import ConfigError
 from eqtools.quant import ActQuantizer, WeightQuantizer, lp_search, quant_range
-from eqtools.quant.quantizer import _FakeQuantize, _FakeQuantizeRecompute
+from eqtools.quant.quantizer import _FakeQuantize, _FakeQuantizeRecompute, fake_quantize
 
 BITS = (2, 3, 4, 5, 6, 7, 8)
 GRANS = ("per-channel", "per-tensor")
@@ -210,6 +210,28 @@ def test_compiled_path_function_matches_eager_function(shape, step_shape):
         outs.append((y.detach(), *grads))
     for a, b in zip(*outs):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compiled_fake_quantize_of_a_half_precision_input_is_the_eager_fp32_math(dtype):
+    """Under torch.compile a bf16/fp16 input is kept as it came for the backward and widened inside;
+    the output (fp32), the codes and every gradient are those of the eager path, which widens first."""
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.randn(4, 6, 5, 5, generator=gen) * 2).to(dtype)
+    s = (torch.rand(1, 6, 1, 1, generator=gen) * 0.3 + 0.05).requires_grad_()
+    z = torch.randint(0, 3, (1, 6, 1, 1), generator=gen).float().requires_grad_()
+    qn, qp = torch.tensor(0.0), torch.tensor(15.0)
+    gscale = torch.tensor(0.3)
+    outs = []
+    for fn in (fake_quantize, torch.compile(fake_quantize, fullgraph=True)):
+        xi = x.clone().requires_grad_()
+        y = fn(xi, s, z, qn, qp, gscale)
+        grads = torch.autograd.grad(y, (xi, s, z), torch.linspace(-1, 1, y.numel()).view_as(y))
+        outs.append((y.detach(), *grads))
+    assert outs[1][0].dtype == torch.float32 and outs[1][1].dtype == dtype
+    assert torch.equal(outs[0][0], outs[1][0])  # the same codes times the same step
+    for a, b in zip(outs[0][1:], outs[1][1:]):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5, atol=1e-5)
 
 
 def test_uninitialised_quantizer_refuses_to_run():

@@ -80,6 +80,11 @@ class IntView:
         return not bool(self.zero_point.any())
 
 
+def _wide(x: Tensor) -> Tensor:
+    """fp32 for a mixed-precision (bf16/fp16) tensor, anything else as it is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _round_ste(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
 
@@ -123,19 +128,21 @@ class _FakeQuantizeRecompute(torch.autograd.Function):
     """The same math, saving only the input: for compiled graphs.
 
     Inductor fuses the recomputation of ``v``, the mask and ``q`` into the backward kernel, so
-    the forward writes one tensor instead of four; in eager mode those would be extra passes.
+    the forward writes one tensor instead of four; in eager mode those would be extra passes. A
+    bf16/fp16 input (mixed precision) is saved as it came and widened inside both kernels: the
+    same fp32 arithmetic, half the bytes kept for the backward.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, step: Tensor, zero_point: Tensor, qn: Tensor, qp: Tensor, grad_scale: Tensor) -> Tensor:
         ctx.save_for_backward(x, step, zero_point, qn, qp, grad_scale)
-        u = torch.clamp(x / step, qn - zero_point, qp - zero_point)
+        u = torch.clamp(_wide(x) / step, qn - zero_point, qp - zero_point)
         return torch.round(u) * step
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, step, zero_point, qn, qp, grad_scale = ctx.saved_tensors
-        v = x / step
+        v = _wide(x) / step
         u = torch.clamp(v, qn - zero_point, qp - zero_point)
         inside = u == v
         return _lsq_backward(ctx, grad, v, torch.round(u), inside, step, grad_scale)
@@ -152,19 +159,17 @@ def fake_quantize(
     ``grad_scale`` multiplies the step and zero-point gradients (LSQ); it lives in the backward
     so the forward uses the step bit-exactly (export relies on that).
     """
-    if x.dtype in (torch.float16, torch.bfloat16):
-        # mixed precision: divide, clip and round in fp32 against the fp32 step, so a value's code does
-        # not depend on the autocast dtype (bf16 has 8 significant bits: x/s would round before round())
-        x = x.float()
+    # mixed precision: divide, clip and round in fp32 against the fp32 step, so a value's code does
+    # not depend on the autocast dtype (bf16 has 8 significant bits: x/s would round before round())
     zero_point = zero_point.expand_as(step)
     if not torch.is_grad_enabled() or not (x.requires_grad or step.requires_grad or zero_point.requires_grad):
         # evaluation and BN calibration: no mask, nothing saved (identical values, less work per call)
-        return torch.clamp(x / step, qn - zero_point, qp - zero_point).round_().mul_(step)
+        return torch.clamp(_wide(x) / step, qn - zero_point, qp - zero_point).round_().mul_(step)
     if grad_scale is None:
         grad_scale = torch.ones((), device=x.device)
     if torch.compiler.is_compiling():
-        return _FakeQuantizeRecompute.apply(x, step, zero_point, qn, qp, grad_scale)
-    return _FakeQuantize.apply(x, step, zero_point, qn, qp, grad_scale)
+        return _FakeQuantizeRecompute.apply(x, step, zero_point, qn, qp, grad_scale)  # widens inside
+    return _FakeQuantize.apply(_wide(x), step, zero_point, qn, qp, grad_scale)
 
 
 def lp_search(
