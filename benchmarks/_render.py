@@ -43,10 +43,9 @@ SECTIONS: list[tuple[str, str, int]] = [
     ("replace_window", "Atomic replace", 4),
     ("write_failures", "Write failures", 4),
     ("imagefolder_pipeline", "ImageFolder decoding", 10),
-    ("imagefolder_train", "ImageFolder training", 4),
-    ("precision_step", "bf16 training step", 8),
+    ("imagefolder_train", "ImageFolder training", 8),
+    ("precision_step", "bf16 training step", 9),
     ("precision_accuracy", "bf16 training accuracy", 8),
-    ("precision_accuracy_seed1", "bf16 training accuracy, another seed", 8),
 ]
 TITLES = {name: title for name, title, _ in SECTIONS}
 SHOWN = {name: lines for name, _, lines in SECTIONS}
