@@ -147,6 +147,58 @@ def test_openvino_runs_every_quantized_layer_in_int8(tiny, tmp_path, bits, granu
     assert not (tmp_path / "model.onnx").exists()
 
 
+@pytest.fixture(scope="module")
+def resnet20():
+    from conftest import random_supernet
+
+    return random_supernet("resnet20", 1, 16, n=64)
+
+
+def _executed(supernet, batches, tmp_path, bits):
+    supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym", "asym"))
+    entry = export_subnet(supernet, batches, tmp_path / str(bits), formats=("onnx",), targets=("openvino",))["targets"]
+    return entry["openvino"]
+
+
+def test_openvino_runs_a_low_bit_residual_net_with_the_8_bit_files_layers(resnet20, tmp_path):
+    """Below 8 bits, each activation's range costs OpenVINO no op of its own (decision 0220): a residual
+    sum's quantize is a FakeQuantize of its own, and an integer Clip after it ran as a Clamp on the codes;
+    the float clip in front of it folds into its crop bounds. Counted in OpenVINO's executed graph."""
+    pytest.importorskip("openvino")
+    supernet, batches = resnet20
+    eight = _executed(supernet, batches, tmp_path, 8)["runtime_report"]["executed"]
+    for bits in (4, 2):
+        entry = _executed(supernet, batches, tmp_path, bits)
+        executed = entry["runtime_report"]["executed"]
+        on_codes = {k: v for k, v in executed.items() if k not in ("Const", "Input", "Output")
+                    and set(v) & {"u8", "i8"} and k not in ("Convolution", "FullyConnected", "Reorder")}
+        assert not on_codes, (bits, executed)
+        assert sum(map(sum, (v.values() for v in executed.values()))) == \
+            sum(map(sum, (v.values() for v in eight.values()))), (bits, executed, eight)
+        assert entry["integer_layers"] == entry["quantized_layers"]
+        assert entry["agreement"] >= (0.995 if bits >= 4 else 0.99)
+
+
+@pytest.mark.parametrize("bits", [4, 2])
+def test_openvino_float_range_clip_gives_the_integer_clips_logits(resnet20, bits):
+    """The float clip in front of the quantize and the integer clip on its codes are the same arithmetic: in
+    OpenVINO itself, the two files give equal logits (the range's bounds are grid points)."""
+    pytest.importorskip("openvino")
+    from eqtools.export.backends import openvino
+    from eqtools.export.backends.qdq import build_onnx
+
+    supernet, batches = resnet20
+    supernet.apply(supernet.space.uniform(bits, bits, "per-channel", "sym", "asym"))
+    graph = extract_graph(supernet, batches[0][0][:2])
+    xs = [x for x, _ in batches]
+    files = {clip: build_onnx(graph, openvino.OPSET, narrow_types=False, weight_form="int8", clip=clip)
+             for clip in ("codes", "float")}
+    assert sum(n.op_type == "Clip" for n in files["codes"].graph.node) > 0
+    codes, _ = openvino.run(files["codes"].SerializeToString(), xs)
+    floats, _ = openvino.run(files["float"].SerializeToString(), xs)
+    assert torch.equal(codes, floats)
+
+
 def test_tensorrt_file_is_symmetric_int8_in_the_narrow_range_and_checked_for_onnx_semantics(tiny):
     """The backend on its own (the fixture's 8-bit head reads unsigned codes, which the stage refuses for
     TensorRT): int8 weights in [-127, 127] at zero point 0, and onnxruntime computes the IR's arithmetic."""

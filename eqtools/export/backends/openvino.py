@@ -5,8 +5,11 @@ directly and fuses ``DequantizeLinear -> Conv/Gemm`` (with a quantized input) in
 only when the weights are int8 codes with zero point 0; uint8 weights around 128 and INT4 weights stay
 float. It must never get onnxruntime's integer graph: it refuses ``com.microsoft`` ops and computes
 per-channel ``QLinearConv`` wrongly without an error. So the file is the exact QDQ form
-(:mod:`eqtools.export.backends.qdq`) at opset 13, every value in an 8-bit container with a ``Clip``
-to its bit-width between Q and DQ (OpenVINO keeps it as a FakeQuantize range), weights int8.
+(:mod:`eqtools.export.backends.qdq`) at opset 13, every value in an 8-bit container, weights int8. A
+b-bit activation's range is a float ``Clip`` in front of its ``QuantizeLinear`` (``clip="float"``), not
+an integer ``Clip`` between Q and DQ: OpenVINO's CPU plugin folds the former into the FakeQuantize's
+crop bounds (or the conv that feeds it) and runs the latter as a ``Clamp`` of its own, which cost the
+below-8-bit files a tenth of their time at batch 1 (``docs/decisions/0220-openvino-float-range-clip.md``).
 
 The check compiles the file on the CPU with ``INFERENCE_PRECISION_HINT=f32`` (the default on CPUs
 with AMX is bf16, which moves low-bit rounding boundaries) and counts what ran in integer from the
@@ -47,8 +50,9 @@ def version() -> str | None:
 
 
 def build(graph: Graph, error: type[Exception] = ValueError, calibration: list[Tensor] | None = None) -> Built:
-    """The file OpenVINO runs: exact QDQ, 8-bit containers with clamps, int8 weights at zero point 0."""
-    data = build_onnx(graph, OPSET, narrow_types=False, error=error, weight_form="int8").SerializeToString()
+    """The file OpenVINO runs: exact QDQ, 8-bit containers with float range clips, int8 weights at zero point 0."""
+    data = build_onnx(graph, OPSET, narrow_types=False, error=error, weight_form="int8",
+                      clip="float").SerializeToString()
     return Built(data, ir_arithmetic(graph))
 
 

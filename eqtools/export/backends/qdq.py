@@ -10,7 +10,11 @@ The form (standard QDQ, as onnxruntime's quantization tools write it):
 
 - activations: ``QuantizeLinear -> [Clip] -> DequantizeLinear`` in front of each quantized layer,
   per tensor. 8-bit values use int8/uint8 (by the quantizer's signedness); fewer bits use the same
-  8-bit types with a ``Clip`` to the bit-width's range between Q and DQ ("QCDQ"). At opset >= 21,
+  8-bit types with a ``Clip`` to the bit-width's range between Q and DQ ("QCDQ"), or, with
+  ``clip="float"`` (OpenVINO's file), a float ``Clip`` to the range's real bounds in front of the Q
+  ("CQDQ"): the same codes (rounding is monotone and the bounds are grid points), and OpenVINO's CPU
+  plugin folds a clamp in front of a FakeQuantize into its crop bounds, where the integer ``Clip``
+  after it stays an op of its own (decision 0220). At opset >= 21,
   exactly-4-bit activations use INT4/UINT4 (ONNX's ``Clip`` takes no 4-bit types, so 2- and 3-bit
   values stay in 8-bit containers).
 - weights: the integer codes are stored as an initializer and dequantized by
@@ -34,11 +38,12 @@ import torch
 
 from eqtools.export.runtime import Graph, Node
 
-__all__ = ["INT4_OPSET", "LOWERINGS", "MIN_OPSET", "OnnxEmitter", "build_onnx", "weight_codes"]
+__all__ = ["CLIPS", "INT4_OPSET", "LOWERINGS", "MIN_OPSET", "OnnxEmitter", "build_onnx", "weight_codes"]
 
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 INT4_OPSET = 21
 _INT64_MAX = 2**63 - 1
+CLIPS = ("codes", "float")  # where a b-bit activation's range clip goes: on the Q's codes, or on its float input
 
 
 def _ranges() -> dict[int, tuple[int, int]]:
@@ -428,8 +433,9 @@ class ExactQdq(OnnxEmitter):
     """
 
     def __init__(self, graph: Graph, opset: int, narrow: bool, error: type[Exception], teacher_forced: bool,
-                 weight_form: str = "ort") -> None:
+                 weight_form: str = "ort", clip: str = "codes") -> None:
         super().__init__(graph, opset, error)
+        self.clip_form = clip
         self.teacher_forced = teacher_forced
         self.extra_inputs: list[Any] = []
         self.extra_outputs: list[Any] = []
@@ -465,11 +471,19 @@ class ExactQdq(OnnxEmitter):
                                                                     T.FLOAT, shape))
             x = f"{name}.reference"
             self.extra_inputs.append(helper.make_tensor_value_info(x, T.FLOAT, shape))
+        lo, hi = ranges[dtype]
+        clip = (qmin, qmax) != (lo, hi)  # fewer bits than the container
+        if clip and self.clip_form == "float":
+            # the range's bounds are grid points ((q - zero) * scale rounds back to q) and rounding is monotone,
+            # so clipping the float to them gives the codes clipping the codes does
+            x = self.node("Clip", [x, self.const(f"{name}.input.lo", np.array((qmin - zero) * scale, np.float32)),
+                                   self.const(f"{name}.input.hi", np.array((qmax - zero) * scale, np.float32))],
+                          f"{name}.input.clip")
+            clip = False
         s = self.const(f"{name}.input.scale", np.array(scale, np.float32))
         z = self.typed(f"{name}.input.zero_point", dtype, [], np.array(zero))
         q = self.node("QuantizeLinear", [x, s, z], f"{name}.input.q")
-        lo, hi = ranges[dtype]
-        if (qmin, qmax) != (lo, hi):  # fewer bits than the container: QCDQ
+        if clip:
             q = self.node("Clip", [q, self.typed(f"{name}.input.qmin", dtype, [], np.array(qmin)),
                                    self.typed(f"{name}.input.qmax", dtype, [], np.array(qmax))], f"{name}.input.clip")
         return self.node("DequantizeLinear", [q, s, z], f"{name}.input.dq")
@@ -523,13 +537,16 @@ class ExactQdq(OnnxEmitter):
 
 
 def build_onnx(graph: Graph, opset: int = 21, *, narrow_types: bool = True,
-               error: type[Exception] = ValueError, teacher_forced: bool = False, weight_form: str = "ort") -> Any:
+               error: type[Exception] = ValueError, teacher_forced: bool = False, weight_form: str = "ort",
+               clip: str = "codes") -> Any:
     """The exact QDQ form of ``graph`` as an ``onnx.ModelProto`` (checked with ``onnx.checker``).
 
     With ``narrow_types`` (default), opset >= 21 stores weights of at most 4 bits as INT4 and
     quantizes exactly-4-bit activations to INT4/UINT4; without, every value is carried in 8-bit
     types. Input ``input`` [batch, C, H, W], output ``output``. ``weight_form`` (:class:`ExactQdq`)
-    is how weight codes are stored.
+    is how weight codes are stored; ``clip`` (:data:`CLIPS`) where a b-bit activation is clipped to its
+    range in the 8-bit container: ``"codes"``, an integer ``Clip`` between Q and DQ, or ``"float"``, a
+    float ``Clip`` in front of the Q (see the module docstring).
 
     ``teacher_forced`` builds the checking variant: every quantized layer quantizes an extra graph
     input ``<layer>.reference`` (the reference model's own input to that layer) and exposes what
@@ -539,7 +556,9 @@ def build_onnx(graph: Graph, opset: int = 21, *, narrow_types: bool = True,
     import onnx
     from onnx import helper
 
-    b = ExactQdq(graph, opset, narrow_types, error, teacher_forced, weight_form)
+    if clip not in CLIPS:
+        raise error(f"clip {clip!r} is not one of {', '.join(CLIPS)}")
+    b = ExactQdq(graph, opset, narrow_types, error, teacher_forced, weight_form, clip)
     for ir in graph.nodes:
         b.emit(ir)
     b.node("Identity", [graph.output], "output")
