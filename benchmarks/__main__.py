@@ -66,7 +66,7 @@ SUITE: list[Benchmark] = [
     Benchmark("precision_step", "bench_precision.py", "bf16 vs fp32 training step time", args=("--step",),
               quick=("--step", "--rounds", "2", "--no-compile")),
     Benchmark("precision_accuracy", "bench_precision.py", "bf16 vs fp32 training accuracy (r20-fmnist, shortened)",
-              args=("--accuracy", "--set", "train.fp_epochs=3", "--set", "train.steps_per_epoch=50", "--set",
+              args=("--accuracy", "--threads", "1", "--set", "train.fp_epochs=3", "--set", "train.steps_per_epoch=50", "--set",
                     "train.epochs=1")),
     Benchmark("replace_window", "bench_replace.py", "does an artifact path stand empty while it is replaced"),
     Benchmark("reproduce", "bench_reproduce.py", "the paper's ablations on a CPU-scaled ResNet-20 recipe (hours)"),

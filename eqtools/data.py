@@ -421,12 +421,15 @@ def _read_rgb(path: str, fallback: Any) -> Tensor:
     ImageFolder admits (BMP, TIFF, PPM, ...) goes through ``fallback``, ImageFolder's own PIL loader.
     """
     from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2.functional import to_image
+    from torchvision.transforms.v2.functional import to_dtype, to_image
 
     try:
-        return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
     except RuntimeError:  # a format torchvision.io does not decode
         return to_image(fallback(path))
+    # a 16-bit PNG decodes to uint16: keep its 8 high bits (what PIL keeps of a 16-bit RGB PNG), so every
+    # image reaches the batch-wide scaling in _Collate as uint8
+    return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
 
 
 class _Plan(torch.utils.data.Sampler):
@@ -459,6 +462,8 @@ class _Collate:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+        if any(image.dtype != torch.uint8 for image, _ in items):  # the scale below is uint8's
+            raise TypeError(f"decoded images must be uint8, got {sorted({str(i.dtype) for i, _ in items})}")
         shape = (len(items), *items[0][0].shape)
         if torch.utils.data.get_worker_info() is not None:
             numel = math.prod(shape)

@@ -256,6 +256,28 @@ def test_workers_default_to_the_cores_capped(jpeg_root, monkeypatch):
     assert load_splits(DataSpec(name="digits", val_size=100), seed=0).train.workers == 0  # in memory: no pool
 
 
+def test_a_16_bit_png_gives_the_pixels_of_its_8_high_bits(tmp_path):
+    """torchvision.io decodes a 16-bit PNG to uint16; the batch holds the image its 8 high bits make, not
+    values scaled as if they were 8-bit (257 times too bright)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    low = rng.integers(0, 256, (20, 20), dtype=np.uint16)
+    for split, copies in (("train", 8), ("val", 2)):
+        for name, array in (("deep", low * 256 + rng.integers(0, 256, low.shape, dtype=np.uint16)),
+                            ("flat", low.astype(np.uint8))):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            for k in range(copies):
+                Image.fromarray(array).save(folder / f"{k}.png")
+    test = load_splits(DataSpec(name="imagefolder", root=str(tmp_path), image_size=16, val_size=10, workers=0),
+                       seed=0).test
+    x, y = next(test.batches(4))
+    deep, flat = x[y == 0], x[y == 1]  # ImageFolder sorts the class folders: deep, flat
+    assert len(deep) == len(flat) == 2 and torch.equal(deep, flat)
+
+
 def test_imagefolder_pixels_are_pils_in_every_format(tmp_path):
     """The decoder (torchvision.io where it reads the format, PIL otherwise) gives the pixels ImageFolder's PIL
     loader gives, for RGB, grayscale and CMYK JPEG, RGBA and palette PNG, and BMP (a format torchvision.io lacks)."""

@@ -163,7 +163,8 @@ def _executed(supernet, batches, tmp_path, bits):
 def test_openvino_runs_a_low_bit_residual_net_with_the_8_bit_files_layers(resnet20, tmp_path):
     """Below 8 bits, each activation's range costs OpenVINO no op of its own (decision 0220): a residual
     sum's quantize is a FakeQuantize of its own, and an integer Clip after it ran as a Clamp on the codes;
-    the float clip in front of it folds into its crop bounds. Counted in OpenVINO's executed graph."""
+    the float clip in front of it folds into its crop bounds. Counted in OpenVINO's executed graph, so this
+    pins the installed OpenVINO's fusions: after an OpenVINO upgrade, a failure here may be its change, not ours."""
     pytest.importorskip("openvino")
     supernet, batches = resnet20
     eight = _executed(supernet, batches, tmp_path, 8)["runtime_report"]["executed"]

@@ -81,7 +81,9 @@ class IntView:
 
 
 def _wide(x: Tensor) -> Tensor:
-    """fp32 for a mixed-precision (bf16/fp16) tensor, anything else as it is."""
+    """fp32 for a mixed-precision (bf16/fp16) tensor, anything else as it is: quantizers divide, clip
+    and round in fp32 against the fp32 step, so a value's code does not depend on the autocast dtype
+    (bf16 has 8 significant bits: x/s would round before round())."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
@@ -159,8 +161,6 @@ def fake_quantize(
     ``grad_scale`` multiplies the step and zero-point gradients (LSQ); it lives in the backward
     so the forward uses the step bit-exactly (export relies on that).
     """
-    # mixed precision: divide, clip and round in fp32 against the fp32 step, so a value's code does
-    # not depend on the autocast dtype (bf16 has 8 significant bits: x/s would round before round())
     zero_point = zero_point.expand_as(step)
     if not torch.is_grad_enabled() or not (x.requires_grad or step.requires_grad or zero_point.requires_grad):
         # evaluation and BN calibration: no mask, nothing saved (identical values, less work per call)
