@@ -2,7 +2,8 @@
 
 1. Step time (``--step``): one sandwich step (largest, one random, smallest subnet; forward,
    backward, no optimiser step) of the r20-fmnist quantized supernet (ResNet-20, batch 128,
-   28x28 Fashion-MNIST-sized inputs), fp32 and under bf16 autocast, alternating in each round;
+   28x28 Fashion-MNIST-sized inputs), fp32 and under bf16 autocast, each in a fresh process (a
+   training run has one precision a process), alternating in each round;
    the ratio is the median [IQR] of per-round ratios. Both the eager step and the
    ``torch.compile``d one are timed: ``train.compile: auto`` compiles every run long enough for the
    compile to pay off (r20-fmnist's full recipe included), so the compiled ratio is the one a full
@@ -39,7 +40,11 @@ from _record import cpu_flags, machine_line, paired_ratio, write_result  # noqa:
 SPEC = ROOT / "specs" / "r20-fmnist.json"
 
 
-def step_times(rounds: int, threads: int, compiled: bool) -> dict[str, list[float]]:
+def one_process(precision: str, compiled: bool, threads: int, repeats: int = 5) -> float:
+    """Seconds of one sandwich step in this process, which runs only ``precision``, as a training run does.
+
+    Two warm-up passes first (oneDNN builds its kernels per dtype and shape, inductor its graphs), then the
+    median over ``repeats`` passes of the median step over four sampled sandwiches."""
     from eqtools.build import build_supernet, resolve_spec
     from eqtools.specs import load_spec
     from eqtools.train import sample_sandwich, sandwich_step
@@ -57,25 +62,36 @@ def step_times(rounds: int, threads: int, compiled: bool) -> dict[str, list[floa
     x = x.contiguous(memory_format=torch.channels_last)
     rng = random.Random(0)
     groups = [sample_sandwich(supernet.space, rng, 1) for _ in range(4)]
-    amps = {p: Precision(p, "cpu") for p in ("fp32", "bf16")}
-
+    autocast = Precision(precision, "cpu").autocast
     model = torch.compile(supernet) if compiled else supernet
 
-    def one(precision: str, configs) -> float:
+    def one(configs) -> float:
         start = time.perf_counter()
-        sandwich_step(model, supernet, x, y, configs, autocast=amps[precision].autocast)
+        sandwich_step(model, supernet, x, y, configs, autocast=autocast)
         supernet.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 
-    for p in amps:  # warm-up: oneDNN builds its kernels per dtype and shape, inductor its graphs
-        for configs in groups if compiled else groups[:2]:
-            one(p, configs)
+    for _ in range(2):
+        for configs in groups:
+            one(configs)
+    return statistics.median(statistics.median(one(c) for c in groups) for _ in range(repeats))
+
+
+def step_times(rounds: int, threads: int, compiled: bool) -> dict[str, list[float]]:
+    """Per round, one fresh process per precision, in alternating order.
+
+    A process that ran both precisions would time a state no training run is in (each trains in one
+    precision): in one process the compiled steps of each precision measured slower or faster
+    depending on what ran before them."""
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     for r in range(rounds):
-        order = ["fp32", "bf16"] if r % 2 == 0 else ["bf16", "fp32"]
-        for p in order:
-            times[p].append(statistics.median(one(p, c) for c in groups))
-        print(f"{'compiled' if compiled else 'eager'} round {r + 1}: fp32 {times['fp32'][-1]:.3f}s, bf16 {times['bf16'][-1]:.3f}s", file=sys.stderr)
+        for p in ["fp32", "bf16"] if r % 2 == 0 else ["bf16", "fp32"]:
+            cmd = [sys.executable, __file__, "--one-process", p, "--threads", str(threads)]
+            out = subprocess.run(cmd + (["--compiled"] if compiled else []), check=True, capture_output=True,
+                                 text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            times[p].append(float(out.stdout.strip().splitlines()[-1]))
+        print(f"{'compiled' if compiled else 'eager'} round {r + 1}: fp32 {times['fp32'][-1]:.3f}s, "
+              f"bf16 {times['bf16'][-1]:.3f}s", file=sys.stderr)
     return times
 
 
@@ -133,7 +149,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--step", action="store_true", help="time the training step, fp32 vs bf16")
     parser.add_argument("--accuracy", action="store_true", help="train r20-fmnist in both precisions and compare")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=4, help="--step: alternating rounds, a process per "
+                        "precision each (default 4)")
+    parser.add_argument("--one-process", choices=("fp32", "bf16"), help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="--step: time the eager step only (no compile)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -143,6 +162,9 @@ def main() -> None:
     parser.add_argument("--result", default="precision_accuracy", metavar="NAME", help="--accuracy: the result's name")
     parser.add_argument("--seeds", default="0,1,2,3", help="--accuracy: the spec seeds trained (comma-separated)")
     args = parser.parse_args()
+    if args.one_process:  # a child of --step: print one figure
+        print(one_process(args.one_process, args.compiled, args.threads))
+        return
     flags = cpu_flags()
     native = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
     machine = machine_line(args.threads)
@@ -154,7 +176,8 @@ def main() -> None:
         rows = "\n".join(f"| {m} | {1000 * med[m]['fp32']:.0f} ms | {1000 * med[m]['bf16']:.0f} ms | {ratio[m]} |"
                          for m in modes)
         md = (f"Sandwich step (3 subnets, forward + backward) of the r20-fmnist quantized supernet, batch 128, "
-              f"{args.threads} threads, {args.rounds} alternating rounds per mode; CPU bf16 support: "
+              f"{args.threads} threads, {args.rounds} alternating rounds per mode, each precision in a fresh "
+              "process per round (as a training run has it: one precision a process); CPU bf16 support: "
               f"{', '.join(native) or 'none (no AVX512-BF16, no AMX)'}. `train.compile: auto` compiles every run "
               "long enough to pay the compile back (the full r20-fmnist recipe does), so the compiled row is the "
               "step a full training run takes; short runs take the eager one.\n\n"
