@@ -452,7 +452,7 @@ class _Plan(torch.utils.data.Sampler):
 class _Collate:
     """uint8 crops -> one normalised float batch: torchvision's ``ToDtype(float32, scale=True)`` then
     ``Normalize(mean, std)``, the same element-wise operations in the same order, so the values are
-    bit-equal to the per-image transforms (tested), but as three passes over the batch instead of
+    bit-equal to the per-image transforms (tested), but as four passes over the batch instead of
     allocations and passes per image; and the batch is written once, straight into shared memory
     inside a worker (as ``default_collate`` does), so it reaches the main process without a copy
     (benchmarks/results/imagefolder_pipeline.json)."""
