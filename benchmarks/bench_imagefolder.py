@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,18 +85,24 @@ def _plain_loader(root: Path, batch_size: int, workers: int):
                                        persistent_workers=workers > 0)
 
 
-def train_rates(tree: Path, rounds: int, workers: int, steps: int, batch: int) -> dict[str, list[float]]:
-    """``images_per_s`` of each training run, per worker count, and (key ``decode_s``) one pass of
-    decoding alone per round, timed between the trainings so all three see the same machine."""
+def train_rates(tree: Path, rounds: int, workers: int, steps: int,
+                batch: int) -> tuple[dict[str, list[float]], list[float]]:
+    """``images_per_s`` of each training run, per worker count, and the seconds of one pass of decoding
+    alone per round, timed between the trainings so all three see the same machine."""
     import json
     import os
     import subprocess
     import tempfile
 
-    rates: dict[str, list[float]] = {"0": [], str(workers): [], "decode_s": []}
+    from eqtools.data import load_splits
+    from eqtools.specs import DataSpec
+
+    split = load_splits(DataSpec(name="imagefolder", root=str(tree), image_size=48, val_size=16, workers=0), seed=0).train
+    rates: dict[str, list[float]] = {"0": [], str(workers): []}
+    decode_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-if-train-") as tmp:
         for r in range(rounds):
-            rates["decode_s"].append(decode_seconds(tree, r, steps, batch))
+            decode_s.append(decode_seconds(split, r, steps, batch))
             for w in ([0, workers] if r % 2 == 0 else [workers, 0]):
                 sets = [f"data.root={tree}", "data.image_size=48", "model.pretrained=null", "data.val_size=16",
                         "train.epochs=1", f"train.steps_per_epoch={steps}", f"train.batch_size={batch}",
@@ -109,18 +116,14 @@ def train_rates(tree: Path, rounds: int, workers: int, steps: int, batch: int) -
                 rate = json.loads(proc.stdout)["metrics"]["final"]["images_per_s"]
                 rates[str(w)].append(rate)
                 print(f"round {r + 1}: workers={w}: {rate:.1f} img/s", file=sys.stderr)
-    return rates
+    return rates, decode_s
 
 
-def decode_seconds(tree: Path, epoch: int, steps: int, batch: int) -> float:
+def decode_seconds(split: Any, epoch: int, steps: int, batch: int) -> float:
     """Seconds to decode and augment one training run's images at 48 px in one process: an estimate
     of the part of a workers=0 epoch that decoding workers can take off the training process."""
-    from eqtools.data import load_splits
-    from eqtools.specs import DataSpec
-
-    train = load_splits(DataSpec(name="imagefolder", root=str(tree), image_size=48, val_size=16, workers=0), seed=0).train
     start = time.perf_counter()
-    for _ in train.batches(batch, shuffle=True, augment=True, seed=0, epoch=epoch, limit=steps):
+    for _ in split.batches(batch, shuffle=True, augment=True, seed=0, epoch=epoch, limit=steps):
         pass
     return time.perf_counter() - start
 
@@ -155,8 +158,8 @@ def main() -> None:
         make_tree(args.tree, classes=classes, train_per_class=per_class, val_per_class=2, size=(375, 500))
         marker.touch()
     if args.train:
-        rates = train_rates(args.tree, args.rounds, args.workers, args.steps, args.batch_size)
-        base, par, decode_s = rates["0"], rates[str(args.workers)], rates["decode_s"]
+        rates, decode_s = train_rates(args.tree, args.rounds, args.workers, args.steps, args.batch_size)
+        base, par = rates["0"], rates[str(args.workers)]
         ratio = paired_ratio(par, base)
         images = args.steps * args.batch_size
         shares = [d * rate / images for d, rate in zip(decode_s, base)]  # decode time / workers=0 epoch time
@@ -179,7 +182,7 @@ def main() -> None:
         print(md + "\n" + machine)
         if args.record:
             write_result("imagefolder_train", f"eqtools train at 48 px on ImageFolder: data.workers={args.workers} vs 0",
-                         {"images_per_s": {k: v for k, v in rates.items() if k != "decode_s"}, "ratio": ratio, "steps": args.steps, "batch_size": args.batch_size,
+                         {"images_per_s": rates, "ratio": ratio, "steps": args.steps, "batch_size": args.batch_size,
                           "rounds": args.rounds, "decode_s": decode_s, "decode_share": round(share, 4),
                           "decode_shares": [round(v, 4) for v in shares], "room_estimate": round(1 / (1 - share), 3)},
                          md)
