@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import math
 import os
 import pickle
 import struct
@@ -417,7 +416,7 @@ def _read_rgb(path: str, fallback: Any) -> Tensor:
 
     torchvision.io decodes JPEG, PNG, WebP and GIF straight into a tensor with libjpeg-turbo /
     libpng, the same libraries PIL uses, so the pixels are PIL's (tested) without a PIL image and
-    its copy in between (benchmarks/results/imagefolder_pipeline.json). Any other format
+    its copy in between (decision 0300). Any other format
     ImageFolder admits (BMP, TIFF, PPM, ...) goes through ``fallback``, ImageFolder's own PIL loader.
     """
     from torchvision.io import ImageReadMode, decode_image, read_file
@@ -453,8 +452,11 @@ class _Collate:
     """uint8 crops -> one normalised float batch: torchvision's ``ToDtype(float32, scale=True)`` then
     ``Normalize(mean, std)``, the same element-wise operations in the same order, so the values are
     bit-equal to the per-image transforms (tested), but as four passes over the batch instead of
-    allocations and passes per image; and the batch is written once, straight into shared memory
-    inside a worker (as ``default_collate`` does), so it reaches the main process without a copy
+    allocations and passes per image.
+
+    With workers, :meth:`stack` runs in the workers and :meth:`normalise` in the main process: the
+    batch crosses processes as uint8, a quarter of the float batch's shared memory, whose fresh pages
+    (faulted in for every batch) cost a worker more than the four passes cost the main process
     (benchmarks/results/imagefolder_pipeline.json)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
@@ -462,27 +464,29 @@ class _Collate:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-        if any(image.dtype != torch.uint8 for image, _ in items):  # the scale below is uint8's
+        return self.normalise(*self.stack(items))
+
+    @staticmethod
+    def stack(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+        """The crops as one uint8 batch and their labels (in shared memory inside a worker)."""
+        if any(image.dtype != torch.uint8 for image, _ in items):  # the scale in normalise is uint8's
             raise TypeError(f"decoded images must be uint8, got {sorted({str(i.dtype) for i, _ in items})}")
-        shape = (len(items), *items[0][0].shape)
-        if torch.utils.data.get_worker_info() is not None:
-            numel = math.prod(shape)
-            storage = torch.UntypedStorage._new_shared(numel * 4)  # what default_collate allocates in a worker
-            x = torch.empty(0, dtype=torch.float32).set_(storage, 0, shape)
-        else:
-            x = torch.empty(shape, dtype=torch.float32)
-        for row, (image, _) in zip(x, items):
-            row.copy_(image)
+        return tuple(torch.utils.data.default_collate(items))
+
+    def normalise(self, images: Tensor, labels: Tensor, pin_memory: bool = False) -> tuple[Tensor, Tensor]:
+        x = torch.empty(images.shape, dtype=torch.float32, pin_memory=pin_memory)
+        x.copy_(images)
         x.mul_(1.0 / 255).sub_(self.mean).div_(self.std)
-        return x, torch.tensor([label for _, label in items])
+        return x, labels
 
 
 class _Folder:
     """One image tree (torchvision's ImageFolder listing) and its decoding pools, built on first use.
 
-    A pool is a DataLoader with persistent workers over :class:`_Decode`, one per ``(workers,
-    pin_memory)``; a pass that starts while another pass over the same pool is unfinished (two
-    interleaved iterators) gets a one-off loader instead of disturbing the first.
+    A pool is a DataLoader with persistent workers over :class:`_Decode`, one per worker count; a
+    pass that starts while another pass over the same pool is unfinished (two interleaved
+    iterators) gets a one-off loader instead of disturbing the first. The pools yield uint8
+    batches; the main process normalises them (into page-locked memory for ``pin_memory``).
     """
 
     def __init__(self, root: Path, info: DatasetInfo) -> None:
@@ -495,16 +499,16 @@ class _Folder:
         self.classes = tree.classes
         self.decode = _Decode(tree.samples, tree.loader, info)
         self.collate = _Collate(info.mean, info.std)
-        self._pools: dict[tuple[int, bool], tuple[Any, _Plan]] = {}
-        self._busy: set[tuple[int, bool]] = set()
+        self._pools: dict[int, tuple[Any, _Plan]] = {}
+        self._busy: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _loader(self, workers: int, pin_memory: bool, persistent: bool) -> tuple[Any, _Plan]:
+    def _loader(self, workers: int, persistent: bool) -> tuple[Any, _Plan]:
         plan = _Plan()
         loader = torch.utils.data.DataLoader(
-            self.decode, batch_sampler=plan, num_workers=workers, collate_fn=self.collate, pin_memory=pin_memory,
+            self.decode, batch_sampler=plan, num_workers=workers, collate_fn=self.collate.stack,
             persistent_workers=persistent, prefetch_factor=2,
         )
         return loader, plan
@@ -515,20 +519,20 @@ class _Folder:
             return
         if workers == 0:
             for keys in plan:
-                x, y = self.collate([self.decode[k] for k in keys])
-                yield (x.pin_memory(), y) if pin_memory else (x, y)
+                yield self.collate.normalise(*self.collate.stack([self.decode[k] for k in keys]), pin_memory)
             return
-        key = (workers, pin_memory)
+        key = workers
         if key in self._busy:
-            loader, holder = self._loader(workers, pin_memory, persistent=False)
+            loader, holder = self._loader(workers, persistent=False)
         else:
             if key not in self._pools:
-                self._pools[key] = self._loader(workers, pin_memory, persistent=True)
+                self._pools[key] = self._loader(workers, persistent=True)
             loader, holder = self._pools[key]
             self._busy.add(key)
         holder.batches = plan
         try:
-            yield from loader
+            for images, labels in loader:
+                yield self.collate.normalise(images, labels, pin_memory)
         finally:
             if self._pools.get(key, (None, None))[1] is holder:
                 self._busy.discard(key)
