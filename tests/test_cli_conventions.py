@@ -4,6 +4,7 @@ float warm-up that has its own flag, checkpoints and an ETA."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -108,6 +109,25 @@ def test_calibrate_out_default_is_not_cut_off(columns):
     out = text[text.index("--out"):text.index("--deployed")]
     assert "…" not in out and "calibrated-<subnet>" in flat(out) and "artifacts/<spec>/" in flat(out)
     assert "mixed-<hash>" in flat(out)  # the whole default, to its end
+
+
+@pytest.mark.parametrize("command", [*STAGES, "report", "info"])
+def test_a_commands_description_flows_to_the_terminals_width(command):
+    """Each paragraph of a command's description is wrapped by the terminal, not at the source's line breaks
+    (typer's rich help keeps those, which left ragged half-lines in an 80-column terminal)."""
+    lines = [line.strip(" │") for line in help_text(command, columns=80).splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Usage:")) + 2
+    description = lines[start : next(i for i, line in enumerate(lines) if line.startswith("╭"))]
+    paragraphs: list[list[str]] = [[]]
+    for line in description:
+        if line:
+            paragraphs[-1].append(line)
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    for paragraph in paragraphs:
+        for line, following in itertools.pairwise(paragraph):
+            # a line that the terminal broke leaves no room for the next line's first word
+            assert len(line) + 1 + len(following.split()[0]) > 78, (command, line, following)
 
 
 @pytest.mark.parametrize("args, value", [(["train", "specs/quick.json", "--static-bits", "4", "--granularity", "per-layer"], "per-layer"),

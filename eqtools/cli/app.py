@@ -7,6 +7,7 @@ command quietly with status 0, and on/off flags show no ``<bool>`` metavar in he
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -101,7 +102,13 @@ def _root(
 
 
 def _command(name: str, fn: Any) -> None:
-    app.command(name, cls=EqtoolsCommand)(fn)
+    app.command(name, cls=EqtoolsCommand, help=_paragraphs(inspect.getdoc(fn) or ""))(fn)
+
+
+def _paragraphs(doc: str) -> str:
+    """A docstring as one line per paragraph: typer's rich help keeps every line break it is given, so
+    source lines wrapped at 100 columns came out ragged in a narrower terminal."""
+    return "\n\n".join(" ".join(part.split()) for part in doc.split("\n\n"))
 
 
 # in pipeline order: `eqtools --help` lists them as a newcomer runs them

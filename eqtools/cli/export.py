@@ -106,14 +106,18 @@ def command(
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (path, files, metrics) on stdout.")] = False,
 ) -> None:
-    """Export a calibrated subnet to integer weights and/or ONNX, checked against the fake-quant model.
+    """Export a calibrated subnet as the files its deployment target runs, checked before they are kept.
+
+    --target names the runtime (onnxruntime, openvino, tflite, xnnpack, ...; all: every file the
+    subnet allows); by default the search's --preset, else onnxruntime, whose default ONNX form is
+    the integer graph it accelerates.
 
     Each file is checked on held-out images before anything is written: layer by layer (every
     quantized layer fed the fake-quant model's own input must reproduce it to 1e-4) and end to
-    end (top-1 agreement >= --min-agreement, 99.9% by default). The integer file is reloaded
-    with the standalone loader, the ONNX file runs in onnxruntime. The default ONNX form is the
-    integer one onnxruntime accelerates, checked end to end at --min-deploy-agreement. See
-    docs/export.md.
+    end (top-1 agreement >= --min-agreement, 99.9% by default; an integer form against the
+    deployed arithmetic it describes, at --min-deploy-agreement), in the target's own runtime
+    where this machine has it. The integer weights file is reloaded with the standalone loader.
+    See docs/export.md.
     """
     from eqtools.artifacts import resolve_input
     from eqtools.device import resolve_device
