@@ -73,3 +73,23 @@ def test_train_cli_on_cuda(tmp_path):
                           env=dict(os.environ), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["kind"] == "supernet"
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_imagefolder_batches_for_a_gpu_are_pinned_and_the_same(tmp_path, workers):
+    """Training on CUDA asks for pinned batches: the main process normalises into page-locked memory, and the
+    values are those of the unpinned batches."""
+    from imagetree import make_tree
+
+    from eqtools.data import load_splits
+    from eqtools.specs import DataSpec
+
+    root = make_tree(tmp_path / "jpegs", classes=2, train_per_class=12, val_per_class=2)
+    spec = DataSpec(name="imagefolder", root=str(root), image_size=24, val_size=10, workers=workers)
+    train = load_splits(spec, seed=0).train
+    plain = list(train.batches(4, shuffle=True, augment=True, seed=1))
+    pinned = list(train.batches(4, shuffle=True, augment=True, seed=1, pin_memory=True))
+    assert len(plain) == len(pinned) > 0
+    for (x, y), (xp, yp) in zip(plain, pinned, strict=True):
+        assert xp.is_pinned() and not x.is_pinned()
+        assert torch.equal(x, xp) and torch.equal(y, yp)
