@@ -457,14 +457,11 @@ class _Collate:
     With workers, :meth:`stack` runs in the workers and :meth:`normalise` in the main process: the
     batch crosses processes as uint8, a quarter of the float batch's shared memory, whose fresh pages
     (faulted in for every batch) cost a worker more than the four passes cost the main process
-    (benchmarks/results/imagefolder_pipeline.json)."""
+    (decision 0300; benchmarks/results/imagefolder_pipeline.json)."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-
-    def __call__(self, items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-        return self.normalise(*self.stack(items))
 
     @staticmethod
     def stack(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
@@ -474,6 +471,7 @@ class _Collate:
         return tuple(torch.utils.data.default_collate(items))
 
     def normalise(self, images: Tensor, labels: Tensor, pin_memory: bool = False) -> tuple[Tensor, Tensor]:
+        """The float batch, written once: into page-locked memory when it is bound for a GPU."""
         x = torch.empty(images.shape, dtype=torch.float32, pin_memory=pin_memory)
         x.copy_(images)
         x.mul_(1.0 / 255).sub_(self.mean).div_(self.std)
