@@ -396,10 +396,15 @@ class _Decode:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, int] | _Unreadable:
         index, seed = key
         path, label = self.samples[index]
-        image = _read_rgb(path, self.loader)
+        try:
+            image = _read_rgb(path, self.loader)
+        except OSError as exc:  # PIL's UnidentifiedImageError, a truncated file, one gone since the listing
+            # returned, not raised: a DataLoader re-raises a worker's error with the worker's traceback in its message
+            unknown = type(exc).__name__ == "UnidentifiedImageError"  # PIL's message repeats a file object
+            return _Unreadable(path, "not an image format torchvision or PIL can read" if unknown else str(exc))
         train, test = self.transforms()
         if seed < 0:
             return test(image), label
@@ -409,6 +414,21 @@ class _Decode:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # the CPU generator the transforms draw from
             return train(image), label
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """An image file that could not be decoded, carried to the main process as a value."""
+
+    path: str
+    reason: str
+
+    def error(self) -> DataError:
+        return DataError(
+            f"cannot decode {self.path} ({self.reason}). An ImageFolder tree may hold only images "
+            "(JPEG, PNG, WebP and GIF, or another format PIL opens, such as BMP or TIFF) under "
+            "<root>/train/<class>/ and <root>/val/<class>/; replace or remove this file and run again"
+        )
 
 
 def _read_rgb(path: str, fallback: Any) -> Tensor:
@@ -464,8 +484,12 @@ class _Collate:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     @staticmethod
-    def stack(items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
-        """The crops as one uint8 batch and their labels (in shared memory inside a worker)."""
+    def stack(items: list[tuple[Tensor, int] | _Unreadable]) -> tuple[Tensor, Tensor] | _Unreadable:
+        """The crops as one uint8 batch and their labels (in shared memory inside a worker), or the
+        first image that could not be decoded."""
+        unreadable = [item for item in items if isinstance(item, _Unreadable)]
+        if unreadable:
+            return unreadable[0]
         if any(image.dtype != torch.uint8 for image, _ in items):  # the scale in normalise is uint8's
             raise TypeError(f"decoded images must be uint8, got {sorted({str(i.dtype) for i, _ in items})}")
         return tuple(torch.utils.data.default_collate(items))
@@ -517,7 +541,7 @@ class _Folder:
             return
         if workers == 0:
             for keys in plan:
-                yield self.collate.normalise(*self.collate.stack([self.decode[k] for k in keys]), pin_memory)
+                yield self._normalised(self.collate.stack([self.decode[k] for k in keys]), pin_memory)
             return
         key = workers
         if key in self._busy:
@@ -529,11 +553,17 @@ class _Folder:
             self._busy.add(key)
         holder.batches = plan
         try:
-            for images, labels in loader:
-                yield self.collate.normalise(images, labels, pin_memory)
+            for batch in loader:
+                yield self._normalised(batch, pin_memory)
         finally:
             if self._pools.get(key, (None, None))[1] is holder:
                 self._busy.discard(key)
+
+
+    def _normalised(self, batch: Any, pin_memory: bool) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, _Unreadable):
+            raise batch.error()
+        return self.collate.normalise(*batch, pin_memory)
 
 
 def _mix(*values: int) -> int:

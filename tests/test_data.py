@@ -225,6 +225,26 @@ def test_imagefolder_batches_do_not_depend_on_workers_and_resume_exactly(jpeg_ro
     assert not torch.equal(flips[0], plain[0])  # augmentation is on
 
 
+@pytest.mark.parametrize("damage", ["not-an-image", "truncated"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_that_cannot_be_decoded_is_a_data_error_naming_it(tmp_path, workers, damage):
+    """A worker's error would reach the main process with the worker's traceback inside its message: the file
+    that failed comes back as a value and is raised as one paragraph, the same with or without workers."""
+    from imagetree import make_tree
+
+    root = make_tree(tmp_path / "tree", classes=2, train_per_class=12, val_per_class=2)
+    bad = sorted((root / "train").rglob("*.jpg"))[5]
+    data = bad.read_bytes()
+    bad.write_bytes(b"not an image" if damage == "not-an-image" else data[: len(data) // 3])
+    train = _folder_splits(root, workers).train
+    with pytest.raises(DataError) as caught:
+        for _ in train.batches(4, shuffle=True, augment=True, seed=0):
+            pass
+    message = str(caught.value)
+    assert f"cannot decode {bad}" in message and "<root>/train/<class>/" in message
+    assert "\n" not in message and "Traceback" not in message
+
+
 def test_decoding_in_the_main_process_leaves_its_rng_alone(jpeg_root):
     """The training loop checkpoints torch's RNG state: seeding each image's augmentation must not move it."""
     train = _folder_splits(jpeg_root, 0).train

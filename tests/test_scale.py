@@ -193,3 +193,18 @@ def test_training_on_a_folder_gives_the_same_weights_with_0_or_2_workers(tmp_pat
         assert proc.returncode == 0, proc.stderr[-2000:]
         weights[workers] = load_supernet(read_artifact(tmp_path / f"w{workers}")).state_dict()
     assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_training_on_a_folder_with_an_undecodable_image_exits_2_naming_it(tmp_path):
+    from imagetree import make_tree
+
+    tree = make_tree(tmp_path / "tree", classes=3, train_per_class=14, val_per_class=2, size=(30, 40))
+    bad = sorted((tree / "train").rglob("*.jpg"))[7]
+    bad.write_bytes(b"\xff\xd8 not the rest of a JPEG")
+    spec = {**DIGITS_SPEC, "name": "folder", "data": {"name": "imagefolder", "root": str(tree), "image_size": 16,
+                                                       "val_size": 12, "workers": 2},
+            "train": {**DIGITS_SPEC["train"], "epochs": 1, "steps_per_epoch": 5, "batch_size": 8, "init_images": 16}}
+    proc = _train(tmp_path, "--device", "cpu", name="bad", spec=spec)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and f"cannot decode {bad}" in " ".join(proc.stderr.split())
+    assert not (tmp_path / "bad").exists()
