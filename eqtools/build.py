@@ -43,7 +43,7 @@ def resolve_spec(spec: Spec) -> Spec:
     info = dataset_info(spec.data)
     data = spec.to_dict()
     data["model"]["num_classes"] = info.num_classes
-    return parse_spec(data, f"spec '{spec.name}'")
+    return parse_spec(data, f"'{spec.name}' (with model.num_classes from its dataset)")
 
 
 def spec_info(spec: Spec) -> DatasetInfo:

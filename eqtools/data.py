@@ -104,6 +104,11 @@ def dataset_info(data: Any, num_classes: int | None = None) -> DatasetInfo:
     if data.name == "imagefolder" and not classes:
         root = _imagefolder_root(data)
         classes = len([d for d in (root / "train").iterdir() if d.is_dir()])
+        if classes < 2:
+            raise DataError(
+                f"the ImageFolder tree {root}/train has {classes} class directories; a classifier needs at least 2, "
+                f"as {root}/train/<class>/<image> and {root}/val/<class>/<image> (the ImageNet layout)"
+            )
     return DatasetInfo(base.name, base.channels, size, classes, base.mean, base.std, base.flip, base.pad)
 
 
@@ -514,7 +519,14 @@ class _Folder:
     def __init__(self, root: Path, info: DatasetInfo) -> None:
         from torchvision.datasets import ImageFolder
 
-        tree = ImageFolder(str(root))
+        try:
+            tree = ImageFolder(str(root))
+        except FileNotFoundError as exc:  # no class directory, or class directories without an image file
+            raise DataError(
+                f"the ImageFolder tree {root} has no images to read ({exc}). Each split needs "
+                f"{root}/<class>/<image> with at least one image file among its class directories (the "
+                "ImageNet layout)"
+            ) from None
         self.root = root
         self.samples = tree.samples
         self.targets = tree.targets

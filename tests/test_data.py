@@ -245,6 +245,22 @@ def test_an_image_that_cannot_be_decoded_is_a_data_error_naming_it(tmp_path, wor
     assert "\n" not in message and "Traceback" not in message
 
 
+@pytest.mark.parametrize("layout, fragment", [
+    ({"train/a/notes.txt", "train/b/", "val/a/notes.txt"}, "has no images to read"),
+    ({"train/", "val/"}, "has 0 class directories; a classifier needs at least 2"),
+])
+def test_a_tree_without_images_or_classes_is_a_data_error(tmp_path, layout, fragment):
+    for item in layout:  # "dir/" is a directory, anything else a text file
+        path = tmp_path / item
+        (path if item.endswith("/") else path.parent).mkdir(parents=True, exist_ok=True)
+        if not item.endswith("/"):
+            path.write_text("not an image")
+    spec = DataSpec(name="imagefolder", root=str(tmp_path), image_size=24, val_size=10)
+    with pytest.raises(DataError, match=fragment) as caught:
+        load_splits(spec, seed=0)
+    assert "<class>/<image>" in str(caught.value)
+
+
 def test_decoding_in_the_main_process_leaves_its_rng_alone(jpeg_root):
     """The training loop checkpoints torch's RNG state: seeding each image's augmentation must not move it."""
     train = _folder_splits(jpeg_root, 0).train
