@@ -360,3 +360,28 @@ def test_the_default_target_is_the_searchs_preset():
     assert default_targets(Source(Search("openvino"))) == ("openvino",)
     assert default_targets(Source(Search(None))) == ("onnxruntime",)
     assert default_targets(Source(None)) == ("onnxruntime",)
+
+
+@pytest.mark.parametrize("target, fragment", [("snpe", "no SNPE/QNN runtime or converter runs here"),
+                                              ("tflite", "needs its runtime (litert)"),
+                                              ("bogus", "is not known; targets: onnxruntime")])
+def test_a_named_target_no_subnet_can_pass_here_is_refused_before_any_work(tiny, tmp_path, monkeypatch, target,
+                                                                           fragment):
+    """No runtime (or no backend at all) is known before the subnet runs: the refusal comes first, not after the
+    reference logits, the graph and the integer file were computed."""
+    from eqtools.export.backends import litert
+
+    monkeypatch.setattr(litert, "version", lambda: None)  # litert not installed, as in the default extras
+
+    def batches():
+        raise AssertionError("the check images were read before the refusal")
+        yield
+
+    class Once:
+        def __iter__(self):
+            return batches()
+
+    out = tmp_path / "never"
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        export_subnet(tiny, Once(), out, formats=("int", "onnx"), targets=(target,))
+    assert not out.exists()

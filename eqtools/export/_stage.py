@@ -518,6 +518,25 @@ def kept_deploy_ranges(source: Artifact) -> tuple[dict[str, Encoding], dict[str,
 
 
 # ------------------------------------------------------------------------------------------ export
+def refuse_targets(targets: Sequence[str], onnx: bool) -> None:
+    """Refuse an unknown target, and a named one that no subnet could pass here (no backend, or its runtime
+    not installed), before anything is calibrated or built; ``all`` skips such targets instead."""
+    unknown = [t for t in targets if t != "all" and t not in TARGETS]
+    if unknown:
+        raise ConfigError(f"--target {unknown[0]!r} is not known; targets: {', '.join(TARGETS)} or all")
+    if not onnx or "all" in targets:
+        return
+    for name in targets:
+        if name == "onnxruntime":
+            continue  # installed with eqtools; its integer form falls back to the exact one where it must
+        target = TARGETS[name]
+        if target.backend is None:
+            raise ConfigError(f"--target {name} cannot run this subnet: {target.why_not}")
+        if backend(target).version() is None:
+            raise ConfigError(f"--target {name} needs its runtime ({backend(target).RUNTIME}) to check the file in, "
+                              "and it is not installed: pip install 'eqtools[runtimes]'")
+
+
 def export_subnet(
     supernet: Supernet,
     batches: Sequence[tuple[Tensor, Tensor | None]] | Iterable[tuple[Tensor, Tensor | None]],
@@ -589,10 +608,8 @@ def export_subnet(
         raise ConfigError(f"--opset is {opset}; this export supports opsets {MIN_OPSET}..{max_opset} "
                           f"(INT4 weights and 4-bit activations need {INT4_OPSET} or later)")
     every = "all" in targets
+    refuse_targets(targets, "onnx" in formats)
     targets = tuple(TARGETS) if every else tuple(dict.fromkeys(targets))
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise ConfigError(f"--target {unknown[0]!r} is not known; targets: {', '.join(TARGETS)} or all")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     supernet = supernet.eval()
@@ -865,6 +882,7 @@ def export_artifact(
     deploy_agreement_min, deploy_accuracy_drop_max = o.deploy_agreement_min, o.deploy_accuracy_drop_max
     deploy_calibration_images, batch_size, threads = o.deploy_calibration_images, o.batch_size, o.threads
     targets = o.targets if o.targets is not None else default_targets(source)
+    refuse_targets(targets, any(f in ("onnx", "all") for f in formats))
     from eqtools.build import artifact_spec
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, config_tag
