@@ -548,3 +548,14 @@ def test_an_output_path_that_cannot_be_made_is_refused_before_computing(tmp_path
                 claim_out(tmp_path / "ro" / "ws" / "s", "supernet")
         finally:
             (tmp_path / "ro").chmod(0o700)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_folder_that_refuses_new_entries_is_refused_before_computing_even_for_root():
+    """access() tells root yes almost everywhere; creating a directory is the check that holds for every user
+    and every filesystem (a read-only mount, a pseudo-filesystem)."""
+    from eqtools.artifacts import claim_out
+
+    with pytest.raises(ArtifactError, match=r"cannot write the supernet artifact to /proc/eqtools-out: no directory "
+                                            r"can be created in /proc"):
+        claim_out("/proc/eqtools-out", "supernet")

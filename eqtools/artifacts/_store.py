@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
@@ -283,6 +284,12 @@ def _refuse_unwritable(out: Path, kind: str) -> None:
         raise _write_error(out, kind, cause=f"{folder} is a file, not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise _write_error(out, kind, cause=f"this user may not create entries in {folder}")
+    # what access() cannot tell: a read-only mount, a pseudo-filesystem, root's access() answering yes anyway
+    try:
+        probe = tempfile.mkdtemp(prefix=".eqtools-write-check-", dir=folder)
+    except OSError as exc:
+        raise _write_error(out, kind, cause=f"no directory can be created in {folder} ({exc.strerror or exc})") from None
+    os.rmdir(probe)
 
 
 def _lineage_paths(inputs: Iterable[Artifact | Mapping[str, Any] | Path | str]) -> dict[Path, str]:
