@@ -516,22 +516,34 @@ class _Folder:
     batches; the main process normalises them (into page-locked memory for ``pin_memory``).
     """
 
-    def __init__(self, root: Path, info: DatasetInfo) -> None:
+    def __init__(self, root: Path, info: DatasetInfo, classes: Sequence[str] | None = None) -> None:
+        """``classes``: the training tree's class names, whose indices this tree's labels must use (ImageFolder
+        numbers a tree's own sorted directories, so a val tree lacking one class would shift every label)."""
         from torchvision.datasets import ImageFolder
 
         try:
             tree = ImageFolder(str(root))
         except FileNotFoundError as exc:  # no class directory, or class directories without an image file
             raise DataError(
-                f"the ImageFolder tree {root} has no images to read ({exc}). Each split needs "
-                f"{root}/<class>/<image> with at least one image file among its class directories (the "
-                "ImageNet layout)"
+                f"the ImageFolder tree {root} cannot be listed ({exc}). It needs at least one class directory, "
+                f"and an image file in each: {root}/<class>/<image> (the ImageNet layout)"
             ) from None
+        samples, names = tree.samples, tree.classes
+        if classes is not None and list(classes) != names:
+            foreign = [name for name in names if name not in classes]
+            if foreign:
+                listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise DataError(
+                    f"the ImageFolder tree {root} has class directories the training tree lacks ({listed}); its "
+                    f"classes must be the training tree's directory names, which the labels are numbered by"
+                )
+            index = {name: i for i, name in enumerate(classes)}
+            samples, names = [(path, index[names[t]]) for path, t in samples], list(classes)
         self.root = root
-        self.samples = tree.samples
-        self.targets = tree.targets
-        self.classes = tree.classes
-        self.decode = _Decode(tree.samples, tree.loader, info)
+        self.samples = samples
+        self.targets = [t for _, t in samples]
+        self.classes = names
+        self.decode = _Decode(samples, tree.loader, info)
         self.collate = _Collate(info.mean, info.std)
         self._pools: dict[int, tuple[Any, _Plan]] = {}
         self._busy: set[int] = set()
@@ -626,8 +638,15 @@ def load_splits(data: Any, seed: int, num_classes: int | None = None) -> Splits:
     if data.name == "imagefolder":
         root = _imagefolder_root(data)
         workers = default_workers() if data.workers is None else data.workers
-        train_all = Split("train", info, folder=_Folder(root / "train", info), workers=workers)
-        test = Split("test", info, folder=_Folder(root / "val", info), workers=workers)
+        train_folder = _Folder(root / "train", info)
+        if len(train_folder.classes) > info.num_classes:
+            raise DataError(
+                f"the ImageFolder tree {root}/train has {len(train_folder.classes)} class directories but "
+                f"model.num_classes is {info.num_classes}; set model.num_classes to at least "
+                f"{len(train_folder.classes)}, or leave it unset to count the class directories"
+            )
+        train_all = Split("train", info, folder=train_folder, workers=workers)
+        test = Split("test", info, folder=_Folder(root / "val", info, train_folder.classes), workers=workers)
     else:
         if data.name in ("fashion-mnist", "mnist"):
             xtr, ytr, xte, yte = _load_idx(data)

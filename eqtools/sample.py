@@ -708,7 +708,7 @@ def _shard_draws(params: SampleParams, shard: tuple[int, int] | None) -> list[in
         rounds = math.ceil(params.n / len(params.conditions))
         raise ConfigError(
             f"shard {k}/{count} of a {params.n}-subnet draw is empty: shards split rounds of "
-            f"{len(params.conditions)} draws (one per form), so use at most {rounds} shards"
+            f"{len(params.conditions)} draws (one per form), so use at most {rounds} shard{'s' * (rounds != 1)}"
         )
     return indices
 

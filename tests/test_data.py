@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,7 +247,7 @@ def test_an_image_that_cannot_be_decoded_is_a_data_error_naming_it(tmp_path, wor
 
 
 @pytest.mark.parametrize("layout, fragment", [
-    ({"train/a/notes.txt", "train/b/", "val/a/notes.txt"}, "has no images to read"),
+    ({"train/a/notes.txt", "train/b/", "val/a/notes.txt"}, "cannot be listed .*Found no valid file"),
     ({"train/", "val/"}, "has 0 class directories; a classifier needs at least 2"),
 ])
 def test_a_tree_without_images_or_classes_is_a_data_error(tmp_path, layout, fragment):
@@ -259,6 +260,31 @@ def test_a_tree_without_images_or_classes_is_a_data_error(tmp_path, layout, frag
     with pytest.raises(DataError, match=fragment) as caught:
         load_splits(spec, seed=0)
     assert "<class>/<image>" in str(caught.value)
+
+
+def test_val_labels_are_numbered_by_the_training_trees_class_names(tmp_path):
+    """ImageFolder numbers each tree's own sorted directories: a val tree missing one class would shift every
+    label after it, and a val tree with a class of its own would score against the wrong classes."""
+    import shutil
+
+    from imagetree import make_tree
+
+    root = make_tree(tmp_path / "tree", classes=3, train_per_class=12, val_per_class=2)
+    names = sorted(p.name for p in (root / "train").iterdir())
+    shutil.rmtree(root / "val" / names[1])
+    test = _folder_splits(root, 0).test
+    assert sorted(set(test.targets.tolist())) == [0, 2]
+    assert all(names[label] == Path(path).parent.name for path, label in test.folder.samples)
+    shutil.move(root / "val" / names[2], root / "val" / "zz-not-trained")
+    with pytest.raises(DataError, match=r"class directories the training tree lacks \(zz-not-trained\)"):
+        _folder_splits(root, 0)
+
+
+def test_fewer_classes_in_the_spec_than_in_the_tree_is_a_data_error(jpeg_root):
+    spec = DataSpec(name="imagefolder", root=str(jpeg_root), image_size=24, val_size=12)
+    with pytest.raises(DataError, match=r"has 3 class directories but model\.num_classes is 2"):
+        load_splits(spec, seed=0, num_classes=2)
+    assert len(load_splits(spec, seed=0, num_classes=5).train) > 0  # a larger head is the user's choice
 
 
 def test_decoding_in_the_main_process_leaves_its_rng_alone(jpeg_root):
