@@ -47,7 +47,7 @@ def test_round_trip_and_manifest_fields(tmp_path):
 
 def test_wrong_kind_names_found_expected_and_maker(tmp_path):
     _write(tmp_path / "s", kind="samples")
-    with pytest.raises(ArtifactError, match=r"is a 'samples' artifact, but this command needs 'supernet'.*eqtools train"):
+    with pytest.raises(ArtifactError, match=r"is a 'samples' artifact, but this command needs a 'supernet'.*eqtools train"):
         read_artifact(tmp_path / "s", "supernet")
 
 

@@ -420,5 +420,5 @@ def test_cli_calibrate_from_search(tiny_supernet_artifact, tmp_path):
     assert SubnetConfig.from_dict(json.loads(result.stdout)["config"]) == config
     wrong = runner.invoke(app, ["calibrate", "--from", str(tiny_supernet_artifact), "--from-search",
                                 str(tiny_supernet_artifact)])
-    assert wrong.exit_code == 2 and "'supernet' artifact, but this command needs 'search'" in " ".join(
+    assert wrong.exit_code == 2 and "'supernet' artifact, but this command needs a 'search'" in " ".join(
         _stderr(wrong).split())

@@ -212,7 +212,7 @@ def test_cli_fit_predictor_errors_exit_2(samples, tmp_path: Path, monkeypatch) -
     other = write_artifact(tmp_path / "pred", "search", lambda d: (d / "x.txt").write_text("x"), spec=SPEC)
     result = runner.invoke(app, ["fit-predictor", "--from", str(other.path)])
     assert result.exit_code == 2
-    assert "is a 'search' artifact, but this command needs 'samples'" in " ".join(result.output.split())
+    assert "is a 'search' artifact, but this command needs a 'samples'" in " ".join(result.output.split())
     result = runner.invoke(app, ["fit-predictor", "--from", str(samples.path), "--model", "forest"])
     assert result.exit_code == 2 and "forest" in result.output
 

@@ -850,7 +850,7 @@ def read_artifact(
     _check_schema(path, found, manifest)
     if kinds and found not in kinds:
         hint = "; ".join(f"'{k}' artifacts are made by `{MADE_BY[k]}`" for k in kinds)
-        raise ArtifactError(f"{path} is a '{found}' artifact, but this command needs {wanted} artifact ({hint})")
+        raise ArtifactError(f"{path} is a '{found}' artifact, but this command needs a {wanted} artifact ({hint})")
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise ArtifactError(f"{manifest_path} has no valid \"files\" table; the artifact is corrupted")
