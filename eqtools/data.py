@@ -322,6 +322,7 @@ class Split:
         limit: int | None = None,
         part: tuple[int, int] | None = None,
         pin_memory: bool = False,
+        uint8: bool = False,
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Normalised float batches ``(x [B, C, S, S], y [B])``.
 
@@ -329,7 +330,9 @@ class Split:
         batches (for resuming), ``limit`` stops after that many batches. ``part=(rank, world)``
         yields only the images ``rank::world`` of each batch, exactly those rows of the whole
         batch (one process of a distributed run decodes only its own share). ``pin_memory``
-        returns ImageFolder batches in page-locked memory, for fast copies to a GPU.
+        returns ImageFolder batches in page-locked memory, for fast copies to a GPU. ``uint8``
+        returns ImageFolder batches as the decoded uint8 pixels, a quarter of the float batch's
+        memory, for :meth:`normalise` later (a cache of them holds four times the images).
         """
         n = len(self)
         if shuffle:
@@ -338,6 +341,8 @@ class Split:
             order = torch.arange(n)
         count = n // batch_size if drop_last else -(-n // batch_size)
         stop = count if limit is None else min(count, start + limit)
+        if uint8 and self.images is not None:
+            raise ValueError("uint8 batches are for ImageFolder splits; in-memory splits are normalised per batch")
         if self.images is not None:
             for b in range(start, stop):
                 idx = order[b * batch_size : (b + 1) * batch_size]
@@ -355,7 +360,11 @@ class Split:
                 idx = idx[part[0] :: part[1]]
             base = self.indices[idx] if self.indices is not None else idx
             plan.append([(i, _mix(seed, epoch, i) if augment else -1) for i in base.tolist()])
-        yield from self.folder.batches(plan, self.workers, pin_memory)
+        yield from self.folder.batches(plan, self.workers, pin_memory, uint8)
+
+    def normalise(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """A ``uint8=True`` batch as :meth:`batches` would have returned it, the same values."""
+        return self.folder.collate.normalise(x, y)
 
 
 # ---------------------------------------------------------------------------------- ImageFolder decoding
@@ -560,12 +569,12 @@ class _Folder:
         return loader, plan
 
     def batches(self, plan: list[list[tuple[int, int]]], workers: int,
-                pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+                pin_memory: bool = False, uint8: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
         if not plan:
             return
         if workers == 0:
             for keys in plan:
-                yield self._normalised(self.collate.stack([self.decode[k] for k in keys]), pin_memory)
+                yield self._normalised(self.collate.stack([self.decode[k] for k in keys]), pin_memory, uint8)
             return
         key = workers
         if key in self._busy:
@@ -578,16 +587,16 @@ class _Folder:
         holder.batches = plan
         try:
             for batch in loader:
-                yield self._normalised(batch, pin_memory)
+                yield self._normalised(batch, pin_memory, uint8)
         finally:
             if self._pools.get(key, (None, None))[1] is holder:
                 self._busy.discard(key)
 
 
-    def _normalised(self, batch: Any, pin_memory: bool) -> tuple[Tensor, Tensor]:
+    def _normalised(self, batch: Any, pin_memory: bool, uint8: bool) -> tuple[Tensor, Tensor]:
         if isinstance(batch, _Unreadable):
             raise batch.error()
-        return self.collate.normalise(*batch, pin_memory)
+        return batch if uint8 else self.collate.normalise(*batch, pin_memory)
 
 
 def _mix(*values: int) -> int:

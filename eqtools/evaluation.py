@@ -81,7 +81,8 @@ class BatchSource:
     remainder: in train-mode BN a 12-image tail batch would be normalised with its own noisy
     statistics and skew every BN after it. Sampling evaluates thousands of subnets on the same
     images, so decoding and normalising them once (up to ``cache_bytes``) removes that cost from
-    every subnet; sets too large for memory are re-read on every pass instead.
+    every subnet; ImageFolder sets too large for that are kept as uint8 pixels (a quarter of the
+    memory) and normalised on each pass, and sets too large even so are re-read on every pass.
     """
 
     def __init__(
@@ -112,19 +113,25 @@ class BatchSource:
         count = -(-self.images // batch_size)
         self.batch_size = -(-self.images // count) if even else batch_size
         info = split.info
-        per_image = info.channels * info.image_size * info.image_size * 4
+        pixels = self.images * info.channels * info.image_size * info.image_size
+        # ImageFolder images too many for a float cache are kept as their uint8 pixels and normalised on each
+        # pass (a few passes over memory, against decoding them again): four times the images fit, e.g. an r18
+        # sample's 10000 evaluation images at 224 px
+        self._uint8 = split.folder is not None and 4 * pixels > cache_bytes
         self._cache: list[tuple[Tensor, Tensor]] | None = None
-        if self.images * per_image <= cache_bytes:
-            self._cache = list(self.split.batches(self.batch_size))
+        if pixels * (1 if self._uint8 else 4) <= cache_bytes:
+            self._cache = list(self.split.batches(self.batch_size, uint8=self._uint8))
 
     @property
     def cached(self) -> bool:
         return self._cache is not None
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if self._cache is not None:
-            return iter(self._cache)
-        return self.split.batches(self.batch_size)
+        if self._cache is None:
+            return self.split.batches(self.batch_size)
+        if self._uint8:
+            return (self.split.normalise(x, y) for x, y in self._cache)
+        return iter(self._cache)
 
     def __len__(self) -> int:
         return -(-self.images // self.batch_size)

@@ -368,3 +368,22 @@ def test_imagefolder_pixels_are_pils_in_every_format(tmp_path):
     for i in range(6):
         image, label = reference[int(torch.nonzero(torch.tensor(reference.targets) == y[i])[0])]
         assert torch.equal(x[i], image), sorted(files)[label]
+
+
+def test_a_folder_source_too_large_for_a_float_cache_is_cached_as_uint8_with_the_same_values(jpeg_root):
+    """Sampling evaluates every subnet on the same images: an ImageFolder set that fits memory only as uint8
+    pixels (an r18 sample's 10000 images at 224 px) is still decoded once, and every pass gives exactly the
+    batches of the split itself."""
+    from eqtools.evaluation import BatchSource
+
+    val = _folder_splits(jpeg_root, 2).val  # 12 images of 3 x 24 x 24
+    expected = list(val.batches(5))
+    one_float = 3 * 24 * 24 * 4
+    for cache_bytes, cached in [(12 * one_float, True), (12 * one_float - 1, True), (12 * one_float // 4 - 1, False)]:
+        source = BatchSource(val, 5, cache_bytes=cache_bytes)
+        assert source.cached is cached, cache_bytes
+        for _ in range(2):  # a cached pass leaves the cache as it was
+            got = list(source)
+            assert len(got) == len(expected)
+            for (x, y), (xe, ye) in zip(got, expected, strict=True):
+                assert x.dtype == torch.float32 and torch.equal(x, xe) and torch.equal(y, ye)
