@@ -518,9 +518,10 @@ def kept_deploy_ranges(source: Artifact) -> tuple[dict[str, Encoding], dict[str,
 
 
 # ------------------------------------------------------------------------------------------ export
-def refuse_targets(targets: Sequence[str], onnx: bool) -> None:
+def refuse_targets(targets: Sequence[str], onnx: bool, named: str = "--target") -> None:
     """Refuse an unknown target, and a named one that no subnet could pass here (no backend, or its runtime
-    not installed), before anything is calibrated or built; ``all`` skips such targets instead."""
+    not installed), before anything is calibrated or built; ``all`` skips such targets instead. ``named``
+    says where the target came from, for the message."""
     unknown = [t for t in targets if t != "all" and t not in TARGETS]
     if unknown:
         raise ConfigError(f"--target {unknown[0]!r} is not known; targets: {', '.join(TARGETS)} or all")
@@ -531,9 +532,9 @@ def refuse_targets(targets: Sequence[str], onnx: bool) -> None:
             continue  # installed with eqtools; its integer form falls back to the exact one where it must
         target = TARGETS[name]
         if target.backend is None:
-            raise ConfigError(f"--target {name} cannot run this subnet: {target.why_not}")
+            raise ConfigError(f"{named} {name} cannot run this subnet: {target.why_not}")
         if backend(target).version() is None:
-            raise ConfigError(f"--target {name} needs its runtime ({backend(target).RUNTIME}) to check the file in, "
+            raise ConfigError(f"{named} {name} needs its runtime ({backend(target).RUNTIME}) to check the file in, "
                               "and it is not installed: pip install 'eqtools[runtimes]'")
 
 
@@ -882,7 +883,8 @@ def export_artifact(
     deploy_agreement_min, deploy_accuracy_drop_max = o.deploy_agreement_min, o.deploy_accuracy_drop_max
     deploy_calibration_images, batch_size, threads = o.deploy_calibration_images, o.batch_size, o.threads
     targets = o.targets if o.targets is not None else default_targets(source)
-    refuse_targets(targets, any(f in ("onnx", "all") for f in formats))
+    refuse_targets(targets, any(f in ("onnx", "all") for f in formats),
+                   "--target" if o.targets is not None else "the search's --preset (export's default --target)")
     from eqtools.build import artifact_spec
     from eqtools.data import load_splits
     from eqtools.evaluation import BatchSource, config_tag
