@@ -448,21 +448,30 @@ class _Unreadable:
 def _read_rgb(path: str, fallback: Any) -> Tensor:
     """An image file as uint8 ``[3, H, W]`` RGB.
 
-    torchvision.io decodes JPEG, PNG, WebP and GIF straight into a tensor with libjpeg-turbo /
-    libpng, the same libraries PIL uses, so the pixels are PIL's (tested) without a PIL image and
-    its copy in between (decision 0300). Any other format
-    ImageFolder admits (BMP, TIFF, PPM, ...) goes through ``fallback``, ImageFolder's own PIL loader.
+    JPEG (every ImageNet image) goes straight into a tensor through torchvision.io's libjpeg-turbo,
+    the library PIL uses, so the pixels are PIL's (tested) without a PIL image and its copy in
+    between (decision 0300). Every other format goes through ``fallback``, ImageFolder's own PIL
+    loader: torchvision.io's PNG decoder ends the whole process (a segmentation fault, no
+    exception) on a PNG whose data is damaged, where PIL raises an error that names the file.
     """
-    from torchvision.io import ImageReadMode, decode_image, read_file
-    from torchvision.transforms.v2.functional import to_dtype, to_image
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    from torchvision.transforms.v2.functional import to_image
 
-    try:
-        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
-    except RuntimeError:  # a format torchvision.io does not decode
-        return to_image(fallback(path))
-    # a 16-bit PNG decodes to uint16: keep its 8 high bits (what PIL keeps of a 16-bit RGB PNG), so every
-    # image reaches the batch-wide scaling in _Collate as uint8
-    return image if image.dtype == torch.uint8 else to_dtype(image, torch.uint8, scale=True)
+    data = read_file(path)
+    if data[:3].tolist() == [0xFF, 0xD8, 0xFF]:  # the JPEG signature
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # damaged: PIL's error below names what is wrong
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode.startswith("I;16"):
+            # a 16-bit grayscale PNG: keep its 8 high bits, as PIL keeps of a 16-bit RGB one (PIL's own
+            # conversion clips it at 255, an image 257 times too bright)
+            pixels = torch.from_numpy(np.asarray(image).astype(np.uint16) >> 8).to(torch.uint8)
+            return pixels.expand(3, *pixels.shape).contiguous()
+    return to_image(fallback(path))
 
 
 class _Plan(torch.utils.data.Sampler):

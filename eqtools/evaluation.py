@@ -120,7 +120,10 @@ class BatchSource:
         self._uint8 = split.folder is not None and 4 * pixels > cache_bytes
         self._cache: list[tuple[Tensor, Tensor]] | None = None
         if pixels * (1 if self._uint8 else 4) <= cache_bytes:
-            self._cache = list(self.split.batches(self.batch_size, uint8=self._uint8))
+            # copied out of the workers' shared memory: each batch kept there holds an open file and /dev/shm
+            # space for the whole run (thousands of batches pass the usual limit of 1024 open files)
+            self._cache = [tuple(t.clone() if t.is_shared() else t for t in batch)
+                           for batch in self.split.batches(self.batch_size, uint8=self._uint8)]
 
     @property
     def cached(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -287,6 +288,46 @@ def test_fewer_classes_in_the_spec_than_in_the_tree_is_a_data_error(jpeg_root):
     assert len(load_splits(spec, seed=0, num_classes=5).train) > 0  # a larger head is the user's choice
 
 
+def _png_with_a_bad_filter_byte(path: Path, width: int = 8, height: int = 6) -> None:
+    """A well-formed PNG (valid chunks and checksums) whose scanlines name filter type 7 (there are 0-4): the
+    damage libpng reports as "bad adaptive filter value"."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(bytes([7]) + bytes(range(3 * width)) for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_png_with_damaged_data_is_a_data_error_not_a_crash(tmp_path, workers):
+    """torchvision.io's PNG decoder ends the process on such a file (a segmentation fault: nothing to catch);
+    it runs in a child process here so that a crash fails this test instead of ending the test run."""
+    import subprocess
+    import sys
+
+    from imagetree import make_tree
+
+    root = make_tree(tmp_path / "tree", classes=2, train_per_class=12, val_per_class=2)
+    bad = root / "train" / sorted(p.name for p in (root / "train").iterdir())[0] / "damaged.png"
+    _png_with_a_bad_filter_byte(bad)
+    script = (
+        "import sys\n"
+        "from eqtools.data import load_splits\nfrom eqtools.errors import DataError\nfrom eqtools.specs import DataSpec\n"
+        f"spec = DataSpec(name='imagefolder', root={str(root)!r}, image_size=16, val_size=10, workers={workers})\n"
+        "splits = load_splits(spec, seed=0)\n"
+        "try:\n    for split in (splits.train, splits.val):\n        list(split.batches(4))\n"
+        "except DataError as exc:\n    print(exc)\n    sys.exit(3)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
+    assert f"cannot decode {bad}" in " ".join(proc.stdout.split())
+
+
 def test_decoding_in_the_main_process_leaves_its_rng_alone(jpeg_root):
     """The training loop checkpoints torch's RNG state: seeding each image's augmentation must not move it."""
     train = _folder_splits(jpeg_root, 0).train
@@ -319,8 +360,8 @@ def test_workers_default_to_the_cores_capped(jpeg_root, monkeypatch):
 
 
 def test_a_16_bit_png_gives_the_pixels_of_its_8_high_bits(tmp_path):
-    """torchvision.io decodes a 16-bit PNG to uint16; the batch holds the image its 8 high bits make, not
-    values scaled as if they were 8-bit (257 times too bright)."""
+    """A 16-bit grayscale PNG: the batch holds the image its 8 high bits make, not values clipped at 255 as
+    PIL's own conversion to RGB does (an image 257 times too bright)."""
     import numpy as np
     from PIL import Image
 
@@ -341,7 +382,7 @@ def test_a_16_bit_png_gives_the_pixels_of_its_8_high_bits(tmp_path):
 
 
 def test_imagefolder_pixels_are_pils_in_every_format(tmp_path):
-    """The decoder (torchvision.io where it reads the format, PIL otherwise) gives the pixels ImageFolder's PIL
+    """The decoder (torchvision.io for JPEG, PIL otherwise) gives the pixels ImageFolder's PIL
     loader gives, for RGB, grayscale and CMYK JPEG, RGBA and palette PNG, and BMP (a format torchvision.io lacks)."""
     import numpy as np
     from PIL import Image
@@ -387,3 +428,19 @@ def test_a_folder_source_too_large_for_a_float_cache_is_cached_as_uint8_with_the
             assert len(got) == len(expected)
             for (x, y), (xe, ye) in zip(got, expected, strict=True):
                 assert x.dtype == torch.float32 and torch.equal(x, xe) and torch.equal(y, ye)
+
+
+def test_a_cache_of_worker_batches_holds_no_shared_memory(jpeg_root):
+    """Batches from DataLoader workers arrive in shared memory: each one kept in a cache would hold an open file
+    and /dev/shm space for the whole run, and an r18 sample's cache is thousands of batches (past the usual
+    limit of 1024 open files)."""
+    from eqtools.evaluation import BatchSource
+
+    train = _folder_splits(jpeg_root, 2).train
+    list(train.batches(8))  # the worker pool starts (its own pipes), so what follows counts the cache alone
+    for cache_bytes in (1 << 30, len(train) * 3 * 24 * 24):  # the float cache, then the uint8 one
+        before = len(os.listdir("/proc/self/fd"))
+        source = BatchSource(train, 1, cache_bytes=cache_bytes)  # a batch per image: len(train) batches
+        assert source.cached and len(list(source)) == len(train)
+        assert len(os.listdir("/proc/self/fd")) - before < len(train) // 2, cache_bytes
+        assert not any(x.is_shared() or y.is_shared() for x, y in source)

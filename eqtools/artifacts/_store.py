@@ -289,7 +289,8 @@ def _refuse_unwritable(out: Path, kind: str) -> None:
         probe = tempfile.mkdtemp(prefix=".eqtools-write-check-", dir=folder)
     except OSError as exc:
         raise _write_error(out, kind, cause=f"no directory can be created in {folder} ({exc.strerror or exc})") from None
-    os.rmdir(probe)
+    with contextlib.suppress(OSError):  # a mount that lets a directory be made but not removed at once
+        os.rmdir(probe)
 
 
 def _lineage_paths(inputs: Iterable[Artifact | Mapping[str, Any] | Path | str]) -> dict[Path, str]:
