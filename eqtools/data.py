@@ -457,7 +457,10 @@ def _read_rgb(path: str, fallback: Any) -> Tensor:
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
     from torchvision.transforms.v2.functional import to_image
 
-    data = read_file(path)
+    try:
+        data = read_file(path)
+    except RuntimeError:  # unreadable (gone since the listing, no permission): PIL's OSError below names it
+        data = torch.empty(0, dtype=torch.uint8)
     if data[:3].tolist() == [0xFF, 0xD8, 0xFF]:  # the JPEG signature
         try:
             return decode_jpeg(data, mode=ImageReadMode.RGB)

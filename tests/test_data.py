@@ -227,7 +227,7 @@ def test_imagefolder_batches_do_not_depend_on_workers_and_resume_exactly(jpeg_ro
     assert not torch.equal(flips[0], plain[0])  # augmentation is on
 
 
-@pytest.mark.parametrize("damage", ["not-an-image", "truncated"])
+@pytest.mark.parametrize("damage", ["not-an-image", "truncated", "deleted-after-the-listing"])
 @pytest.mark.parametrize("workers", [0, 2])
 def test_an_image_that_cannot_be_decoded_is_a_data_error_naming_it(tmp_path, workers, damage):
     """A worker's error would reach the main process with the worker's traceback inside its message: the file
@@ -237,8 +237,11 @@ def test_an_image_that_cannot_be_decoded_is_a_data_error_naming_it(tmp_path, wor
     root = make_tree(tmp_path / "tree", classes=2, train_per_class=12, val_per_class=2)
     bad = sorted((root / "train").rglob("*.jpg"))[5]
     data = bad.read_bytes()
-    bad.write_bytes(b"not an image" if damage == "not-an-image" else data[: len(data) // 3])
+    if damage != "deleted-after-the-listing":
+        bad.write_bytes(b"not an image" if damage == "not-an-image" else data[: len(data) // 3])
     train = _folder_splits(root, workers).train
+    if damage == "deleted-after-the-listing":
+        bad.unlink()
     with pytest.raises(DataError) as caught:
         for _ in train.batches(4, shuffle=True, augment=True, seed=0):
             pass
