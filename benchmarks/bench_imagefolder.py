@@ -47,6 +47,7 @@ from _record import machine_line, paired_ratio, write_result  # noqa: E402
 
 def _today_batches(split, batch_size: int, seed: int, epoch: int):
     """The pre-pool loader (eqtools.data.Split._folder_batch as it was): serial decode in the main process."""
+    from torchvision.datasets.folder import default_loader as loader  # ImageFolder's own
     from torchvision.transforms import v2
 
     from eqtools.data import _mix
@@ -57,7 +58,6 @@ def _today_batches(split, batch_size: int, seed: int, epoch: int):
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(info.mean, info.std)])
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(_mix(seed, epoch)))
     samples = split.folder.samples
-    loader = split.folder.decode.loader
     for b in range(-(-len(split) // batch_size)):
         idx = order[b * batch_size : (b + 1) * batch_size]
         base = split.indices[idx] if split.indices is not None else idx

@@ -388,9 +388,8 @@ class _Decode:
     untouched when decoding happens there.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], loader: Any, info: DatasetInfo) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], info: DatasetInfo) -> None:
         self.samples = samples
-        self.loader = loader
         self.info = info
         self._transforms: tuple[Any, Any] | None = None
 
@@ -414,7 +413,7 @@ class _Decode:
         index, seed = key
         path, label = self.samples[index]
         try:
-            image = _read_rgb(path, self.loader)
+            image = _read_rgb(path)
         except OSError as exc:  # PIL's UnidentifiedImageError, a truncated file, one gone since the listing
             # returned, not raised: a DataLoader re-raises a worker's error with the worker's traceback in its message
             unknown = type(exc).__name__ == "UnidentifiedImageError"  # PIL's message repeats a file object
@@ -445,13 +444,13 @@ class _Unreadable:
         )
 
 
-def _read_rgb(path: str, fallback: Any) -> Tensor:
+def _read_rgb(path: str) -> Tensor:
     """An image file as uint8 ``[3, H, W]`` RGB.
 
     JPEG (every ImageNet image) goes straight into a tensor through torchvision.io's libjpeg-turbo,
     the library PIL uses, so the pixels are PIL's (tested) without a PIL image and its copy in
-    between (decision 0300). Every other format goes through ``fallback``, ImageFolder's own PIL
-    loader: torchvision.io's PNG decoder ends the whole process (a segmentation fault, no
+    between (decision 0300). Every other format is read as ImageFolder's own loader reads it (PIL,
+    converted to RGB): torchvision.io's PNG decoder ends the whole process (a segmentation fault, no
     exception) on a PNG whose data is damaged, where PIL raises an error that names the file.
     """
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
@@ -474,7 +473,7 @@ def _read_rgb(path: str, fallback: Any) -> Tensor:
             # conversion clips it at 255, an image 257 times too bright)
             pixels = torch.from_numpy(np.asarray(image).astype(np.uint16) >> 8).to(torch.uint8)
             return pixels.expand(3, *pixels.shape).contiguous()
-    return to_image(fallback(path))
+        return to_image(image.convert("RGB"))
 
 
 class _Plan(torch.utils.data.Sampler):
@@ -564,7 +563,7 @@ class _Folder:
         self.samples = samples
         self.targets = [t for _, t in samples]
         self.classes = names
-        self.decode = _Decode(samples, tree.loader, info)
+        self.decode = _Decode(samples, info)
         self.collate = _Collate(info.mean, info.std)
         self._pools: dict[int, tuple[Any, _Plan]] = {}
         self._busy: set[int] = set()
@@ -588,22 +587,20 @@ class _Folder:
             for keys in plan:
                 yield self._normalised(self.collate.stack([self.decode[k] for k in keys]), pin_memory, uint8)
             return
-        key = workers
-        if key in self._busy:
+        if workers in self._busy:
             loader, holder = self._loader(workers, persistent=False)
         else:
-            if key not in self._pools:
-                self._pools[key] = self._loader(workers, persistent=True)
-            loader, holder = self._pools[key]
-            self._busy.add(key)
+            if workers not in self._pools:
+                self._pools[workers] = self._loader(workers, persistent=True)
+            loader, holder = self._pools[workers]
+            self._busy.add(workers)
         holder.batches = plan
         try:
             for batch in loader:
                 yield self._normalised(batch, pin_memory, uint8)
         finally:
-            if self._pools.get(key, (None, None))[1] is holder:
-                self._busy.discard(key)
-
+            if self._pools.get(workers, (None, None))[1] is holder:
+                self._busy.discard(workers)
 
     def _normalised(self, batch: Any, pin_memory: bool, uint8: bool) -> tuple[Tensor, Tensor]:
         if isinstance(batch, _Unreadable):
