@@ -96,8 +96,8 @@ def _section(result: dict[str, Any]) -> str:
         body = [f"(Its {len(body)} lines: [benchmarks/results/{result['name']}.json](benchmarks/results/{result['name']}.json).)"]
     elif len(body) > limit + 2:  # the file stays short enough to read; the whole result is one click away
         cut = limit
-        while cut > 1 and body[cut - 1].startswith("|") and body[cut - 2].startswith("|---"):
-            cut -= 2  # never end on a table's header alone
+        while cut > 2 and body[cut - 1].startswith("|---"):
+            cut -= 2  # never end on a table's header alone: its separator and header go
         while cut > 1 and not body[cut - 1].strip():
             cut -= 1
         body = [*body[:cut], "", f"({len(body) - cut} more lines in [benchmarks/results/{result['name']}.json]"
