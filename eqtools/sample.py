@@ -512,7 +512,7 @@ def sample_artifact(
         if finished is not None:
             return finished
     claim_out(out, "samples", [supernet_artifact])  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
-    indices = _shard_draws(params, shard)
+    indices = shard_indices(params.n, shard, len(params.conditions))
     wanted = set(indices)
     configs = {i: c for i, c in enumerate(iter_configs(space, params.n, seed=params.seed, conditions=params.conditions))
                if i in wanted}
@@ -676,7 +676,26 @@ def _sample_params(
         if getattr(params, name) < 1:
             raise ConfigError(f"{name} is {getattr(params, name)}; it must be at least 1")
     _check_n(params.n)
+    if shard is not None:
+        _check_shard_count(params, shard)
     return space, params, shard
+
+
+def _check_shard_count(params: SampleParams, shard: tuple[int, int]) -> None:
+    """Refuse a split into more shards than the draw has rounds, whichever shard this job is.
+
+    Shards split whole rounds (one draw per form), so shards past the last round are empty: a job
+    for an early shard would run fine and then never merge, because its later siblings cannot exist.
+    """
+    k, count = shard
+    forms = len(params.conditions)
+    rounds = math.ceil(params.n / forms)
+    if count > rounds:
+        raise ConfigError(
+            f"--shard {k}/{count} splits a {params.n}-subnet draw into more shards than it has rounds: shards "
+            f"split rounds of {forms} draws (one per form), so use at most {rounds} shard{'s' * (rounds != 1)} "
+            f"(shards {rounds + 1}..{count} would be empty, and the others could never be merged)"
+        )
 
 
 def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callable[[str], None]) -> Artifact | None:
@@ -699,18 +718,6 @@ def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callabl
             return existing
         work.remove()
     return existing
-
-
-def _shard_draws(params: SampleParams, shard: tuple[int, int] | None) -> list[int]:
-    indices = shard_indices(params.n, shard, len(params.conditions))
-    if not indices:
-        k, count = shard or (1, 1)
-        rounds = math.ceil(params.n / len(params.conditions))
-        raise ConfigError(
-            f"shard {k}/{count} of a {params.n}-subnet draw is empty: shards split rounds of "
-            f"{len(params.conditions)} draws (one per form), so use at most {rounds} shard{'s' * (rounds != 1)}"
-        )
-    return indices
 
 
 def _resume_rows(work: _WorkDir, params: SampleParams, wanted: dict[int, SubnetConfig], restart: bool,
@@ -841,15 +848,21 @@ def merge_samples(paths: Sequence[Path | str], out: Path | str | None = None) ->
             )
         if n_shards != count:
             raise ArtifactError(f"{art.path} is a shard of {n_shards}, {first_art.path} one of {count}; merge one split")
+    rounds = math.ceil(first.n / len(first.conditions))
+    if count > rounds:  # written before sample refused such splits: its later siblings cannot exist
+        raise ArtifactError(
+            f"{first_art.path} is a shard of {count}, but its {first.n}-subnet draw has {rounds} round"
+            f"{'s' * (rounds != 1)} of {len(first.conditions)} draws, so shards {rounds + 1}..{count} are empty and "
+            f"the split can never be merged; re-run it with --shard K/{rounds} (K = 1..{rounds})"
+        )
     ks = Counter(k for _, _, (k, _) in shards)
     twice = sorted(k for k, c in ks.items() if c > 1)
     if twice:
         raise ArtifactError(f"shard(s) {twice} of {count} given more than once")
     missing = sorted(set(range(1, count + 1)) - set(ks))
     if missing:
-        raise ArtifactError(
-            f"shard(s) {', '.join(f'{k}/{count}' for k in missing)} missing; a merge needs all {count} shards"
-        )
+        shown = ", ".join(f"{k}/{count}" for k in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ArtifactError(f"shard(s) {shown} missing; a merge needs all {count} shards")
     rows: list[dict[str, Any]] = []
     eval_time = 0.0
     for art, _, _ in shards:

@@ -373,8 +373,33 @@ def test_cli_sample_bad_input_exits_2(tiny_supernet_artifact, tmp_path, args, me
 
 
 def test_an_empty_shard_is_refused(tiny_supernet_artifact, tmp_path):
-    with pytest.raises(ConfigError, match="shard 5/5 of a 4-subnet draw is empty"):
+    with pytest.raises(ConfigError, match="--shard 5/5 splits a 4-subnet draw into more shards than it has rounds"):
         sample_artifact(read_artifact(tiny_supernet_artifact), out=tmp_path / "s", shard=(5, 5), **{**RUN, "n": 4})
+
+
+@pytest.mark.parametrize("shard", ["1/3", "1/99999999999999999999"])
+def test_cli_sample_refuses_a_split_into_more_shards_than_rounds_for_every_shard(tiny_supernet_artifact, tmp_path,
+                                                                                  shard):
+    # 4 draws over 2 forms are 2 rounds: shard 1/3 used to run (and could never be merged, as 3/3 is empty)
+    result = runner.invoke(app, ["sample", "--from", str(tiny_supernet_artifact), "-n", "4", "--conditions",
+                                 "per-tensor/asym,per-channel/sym", "--shard", shard, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "more shards than it has rounds" in _stderr(result) and "use at most 2 shards" in _stderr(result)
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_cli_merge_refuses_an_oversplit_shard_from_an_older_eqtools(tiny_supernet_artifact, tmp_path, monkeypatch):
+    import eqtools.sample as sample_module
+
+    with monkeypatch.context() as patch:  # as an eqtools without the shard-count check wrote it
+        patch.setattr(sample_module, "_check_shard_count", lambda params, shard: None)
+        sample_artifact(read_artifact(tiny_supernet_artifact), out=tmp_path / "s1", shard=(1, 10**20),
+                        **{**RUN, "n": 2, "conditions": "per-tensor/asym"})
+    # the missing shards 2..10^20 were listed in memory (the process was killed for it)
+    result = runner.invoke(app, ["sample", "--merge", str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2, result.output
+    assert "can never be merged; re-run it with --shard K/2" in _stderr(result)
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_sample_needs_a_supernet_artifact(tiny_supernet_artifact, tmp_path):
