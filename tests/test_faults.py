@@ -620,6 +620,7 @@ def test_device_cuda_without_a_gpu_exits_2(tmp_path):
     ({"seed": 1e30}, "field `seed`"),
     ({"seed": -1}, "field `seed`"),
     ({"name": "x" * 5000}, "field `name`"),
+    ({"predictor": {"lr": 1e300}}, "field `predictor.lr`"),  # fit-predictor's Adam overflowed with a traceback
 ])
 def test_out_of_range_spec_values_exit_2(tmp_path, change, expected):
     from conftest import DIGITS_SPEC
