@@ -161,6 +161,11 @@ def run_search(
         raise ConfigError("--w-bits is required (the average weight-bit budget X: the search keeps the average in "
                           "(X - 0.5, X]) unless --max-size-mb or --max-bops bounds the weights; or use --pareto to "
                           "see every budget at once")
+    for flag, cap, unit in (("--max-size-mb", options.max_size_mb, "MB (10^6 bytes) of packed weights"),
+                            ("--max-bops", options.max_bops, "bit operations per sample")):
+        if cap is not None and not (math.isfinite(cap) and cap > 0):
+            raise ConfigError(f"{flag} is {cap:g}; it must be a positive, finite number of {unit} (leave it out "
+                              "for no cap)")
     a_target = options.a_bits if options.a_bits is not None else options.w_bits
     budget = Budget(
         w_bits=options.w_bits,
