@@ -393,6 +393,8 @@ def test_cli_uniform_and_preset(workspace: Path, monkeypatch) -> None:
     (["--max-bops", "inf", "--preset", "tensorrt"], "--max-bops is inf; it must be a positive, finite number"),
     (["--max-size-mb", "-1", "--preset", "tensorrt"], "--max-size-mb is -1; it must be a positive"),
     (["--max-size-mb", "1e-300", "--preset", "tensorrt"], "--max-size-mb 0 is infeasible: the smallest config takes"),
+    # an infinite --explore reached the manifest and failed the strict-JSON write with a traceback
+    (["--w-bits", "4", "--preset", "tensorrt", "--explore", "inf"], "--explore is inf; it must be a finite number"),
 ])
 def test_cli_user_errors_exit_2_with_a_clear_message(workspace: Path, monkeypatch, args, message) -> None:
     monkeypatch.chdir(workspace)
