@@ -328,9 +328,19 @@ class _WorkDir:
         self.params_path = self.path / "params.json"
         self._lock_fd: int | None = None
 
+    def _write_failed(self, exc: OSError) -> ArtifactError:
+        return ArtifactError(
+            f"cannot write the unfinished run's log {self.path}: {exc.strerror or exc}. The rows measured so far "
+            "stay there, and the same command resumes from them once it can write again: free disk space, fix "
+            "the directory's permissions, or choose another --out"
+        )
+
     def lock(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._write_failed(exc) from None
         try:
             import fcntl
 
@@ -360,11 +370,15 @@ class _WorkDir:
 
     def write_params(self, params: SampleParams) -> None:
         tmp = self.params_path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(params.to_dict(), fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.params_path)
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(params.to_dict(), fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.params_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._write_failed(exc) from None
 
     def clear(self) -> None:
         for name in ("rows.jsonl", "params.json"):
@@ -406,14 +420,26 @@ class _WorkDir:
 
     @contextmanager
     def appender(self) -> Iterator[Callable[[dict[str, Any]], None]]:
-        with open(self.rows_path, "a") as fh:
+        # unbuffered: a failed write (a full disk) must not leave bytes that closing the file retries and
+        # fails on again; a line it cut short is dropped by read_rows on resume
+        try:
+            fd = os.open(self.rows_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._write_failed(exc) from None
 
-            def append(row: dict[str, Any]) -> None:
-                fh.write(_row_line(row))
-                fh.flush()
-                os.fsync(fh.fileno())
+        def append(row: dict[str, Any]) -> None:
+            data = _row_line(row).encode()
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError as exc:
+                raise self._write_failed(exc) from None
 
+        try:
             yield append
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         self.unlock()

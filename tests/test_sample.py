@@ -407,6 +407,30 @@ def test_cli_sample_needs_a_supernet_artifact(tiny_supernet_artifact, tmp_path):
     assert result.exit_code == 2 and "no manifest.json" in _stderr(result)
 
 
+def test_a_full_disk_mid_run_exits_2_keeping_the_rows_to_resume_from(unsharded, tiny_supernet_artifact, tmp_path):
+    """A real write failure (a file-size limit: EFBIG, as ENOSPC on a full disk) in the row log, then a re-run."""
+    import resource
+
+    out = tmp_path / "samples"
+    cmd = [sys.executable, "-m", "eqtools", "sample", "--from", str(tiny_supernet_artifact), "-n", str(RUN["n"]),
+           "--subset", str(RUN["subset"]), "--calib-images", str(RUN["calib_images"]), "--batch-size",
+           str(RUN["batch_size"]), "--out", str(out), "--no-progress", "--no-compile"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def limit() -> None:  # room for params.json and a few rows, not all 24
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, preexec_fn=limit)
+    assert full.returncode == 2, full.stderr  # was 1: an OSError traceback from closing the log
+    text = " ".join(full.stderr.split())
+    assert "cannot write the unfinished run's log" in text and "File too large" in text
+    assert "Traceback" not in full.stderr and not out.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr
+    assert (out / "samples.jsonl").read_bytes() == (unsharded / "samples.jsonl").read_bytes()
+
+
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_every_row_once(tiny_supernet_artifact, tmp_path):
     """A real SIGKILL in the middle of a run, then the same command again."""
