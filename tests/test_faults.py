@@ -187,6 +187,24 @@ def test_infeasible_budget_is_refused_before_searching(workspace, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "s").exists()
 
 
+def test_export_on_a_full_disk_exits_2_and_leaves_nothing(workspace, tmp_path):
+    """A real refused write (a file-size limit: EFBIG, as ENOSPC on a full disk) of the staged export files."""
+    import resource
+
+    def limit() -> None:  # below the tiny subnet's integer weights file
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    out = tmp_path / "out" / "export"
+    proc = subprocess.run([sys.executable, "-m", "eqtools", "export", "--from", str(workspace / "calibrated"),
+                           "--check-images", "50", "--format", "int", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit)
+    # was 1: safetensors' SafetensorError from the staging directory, with a traceback
+    assert proc.returncode == 2, proc.stderr
+    text = flat(proc.stderr)
+    assert "cannot write the export artifact to" in text and "File too large" in text and "Traceback" not in text
+    assert not out.exists() and list(out.parent.iterdir()) == []  # the staging directory went too
+
+
 def test_unknown_model_and_missing_data_exit_2(tmp_path):
     spec = {"name": "x", "model": {"name": "resnet9000"}, "data": {"name": "digits", "val_size": 100}}
     path = tmp_path / "s.json"
