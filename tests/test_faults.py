@@ -205,6 +205,57 @@ def test_export_on_a_full_disk_exits_2_and_leaves_nothing(workspace, tmp_path):
     assert not out.exists() and list(out.parent.iterdir()) == []  # the staging directory went too
 
 
+def test_a_refused_scratch_write_exits_2_naming_the_file(workspace, tmp_path):
+    """onnxruntime's optimised graph goes to the temporary directory, and its write failing was only
+    'INVALID_PROTOBUF : Protobuf serialization failed' with a traceback."""
+    import resource
+
+    base = [sys.executable, "-m", "eqtools", "export", "--from", str(workspace / "calibrated"), "--check-images", "50"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    free = subprocess.run([*base, "--out", str(tmp_path / "free"), "--json"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert free.returncode == 0, free.stderr
+    sizes = json.loads(free.stdout)["metrics"]["sizes"]
+    room = sizes["int_file_bytes"] + 64  # the integer file fits; the ONNX graph onnxruntime optimises does not
+    assert room < sizes["onnx_file_bytes"]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+
+    out = tmp_path / "out" / "export"
+    proc = subprocess.run([*base, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env,
+                          preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr
+    text = flat(proc.stderr)
+    assert "the machine refused a write: File too large (writing " in text and "/probe)" in text
+    assert "No artifact was written or changed" in text and "Traceback" not in text
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_a_library_error_wrapping_a_full_disk_exits_2_and_other_errors_keep_their_traceback(workspace, tmp_path,
+                                                                                              monkeypatch):
+    import eqtools.evaluation as evaluation
+
+    def full(*args, **kwargs):  # as torch.compile reports its cache write failing
+        raise RuntimeError("InductorError: OSError: [Errno 28] No space left on device")
+
+    monkeypatch.setattr(evaluation, "recalibrate_bn", full)
+    args = ["calibrate", "--from", str(workspace / "supernet"), "--w-bits", "4", "--granularity", "per-channel",
+            "--symmetry", "sym", "--images", "8", "--no-deployed", "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "error: the machine refused a write: No space left on device (RuntimeError: InductorError" in text
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(evaluation, "recalibrate_bn", bug)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
 def test_unknown_model_and_missing_data_exit_2(tmp_path):
     spec = {"name": "x", "model": {"name": "resnet9000"}, "data": {"name": "digits", "val_size": 100}}
     path = tmp_path / "s.json"

@@ -785,7 +785,9 @@ def staging_write_errors(out: Path | str, kind: str) -> Iterator[None]:
     except Exception as exc:
         cause = _io_cause(exc)
         refused = not isinstance(exc, OSError) or exc.errno in _WRITE_REFUSALS
-        if cause is None or not refused:
+        elsewhere = isinstance(exc, OSError) and exc.filename is not None and \
+            Path(os.path.abspath(Path(out).parent)) not in Path(os.path.abspath(exc.filename)).parents
+        if cause is None or not refused or elsewhere:  # a scratch file elsewhere (the temporary directory) is not the output
             raise
         raise _write_error(Path(out), kind, exc, cause) from None
 
