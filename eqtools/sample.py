@@ -566,7 +566,10 @@ def sample_artifact(
                                   compiled=use_compile if todo else None,
                                   integer_convs=None if meter is None else meter.integer, data=used)
     except BaseException:
-        work.unlock()
+        if work.rows_path.is_file() and work.rows_path.stat().st_size > 0:
+            work.unlock()  # rows to resume from
+        else:
+            work.remove()  # only this run's parameters: kept, they would refuse the corrected command as "other parameters"
         raise
     work.remove()
     return artifact

@@ -372,6 +372,16 @@ def test_cli_sample_bad_input_exits_2(tiny_supernet_artifact, tmp_path, args, me
     assert not (tmp_path / "o").exists()
 
 
+def test_a_refused_run_leaves_no_log_that_blocks_the_corrected_command(tiny_supernet_artifact, tmp_path):
+    base = ["sample", "--from", str(tiny_supernet_artifact), "-n", "2", "--calib-images", "64", "--no-progress",
+            "--out", str(tmp_path / "s")]
+    refused = runner.invoke(app, [*base, "--subset", "1000000"])  # found out only once the data is loaded
+    assert refused.exit_code == 2 and "--subset is 1000000" in _stderr(refused)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # was: .s.partial holding the refused parameters
+    corrected = runner.invoke(app, [*base, "--subset", "100"])
+    assert corrected.exit_code == 0, _stderr(corrected)  # was: "an unfinished sample run with other parameters"
+
+
 def test_an_empty_shard_is_refused(tiny_supernet_artifact, tmp_path):
     with pytest.raises(ConfigError, match="--shard 5/5 splits a 4-subnet draw into more shards than it has rounds"):
         sample_artifact(read_artifact(tiny_supernet_artifact), out=tmp_path / "s", shard=(5, 5), **{**RUN, "n": 4})
