@@ -23,6 +23,7 @@ __all__ = [
     "SpecError",
     "out_of_memory_advice",
     "refused_write",
+    "unusable_path",
 ]
 
 
@@ -85,6 +86,24 @@ def refused_write(exc: BaseException) -> str | None:
             if reason in text or f"[Errno {code}]" in text or f"os error {code}" in text:
                 return reason
         current = current.__cause__ or current.__context__
+    return None
+
+
+def unusable_path(exc: BaseException) -> str | None:
+    """What is wrong when ``exc`` is the operating system refusing a path the user gave as such (a name
+    too long for the file system, a loop of symbolic links), else None.
+
+    Every command checks its paths with ``Path.exists`` and the like, which raise these rather than
+    answering, so they are recognised once, at the command boundary.
+    """
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:
+        return (f"the path {exc.filename!r} cannot be used: a name in it is longer than the file system allows "
+                "(usually 255 bytes per name); give a shorter path")
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return f"the path {exc.filename!r} cannot be used: its symbolic links form a loop; give a path without one"
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop from "):  # pathlib.resolve before 3.13
+        return f"the path {str(exc)[len('Symlink loop from '):]} cannot be used: its symbolic links form a loop; " \
+               "give a path without one"
     return None
 
 

@@ -256,6 +256,26 @@ def test_a_library_error_wrapping_a_full_disk_exits_2_and_other_errors_keep_thei
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
 
 
+@pytest.mark.parametrize("command", ["info", "fit-predictor", "search-out", "search-loop"])
+def test_a_path_the_system_refuses_exits_2_naming_it(workspace, tmp_path, command):
+    # these raised OSError ENAMETOOLONG (or pathlib's RuntimeError for a link loop) with a traceback
+    long = tmp_path / ("x" * 300)
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    search = ["search", "--predictor", str(workspace / "predictor"), "--w-bits", "4", "--granularity", "per-channel",
+              "--symmetry", "sym", "--out"]
+    args = {"info": ["info", str(long / "a")], "fit-predictor": ["fit-predictor", "--from", str(long)],
+            "search-out": [*search, str(long)], "search-loop": [*search, str(tmp_path / "loop1" / "s")]}[command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "Traceback" not in result.output and "cannot be used:" in text
+    if command == "search-loop":
+        assert f"the path '{tmp_path / 'loop1' / 's'}' cannot be used: its symbolic links form a loop" in text
+    else:
+        assert "a name in it is longer than the file system allows" in text and "x" * 300 in text.replace(" ", "")
+
+
 def test_unknown_model_and_missing_data_exit_2(tmp_path):
     spec = {"name": "x", "model": {"name": "resnet9000"}, "data": {"name": "digits", "val_size": 100}}
     path = tmp_path / "s.json"

@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from eqtools.device import DEVICE_HELP
-from eqtools.errors import EqtoolsError, refused_write
+from eqtools.errors import EqtoolsError, refused_write, unusable_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -77,6 +77,14 @@ def handle_errors(fn: F) -> F:
         except Exception as exc:
             # a write refused for lack of room outside an artifact's own write (which reports it with the path):
             # a scratch file in the temporary directory, torch.compile's cache
+            bad_path = unusable_path(exc)
+            if bad_path is not None:
+                if debug_enabled():
+                    import traceback
+
+                    traceback.print_exc(file=sys.stderr)
+                print_error(bad_path)
+                raise typer.Exit(EXIT_USER_ERROR) from None
             reason = refused_write(exc)
             if reason is None:
                 raise
