@@ -77,30 +77,37 @@ def main() -> None:
         top1 = 100 * measure_subnet(s_art, config, splits=splits)[1]["top1"]
         label = config.label  # the form's label, as the rows are keyed
         eq = rows[label][bits_list.index(st.w_bits)] if label in rows and st.w_bits in bits_list and st.w_bits == st.a_bits else None
-        static_rows.append({"artifact": str(path), "config": f"W{st.w_bits}A{st.a_bits} {label}", "w_bits": st.w_bits, "a_bits": st.a_bits,
+        static_rows.append({"artifact": str(path), "label": label, "config": f"W{st.w_bits}A{st.a_bits} {label}", "w_bits": st.w_bits, "a_bits": st.a_bits,
                             "form": list(st.form), "static_top1": top1, "supernet_top1": eq})
         print(config.label, "static", top1, file=sys.stderr, flush=True)
     measure_s = time.monotonic() - start
+    static_bits = sorted({(r["w_bits"], r["a_bits"]) for r in static_rows})
+    static_of = {(r["label"], r["w_bits"], r["a_bits"]): r for r in static_rows}
     lines = [
         f"`{args.spec}` supernet ({spec.data.train_subset or 'all'} training images, {spec.train.fp_epochs} float + "
         f"{spec.train.epochs} QAT epochs, {len(art.space.conditions)} forms trained together), top-1 % on the "
         f"Fashion-MNIST test set ({len(splits.test)} images) after BN calibration on {spec.calibrate.images} training "
-        "images; one seed, so differences of a few tenths of a point are within noise.",
+        "images; one seed, so differences of a few tenths of a point are within noise."
+        + (" Static: the same bits and form trained alone (the same float warm-up, epochs, batch, optimiser and "
+           "schedule), measured the same way; in brackets the supernet's uniform subnet minus it." if static_rows else ""),
         "",
-        "| form | " + " | ".join(f"W{b}A{b}" for b in bits_list) + " |",
-        "|---|" + "---|" * len(bits_list),
+        "| form | " + " | ".join([f"W{b}A{b}" for b in bits_list] + [f"static W{w}A{a}" for w, a in static_bits]) + " |",
+        "|---|" + "---|" * (len(bits_list) + len(static_bits)),
     ]
-    lines += [f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |" for label, values in rows.items()]
+
+    def static_cell(label: str, w: int, a: int) -> str:
+        r = static_of.get((label, w, a))
+        if r is None:
+            return "—"
+        eq = r["supernet_top1"]
+        diff = "n/a" if eq is None else f"{eq - r['static_top1']:+.2f}"
+        return f"{r['static_top1']:.2f} ({diff})"
+
+    labels = list(rows) + [r["label"] for r in static_rows if r["label"] not in rows]
+    for label in dict.fromkeys(labels):
+        uniform = [f"{v:.2f}" for v in rows[label]] if label in rows else ["n/a"] * len(bits_list)
+        lines.append(f"| {label} | " + " | ".join(uniform + [static_cell(label, w, a) for w, a in static_bits]) + " |")
     trained = "reused" if train_s != train_s else f"{train_s / 60:.1f} min"  # NaN: the artifact existed
-    if static_rows:
-        lines += ["", "Against static QAT of the same bits and form (trained from the same float warm-up, same "
-                  "epochs, batch, optimiser and schedule; measured the same way):", "",
-                  "| static-QAT config | static QAT | the supernet's uniform subnet | supernet − static |", "|---|---|---|---|"]
-        for r in static_rows:
-            eq = r["supernet_top1"]
-            eq_s = "n/a" if eq is None else f"{eq:.2f}"
-            diff = "n/a" if eq is None else f"{eq - r['static_top1']:+.2f}"
-            lines.append(f"| {r['config']} | {r['static_top1']:.2f} | {eq_s} | {diff} |")
     lines += ["", f"Supernet training: {trained}; {len(rows) * len(bits_list) + len(static_rows)} calibrations + "
               f"evaluations: {measure_s:.0f} s."]
     body = "\n".join(lines)

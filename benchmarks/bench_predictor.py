@@ -383,10 +383,10 @@ def search(args: argparse.Namespace) -> int:
     predictor = Predictor(settings["model"], fitted.encoding, fitted.regressor, space)
     lines = [f"Search with `{args.variant}` fitted on {len(p_cfg)} pool subnets; GA population {args.population} × "
              f"{args.generations} generations, top-{args.top_k} + uniform verified on the {args.verify_split} split, then pick and "
-             "uniform measured on the full test split (paired bootstrap, 2000 resamples). With --choice-ci the "
-             "pick and uniform are also measured image by image on unseen, whose first images are val's, and "
-             "the same interval is taken on each: how well the split --verify chose on resolves the "
-             "difference it chose by.", "",
+             "uniform measured on the full test split (paired bootstrap, 2000 resamples)."
+             + (" With --choice-ci the pick and uniform are also measured image by image on unseen, whose first "
+                "images are val's, and the same interval is taken on each: how well the split --verify chose on "
+                "resolves the difference it chose by." if args.choice_ci else ""), "",
              "| form | budget W/A | pick | pick top-1 (test) | uniform top-1 (test) | pick − uniform [95 % CI] (points) |"
              + (" on val | on unseen |" if args.choice_ci else ""),
              "|---|---|---|---|---|---|" + ("---|---|" if args.choice_ci else "")]
@@ -405,11 +405,12 @@ def search(args: argparse.Namespace) -> int:
     figures: list[dict[str, Any]] = []
     for form in forms:
         g, ws, as_ = form.split("/")
-        budgets = [(f"{bits:g}/{bits:g}", {"w_bits": bits}) for bits in args.bits]
+        budgets = [(f"{bits:g}/{bits:g}", f"{bits:g}", {"w_bits": bits}) for bits in args.bits]
         for bits in args.size_of_uniform:  # weights under uniform W<bits>'s packed size, activations in (bits - 0.5, bits]
             size = costs.describe(*costs.bits_of(space.uniform(bits, bits, g, ws, as_)))["size_bytes"]
-            budgets.append((f"size ≤ W{bits} ({size / 1e6:.4f} MB)/{bits}", {"max_size_mb": size / 1e6, "a_bits": bits}))
-        for name, budget in budgets:
+            budgets.append((f"size ≤ W{bits} ({size / 1e6:.4f} MB)/{bits}", f"size-w{bits}",
+                            {"max_size_mb": size / 1e6, "a_bits": bits}))
+        for name, slug, budget in budgets:
             t = time.perf_counter()
             outcome = run_search(predictor, SearchOptions(**budget, granularity=g, w_symmetry=ws, a_symmetry=as_,
                                                           population=args.population, generations=args.generations,
@@ -443,7 +444,9 @@ def search(args: argparse.Namespace) -> int:
             print(lines[-1], f"({time.perf_counter() - t:.0f} s)", flush=True)
             if args.save_picks is not None:
                 args.save_picks.mkdir(parents=True, exist_ok=True)
-                (args.save_picks / f"{g}-{ws}-{as_}-{bits:g}.json").write_text(outcome.best.to_json() + "\n")
+                (args.save_picks / f"{g}-{ws}-{as_}-{slug}.json").write_text(outcome.best.to_json() + "\n")
+    if not args.choice_ci:
+        lines = _by_form(lines[0], figures)
     wins = [f for f in figures if f["vs_uniform"]["ci_low"] > 0 and f["vs_uniform"]["difference"] >= 0.005]
     lines += ["", f"Pick beats uniform by ≥ 0.5 points with a 95 % interval above zero in {len(wins)} of {len(figures)} "
               "searches: " + (", ".join(f"{f['form']} {f['budget']}" for f in wins) or "none") + "."]
@@ -454,6 +457,22 @@ def search(args: argparse.Namespace) -> int:
                       "population": args.population, "generations": args.generations, "searches": figures},
                      "\n".join(lines), threads=args.threads)
     return _finish(args, f"search vs uniform, paired on test images: `{art.path}`", lines)
+
+
+def _by_form(intro: str, figures: list[dict[str, Any]]) -> list[str]:
+    """The searches as one row per form and one column per budget, each cell pick minus uniform on the
+    test split [95 % CI]: a third of the lines of a row per search, so the whole table fits in
+    BENCHMARKS.md; each pick's bits and both top-1 figures stay in the result's figures."""
+    budgets = list(dict.fromkeys(f["budget"] for f in figures))
+    cells: dict[str, dict[str, str]] = {}
+    for f in figures:
+        v = f["vs_uniform"]
+        cells.setdefault(f["form"], {})[f["budget"]] = "uniform kept" if v["pick_is_uniform"] else \
+            f"{100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, {100 * v['ci_high']:+.2f}]"
+    return [intro + " Each cell: pick − uniform on the test split, points [95 % CI]; \"uniform kept\": --verify "
+            "measured no candidate above the uniform subnet.", "",
+            "| form | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets),
+            *(f"| {form} | " + " | ".join(row.get(b, "n/a") for b in budgets) + " |" for form, row in cells.items())]
 
 
 def _cache_measurements(bench: Any, cache: Path) -> None:

@@ -5,7 +5,7 @@
 # is measured.
 #
 #   bash benchmarks/run_mbv2_fmnist.sh [STAGE ...]
-#   stages (in this order by default): sample heldout predictor search search4 static forms
+#   stages (in this order by default): sample heldout predictor search search4 headroom static forms
 #
 # Two single-thread processes at a time, one per core: on two cores, two processes of two threads each run
 # many times slower than one after the other (their threads wait on each other at every barrier).
@@ -17,7 +17,7 @@ VARIANT=${VARIANT:-ensemble-loss}  # the best-ranked variant of the predictor st
 PY=${PY:-python}
 FORMS=(per-channel/sym/sym,per-channel/sym/asym,per-channel/asym/sym,per-channel/asym/asym
        per-tensor/sym/sym,per-tensor/sym/asym,per-tensor/asym/sym,per-tensor/asym/asym)
-stages=${*:-sample heldout predictor search search4 static forms}
+stages=${*:-sample heldout predictor search search4 headroom static forms}
 for stage in $stages; do
   case $stage in
     sample)  # the predictor's training pool (the sampler's protocol), then the layer sensitivity
@@ -52,6 +52,8 @@ for stage in $stages; do
       wait
       $PY benchmarks/bench_predictor.py search "$SN" --variant "$VARIANT" --forms all --bits 4 --size-of-uniform 4 \
         --top-k 5 --verify-images 10000 --result mbv2-search-4bit-verify10k ;;
+    headroom)  # the room between uniform W4A4 and W8A8 per form, and how much of it budget-exact mixes take
+      $PY benchmarks/bench_headroom.py "$SN" --search-result mbv2-search-4bit-verify10k --result mbv2-headroom ;;
     static)  # static-QAT W4A4 baselines in all 8 forms, from the same cached float warm-up, two at a time
       n=0
       for g in per-channel per-tensor; do for ws in sym asym; do for as in sym asym; do
@@ -63,6 +65,6 @@ for stage in $stages; do
     forms)
       EQTOOLS_THREADS=1 $PY benchmarks/bench_forms.py --spec specs/mbv2-fmnist.json --work artifacts/mbv2-fmnist --bits 2,3,4,8 \
         --static artifacts/mbv2-fmnist/supernet-static-* --result mbv2-forms ;;
-    *) echo "unknown stage $stage (stages: sample heldout predictor search search4 static forms)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (stages: sample heldout predictor search search4 headroom static forms)" >&2; exit 2 ;;
   esac
 done
