@@ -622,6 +622,13 @@ def _sample_ranks(supernet_artifact: Artifact, spec: Any, dist: Any, *, n: int |
     rank, world = dist.get_rank(), dist.get_world_size()
     space, params, _ = _sample_params(supernet_artifact, spec, n=n, conditions=conditions, subset=subset, seed=seed,
                                       shard=None, calib_images=calib_images, batch_size=batch_size)
+    rounds = math.ceil(params.n / len(params.conditions))
+    if world > rounds:  # every process finds it alike, so each stops here without waiting for a peer
+        raise ConfigError(
+            f"torchrun started {world} processes, but a {params.n}-subnet draw has {rounds} round"
+            f"{'s' * (rounds != 1)} of {len(params.conditions)} draws (one per form) to share among them; start "
+            f"at most {rounds} (--nproc_per_node), or draw more subnets (-n)"
+        )
     out = Path(out) if out is not None else default_out(spec.name, "samples")
     shards = out.parent / f".{out.name}.ranks"
     mine = shards / f"shard{rank + 1}of{world}"

@@ -198,10 +198,7 @@ class SubnetConfig:
     def load(cls, path: str | Path) -> SubnetConfig:
         path = Path(path)
         if path.is_dir():
-            inside = ("; it holds an eqtools artifact: give a search artifact with --from-search, or the config "
-                      f"file inside it ({path / 'best_config.json'} of a search, {path / 'config.json'} of a "
-                      "calibrated subnet)") if (path / "manifest.json").is_file() else ""
-            raise ConfigError(f"subnet config {str(path)!r} is a directory, not a JSON config file{inside}")
+            raise ConfigError(f"subnet config {str(path)!r} is a directory, not a JSON config file")
         if path.exists() and not path.is_file():
             raise ConfigError(f"subnet config {str(path)!r} is not a regular file (a JSON config file is expected)")
         if not path.is_file():

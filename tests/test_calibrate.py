@@ -382,8 +382,8 @@ def test_cli_calibrate_default_input_and_output(tiny_supernet_artifact, tmp_path
         (["--w-bits", "3", "--granularity", "per-tensor", "--symmetry", "asym", "--split", "dev"], "unknown split"),
         (["--config", "nope.json"], "does not exist"),
         # an artifact directory or a device file given as --config was reported as not existing
-        (["--config", "ARTIFACT"], "is a directory, not a JSON config file; it holds an eqtools artifact: give a "
-                                   "search artifact with --from-search"),
+        (["--config", "ARTIFACT"], "is an artifact directory, not a JSON config file: give a search artifact with "
+                                   "--from-search"),
         (["--config", "/dev/null"], "'/dev/null' is not a regular file"),
     ],
 )
