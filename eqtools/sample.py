@@ -328,9 +328,19 @@ class _WorkDir:
         self.params_path = self.path / "params.json"
         self._lock_fd: int | None = None
 
+    def _write_failed(self, exc: OSError) -> ArtifactError:
+        return ArtifactError(
+            f"cannot write the unfinished run's log {self.path}: {exc.strerror or exc}. The rows measured so far "
+            "stay there, and the same command resumes from them once it can write again: free disk space, fix "
+            "the directory's permissions, or choose another --out"
+        )
+
     def lock(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._write_failed(exc) from None
         try:
             import fcntl
 
@@ -360,11 +370,15 @@ class _WorkDir:
 
     def write_params(self, params: SampleParams) -> None:
         tmp = self.params_path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(params.to_dict(), fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.params_path)
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(params.to_dict(), fh, indent=2)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.params_path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._write_failed(exc) from None
 
     def clear(self) -> None:
         for name in ("rows.jsonl", "params.json"):
@@ -406,14 +420,26 @@ class _WorkDir:
 
     @contextmanager
     def appender(self) -> Iterator[Callable[[dict[str, Any]], None]]:
-        with open(self.rows_path, "a") as fh:
+        # unbuffered: a failed write (a full disk) must not leave bytes that closing the file retries and
+        # fails on again; a line it cut short is dropped by read_rows on resume
+        try:
+            fd = os.open(self.rows_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise self._write_failed(exc) from None
 
-            def append(row: dict[str, Any]) -> None:
-                fh.write(_row_line(row))
-                fh.flush()
-                os.fsync(fh.fileno())
+        def append(row: dict[str, Any]) -> None:
+            data = _row_line(row).encode()
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError as exc:
+                raise self._write_failed(exc) from None
 
+        try:
             yield append
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         self.unlock()
@@ -512,7 +538,7 @@ def sample_artifact(
         if finished is not None:
             return finished
     claim_out(out, "samples", [supernet_artifact])  # before any subnet is evaluated (resuming the unfinished rows is not a replace)
-    indices = _shard_draws(params, shard)
+    indices = shard_indices(params.n, shard, len(params.conditions))
     wanted = set(indices)
     configs = {i: c for i, c in enumerate(iter_configs(space, params.n, seed=params.seed, conditions=params.conditions))
                if i in wanted}
@@ -540,7 +566,10 @@ def sample_artifact(
                                   compiled=use_compile if todo else None,
                                   integer_convs=None if meter is None else meter.integer, data=used)
     except BaseException:
-        work.unlock()
+        if work.rows_path.is_file() and work.rows_path.stat().st_size > 0:
+            work.unlock()  # rows to resume from
+        else:
+            work.remove()  # only this run's parameters: kept, they would refuse the corrected command as "other parameters"
         raise
     work.remove()
     return artifact
@@ -593,6 +622,13 @@ def _sample_ranks(supernet_artifact: Artifact, spec: Any, dist: Any, *, n: int |
     rank, world = dist.get_rank(), dist.get_world_size()
     space, params, _ = _sample_params(supernet_artifact, spec, n=n, conditions=conditions, subset=subset, seed=seed,
                                       shard=None, calib_images=calib_images, batch_size=batch_size)
+    rounds = math.ceil(params.n / len(params.conditions))
+    if world > rounds:  # every process finds it alike, so each stops here without waiting for a peer
+        raise ConfigError(
+            f"torchrun started {world} processes, but a {params.n}-subnet draw has {rounds} round"
+            f"{'s' * (rounds != 1)} of {len(params.conditions)} draws (one per form) to share among them; start "
+            f"at most {rounds} (--nproc_per_node), or draw more subnets (-n)"
+        )
     out = Path(out) if out is not None else default_out(spec.name, "samples")
     shards = out.parent / f".{out.name}.ranks"
     mine = shards / f"shard{rank + 1}of{world}"
@@ -676,7 +712,26 @@ def _sample_params(
         if getattr(params, name) < 1:
             raise ConfigError(f"{name} is {getattr(params, name)}; it must be at least 1")
     _check_n(params.n)
+    if shard is not None:
+        _check_shard_count(params, shard)
     return space, params, shard
+
+
+def _check_shard_count(params: SampleParams, shard: tuple[int, int]) -> None:
+    """Refuse a split into more shards than the draw has rounds, whichever shard this job is.
+
+    Shards split whole rounds (one draw per form), so shards past the last round are empty: a job
+    for an early shard would run fine and then never merge, because its later siblings cannot exist.
+    """
+    k, count = shard
+    forms = len(params.conditions)
+    rounds = math.ceil(params.n / forms)
+    if count > rounds:
+        raise ConfigError(
+            f"--shard {k}/{count} splits a {params.n}-subnet draw into more shards than it has rounds: shards "
+            f"split rounds of {forms} draws (one per form), so use at most {rounds} shard{'s' * (rounds != 1)} "
+            f"(shards {rounds + 1}..{count} would be empty, and the others could never be merged)"
+        )
 
 
 def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callable[[str], None]) -> Artifact | None:
@@ -699,18 +754,6 @@ def _finished_run(out: Path, extra: dict[str, Any], work: _WorkDir, say: Callabl
             return existing
         work.remove()
     return existing
-
-
-def _shard_draws(params: SampleParams, shard: tuple[int, int] | None) -> list[int]:
-    indices = shard_indices(params.n, shard, len(params.conditions))
-    if not indices:
-        k, count = shard or (1, 1)
-        rounds = math.ceil(params.n / len(params.conditions))
-        raise ConfigError(
-            f"shard {k}/{count} of a {params.n}-subnet draw is empty: shards split rounds of "
-            f"{len(params.conditions)} draws (one per form), so use at most {rounds} shard{'s' * (rounds != 1)}"
-        )
-    return indices
 
 
 def _resume_rows(work: _WorkDir, params: SampleParams, wanted: dict[int, SubnetConfig], restart: bool,
@@ -841,15 +884,21 @@ def merge_samples(paths: Sequence[Path | str], out: Path | str | None = None) ->
             )
         if n_shards != count:
             raise ArtifactError(f"{art.path} is a shard of {n_shards}, {first_art.path} one of {count}; merge one split")
+    rounds = math.ceil(first.n / len(first.conditions))
+    if count > rounds:  # written before sample refused such splits: its later siblings cannot exist
+        raise ArtifactError(
+            f"{first_art.path} is a shard of {count}, but its {first.n}-subnet draw has {rounds} round"
+            f"{'s' * (rounds != 1)} of {len(first.conditions)} draws, so shards {rounds + 1}..{count} are empty and "
+            f"the split can never be merged; re-run it with --shard K/{rounds} (K = 1..{rounds})"
+        )
     ks = Counter(k for _, _, (k, _) in shards)
     twice = sorted(k for k, c in ks.items() if c > 1)
     if twice:
         raise ArtifactError(f"shard(s) {twice} of {count} given more than once")
     missing = sorted(set(range(1, count + 1)) - set(ks))
     if missing:
-        raise ArtifactError(
-            f"shard(s) {', '.join(f'{k}/{count}' for k in missing)} missing; a merge needs all {count} shards"
-        )
+        shown = ", ".join(f"{k}/{count}" for k in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ArtifactError(f"shard(s) {shown} missing; a merge needs all {count} shards")
     rows: list[dict[str, Any]] = []
     eval_time = 0.0
     for art, _, _ in shards:

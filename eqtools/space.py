@@ -197,6 +197,10 @@ class SubnetConfig:
     @classmethod
     def load(cls, path: str | Path) -> SubnetConfig:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"subnet config {str(path)!r} is a directory, not a JSON config file")
+        if path.exists() and not path.is_file():
+            raise ConfigError(f"subnet config {str(path)!r} is not a regular file (a JSON config file is expected)")
         if not path.is_file():
             raise ConfigError(f"subnet config file {str(path)!r} does not exist")
         try:

@@ -207,7 +207,7 @@ class PredictorSpec(_Strict):
     epochs: Annotated[int, Field(ge=1)] = 100
     hidden: Annotated[int, Field(ge=1)] = 200
     layers: Annotated[int, Field(ge=1)] = 7
-    lr: Annotated[float, Field(gt=0.0)] = 4e-4
+    lr: Annotated[float, Field(gt=0.0, le=100.0)] = 4e-4
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-5
     test_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     rank_weight: Annotated[float, Field(ge=0.0)] = 1.0

@@ -381,9 +381,14 @@ def test_cli_calibrate_default_input_and_output(tiny_supernet_artifact, tmp_path
         (["--w-bits", "3"], "--w-bits needs --granularity and --w-symmetry and --a-symmetry"),
         (["--w-bits", "3", "--granularity", "per-tensor", "--symmetry", "asym", "--split", "dev"], "unknown split"),
         (["--config", "nope.json"], "does not exist"),
+        # an artifact directory or a device file given as --config was reported as not existing
+        (["--config", "ARTIFACT"], "is an artifact directory, not a JSON config file: give a search artifact with "
+                                   "--from-search"),
+        (["--config", "/dev/null"], "'/dev/null' is not a regular file"),
     ],
 )
 def test_cli_calibrate_bad_input_exits_2(tiny_supernet_artifact, tmp_path, args, message):
+    args = [str(tiny_supernet_artifact) if a == "ARTIFACT" else a for a in args]
     result = runner.invoke(app, ["calibrate", "--from", str(tiny_supernet_artifact), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 2
     assert message in " ".join(_stderr(result).split())

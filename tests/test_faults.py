@@ -187,6 +187,95 @@ def test_infeasible_budget_is_refused_before_searching(workspace, tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output and not (tmp_path / "s").exists()
 
 
+def test_export_on_a_full_disk_exits_2_and_leaves_nothing(workspace, tmp_path):
+    """A real refused write (a file-size limit: EFBIG, as ENOSPC on a full disk) of the staged export files."""
+    import resource
+
+    def limit() -> None:  # below the tiny subnet's integer weights file
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))
+
+    out = tmp_path / "out" / "export"
+    proc = subprocess.run([sys.executable, "-m", "eqtools", "export", "--from", str(workspace / "calibrated"),
+                           "--check-images", "50", "--format", "int", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit)
+    # was 1: safetensors' SafetensorError from the staging directory, with a traceback
+    assert proc.returncode == 2, proc.stderr
+    text = flat(proc.stderr)
+    assert "cannot write the export artifact to" in text and "File too large" in text and "Traceback" not in text
+    assert not out.exists() and list(out.parent.iterdir()) == []  # the staging directory went too
+
+
+def test_a_refused_scratch_write_exits_2_naming_the_file(workspace, tmp_path):
+    """onnxruntime's optimised graph goes to the temporary directory, and its write failing was only
+    'INVALID_PROTOBUF : Protobuf serialization failed' with a traceback."""
+    import resource
+
+    base = [sys.executable, "-m", "eqtools", "export", "--from", str(workspace / "calibrated"), "--check-images", "50"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    free = subprocess.run([*base, "--out", str(tmp_path / "free"), "--json"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert free.returncode == 0, free.stderr
+    sizes = json.loads(free.stdout)["metrics"]["sizes"]
+    room = sizes["int_file_bytes"] + 64  # the integer file fits; the ONNX graph onnxruntime optimises does not
+    assert room < sizes["onnx_file_bytes"]
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+
+    out = tmp_path / "out" / "export"
+    proc = subprocess.run([*base, "--out", str(out)], capture_output=True, text=True, timeout=300, env=env,
+                          preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr
+    text = flat(proc.stderr)
+    assert "the machine refused a write: File too large (writing " in text and "/probe)" in text
+    assert "No artifact was written or changed" in text and "Traceback" not in text
+    assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+def test_a_library_error_wrapping_a_full_disk_exits_2_and_other_errors_keep_their_traceback(workspace, tmp_path,
+                                                                                              monkeypatch):
+    import eqtools.evaluation as evaluation
+
+    def full(*args, **kwargs):  # as torch.compile reports its cache write failing
+        raise RuntimeError("InductorError: OSError: [Errno 28] No space left on device")
+
+    monkeypatch.setattr(evaluation, "recalibrate_bn", full)
+    args = ["calibrate", "--from", str(workspace / "supernet"), "--w-bits", "4", "--granularity", "per-channel",
+            "--symmetry", "sym", "--images", "8", "--no-deployed", "--out", str(tmp_path / "o")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "error: the machine refused a write: No space left on device (RuntimeError: InductorError" in text
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(evaluation, "recalibrate_bn", bug)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
+
+
+@pytest.mark.parametrize("command", ["info", "fit-predictor", "search-out", "search-loop"])
+def test_a_path_the_system_refuses_exits_2_naming_it(workspace, tmp_path, command):
+    # these raised OSError ENAMETOOLONG (or pathlib's RuntimeError for a link loop) with a traceback
+    long = tmp_path / ("x" * 300)
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    search = ["search", "--predictor", str(workspace / "predictor"), "--w-bits", "4", "--granularity", "per-channel",
+              "--symmetry", "sym", "--out"]
+    args = {"info": ["info", str(long / "a")], "fit-predictor": ["fit-predictor", "--from", str(long)],
+            "search-out": [*search, str(long)], "search-loop": [*search, str(tmp_path / "loop1" / "s")]}[command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    text = flat(result.output)
+    assert "Traceback" not in result.output and "cannot be used:" in text
+    if command == "search-loop":
+        assert f"the path '{tmp_path / 'loop1' / 's'}' cannot be used: its symbolic links form a loop" in text
+    else:
+        assert "a name in it is longer than the file system allows" in text and "x" * 300 in text.replace(" ", "")
+
+
 def test_unknown_model_and_missing_data_exit_2(tmp_path):
     spec = {"name": "x", "model": {"name": "resnet9000"}, "data": {"name": "digits", "val_size": 100}}
     path = tmp_path / "s.json"
@@ -620,15 +709,16 @@ def test_device_cuda_without_a_gpu_exits_2(tmp_path):
     ({"seed": 1e30}, "field `seed`"),
     ({"seed": -1}, "field `seed`"),
     ({"name": "x" * 5000}, "field `name`"),
+    ({"predictor": {"lr": 1e300}}, "field `predictor.lr`"),  # fit-predictor's Adam overflowed with a traceback
 ])
 def test_out_of_range_spec_values_exit_2(tmp_path, change, expected):
     from conftest import DIGITS_SPEC
 
     spec = tmp_path / "s.json"
     spec.write_text(json.dumps({**DIGITS_SPEC, **change}))
-    result = runner.invoke(app, ["train", str(spec)])
+    result = runner.invoke(app, ["train", str(spec), "--out", str(tmp_path / "o")])  # a spec let through trains
     assert result.exit_code == 2, result.output
-    assert expected in flat(result.output) and "Traceback" not in result.output
+    assert expected in flat(result.output) and "Traceback" not in result.output and not (tmp_path / "o").exists()
 
 
 def test_weights_made_infinite_by_the_last_step_are_never_written(tmp_path, monkeypatch):

@@ -217,6 +217,30 @@ def test_cli_fit_predictor_errors_exit_2(samples, tmp_path: Path, monkeypatch) -
     assert result.exit_code == 2 and "forest" in result.output
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rank-weight", "inf"], "the rank weight (--rank-weight, or the spec's predictor.rank_weight) is inf"),
+    (["--rank-weight", "1e39"], "it must be a number from 0 to 3.403e+38"),  # float32 inf: a traceback at the write
+    (["--model", "ensemble", "--members", "101"], "an ensemble takes 1 to 100 MLP members"),
+])
+def test_cli_fit_predictor_refuses_out_of_range_numbers_before_fitting(samples, tmp_path: Path, args, message) -> None:
+    result = runner.invoke(app, ["fit-predictor", "--from", str(samples.path), *args, "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "p").exists()
+
+
+def test_cli_fit_predictor_that_diverges_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    spec = spec_dict()
+    spec["predictor"]["lr"] = 100.0  # the largest the spec allows; with the largest rank weight the fit overflows
+    samples = write_synthetic_samples(tmp_path / "samples", make_space(), 40, spec=spec)
+    result = runner.invoke(app, ["fit-predictor", "--from", str(samples.path), "--model", "mlp", "--epochs", "20",
+                                 "--rank-weight", "1e38", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "the mlp predictor's fit diverged: it predicts NaN or infinity" in text and "Traceback" not in result.output
+    assert "predictor.lr, now 100" in text and not (tmp_path / "p").exists()
+
+
 # ---------------------------------------------------------------------------------- ranking, ensembles, costs
 def test_pairwise_rank_loss_rewards_the_right_order_only() -> None:
     import torch

@@ -372,14 +372,73 @@ def test_cli_sample_bad_input_exits_2(tiny_supernet_artifact, tmp_path, args, me
     assert not (tmp_path / "o").exists()
 
 
+def test_a_refused_run_leaves_no_log_that_blocks_the_corrected_command(tiny_supernet_artifact, tmp_path):
+    base = ["sample", "--from", str(tiny_supernet_artifact), "-n", "2", "--calib-images", "64", "--no-progress",
+            "--out", str(tmp_path / "s")]
+    refused = runner.invoke(app, [*base, "--subset", "1000000"])  # found out only once the data is loaded
+    assert refused.exit_code == 2 and "--subset is 1000000" in _stderr(refused)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # was: .s.partial holding the refused parameters
+    corrected = runner.invoke(app, [*base, "--subset", "100"])
+    assert corrected.exit_code == 0, _stderr(corrected)  # was: "an unfinished sample run with other parameters"
+
+
 def test_an_empty_shard_is_refused(tiny_supernet_artifact, tmp_path):
-    with pytest.raises(ConfigError, match="shard 5/5 of a 4-subnet draw is empty"):
+    with pytest.raises(ConfigError, match="--shard 5/5 splits a 4-subnet draw into more shards than it has rounds"):
         sample_artifact(read_artifact(tiny_supernet_artifact), out=tmp_path / "s", shard=(5, 5), **{**RUN, "n": 4})
+
+
+@pytest.mark.parametrize("shard", ["1/3", "1/99999999999999999999"])
+def test_cli_sample_refuses_a_split_into_more_shards_than_rounds_for_every_shard(tiny_supernet_artifact, tmp_path,
+                                                                                  shard):
+    # 4 draws over 2 forms are 2 rounds: shard 1/3 used to run (and could never be merged, as 3/3 is empty)
+    result = runner.invoke(app, ["sample", "--from", str(tiny_supernet_artifact), "-n", "4", "--conditions",
+                                 "per-tensor/asym,per-channel/sym", "--shard", shard, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert "more shards than it has rounds" in _stderr(result) and "use at most 2 shards" in _stderr(result)
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+def test_cli_merge_refuses_an_oversplit_shard_from_an_older_eqtools(tiny_supernet_artifact, tmp_path, monkeypatch):
+    import eqtools.sample as sample_module
+
+    with monkeypatch.context() as patch:  # as an eqtools without the shard-count check wrote it
+        patch.setattr(sample_module, "_check_shard_count", lambda params, shard: None)
+        sample_artifact(read_artifact(tiny_supernet_artifact), out=tmp_path / "s1", shard=(1, 10**20),
+                        **{**RUN, "n": 2, "conditions": "per-tensor/asym"})
+    # the missing shards 2..10^20 were listed in memory (the process was killed for it)
+    result = runner.invoke(app, ["sample", "--merge", str(tmp_path / "s1"), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2, result.output
+    assert "can never be merged; re-run it with --shard K/2" in _stderr(result)
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_sample_needs_a_supernet_artifact(tiny_supernet_artifact, tmp_path):
     result = runner.invoke(app, ["sample", "--from", str(tmp_path), "-n", "2"])
     assert result.exit_code == 2 and "no manifest.json" in _stderr(result)
+
+
+def test_a_full_disk_mid_run_exits_2_keeping_the_rows_to_resume_from(unsharded, tiny_supernet_artifact, tmp_path):
+    """A real write failure (a file-size limit: EFBIG, as ENOSPC on a full disk) in the row log, then a re-run."""
+    import resource
+
+    out = tmp_path / "samples"
+    cmd = [sys.executable, "-m", "eqtools", "sample", "--from", str(tiny_supernet_artifact), "-n", str(RUN["n"]),
+           "--subset", str(RUN["subset"]), "--calib-images", str(RUN["calib_images"]), "--batch-size",
+           str(RUN["batch_size"]), "--out", str(out), "--no-progress", "--no-compile"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def limit() -> None:  # room for params.json and a few rows, not all 24
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+    full = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, preexec_fn=limit)
+    assert full.returncode == 2, full.stderr  # was 1: an OSError traceback from closing the log
+    text = " ".join(full.stderr.split())
+    assert "cannot write the unfinished run's log" in text and "File too large" in text
+    assert "Traceback" not in full.stderr and not out.exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr
+    assert (out / "samples.jsonl").read_bytes() == (unsharded / "samples.jsonl").read_bytes()
 
 
 @pytest.mark.slow

@@ -386,6 +386,15 @@ def test_cli_uniform_and_preset(workspace: Path, monkeypatch) -> None:
     (["--w-bits", "4"], "give --granularity and --w-symmetry and --a-symmetry"),
     (["--granularity", "per-tensor", "--symmetry", "asym"], "--w-bits is required"),
     (["--w-bits", "3.5", "--uniform", "--preset", "tflite"], "--uniform needs --w-bits to be one of"),
+    # a huge bit target built a bit mask of that many bits (OverflowError, or MemoryError from 1e9 up)
+    (["--w-bits", "1e20", "--preset", "tensorrt"], "--w-bits 1e+20 is infeasible"),
+    # non-finite caps ended in math.floor with a traceback; a cap under one byte read "must be positive, got 0"
+    (["--max-size-mb", "nan", "--preset", "tensorrt"], "--max-size-mb is nan; it must be a positive, finite number"),
+    (["--max-bops", "inf", "--preset", "tensorrt"], "--max-bops is inf; it must be a positive, finite number"),
+    (["--max-size-mb", "-1", "--preset", "tensorrt"], "--max-size-mb is -1; it must be a positive"),
+    (["--max-size-mb", "1e-300", "--preset", "tensorrt"], "--max-size-mb 0 is infeasible: the smallest config takes"),
+    # an infinite --explore reached the manifest and failed the strict-JSON write with a traceback
+    (["--w-bits", "4", "--preset", "tensorrt", "--explore", "inf"], "--explore is inf; it must be a finite number"),
 ])
 def test_cli_user_errors_exit_2_with_a_clear_message(workspace: Path, monkeypatch, args, message) -> None:
     monkeypatch.chdir(workspace)
@@ -393,6 +402,14 @@ def test_cli_user_errors_exit_2_with_a_clear_message(workspace: Path, monkeypatc
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_cli_pareto_takes_a_huge_bit_bound_as_no_bound(workspace: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["search", "--predictor", str(workspace / "artifacts/synthetic/predictor-mlp"),
+                                 "--pareto", "--w-bits", "1e308", "--preset", "tensorrt", "--generations", "2",
+                                 "--out", str(tmp_path / "s"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["front_size"] >= 1
 
 
 def test_a_predictor_for_another_space_is_refused(workspace: Path, tmp_path: Path) -> None:

@@ -767,6 +767,31 @@ def write_artifact(
     return read_artifact(out, kind)
 
 
+# the errors of a write that the machine refused (full disk or quota, file-size limit, read-only or forbidden
+# place, failing device); any other OSError while staging files is a bug and keeps its traceback
+_WRITE_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM,
+                             errno.EIO})
+
+
+@contextlib.contextmanager
+def staging_write_errors(out: Path | str, kind: str) -> Iterator[None]:
+    """Report a refused write of files a stage stages itself, before :func:`write_artifact`, as it would.
+
+    For stages that must compute their metrics from the written files (export) and so cannot write
+    them inside ``write_artifact``'s payload callback.
+    """
+    try:
+        yield
+    except Exception as exc:
+        cause = _io_cause(exc)
+        refused = not isinstance(exc, OSError) or exc.errno in _WRITE_REFUSALS
+        elsewhere = isinstance(exc, OSError) and exc.filename is not None and \
+            Path(os.path.abspath(Path(out).parent)) not in Path(os.path.abspath(exc.filename)).parents
+        if cause is None or not refused or elsewhere:  # a scratch file elsewhere (the temporary directory) is not the output
+            raise
+        raise _write_error(Path(out), kind, exc, cause) from None
+
+
 def _io_cause(exc: BaseException) -> str | None:
     """The operating system's reason when ``exc`` is a failed write, else None (a bug keeps its traceback).
 

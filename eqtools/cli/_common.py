@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from eqtools.device import DEVICE_HELP
-from eqtools.errors import EqtoolsError
+from eqtools.errors import EqtoolsError, refused_write, unusable_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,6 +73,37 @@ def handle_errors(fn: F) -> F:
 
                 traceback.print_exc(file=sys.stderr)
             print_error(str(exc))
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except Exception as exc:
+            # a write refused for lack of room outside an artifact's own write (which reports it with the path):
+            # a scratch file in the temporary directory, torch.compile's cache
+            bad_path = unusable_path(exc)
+            if bad_path is not None:
+                if debug_enabled():
+                    import traceback
+
+                    traceback.print_exc(file=sys.stderr)
+                print_error(bad_path)
+                raise typer.Exit(EXIT_USER_ERROR) from None
+            reason = refused_write(exc)
+            if reason is None:
+                raise
+            if debug_enabled():
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+            import tempfile
+
+            # TMPDIR as given: gettempdir() skips a full one for the next writable candidate
+            scratch = os.environ.get("TMPDIR") or tempfile.gettempdir()
+            first = (str(exc).splitlines() or [""])[0][:200]
+            wrapped = "" if isinstance(exc, OSError) else f" ({type(exc).__name__}: {first})"  # a library's own error
+            print_error(
+                f"the machine refused a write: {reason}{wrapped}. No artifact was written or "
+                f"changed (each is written whole, as the last step). Free space, or raise the limit, where the command "
+                f"writes: the output directory, the temporary directory {scratch} (set TMPDIR to move "
+                "it) and torch.compile's cache there (`sample` and `train` skip it with --no-compile), then run the command again"
+            )
             raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]

@@ -100,6 +100,15 @@ def command(
         claim_out(out, "calibrated", [supernet, *([from_search] if from_search is not None else []),
                                       *([config.parent] if config is not None and (config.parent / MANIFEST).is_file()
                                         else [])])
+    if config is not None and config.is_dir():
+        from eqtools.artifacts import MANIFEST, Calibrated, Search
+
+        if (config / MANIFEST).is_file():  # an easy slip for the config file inside it
+            raise ConfigError(
+                f"--config {config} is an artifact directory, not a JSON config file: give a search artifact with "
+                f"--from-search {config}, or the config file inside it ({config / Search.BEST_CONFIG} of a search, "
+                f"{config / Calibrated.CONFIG} of a calibrated subnet)"
+            )
     subnet = resolve_config(space, config_file=config, w_bits=w_bits, a_bits=a_bits, granularity=granularity,
                             symmetry=symmetry, w_symmetry=w_symmetry, a_symmetry=a_symmetry, search=from_search)
     result = calibrate_artifact(supernet, subnet, images=images, split=split, out=out, on_stage=echo, deployed=deployed,

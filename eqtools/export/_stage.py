@@ -41,7 +41,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from eqtools.artifacts import Artifact, Calibrated, claim_out, default_out, staging_prefix, write_artifact
+from eqtools.artifacts import (
+    Artifact,
+    Calibrated,
+    claim_out,
+    default_out,
+    staging_prefix,
+    staging_write_errors,
+    write_artifact,
+)
 from eqtools.artifacts import Export as ExportArtifact
 from eqtools.artifacts import Search as SearchArtifact
 from eqtools.errors import ArtifactError, ConfigError
@@ -916,8 +924,10 @@ def export_artifact(
     tag = config_tag(supernet.space, config) + ("-vnni" if deploying and deploy_cpu == "vnni" else "")
     out = Path(out) if out is not None else default_out(spec.name, "export", tag)
     out.parent.mkdir(parents=True, exist_ok=True)
-    # the pid in the name lets a later write tell a killed export's staging from a running one's
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=staging_prefix(out, "export")) as staging:
+    # the pid in the name lets a later write tell a killed export's staging from a running one's; a full disk
+    # while the files are staged is reported as write_artifact reports one
+    with staging_write_errors(out, "export"), \
+            tempfile.TemporaryDirectory(dir=out.parent, prefix=staging_prefix(out, "export")) as staging:
         metrics = export_subnet(supernet, batches, staging, formats=formats, opset=opset, bn_fold=bn_fold,
                                 agreement_min=agreement_min, onnx_form=onnx_form,
                                 deploy_agreement_min=deploy_agreement_min,

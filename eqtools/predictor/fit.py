@@ -18,7 +18,7 @@ import numpy as np
 
 from eqtools.artifacts import Artifact, write_artifact
 from eqtools.artifacts import Predictor as PredictorArtifact
-from eqtools.errors import ArtifactError, ConfigError, SpecError
+from eqtools.errors import ArtifactError, ConfigError, NumericError, SpecError
 from eqtools.predictor.encoding import ENCODINGS, Encoding
 from eqtools.predictor.ensemble import ENSEMBLE_FILE, Ensemble, save_ensemble_mlps
 from eqtools.predictor.metrics import regression_metrics, scatter_plot
@@ -30,6 +30,8 @@ from eqtools.predictor.xgb import DEFAULT_PARAMS, MODEL_FILE, train_xgb
 __all__ = ["HELDOUT_FILE", "SCATTER_FILE", "FitOptions", "fit_predictor", "fit_regressor"]
 
 TARGETS: tuple[str, ...] = ("accuracy", "loss")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_MEMBERS = 100
 HELDOUT_FILE = PredictorArtifact.HELDOUT
 SCATTER_FILE = PredictorArtifact.SCATTER
 
@@ -64,12 +66,18 @@ class FitOptions:
             raise ConfigError(f"optimizer {self.optimizer!r} is unknown; allowed: {list(OPTIMIZERS)}")
         if self.epochs < 1:
             raise ConfigError(f"epochs is {self.epochs}; it must be at least 1")
-        if self.rank_weight < 0:
-            raise ConfigError(f"rank_weight is {self.rank_weight}; it must be >= 0")
+        if not 0 <= self.rank_weight <= FLOAT32_MAX:
+            raise ConfigError(
+                f"the rank weight (--rank-weight, or the spec's predictor.rank_weight) is {self.rank_weight}; it must be a number from 0 to {FLOAT32_MAX:.4g} (the loss it "
+                "scales is float32, so a larger weight makes it infinite)"
+            )
         if self.target not in TARGETS:
             raise ConfigError(f"target {self.target!r} is unknown; allowed: {list(TARGETS)}")
-        if self.members < 1:
-            raise ConfigError(f"members is {self.members}; an ensemble needs at least 1 MLP member")
+        if not 1 <= self.members <= MAX_MEMBERS:
+            raise ConfigError(
+                f"the ensemble size (--members, or the spec's predictor.members) is {self.members}; an ensemble takes 1 to {MAX_MEMBERS} MLP members (each is trained "
+                "and kept in full)"
+            )
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], **overrides: Any) -> FitOptions:
@@ -157,6 +165,13 @@ def fit_predictor(
 
     pred_test = predictor.predict_features(x[test])
     pred_train = predictor.predict_features(x[train])
+    if not (np.isfinite(pred_test).all() and np.isfinite(pred_train).all()):
+        raise NumericError(
+            f"the {options.model} predictor's fit diverged: it predicts NaN or infinity for "
+            f"{int((~np.isfinite(pred_train)).sum() + (~np.isfinite(pred_test)).sum())} of {len(data)} subnets; "
+            f"nothing was written. Lower the learning rate (the spec's predictor.lr, now {options.lr:g}) or "
+            f"--rank-weight (now {options.rank_weight:g})"
+        )
     held = regression_metrics(y[test], pred_test, conditions[test].tolist())
     seen = regression_metrics(y[train], pred_train)
     metrics = {

@@ -76,7 +76,7 @@ class Budget:
                 raise ConfigError(f"--{name.replace('_', '-')} is {value}; it must be a positive number of bits")
         for name, flag in (("max_size_bytes", "--max-size-mb"), ("max_bops", "--max-bops")):
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and value < 0:  # 0 (a cap below one byte or BOP) is an infeasible budget, reported as such
                 raise ConfigError(f"{flag} must be positive, got {value}")
 
     def to_dict(self) -> dict[str, object]:
@@ -115,6 +115,9 @@ class SumSampler:
         if hi < 0 or hi < lo:
             return False
         lo = max(lo, 0)
+        hi = min(hi, bits.bit_length())  # no sum lies above it; a huge budget must not build a huge mask
+        if hi < lo:
+            return False
         return ((bits >> lo) & ((1 << (hi - lo + 1)) - 1)) != 0
 
     def any_in(self, lo: int, hi: int) -> bool:
@@ -127,6 +130,7 @@ class SumSampler:
     def highest_at_most(self, x: int) -> int | None:
         if x < 0:
             return None
+        x = min(x, self._reach[0].bit_length())  # as in _hit: no sum lies above it
         r = self._reach[0] & ((1 << (x + 1)) - 1)
         return None if r == 0 else r.bit_length() - 1
 

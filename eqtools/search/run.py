@@ -75,8 +75,14 @@ class SearchOptions:
             raise ConfigError(f"--cost {self.cost!r} is unknown; allowed: {', '.join(COSTS)}")
         if self.uniform and self.pareto:
             raise ConfigError("--uniform and --pareto exclude each other: --uniform returns one fixed config")
-        if self.explore < 0:
-            raise ConfigError(f"--explore is {self.explore}; it must be >= 0")
+        if not (math.isfinite(self.explore) and self.explore >= 0):
+            raise ConfigError(f"--explore is {self.explore}; it must be a finite number >= 0 (0: rank by prediction "
+                              "alone)")
+        for flag, cap, unit in (("--max-size-mb", self.max_size_mb, "MB (10^6 bytes) of packed weights"),
+                                ("--max-bops", self.max_bops, "bit operations per sample")):
+            if cap is not None and not (math.isfinite(cap) and cap > 0):
+                raise ConfigError(f"{flag} is {cap:g}; it must be a positive, finite number of {unit} (leave it "
+                                  "out for no cap)")
         if not 0.0 <= self.mutation_prob <= 1.0:
             raise ConfigError(f"mutation probability is {self.mutation_prob}; it must lie in [0, 1]")
 

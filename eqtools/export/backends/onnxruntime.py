@@ -993,7 +993,20 @@ def optimized_ops(model_bytes: bytes, threads: int = 2) -> dict[str, int]:
         options.intra_op_num_threads = threads
         options.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
         options.log_severity_level = 3  # not the warning that an optimised model is machine-specific: it is read, not kept
-        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        try:
+            ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception:
+            # onnxruntime reports a failed write of the optimised model only as "Protobuf serialization
+            # failed"; writing as many bytes here names the operating system's reason (a full disk)
+            probe = os.path.join(tmp, "probe")
+            try:
+                with open(probe, "wb") as fh:
+                    fh.write(model_bytes)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:  # a failed write() names no file: say which
+                raise OSError(exc.errno, exc.strerror, probe) from None
+            raise
         optimized = onnx.load(options.optimized_model_filepath)
     return dict(Counter(n.op_type for n in optimized.graph.node))
 
