@@ -34,3 +34,9 @@ def _mobilenet_v2(num_classes: int, in_channels: int, width_mult: float) -> nn.M
 def mobilenet_v2_050(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """torchvision's MobileNetV2 with ``width_mult=0.5`` and an ``in_channels`` stem."""
     return _mobilenet_v2(num_classes, in_channels, 0.5)
+
+
+@register_model
+def mobilenet_v2_025(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision's MobileNetV2 with ``width_mult=0.25`` and an ``in_channels`` stem."""
+    return _mobilenet_v2(num_classes, in_channels, 0.25)
