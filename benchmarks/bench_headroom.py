@@ -8,7 +8,8 @@ measures, in each form of one supernet:
 2. what budget-exact mixes built without any predictor take of it: the layers that cost least
    (parameters for weights, input elements for activations: the units the search's averages are
    weighted by) raised to ``--high`` bits, paid for by lowering the costliest ones to ``--low``,
-   so that the average stays at or under 4. Weights, activations and both, for each high
+   so that the average stays at or under 4 (``eqtools.search.mixes.raise_cheap``, the construction
+   ``--verify``'s cheap-first mixes use). Weights, activations and both, for each high
    bit-width. Such mixes are what a depthwise-separable net is expected to reward: its cheap
    depthwise and early layers are the ones known to suffer at low bits. The best mix is chosen on
    ``--choose-images`` unseen images (never test images) and then compared with uniform W4A4 on
@@ -37,26 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import MALLOC_ENV, ROOT, write_result
 
-
-def raise_cheap(weight: np.ndarray, high: int, low: int, base: int = 4) -> np.ndarray:
-    """Bits per layer, averaging at most ``base`` under ``weight``: the cheapest layers at ``high``, as
-    many as lowering the costliest layers to ``low`` pays for, every other layer at ``base``."""
-    share = weight / weight.sum()
-    bits = np.full(len(share), base, dtype=np.int64)
-    cheap = list(np.argsort(share, kind="stable"))
-    costly = cheap[::-1]
-    for i in cheap:
-        trial = bits.copy()
-        trial[i] = high
-        for j in costly:
-            if trial @ share <= base + 1e-12:
-                break
-            if j != i and trial[j] == base:
-                trial[j] = low
-        if trial @ share > base + 1e-12:
-            break
-        bits = trial
-    return bits
+from eqtools.search.mixes import raise_cheap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     four = np.full(costs.n_layers, 4, dtype=np.int64)
     mixes = {}
     for high in highs:
-        w = raise_cheap(costs.params.astype(float), high, args.low)
-        a = raise_cheap(costs.act_elems.astype(float), high, args.low)
+        w = raise_cheap(costs.params, high, args.low, 4)
+        a = raise_cheap(costs.act_elems, high, args.low, 4)
         mixes.update({f"W cheap→{high}": (w, four), f"A cheap→{high}": (four, a), f"both cheap→{high}": (w, a)})
 
     def pts(x: float) -> str:

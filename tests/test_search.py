@@ -557,7 +557,7 @@ def test_verify_keeps_the_uniform_config_unless_a_candidate_measures_above_it(
     _scripted_meter(monkeypatch, lambda c: 0.60 if c == uniform else (0.55 if below else 0.60))
     result = runner.invoke(app, ["search", "--w-bits", "3", "--granularity", "per-tensor", "--w-symmetry", "sym",
                                  "--a-symmetry", "asym", "--generations", "3", "--population", "8", "--top-k", "3",
-                                 "--verify"])
+                                 "--verify", "--no-cheap-first"])
     assert result.exit_code == 0, result.output
     assert "kept the uniform W3A3 config: none of the 3 searched candidates measured above it" in result.output
     art = read_artifact(next((tmp_path / "artifacts/digits-test").glob("search-*")), "search")
@@ -573,6 +573,51 @@ def test_verify_keeps_the_uniform_config_unless_a_candidate_measures_above_it(
     assert result.exit_code == 0, result.output
     assert "the pick measured above the uniform W3A3 config" in result.output
     assert SubnetConfig.load(tmp_path / "s2" / "best_config.json") != uniform
+
+
+def test_verify_measures_the_cheap_first_mixes_and_keeps_one_that_measures_best(
+        tiny_supernet_artifact: Path, tmp_path: Path, monkeypatch) -> None:
+    """A predictor fitted on random subnets can underrate the mixes that raise every cheap layer at
+    once; --verify measures them beside the top-K, so one that measures best is the pick, and the
+    rows say where each candidate came from. --no-cheap-first leaves them out."""
+    from eqtools.search.constraints import Budget, check_budget
+    from eqtools.search.costs import CostModel
+    from eqtools.search.mixes import cheap_first_mixes
+
+    supernet = read_artifact(tiny_supernet_artifact, "supernet")
+    space = supernet.space
+    monkeypatch.chdir(tmp_path)
+    samples = write_synthetic_samples(tmp_path / "artifacts/digits-test/samples", space, 40, seed=0,
+                                      spec=supernet.spec, parents=[supernet])
+    fit_predictor(samples, tmp_path / "artifacts/digits-test/predictor-mlp",
+                  FitOptions(model="mlp", encoding="onehot", rank_weight=0.0, target="accuracy", epochs=2, hidden=16, layers=2))
+    form = ("per-tensor", "sym", "asym")
+    costs = CostModel.for_space(space)
+    feas = check_budget(costs, Budget(w_bits=3, a_bits=3))
+    mixes = [costs.config(w, a, *form) for w, a in cheap_first_mixes(costs, feas, 3, 3, form)]
+    assert mixes and all(feas.mask(*(b[None, :] for b in costs.bits_of(m)))[0] for m in mixes)
+    args = ["search", "--w-bits", "3", "--granularity", "per-tensor", "--w-symmetry", "sym", "--a-symmetry", "asym",
+            "--generations", "3", "--population", "8", "--top-k", "3", "--verify"]
+
+    def verified(out: Path) -> list[dict]:
+        return json.loads((out / "top_k.json").read_text())["verified"]
+
+    _scripted_meter(monkeypatch, lambda c: 0.55)
+    result = runner.invoke(app, [*args, "--no-cheap-first", "--out", str(tmp_path / "without")])
+    assert result.exit_code == 0, result.output
+    rows = verified(tmp_path / "without")
+    assert {r["source"] for r in rows} <= {"predicted", "uniform"}
+    unmeasured = [m for m in mixes if m.to_dict() not in [r["config"] for r in rows]]
+    assert unmeasured  # a mix the top-K did not hold, so the test below can fail
+    favourite = unmeasured[0]
+    _scripted_meter(monkeypatch, lambda c: 0.70 if c == favourite else 0.60 if c in mixes else 0.55)
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "with")])
+    assert result.exit_code == 0, result.output
+    assert "cheap-first mix: predicted" in result.output and "measured 70.00%" in result.output
+    assert SubnetConfig.load(tmp_path / "with" / "best_config.json") == favourite
+    rows = verified(tmp_path / "with")
+    assert rows[0]["source"] == "cheap-first"
+    assert all(m.to_dict() in [r["config"] for r in rows] for m in mixes)
 
 
 def test_a_size_cap_alone_is_a_budget_with_the_largest_uniform_config_under_it(tiny_supernet_artifact: Path) -> None:

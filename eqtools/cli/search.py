@@ -67,7 +67,9 @@ def command(
     explore: Annotated[float, typer.Option(
         "--explore", min=0.0, help="With an ensemble predictor: pick the top-K by predicted + EXPLORE x ensemble spread, so --verify also measures the candidates the predictor is unsure about (0: by prediction alone).")] = 1.0,
     verify: Annotated[bool, typer.Option(
-        "--verify", help="Calibrate and evaluate the top-K and the uniform config at the budget on the supernet (on --verify-split); keep the best measured one, then compare it with uniform on the test split.")] = False,
+        "--verify", help="Calibrate and evaluate the top-K, the cheap-first mixes and the uniform config at the budget on the supernet (on --verify-split); keep the best measured one, then compare it with uniform on the test split.")] = False,
+    cheap_first: Annotated[bool, typer.Option(
+        "--cheap-first/--no-cheap-first", help="With --verify, also measure up to 9 budget-exact mixes that raise the layers the budget charges least (the fewest parameters or input elements) and lower the costliest a step: the mixes a predictor fitted on random subnets tends to underrate (docs/search.md).")] = True,
     verify_split: Annotated[VerifySplit, typer.Option(
         "--verify-split", help="Held-out images --verify chooses on: unseen = val plus every training image the training subset left out (the most images, the least label noise); val = the val split alone (faster).")] = VerifySplit("unseen"),
     supernet_path: Annotated[Path | None, typer.Option(
@@ -119,7 +121,7 @@ def command(
         generations=generations if generations is not None else defaults.generations,
         mutation_prob=defaults.mutation_prob, parent_fraction=defaults.parent_fraction,
         seed=seed if seed is not None else int(spec.get("seed", 0)),
-        uniform=uniform, pareto=pareto, cost=cost.value, top_k=top_k, explore=explore,
+        uniform=uniform, pareto=pareto, cost=cost.value, top_k=top_k, explore=explore, cheap_first=cheap_first,
     )
     spec_name = spec.get("name") or "default"
     if out is None:
@@ -159,15 +161,17 @@ def command(
         echo(f"uniform config at the same budget: predicted {100 * outcome.uniform_baseline['predicted_accuracy']:.2f}%")
     if outcome.verified:
         for row in outcome.verified:
-            echo(f"  predicted #{row['predicted_rank']}: predicted {100 * row['predicted_accuracy']:.2f}%, "
+            what = {"cheap-first": "cheap-first mix", "uniform": "uniform config"}.get(row.get("source", ""),
+                                                                                     f"predicted #{row['predicted_rank']}")
+            echo(f"  {what}: predicted {100 * row['predicted_accuracy']:.2f}%, "
                  f"measured {100 * row['measured_top1']:.2f}% on {row['eval_images']} {row['split']} images")
     baseline = outcome.uniform_baseline
     if outcome.verified and baseline is not None:
         ubits = "W{}A{}".format(*baseline["uniform_bits"])
         where = f"{outcome.verified[0]['eval_images']} {outcome.verified[0]['split']} images"
         if outcome.best.to_dict() == baseline["config"]:
-            echo(f"kept the uniform {ubits} config: none of the {len(outcome.top)} searched candidates measured above it "
-                 f"on the {where}")
+            echo(f"kept the uniform {ubits} config: none of the {len(outcome.verified) - 1} searched candidates measured "
+                 f"above it on the {where}")
         else:
             echo(f"the pick measured above the uniform {ubits} config on the {where}")
         if not baseline["in_budget"]:

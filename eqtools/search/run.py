@@ -24,6 +24,7 @@ from eqtools.presets import resolve_conditions
 from eqtools.search.constraints import Budget, Feasibility, check_budget
 from eqtools.search.costs import CostModel
 from eqtools.search.ga import run_ga
+from eqtools.search.mixes import cheap_first_mixes
 from eqtools.search.pareto import pareto_front, plot_front, run_nsga2
 from eqtools.space import SubnetConfig
 from eqtools.vocab import form_key, form_label, form_tag
@@ -61,6 +62,7 @@ class SearchOptions:
     cost: str = "bits"
     top_k: int = 5
     explore: float = 1.0  # with an ensemble predictor: top-K by predicted + explore × spread
+    cheap_first: bool = True  # --verify also measures the budget's cheap-first mixes (eqtools.search.mixes)
 
     def __post_init__(self) -> None:
         if self.population < 4:
@@ -103,6 +105,7 @@ class SearchOutcome:
     search_best_predicted: float | None = None  # the GA's own best, kept when --verify picks another
     vs_uniform_selection: dict[str, Any] | None = None  # --verify: the same on the split it chose on (biased up)
     verified_correct: list[np.ndarray] | None = field(default=None, repr=False)  # per image, aligned with verified; not written
+    cheap_first: list[dict[str, Any]] = field(default_factory=list)  # the budget's cheap-first mixes, for --verify
     cloud: tuple[np.ndarray, np.ndarray] = field(default_factory=lambda: (np.zeros(0), np.zeros(0)))
 
 
@@ -222,6 +225,12 @@ def _search(predictor: Predictor, options: SearchOptions, costs: CostModel, feas
 
     best_w, best_a = bits_of(best_genes)
     best = costs.config(best_w, best_a, *form)
+    cheap_first = []
+    if options.cheap_first and not options.pareto and baseline is not None and baseline["in_budget"]:
+        mixes = cheap_first_mixes(costs, feas, *baseline["uniform_bits"], form)
+        if mixes:
+            acc = predictor.predict([costs.config(w, a, *form) for w, a in mixes])
+            cheap_first = [_point(costs, w, a, float(p), form, predictor) for (w, a), p in zip(mixes, acc)]
     all_genes = archive.genes(2 * n)
     pick = np.random.default_rng(0).permutation(len(all_genes))[:PLOT_POINTS]
     cloud_cost = _cost_fn(costs, feas, front_x)(all_genes[pick, :n], all_genes[pick, n:]) if len(pick) else np.zeros(0)
@@ -241,6 +250,7 @@ def _search(predictor: Predictor, options: SearchOptions, costs: CostModel, feas
         time_s=time_s,
         options=options,
         uniform_baseline=baseline,
+        cheap_first=cheap_first,
         cloud=(np.asarray(cloud_cost), archive.fitness()[pick] if len(pick) else np.zeros(0)),
     )
 

@@ -109,6 +109,7 @@ def verify_configs(
     progress: Callable[..., None] | None = None,
     bench: VerifyBench | None = None,
     per_image: bool = False,
+    sources: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Calibrate + evaluate each config on ``split``; rows sorted by measured accuracy (best first).
 
@@ -135,6 +136,7 @@ def verify_configs(
             "split": split,
             "eval_images": int(metrics["images"]),
             "config": config.to_dict(),
+            **({"source": sources[rank - 1]} if sources is not None else {}),
             **({"correct": metrics["correct"]} if per_image else {}),
         })
         if progress is not None:
@@ -144,11 +146,16 @@ def verify_configs(
 
 
 def verify_candidates(outcome: SearchOutcome) -> list[dict[str, Any]]:
-    """The points ``--verify`` measures: the top-K, plus the uniform config at the budget when it is not among them."""
-    candidates = list(outcome.top)
+    """The points ``--verify`` measures, each marked with its ``source``: the top-K (``predicted``), the
+    budget's cheap-first mixes (``cheap-first``, :mod:`eqtools.search.mixes`) and the uniform config
+    at the budget (``uniform``), each once."""
+    candidates: list[dict[str, Any]] = []
     baseline = outcome.uniform_baseline
-    if baseline is not None and all(p["config"] != baseline["config"] for p in candidates):
-        candidates.append(baseline)
+    for source, points in (("predicted", outcome.top), ("cheap-first", outcome.cheap_first),
+                           ("uniform", [] if baseline is None else [baseline])):
+        for p in points:
+            if all(c["config"] != p["config"] for c in candidates):
+                candidates.append({**p, "source": source})
     return candidates
 
 
@@ -175,12 +182,15 @@ def verify_outcome(
     candidates = verify_candidates(outcome)
     configs = [SubnetConfig.from_dict(p["config"]) for p in candidates]
     if on_stage is not None:
+        mixes = sum(c["source"] == "cheap-first" for c in candidates)
         on_stage(f"verifying {len(configs)} configs (top {len(outcome.top)}"
-                 f"{' + the uniform one' if len(candidates) > len(outcome.top) else ''}) on {supernet_artifact.path}")
+                 f"{f' + {mixes} cheap-first mixes' if mixes else ''}"
+                 f"{' + the uniform one' if any(c['source'] == 'uniform' for c in candidates) else ''}) "
+                 f"on {supernet_artifact.path}")
     bench = bench if bench is not None else VerifyBench.load(supernet_artifact)
     rows = verify_configs(supernet_artifact, configs, [p["predicted_accuracy"] for p in candidates],
                           split=split, eval_images=eval_images, on_stage=on_stage, progress=progress, bench=bench,
-                          per_image=True)
+                          per_image=True, sources=[c["source"] for c in candidates])
     baseline = outcome.uniform_baseline
     if baseline is not None:  # a tie goes to the uniform config: a candidate must beat it to be kept
         index = next(i for i, row in enumerate(rows) if row["config"] == baseline["config"])
