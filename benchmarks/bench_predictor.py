@@ -426,7 +426,8 @@ def search(args: argparse.Namespace) -> int:
                             "pick_config": outcome.best.to_dict(), "vs_uniform": v,
                             "selection": outcome.vs_uniform_selection,
                             "verified": [{k: r[k] for k in ("predicted_rank", "predicted_accuracy", "measured_top1",
-                                                            "eval_images", "split")} for r in outcome.verified]})
+                                                            "eval_images", "split", "source") if k in r}
+                                         for r in outcome.verified]})
             lines.append(f"| {form} | {name} | {what} | {100 * v['pick_top1']:.2f}% | "
                          f"{100 * v['uniform_top1']:.2f}% | {100 * v['difference']:+.2f} [{100 * v['ci_low']:+.2f}, "
                          f"{100 * v['ci_high']:+.2f}] |")
