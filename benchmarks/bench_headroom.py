@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _record import MALLOC_ENV, ROOT, write_result
+from _record import ROOT, with_malloc_settings, write_result
 
 from eqtools.search.mixes import raise_cheap
 
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--result", default=None, metavar="NAME", help="write benchmarks/results/NAME.json")
     args = parser.parse_args(argv)
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    with_malloc_settings()
     import torch
 
     from eqtools.artifacts import read_artifact
