@@ -34,7 +34,7 @@ SECTIONS: list[tuple[str, str, int]] = [
     ("mbv2-025-predictor", "MobileNetV2-0.25: predictor", 20),
     ("mbv2-025-forms", "MobileNetV2-0.25: forms and static QAT", 14),
     ("mbv2-025-headroom", "MobileNetV2-0.25: the room at 4 bits", 0),
-    ("mbv2-headroom", "MobileNetV2-0.5: the room at 4 bits", 12),
+    ("mbv2-headroom", "MobileNetV2-0.5: the room at 4 bits", 0),
     ("mbv2-sensitivity", "MobileNetV2-0.5: layer sensitivity", 0),
     ("mbv2-search", "MobileNetV2-0.5: search vs uniform", 0),
     ("mbv2-search-4bit-verify10k", "MobileNetV2-0.5: 4-bit search, verified", 0),
