@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eqtools import __version__
+from eqtools.artifacts import read_artifact
 from eqtools.cli.app import app
 
 runner = CliRunner()
@@ -91,6 +92,26 @@ def test_info_validates_a_spec_file(tmp_path):
     assert result.exit_code == 2
     out = flat(result.output)
     assert "space.w_bits.1" in out and "= 9" in out and "less than or equal to 8" in out
+
+
+def test_info_reads_a_subnet_config_as_one(tiny_supernet_artifact, tmp_path):
+    """A search's best_config.json is JSON like a spec; read as one it was refused with a list of spec
+    fields it lacks. It is summarised as the config it is, and checked as --config checks it."""
+    space = read_artifact(tiny_supernet_artifact, "supernet").space
+    config = space.uniform(4, 3, "per-tensor", "sym", "asym")
+    path = tmp_path / "best_config.json"
+    path.write_text(config.to_json())
+    result = runner.invoke(app, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "subnet config, per-tensor W-sym A-asym" in flat(result.output) and "invalid spec" not in result.output
+    summary = json.loads(runner.invoke(app, ["info", str(path), "--json"]).stdout)
+    assert summary["form"] == "per-tensor/sym/asym" and summary["layers"] == len(config.layers)
+    assert [r["w_bits"] for r in summary["per_layer"]] == list(config.w_bits)
+    data = json.loads(config.to_json())
+    data["layers"][0]["w_bits"] = 9
+    path.write_text(json.dumps(data))
+    result = runner.invoke(app, ["info", str(path)])
+    assert result.exit_code == 2 and "w_bits" in flat(result.output) and "invalid spec" not in result.output
 
 
 @pytest.mark.parametrize("args", [["info"], ["train"], ["nonsense"]])

@@ -41,9 +41,45 @@ def _coverage(art: Any) -> dict[str, Any] | None:
     return None if coverage is None else coverage.to_dict()
 
 
+def _is_subnet_config(path: Path) -> bool:
+    """Whether a JSON file is a subnet config (a search's best_config.json, a --config file) rather than
+    a spec: both are JSON, and a config read as a spec would fail with a list of spec fields it lacks."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False  # the spec reader names what is wrong with the file
+    return isinstance(data, dict) and {"layers", "granularity"} <= data.keys() and isinstance(data["layers"], list)
+
+
+def _print_subnet_config(path: Path, as_json: bool) -> None:
+    from collections import Counter
+
+    from eqtools.space import SubnetConfig
+
+    config = SubnetConfig.load(path)  # checked as `calibrate --config` and `export --config` check it
+    summary = {"config": str(path), "form": config.condition, "layers": len(config.layers),
+               "w_bits": dict(sorted(Counter(config.w_bits).items())),
+               "a_bits": dict(sorted(Counter(config.a_bits).items())),
+               "per_layer": [{"name": n, "w_bits": w, "a_bits": a}
+                             for n, w, a in zip(config.layers, config.w_bits, config.a_bits)]}
+    if as_json:
+        emit_json(summary)
+        return
+
+    def counts(c: dict[int, int]) -> str:
+        return ", ".join(f"{n} at {b}" for b, n in c.items())
+
+    print(f"{path}: subnet config, {config.label}, {len(config.layers)} quantized layers (a config, not an "
+          "artifact: `eqtools calibrate --config` takes it)")
+    print(f"  weight bits: {counts(summary['w_bits'])}")
+    print(f"  activation bits: {counts(summary['a_bits'])}")
+    for n, w, a in zip(config.layers, config.w_bits, config.a_bits):
+        print(f"  {n}: W{w} A{a}")
+
+
 @handle_errors
 def command(
-    path: Annotated[Path | None, typer.Argument(help="An artifact directory, or a spec .json file to validate.",
+    path: Annotated[Path | None, typer.Argument(help="An artifact directory, a spec .json file to validate, or a subnet config (best_config.json).",
                                                 show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object for machines.")] = False,
     schema_kind: Annotated[str | None, typer.Option(
@@ -53,7 +89,8 @@ def command(
 ) -> None:
     """Summarise an artifact: kind, origin, space, files, metrics (checksums verified).
 
-    Given a spec file instead, validate it and print the resolved spec with every default. With
+    Given a spec file instead, validate it and print the resolved spec with every default; given a
+    subnet config (a search's best_config.json), check it and print its form and bits. With
     --schema KIND, print the published JSON Schema of that kind's manifest (docs/artifacts.md).
     """
     from eqtools.artifacts import MANIFEST, read_artifact
@@ -73,6 +110,9 @@ def command(
 
         raise ConfigError("give an artifact directory or a spec file (or --schema KIND); see `eqtools info --help`")
 
+    if path.is_file() and path.suffix == ".json" and path.name != MANIFEST and _is_subnet_config(path):
+        _print_subnet_config(path, as_json)
+        return
     if path.is_file() and path.suffix == ".json" and path.name != MANIFEST:
         from eqtools.specs import load_spec
 
