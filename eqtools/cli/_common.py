@@ -13,7 +13,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -68,45 +68,45 @@ def handle_errors(fn: F) -> F:
                     return fn(*args, **kwargs)
             return fn(*args, **kwargs)
         except EqtoolsError as exc:
-            if debug_enabled():
-                import traceback
-
-                traceback.print_exc(file=sys.stderr)
-            print_error(str(exc))
-            raise typer.Exit(EXIT_USER_ERROR) from None
+            _exit_user_error(str(exc))
         except Exception as exc:
-            # a write refused for lack of room outside an artifact's own write (which reports it with the path):
-            # a scratch file in the temporary directory, torch.compile's cache
-            bad_path = unusable_path(exc)
-            if bad_path is not None:
-                if debug_enabled():
-                    import traceback
-
-                    traceback.print_exc(file=sys.stderr)
-                print_error(bad_path)
-                raise typer.Exit(EXIT_USER_ERROR) from None
-            reason = refused_write(exc)
-            if reason is None:
+            # the operating system refusing a path the user gave, or a write refused for lack of room outside an
+            # artifact's own write (which reports it with the path): a scratch file, torch.compile's cache
+            message = unusable_path(exc) or _refused_write_message(exc)
+            if message is None:
                 raise
-            if debug_enabled():
-                import traceback
-
-                traceback.print_exc(file=sys.stderr)
-            import tempfile
-
-            # TMPDIR as given: gettempdir() skips a full one for the next writable candidate
-            scratch = os.environ.get("TMPDIR") or tempfile.gettempdir()
-            first = (str(exc).splitlines() or [""])[0][:200]
-            wrapped = "" if isinstance(exc, OSError) else f" ({type(exc).__name__}: {first})"  # a library's own error
-            print_error(
-                f"the machine refused a write: {reason}{wrapped}. No artifact was written or "
-                f"changed (each is written whole, as the last step). Free space, or raise the limit, where the command "
-                f"writes: the output directory, the temporary directory {scratch} (set TMPDIR to move "
-                "it) and torch.compile's cache there (`sample` and `train` skip it with --no-compile), then run the command again"
-            )
-            raise typer.Exit(EXIT_USER_ERROR) from None
+            _exit_user_error(message)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _exit_user_error(message: str) -> NoReturn:
+    """Inside an ``except`` block: the traceback with --debug, then the one paragraph, then status 2."""
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+    print_error(message)
+    raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+def _refused_write_message(exc: Exception) -> str | None:
+    """The paragraph for a write the machine refused for lack of room, else None."""
+    reason = refused_write(exc)
+    if reason is None:
+        return None
+    import tempfile
+
+    # TMPDIR as given: gettempdir() skips a full one for the next writable candidate
+    scratch = os.environ.get("TMPDIR") or tempfile.gettempdir()
+    first = (str(exc).splitlines() or [""])[0][:200]
+    wrapped = "" if isinstance(exc, OSError) else f" ({type(exc).__name__}: {first})"  # a library's own error
+    return (
+        f"the machine refused a write: {reason}{wrapped}. No artifact was written or "
+        f"changed (each is written whole, as the last step). Free space, or raise the limit, where the command "
+        f"writes: the output directory, the temporary directory {scratch} (set TMPDIR to move "
+        "it) and torch.compile's cache there (`sample` and `train` skip it with --no-compile), then run the command again"
+    )
 
 
 FORCE_HELP = ("Replace an existing artifact at the output path (atomically: a complete artifact stays there "
