@@ -46,8 +46,8 @@ def cheap_first_mixes(costs: CostModel, feas: Feasibility, w_base: int, a_bits: 
                       form: tuple[str, str, str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """The cheap-first mixes around uniform ``w_base``/``a_bits`` that meet the budget: for each of up
     to three higher bit-widths (one and two steps up, and the space's highest), the weights alone,
-    the activations alone and both raised; the costliest layers go one step below the base. A
-    base at the space's lowest bits has no step below and gives none."""
+    the activations alone and both raised; the costliest layers go one step below the base. An
+    axis whose base is the space's lowest bits has no step below, so only the other axis is raised."""
     space = costs.space
     out: list[tuple[np.ndarray, np.ndarray]] = []
     seen: set[bytes] = set()
